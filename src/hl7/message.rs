@@ -1,0 +1,617 @@
+//! The HL7 v2 reader: zero-copy over the message bytes, lazy field access.
+//!
+//! `Message::parse` checks the whole message once (MSH, delimiters, segment ids, charset
+//! validity) and indexes segment boundaries; fields are split only when asked for.
+
+use std::borrow::Cow;
+
+use memchr::{memchr, memchr2};
+
+use super::text::{self, Charset};
+
+/// The delimiters declared in MSH-1 and MSH-2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delimiters {
+    pub field: u8,
+    pub component: u8,
+    pub repetition: Option<u8>,
+    pub escape: Option<u8>,
+    pub subcomponent: Option<u8>,
+    /// v2.7+ fifth encoding character.
+    pub truncation: Option<u8>,
+}
+
+impl Delimiters {
+    /// `|^~\&`.
+    pub const fn standard() -> Self {
+        Delimiters {
+            field: b'|',
+            component: b'^',
+            repetition: Some(b'~'),
+            escape: Some(b'\\'),
+            subcomponent: Some(b'&'),
+            truncation: None,
+        }
+    }
+
+    /// MSH-2 as it should be written back.
+    pub fn encoding_characters(&self) -> Vec<u8> {
+        let mut v = vec![self.component];
+        for c in [self.repetition, self.escape, self.subcomponent, self.truncation] {
+            match c {
+                Some(c) => v.push(c),
+                None => break,
+            }
+        }
+        v
+    }
+}
+
+/// Why a message was not read, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} at byte {position}")]
+pub struct ParseError {
+    pub kind: ParseErrorKind,
+    /// Byte offset in the message (after any byte-order mark).
+    pub position: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseErrorKind {
+    #[error("message does not start with an MSH segment")]
+    NoMsh,
+    #[error("MSH-1/MSH-2 do not declare usable delimiters")]
+    BadDelimiters,
+    #[error("segment id is not three upper-case letters or digits")]
+    BadSegmentId,
+    #[error("MSH-18 names a character set this engine does not support")]
+    UnsupportedCharset,
+    #[error("byte is not valid in the declared character set")]
+    InvalidText,
+    #[error("a second MSH segment inside one message")]
+    SecondMsh,
+}
+
+impl ParseErrorKind {
+    /// HL7 table 0357 code for this error.
+    pub fn hl7_code(self) -> u16 {
+        match self {
+            ParseErrorKind::NoMsh | ParseErrorKind::BadSegmentId | ParseErrorKind::SecondMsh => 100,
+            ParseErrorKind::BadDelimiters | ParseErrorKind::InvalidText => 102,
+            ParseErrorKind::UnsupportedCharset => 103,
+        }
+    }
+}
+
+/// A parsed message borrowing the bytes it was read from.
+#[derive(Debug, Clone)]
+pub struct Message<'a> {
+    bytes: &'a [u8],
+    delims: Delimiters,
+    charset: Charset,
+    charset_declared: bool,
+    /// (start, end) of each non-empty segment.
+    segments: Vec<(u32, u32)>,
+}
+
+/// Strips a UTF-8 byte-order mark, which some senders put before MSH.
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
+/// Reads the delimiters from the start of an MSH segment.
+pub fn read_delimiters(bytes: &[u8]) -> Result<Delimiters, ParseError> {
+    if !bytes.starts_with(b"MSH") {
+        return Err(ParseError { kind: ParseErrorKind::NoMsh, position: 0 });
+    }
+    let bad = |position| ParseError { kind: ParseErrorKind::BadDelimiters, position };
+    let field = *bytes.get(3).ok_or(bad(3))?;
+    if field.is_ascii_alphanumeric() || field == b'\r' || field == b'\n' || field.is_ascii_whitespace() {
+        return Err(bad(3));
+    }
+    let rest = &bytes[4..];
+    let end = rest.iter().position(|&b| b == field || b == b'\r' || b == b'\n').unwrap_or(rest.len());
+    let enc = &rest[..end];
+    if enc.is_empty() || enc.len() > 5 {
+        return Err(bad(4));
+    }
+    let mut seen = vec![field];
+    for (i, &c) in enc.iter().enumerate() {
+        if c.is_ascii_alphanumeric() || c.is_ascii_whitespace() || !c.is_ascii() || seen.contains(&c) {
+            return Err(bad(4 + i));
+        }
+        seen.push(c);
+    }
+    Ok(Delimiters {
+        field,
+        component: enc[0],
+        repetition: enc.get(1).copied(),
+        escape: enc.get(2).copied(),
+        subcomponent: enc.get(3).copied(),
+        truncation: enc.get(4).copied(),
+    })
+}
+
+impl<'a> Message<'a> {
+    /// Reads a whole message. Segment terminators may be `\r`, `\n` or `\r\n`; empty lines
+    /// are ignored. Anything that cannot be read whole is an error with its byte position.
+    pub fn parse(bytes: &'a [u8]) -> Result<Message<'a>, ParseError> {
+        let delims = read_delimiters(bytes)?;
+        let mut segments = Vec::with_capacity(16);
+        let mut pos = 0usize;
+        while pos < bytes.len() {
+            let end = memchr2(b'\r', b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
+            if end > pos {
+                let seg = &bytes[pos..end];
+                let id_ok = seg.len() >= 3
+                    && seg[0].is_ascii_uppercase()
+                    && seg[1..3].iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                    && (seg.len() == 3 || seg[3] == delims.field);
+                if !id_ok {
+                    return Err(ParseError { kind: ParseErrorKind::BadSegmentId, position: pos });
+                }
+                if pos > 0 && &seg[..3] == b"MSH" {
+                    return Err(ParseError { kind: ParseErrorKind::SecondMsh, position: pos });
+                }
+                segments.push((pos as u32, end as u32));
+            }
+            pos = end + 1;
+        }
+        let mut msg = Message { bytes, delims, charset: Charset::Ascii, charset_declared: false, segments };
+        let msh18 = msg.msh().field(18).repetition(1).component(1).raw();
+        let declared = Charset::from_msh18(msh18).map_err(|()| ParseError {
+            kind: ParseErrorKind::UnsupportedCharset,
+            position: offset_in(bytes, msh18),
+        })?;
+        match declared {
+            Some(cs) => {
+                if let Some(p) = cs.first_invalid(bytes) {
+                    return Err(ParseError { kind: ParseErrorKind::InvalidText, position: p });
+                }
+                msg.charset = cs;
+                msg.charset_declared = true;
+            }
+            // No MSH-18: ASCII by the standard; UTF-8 when the bytes are valid UTF-8, else
+            // ISO 8859-1 (what unlabelled French messages are in practice). Recorded in
+            // DECISIONS.md.
+            None => {
+                msg.charset = if bytes.is_ascii() {
+                    Charset::Ascii
+                } else if std::str::from_utf8(bytes).is_ok() {
+                    Charset::Utf8
+                } else {
+                    Charset::Latin1
+                };
+            }
+        }
+        Ok(msg)
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    pub fn delimiters(&self) -> &Delimiters {
+        &self.delims
+    }
+    pub fn charset(&self) -> Charset {
+        self.charset
+    }
+    /// False when MSH-18 was empty and the charset was inferred.
+    pub fn charset_declared(&self) -> bool {
+        self.charset_declared
+    }
+
+    /// All segments in order.
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'a>> + '_ {
+        self.segments.iter().map(move |&(s, e)| Segment {
+            bytes: &self.bytes[s as usize..e as usize],
+            delims: self.delims,
+            charset: self.charset,
+        })
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The MSH segment (always the first).
+    pub fn msh(&self) -> Segment<'a> {
+        let (s, e) = self.segments[0];
+        Segment { bytes: &self.bytes[s as usize..e as usize], delims: self.delims, charset: self.charset }
+    }
+
+    /// The first segment with this id.
+    pub fn segment(&self, id: &str) -> Option<Segment<'a>> {
+        self.segments_named(id).next()
+    }
+
+    /// Every segment with this id, in order.
+    pub fn segments_named<'s>(&'s self, id: &'s str) -> impl Iterator<Item = Segment<'a>> + 's {
+        self.segments().filter(move |s| s.id() == id.as_bytes())
+    }
+
+    /// Value at a path such as `PID-3`, `PID-3.4`, `PID-3[2].4.1`, `OBX[3]-5`: first match.
+    pub fn get(&self, path: &str) -> Option<Value<'a>> {
+        let p = Path::parse(path)?;
+        let seg = self.segments_named(p.segment).nth(p.segment_index.saturating_sub(1))?;
+        let field = seg.field(p.field);
+        let mut v = field.repetition(p.repetition);
+        if let Some(c) = p.component {
+            v = v.component(c);
+            if let Some(s) = p.subcomponent {
+                v = v.subcomponent(s);
+            }
+        }
+        Some(v)
+    }
+
+    /// Decoded text at a path; empty when absent.
+    pub fn text(&self, path: &str) -> Cow<'a, str> {
+        self.get(path).map(|v| v.text()).unwrap_or(Cow::Borrowed(""))
+    }
+}
+
+fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
+    let o = outer.as_ptr() as usize;
+    let i = inner.as_ptr() as usize;
+    if i >= o && i <= o + outer.len() { i - o } else { 0 }
+}
+
+/// A parsed path `SEG[n]-F[r].C.S`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Path<'p> {
+    pub segment: &'p str,
+    pub segment_index: usize,
+    pub field: usize,
+    pub repetition: usize,
+    pub component: Option<usize>,
+    pub subcomponent: Option<usize>,
+}
+
+impl<'p> Path<'p> {
+    pub fn parse(s: &'p str) -> Option<Path<'p>> {
+        fn idx(s: &str) -> Option<(&str, usize)> {
+            match s.find('[') {
+                Some(i) => {
+                    let n = s[i + 1..].strip_suffix(']')?.parse().ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    Some((&s[..i], n))
+                }
+                None => Some((s, 1)),
+            }
+        }
+        let (seg, rest) = s.split_once('-')?;
+        let (segment, segment_index) = idx(seg)?;
+        if segment.len() != 3 {
+            return None;
+        }
+        let mut parts = rest.split('.');
+        let (f, repetition) = idx(parts.next()?)?;
+        let field = f.parse().ok().filter(|&n| n > 0)?;
+        let component = match parts.next() {
+            Some(c) => Some(c.parse().ok().filter(|&n| n > 0)?),
+            None => None,
+        };
+        let subcomponent = match parts.next() {
+            Some(c) => Some(c.parse().ok().filter(|&n| n > 0)?),
+            None => None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Path { segment, segment_index, field, repetition, component, subcomponent })
+    }
+}
+
+/// One segment.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    bytes: &'a [u8],
+    delims: Delimiters,
+    charset: Charset,
+}
+
+impl<'a> Segment<'a> {
+    pub fn id(&self) -> &'a [u8] {
+        &self.bytes[..3]
+    }
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+    fn is_msh(&self) -> bool {
+        self.id() == b"MSH"
+    }
+
+    /// Field `n` (1-based, HL7 numbering: MSH-1 is the field separator itself).
+    pub fn field(&self, n: usize) -> Field<'a> {
+        let empty = Field { raw: &self.bytes[self.bytes.len()..], delims: self.delims, charset: self.charset, whole: false };
+        if n == 0 {
+            return empty;
+        }
+        if self.is_msh() {
+            if n == 1 {
+                return Field { raw: &self.bytes[3..4], delims: self.delims, charset: self.charset, whole: true };
+            }
+            if n == 2 {
+                let rest = &self.bytes[4..];
+                let end = memchr(self.delims.field, rest).unwrap_or(rest.len());
+                return Field { raw: &rest[..end], delims: self.delims, charset: self.charset, whole: true };
+            }
+        }
+        let index = if self.is_msh() { n - 1 } else { n };
+        match nth_split(self.bytes, self.delims.field, index) {
+            Some(raw) => Field { raw, delims: self.delims, charset: self.charset, whole: false },
+            None => empty,
+        }
+    }
+
+    /// Number of fields present (highest field number).
+    pub fn field_count(&self) -> usize {
+        let n = memchr::memchr_iter(self.delims.field, self.bytes).count();
+        if self.is_msh() { n + 1 } else { n }
+    }
+}
+
+/// The `index`-th (0-based) piece of `bytes` split on `sep`.
+fn nth_split(bytes: &[u8], sep: u8, index: usize) -> Option<&[u8]> {
+    let mut start = 0;
+    let mut it = memchr::memchr_iter(sep, bytes);
+    for _ in 0..index {
+        start = it.next()? + 1;
+    }
+    let end = it.next().unwrap_or(bytes.len());
+    Some(&bytes[start..end])
+}
+
+/// One field (all its repetitions).
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'a> {
+    raw: &'a [u8],
+    delims: Delimiters,
+    charset: Charset,
+    /// MSH-1 and MSH-2 are not split further.
+    whole: bool,
+}
+
+impl<'a> Field<'a> {
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Repetition `n` (1-based).
+    pub fn repetition(&self, n: usize) -> Value<'a> {
+        let raw = match (self.whole, self.delims.repetition) {
+            (true, _) | (false, None) => {
+                if n == 1 {
+                    Some(self.raw)
+                } else {
+                    None
+                }
+            }
+            (false, Some(rep)) => n.checked_sub(1).and_then(|i| nth_split(self.raw, rep, i)),
+        };
+        Value {
+            raw: raw.unwrap_or(&self.raw[self.raw.len()..]),
+            delims: self.delims,
+            charset: self.charset,
+            level: if self.whole { Level::Opaque } else { Level::Repetition },
+        }
+    }
+
+    /// Every repetition.
+    pub fn repetitions(&self) -> impl Iterator<Item = Value<'a>> + '_ {
+        let count = match (self.whole, self.delims.repetition) {
+            (false, Some(rep)) if !self.raw.is_empty() => memchr::memchr_iter(rep, self.raw).count() + 1,
+            _ if self.raw.is_empty() => 0,
+            _ => 1,
+        };
+        (1..=count).map(move |i| self.repetition(i))
+    }
+
+    /// Shorthand for the first repetition's component `n`.
+    pub fn component(&self, n: usize) -> Value<'a> {
+        self.repetition(1).component(n)
+    }
+
+    /// Decoded text of the first repetition.
+    pub fn text(&self) -> Cow<'a, str> {
+        self.repetition(1).text()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Level {
+    Repetition,
+    Component,
+    Subcomponent,
+    Opaque,
+}
+
+/// A repetition, component or subcomponent.
+#[derive(Debug, Clone, Copy)]
+pub struct Value<'a> {
+    raw: &'a [u8],
+    delims: Delimiters,
+    charset: Charset,
+    level: Level,
+}
+
+impl<'a> Value<'a> {
+    /// The bytes as they are in the message (escapes not resolved).
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Component `n` (1-based) of a repetition.
+    pub fn component(&self, n: usize) -> Value<'a> {
+        self.split(Level::Repetition, Some(self.delims.component), n, Level::Component)
+    }
+
+    /// Subcomponent `n` (1-based) of a component.
+    pub fn subcomponent(&self, n: usize) -> Value<'a> {
+        self.split(Level::Component, self.delims.subcomponent, n, Level::Subcomponent)
+    }
+
+    fn split(&self, from: Level, sep: Option<u8>, n: usize, to: Level) -> Value<'a> {
+        let empty = Value { raw: &self.raw[self.raw.len()..], delims: self.delims, charset: self.charset, level: to };
+        if self.level != from || n == 0 {
+            return if self.level == Level::Opaque && n == 1 { *self } else { empty };
+        }
+        let raw = match sep {
+            Some(sep) => nth_split(self.raw, sep, n - 1),
+            None => (n == 1).then_some(self.raw),
+        };
+        match raw {
+            Some(raw) => Value { raw, delims: self.delims, charset: self.charset, level: to },
+            None => empty,
+        }
+    }
+
+    /// Text with escapes resolved and the charset decoded. The message was checked whole at
+    /// parse time; a `\X..\` escape producing invalid bytes is decoded with replacement
+    /// characters rather than dropped.
+    pub fn text(&self) -> Cow<'a, str> {
+        if self.level == Level::Opaque {
+            return String::from_utf8_lossy(self.raw);
+        }
+        match text::unescape(self.raw, &self.delims) {
+            Cow::Borrowed(b) => match self.charset.decode(b) {
+                Ok(s) => s,
+                Err(_) => String::from_utf8_lossy(b),
+            },
+            Cow::Owned(v) => match self.charset.decode(&v) {
+                Ok(s) => Cow::Owned(s.into_owned()),
+                Err(_) => Cow::Owned(String::from_utf8_lossy(&v).into_owned()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORU: &str = "MSH|^~\\&|SIL|LAB|DPI|ES1|20250101120000||ORU^R01^ORU_R01|MSG001|P|2.5|||||FRA|UNICODE UTF-8\r\
+PID|||123^^^CHN&1.2.3&ISO^PI~279035121518989^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS||Müller-Éloïse^Zoé\r\
+OBR|1|PL1^DPI-CHN|FL1^LAB\r\
+OBX|1|ST|X^y||éé\\S\\é||||||F\r";
+
+    #[test]
+    fn fields_components_repetitions_subcomponents() {
+        let m = Message::parse(ORU.as_bytes()).unwrap();
+        assert_eq!(m.segment_count(), 4);
+        assert_eq!(m.text("MSH-9.1"), "ORU");
+        assert_eq!(m.text("MSH-9.2"), "R01");
+        assert_eq!(m.text("MSH-10"), "MSG001");
+        assert_eq!(m.text("MSH-1"), "|");
+        assert_eq!(m.text("MSH-2"), "^~\\&");
+        assert_eq!(m.text("PID-3.4.1"), "CHN");
+        assert_eq!(m.text("PID-3[2].4.2"), "1.2.250.1.213.1.4.8");
+        assert_eq!(m.text("PID-3[2].5"), "INS");
+        assert_eq!(m.text("PID-5.1"), "Müller-Éloïse");
+        assert_eq!(m.text("OBX-5"), "éé^é");
+        assert_eq!(m.text("OBR-2.2"), "DPI-CHN");
+        assert_eq!(m.text("PID-99"), "");
+        assert_eq!(m.msh().field(18).text(), "UNICODE UTF-8");
+        assert_eq!(m.charset(), Charset::Utf8);
+    }
+
+    #[test]
+    fn terminators_lf_crlf_and_blank_lines() {
+        for sep in ["\n", "\r\n", "\r", "\n\n"] {
+            let msg = ORU.replace('\r', sep);
+            let m = Message::parse(msg.as_bytes()).unwrap();
+            assert_eq!(m.segment_count(), 4, "terminator {sep:?}");
+            assert_eq!(m.text("OBX-5"), "éé^é");
+        }
+    }
+
+    #[test]
+    fn v27_five_encoding_characters_do_not_shift_fields() {
+        let m = Message::parse(b"MSH|^~\\&#|A|B|C|D|20250101||ORU^R01|X1|P|2.7\rPID|1||id\\P\\1").unwrap();
+        assert_eq!(m.delimiters().truncation, Some(b'#'));
+        assert_eq!(m.text("MSH-3"), "A");
+        assert_eq!(m.text("MSH-10"), "X1");
+        assert_eq!(m.text("PID-3"), "id#1");
+    }
+
+    #[test]
+    fn other_delimiters_are_honoured() {
+        let m = Message::parse(b"MSH#$*@%#SND|FAC#x\rPID#1##a$b*c$d%e").unwrap();
+        assert_eq!(m.text("MSH-3"), "SND|FAC");
+        assert_eq!(m.text("PID-3.2"), "b");
+        assert_eq!(m.text("PID-3[2].1"), "c");
+        assert_eq!(m.text("PID-3[2].2.2"), "e");
+    }
+
+    #[test]
+    fn latin_charsets_from_msh18() {
+        let mut bytes = b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5|||||FRA|8859/15\rPID|||1||".to_vec();
+        bytes.extend_from_slice(&[0x45, 0xE9, 0xA4]);
+        let m = Message::parse(&bytes).unwrap();
+        assert_eq!(m.text("PID-5"), "Eé€");
+        let mut bytes = b"MSH|^~\\&|A|B|C|D|||ADT^A01|1|P|2.5|||||FRA|8859/1\rPID|||1||".to_vec();
+        bytes.extend_from_slice(&[0x45, 0xE9, 0xA4]);
+        assert_eq!(Message::parse(&bytes).unwrap().text("PID-5"), "Eé¤");
+    }
+
+    #[test]
+    fn undeclared_charset_is_inferred() {
+        let m = Message::parse("MSH|^~\\&|A\rPID|||1||Zoé".as_bytes()).unwrap();
+        assert_eq!(m.charset(), Charset::Utf8);
+        assert!(!m.charset_declared());
+        let m = Message::parse(b"MSH|^~\\&|A\rPID|||1||Zo\xE9").unwrap();
+        assert_eq!(m.charset(), Charset::Latin1);
+        assert_eq!(m.text("PID-5"), "Zoé");
+    }
+
+    #[test]
+    fn errors_carry_their_byte_position() {
+        let e = Message::parse(b"PID|1").unwrap_err();
+        assert_eq!((e.kind, e.position), (ParseErrorKind::NoMsh, 0));
+        let e = Message::parse(b"MSH|^~\\&|A\rPID|1\rpid|2").unwrap_err();
+        assert_eq!((e.kind, e.position), (ParseErrorKind::BadSegmentId, 17));
+        let e = Message::parse(b"MSH|^~\\&|A|||||||||||||||UNICODE UTF-8\rPID|\xE9").unwrap_err();
+        assert_eq!(e.kind, ParseErrorKind::InvalidText);
+        assert_eq!(e.position, 43);
+        let e = Message::parse(b"MSH|^~\\&|A|||||||||||||||KLINGON\r").unwrap_err();
+        assert_eq!((e.kind, e.position), (ParseErrorKind::UnsupportedCharset, 25));
+        let e = Message::parse(b"MSH|^^\\&|A").unwrap_err();
+        assert_eq!(e.kind, ParseErrorKind::BadDelimiters);
+        let e = Message::parse(b"MSH|^~\\&|A\rMSH|^~\\&|B").unwrap_err();
+        assert_eq!(e.kind, ParseErrorKind::SecondMsh);
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(Path::parse("OBX[2]-5[3].1.2").unwrap(), Path {
+            segment: "OBX",
+            segment_index: 2,
+            field: 5,
+            repetition: 3,
+            component: Some(1),
+            subcomponent: Some(2)
+        });
+        assert!(Path::parse("PID").is_none());
+        assert!(Path::parse("PID-0").is_none());
+        assert!(Path::parse("PID-3.x").is_none());
+    }
+
+    #[test]
+    fn segments_named_and_field_count() {
+        let m = Message::parse(ORU.as_bytes()).unwrap();
+        assert_eq!(m.segments_named("OBX").count(), 1);
+        assert_eq!(m.segment("OBR").unwrap().field_count(), 3);
+        assert_eq!(m.msh().field_count(), 18);
+        assert_eq!(m.segment("PID").unwrap().field(3).repetitions().count(), 2);
+    }
+}
