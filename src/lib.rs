@@ -1,2 +1,4 @@
 #![forbid(unsafe_code)]
 pub mod hl7;
+pub mod config;
+pub mod model;

@@ -88,7 +88,6 @@ impl Decoder {
                     // Rescan one byte back so an end marker split across reads is found.
                     let from = scanned.saturating_sub(1);
                     self.buf.extend_from_slice(input);
-                    input = &[];
                     if let Some(i) = memmem::find(&self.buf[from..], &END) {
                         let end = from + i;
                         let rest = self.buf.split_off(end + 2);
@@ -111,7 +110,6 @@ impl Decoder {
                         }
                         self.state = State::Between;
                         self.buf = rest;
-                        input = &[];
                         if !self.buf.is_empty() {
                             let pending = std::mem::take(&mut self.buf);
                             let mut more = self.feed(&pending);

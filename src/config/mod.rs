@@ -1,0 +1,592 @@
+//! Routing configuration: `routes/*.toml` parsed into raw types (`raw`), then validated into
+//! the typed `Config` below. Validation is pure and reports **every** error at once, each with
+//! its file, line and field.
+
+pub mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use crate::model::{DestinationName, EstablishmentId, ListenerName};
+use raw::*;
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}: {}", self.file.display(), self.line, self.field, self.message)
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} configuration error(s):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Engine-wide limits.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub max_frame_bytes: usize,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub group_commit_max: usize,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            // The French CDA-in-HL7 examples reach 820 KB; a CDA with images can be several MB.
+            max_frame_bytes: 16 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 256,
+            group_commit_max: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub name: ListenerName,
+    pub bind: SocketAddr,
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub name: DestinationName,
+    pub address: String,
+    pub connect_timeout: Duration,
+    pub ack_timeout: Duration,
+    pub max_attempts: u32,
+    pub max_age: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+/// Which configured identifier a value matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub enum IdKind {
+    SendingFacility,
+    PlacerNamespace,
+    PatientAuthority,
+    Facility,
+    Finess,
+}
+
+impl IdKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdKind::SendingFacility => "sending_facilities",
+            IdKind::PlacerNamespace => "placer_namespaces",
+            IdKind::PatientAuthority => "patient_authorities",
+            IdKind::Facility => "facilities",
+            IdKind::Finess => "finess",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Establishment {
+    pub id: EstablishmentId,
+    pub name: String,
+    pub finess: Vec<String>,
+    pub record: DestinationName,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    pub orders_to: Vec<DestinationName>,
+    pub adt_to: Vec<DestinationName>,
+}
+
+/// Expected outcome of a routing test case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    Establishment(EstablishmentId),
+    Quarantine(String),
+    Rejected(u16),
+}
+
+/// A routing test case carried by a routes file.
+#[derive(Debug, Clone)]
+pub struct RouteTest {
+    pub name: String,
+    pub file: PathBuf,
+    pub line: usize,
+    pub before: Vec<Vec<u8>>,
+    pub input: Vec<u8>,
+    pub expected: Expected,
+    pub destinations: Option<Vec<DestinationName>>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub engine: Engine,
+    pub listeners: Vec<Listener>,
+    pub destinations: Vec<Destination>,
+    pub establishments: Vec<Establishment>,
+    pub routing: Routing,
+    pub tests: Vec<RouteTest>,
+    /// (kind, value) → the one establishment that value identifies.
+    pub identifiers: HashMap<(IdKind, String), EstablishmentId>,
+}
+
+impl Config {
+    pub fn establishment(&self, id: &EstablishmentId) -> Option<&Establishment> {
+        self.establishments.iter().find(|e| &e.id == id)
+    }
+    pub fn establishment_by_name(&self, id: &str) -> Option<&Establishment> {
+        self.establishments.iter().find(|e| e.id.as_str() == id)
+    }
+    pub fn destination(&self, name: &DestinationName) -> Option<&Destination> {
+        self.destinations.iter().find(|d| &d.name == name)
+    }
+    pub fn identify(&self, kind: IdKind, value: &str) -> Option<&EstablishmentId> {
+        if value.is_empty() {
+            return None;
+        }
+        self.identifiers.get(&(kind, value.to_owned()))
+    }
+
+    /// Loads a routes directory (every `*.toml`, in name order) or a single file.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let files = if path.is_dir() {
+            let mut files: Vec<PathBuf> = match std::fs::read_dir(path) {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .collect(),
+                Err(e) => return Err(ConfigErrors(vec![io_error(path, &e)])),
+            };
+            files.sort();
+            if files.is_empty() {
+                return Err(ConfigErrors(vec![ConfigError {
+                    file: path.to_owned(),
+                    line: 0,
+                    field: "-".into(),
+                    message: "no *.toml file in this directory".into(),
+                }]));
+            }
+            files
+        } else {
+            vec![path.to_owned()]
+        };
+        let mut sources = Vec::new();
+        let mut errors = Vec::new();
+        for f in files {
+            match std::fs::read_to_string(&f) {
+                Ok(text) => sources.push((f, text)),
+                Err(e) => errors.push(io_error(&f, &e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigErrors(errors));
+        }
+        Config::from_sources(&sources)
+    }
+
+    /// Parses and validates (file name, text) pairs. Pure apart from reading `input_file`s.
+    pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> {
+        let mut v = Validator::default();
+        let mut parsed = Vec::new();
+        for (file, text) in sources {
+            match toml::from_str::<RawFile>(text) {
+                Ok(raw) => parsed.push((file.clone(), text.as_str(), raw)),
+                Err(e) => {
+                    let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+                    v.errors.push(ConfigError {
+                        file: file.clone(),
+                        line,
+                        field: "-".into(),
+                        message: e.message().trim().to_owned(),
+                    });
+                }
+            }
+        }
+        for (file, text, raw) in &parsed {
+            v.file(file, text, raw);
+        }
+        v.finish()
+    }
+}
+
+fn io_error(path: &Path, e: &std::io::Error) -> ConfigError {
+    ConfigError { file: path.to_owned(), line: 0, field: "-".into(), message: format!("cannot read: {e}") }
+}
+
+/// 1-based line of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+#[derive(Default)]
+struct Validator {
+    errors: Vec<ConfigError>,
+    cfg: Config,
+    engine_seen: Option<(PathBuf, usize)>,
+    routing_seen: Option<(PathBuf, usize)>,
+    /// Names with where they were first defined.
+    listener_names: BTreeMap<String, (PathBuf, usize)>,
+    destination_names: BTreeMap<String, (PathBuf, usize)>,
+    establishment_ids: BTreeMap<String, (PathBuf, usize)>,
+    identifier_sites: HashMap<(IdKind, String), (EstablishmentId, PathBuf, usize)>,
+    /// References to check once every file is read: (file, line, field, name).
+    destination_refs: Vec<(PathBuf, usize, String, String)>,
+    establishment_refs: Vec<(PathBuf, usize, String, String)>,
+    raw_tests: Vec<(PathBuf, usize, String, Vec<String>, Option<Vec<u8>>, Option<(String, String)>, Option<Vec<(usize, String)>>)>,
+}
+
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn line<T>(&self, s: &Spanned<T>) -> usize {
+        line_of(self.text, s.span().start)
+    }
+}
+
+impl Validator {
+    fn err(&mut self, cx: &Ctx<'_>, line: usize, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(ConfigError { file: cx.file.to_owned(), line, field: field.into(), message: message.into() });
+    }
+
+    fn positive(&mut self, cx: &Ctx<'_>, v: &Option<Spanned<u64>>, field: &str, default: u64, max: u64) -> u64 {
+        match v {
+            None => default,
+            Some(s) => {
+                let n = *s.get_ref();
+                if n == 0 || n > max {
+                    self.err(cx, cx.line(s), field, format!("must be between 1 and {max}, got {n}"));
+                    default
+                } else {
+                    n
+                }
+            }
+        }
+    }
+
+    fn name(&mut self, cx: &Ctx<'_>, s: &S, field: &str) -> bool {
+        let n = s.get_ref();
+        let ok = !n.is_empty()
+            && n.len() <= 64
+            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !ok {
+            self.err(cx, cx.line(s), field, format!("{n:?} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'"));
+        }
+        ok
+    }
+
+    fn file(&mut self, file: &Path, text: &str, raw: &RawFile) {
+        let cx = Ctx { file, text };
+        if let Some(e) = &raw.engine {
+            let line = cx.line(e);
+            if let Some((f, l)) = &self.engine_seen {
+                self.err(&cx, line, "engine", format!("[engine] is already set in {}:{l}", f.display()));
+            } else {
+                self.engine_seen = Some((file.to_owned(), line));
+                let e = e.get_ref();
+                let d = Engine::default();
+                self.cfg.engine = Engine {
+                    max_frame_bytes: self.positive(&cx, &e.max_frame_bytes, "engine.max_frame_bytes", d.max_frame_bytes as u64, 1 << 30) as usize,
+                    idle_timeout: Duration::from_secs(self.positive(&cx, &e.idle_timeout_secs, "engine.idle_timeout_secs", d.idle_timeout.as_secs(), 86_400)),
+                    max_connections: self.positive(&cx, &e.max_connections, "engine.max_connections", d.max_connections as u64, 65_536) as usize,
+                    group_commit_max: self.positive(&cx, &e.group_commit_max, "engine.group_commit_max", d.group_commit_max as u64, 65_536) as usize,
+                };
+            }
+        }
+        for (i, l) in raw.listener.iter().enumerate() {
+            self.listener(&cx, i, l);
+        }
+        for (i, d) in raw.destination.iter().enumerate() {
+            self.destination(&cx, i, d);
+        }
+        for (i, e) in raw.establishment.iter().enumerate() {
+            self.establishment(&cx, i, e);
+        }
+        if let Some(r) = &raw.routing {
+            let line = cx.line(r);
+            if let Some((f, l)) = &self.routing_seen {
+                self.err(&cx, line, "routing", format!("[routing] is already set in {}:{l}", f.display()));
+            } else {
+                self.routing_seen = Some((file.to_owned(), line));
+                for (field, list, out) in [
+                    ("routing.orders_to", &r.get_ref().orders_to, 0),
+                    ("routing.adt_to", &r.get_ref().adt_to, 1),
+                ] {
+                    for d in list {
+                        self.destination_refs.push((file.to_owned(), cx.line(d), field.to_owned(), d.get_ref().clone()));
+                        let name = DestinationName::new(d.get_ref());
+                        if out == 0 {
+                            self.cfg.routing.orders_to.push(name);
+                        } else {
+                            self.cfg.routing.adt_to.push(name);
+                        }
+                    }
+                }
+            }
+        }
+        for (i, t) in raw.test.iter().enumerate() {
+            self.test(&cx, i, t);
+        }
+    }
+
+    fn listener(&mut self, cx: &Ctx<'_>, i: usize, l: &Spanned<RawListener>) {
+        let line = cx.line(l);
+        let l = l.get_ref();
+        let field = |f: &str| format!("listener[{i}].{f}");
+        if self.name(cx, &l.name, &field("name")) {
+            if let Some((f, at)) = self.listener_names.get(l.name.get_ref()) {
+                let msg = format!("listener {:?} is already defined at {}:{at}", l.name.get_ref(), f.display());
+                self.err(cx, cx.line(&l.name), field("name"), msg);
+            } else {
+                self.listener_names.insert(l.name.get_ref().clone(), (cx.file.to_owned(), line));
+            }
+        }
+        match l.bind.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => {
+                if !l.insecure {
+                    self.err(cx, cx.line(&l.bind), field("insecure"), "TLS listeners are not available yet: set `insecure = true` (plain TCP, loopback only)");
+                } else if !addr.ip().is_loopback() {
+                    self.err(cx, cx.line(&l.bind), field("bind"), format!("an insecure (plain TCP) listener must bind a loopback address, not {}", addr.ip()));
+                }
+                self.cfg.listeners.push(Listener { name: ListenerName::new(l.name.get_ref()), bind: addr, insecure: l.insecure });
+            }
+            Err(_) => self.err(cx, cx.line(&l.bind), field("bind"), format!("{:?} is not an IP:port address", l.bind.get_ref())),
+        }
+    }
+
+    fn destination(&mut self, cx: &Ctx<'_>, i: usize, d: &Spanned<RawDestination>) {
+        let line = cx.line(d);
+        let d = d.get_ref();
+        let field = |f: &str| format!("destination[{i}].{f}");
+        if self.name(cx, &d.name, &field("name")) {
+            if let Some((f, at)) = self.destination_names.get(d.name.get_ref()) {
+                let msg = format!("destination {:?} is already defined at {}:{at}", d.name.get_ref(), f.display());
+                self.err(cx, cx.line(&d.name), field("name"), msg);
+            } else {
+                self.destination_names.insert(d.name.get_ref().clone(), (cx.file.to_owned(), line));
+            }
+        }
+        let addr = d.address.get_ref();
+        match addr.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+                let loopback = host == "localhost"
+                    || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                if !d.insecure {
+                    self.err(cx, cx.line(&d.address), field("insecure"), "TLS destinations are not available yet: set `insecure = true` (plain TCP, loopback only)");
+                } else if !loopback {
+                    self.err(cx, cx.line(&d.address), field("address"), format!("an insecure (plain TCP) destination must be on loopback, not {host}"));
+                }
+            }
+            _ => self.err(cx, cx.line(&d.address), field("address"), format!("{addr:?} is not a host:port address")),
+        }
+        let connect = self.positive(cx, &d.connect_timeout_secs, &field("connect_timeout_secs"), 10, 3600);
+        let ack = self.positive(cx, &d.ack_timeout_secs, &field("ack_timeout_secs"), 30, 3600);
+        let attempts = self.positive(cx, &d.max_attempts, &field("max_attempts"), 1000, 1_000_000);
+        let age = self.positive(cx, &d.max_age_secs, &field("max_age_secs"), 7 * 86_400, 365 * 86_400);
+        let b0 = self.positive(cx, &d.backoff_initial_ms, &field("backoff_initial_ms"), 500, 3_600_000);
+        let b1 = self.positive(cx, &d.backoff_max_ms, &field("backoff_max_ms"), 60_000, 3_600_000);
+        if b1 < b0 {
+            self.err(cx, line, field("backoff_max_ms"), format!("must be at least backoff_initial_ms ({b0})"));
+        }
+        self.cfg.destinations.push(Destination {
+            name: DestinationName::new(d.name.get_ref()),
+            address: addr.clone(),
+            connect_timeout: Duration::from_secs(connect),
+            ack_timeout: Duration::from_secs(ack),
+            max_attempts: attempts as u32,
+            max_age: Duration::from_secs(age),
+            backoff_initial: Duration::from_millis(b0),
+            backoff_max: Duration::from_millis(b1.max(b0)),
+        });
+    }
+
+    fn establishment(&mut self, cx: &Ctx<'_>, i: usize, e: &Spanned<RawEstablishment>) {
+        let line = cx.line(e);
+        let e = e.get_ref();
+        let field = |f: &str| format!("establishment[{i}].{f}");
+        if self.name(cx, &e.id, &field("id")) {
+            if let Some((f, at)) = self.establishment_ids.get(e.id.get_ref()) {
+                let msg = format!("establishment {:?} is already defined at {}:{at}", e.id.get_ref(), f.display());
+                self.err(cx, cx.line(&e.id), field("id"), msg);
+            } else {
+                self.establishment_ids.insert(e.id.get_ref().clone(), (cx.file.to_owned(), line));
+            }
+        }
+        if e.name.get_ref().trim().is_empty() {
+            self.err(cx, cx.line(&e.name), field("name"), "must not be empty");
+        }
+        let id = EstablishmentId::new(e.id.get_ref());
+        for f in &e.finess {
+            if !is_finess(f.get_ref()) {
+                self.err(cx, cx.line(f), field("finess"), format!("{:?} is not a FINESS number (9 characters: département digits or 2A/2B, then 7 digits)", f.get_ref()));
+            }
+        }
+        self.destination_refs.push((cx.file.to_owned(), cx.line(&e.record), field("record"), e.record.get_ref().clone()));
+        let ident = &e.identify;
+        let groups: [(IdKind, &Vec<S>, String); 5] = [
+            (IdKind::SendingFacility, &ident.sending_facilities, field("identify.sending_facilities")),
+            (IdKind::PlacerNamespace, &ident.placer_namespaces, field("identify.placer_namespaces")),
+            (IdKind::PatientAuthority, &ident.patient_authorities, field("identify.patient_authorities")),
+            (IdKind::Facility, &ident.facilities, field("identify.facilities")),
+            (IdKind::Finess, &e.finess, field("finess")),
+        ];
+        for (kind, values, fname) in groups {
+            for v in values {
+                let value = v.get_ref().trim().to_owned();
+                if value.is_empty() {
+                    self.err(cx, cx.line(v), &fname, "an identifier must not be empty");
+                    continue;
+                }
+                let key = (kind, value.clone());
+                if let Some((other, f, at)) = self.identifier_sites.get(&key) {
+                    let msg = if *other == id {
+                        format!("{value:?} is listed twice (first at {}:{at})", f.display())
+                    } else {
+                        format!(
+                            "{value:?} already identifies establishment {other} ({}:{at}); one identifier must name one establishment",
+                            f.display()
+                        )
+                    };
+                    self.err(cx, cx.line(v), &fname, msg);
+                    continue;
+                }
+                self.identifier_sites.insert(key.clone(), (id.clone(), cx.file.to_owned(), cx.line(v)));
+                self.cfg.identifiers.insert(key, id.clone());
+            }
+        }
+        let has_any = !ident.sending_facilities.is_empty()
+            || !ident.placer_namespaces.is_empty()
+            || !ident.patient_authorities.is_empty()
+            || !ident.facilities.is_empty()
+            || !e.finess.is_empty();
+        if !has_any {
+            self.err(cx, line, field("identify"), "no identifier: nothing could ever be tagged to this establishment");
+        }
+        self.cfg.establishments.push(Establishment {
+            id,
+            name: e.name.get_ref().clone(),
+            finess: e.finess.iter().map(|f| f.get_ref().clone()).collect(),
+            record: DestinationName::new(e.record.get_ref()),
+        });
+    }
+
+    fn test(&mut self, cx: &Ctx<'_>, i: usize, t: &Spanned<RawTest>) {
+        let line = cx.line(t);
+        let t = t.get_ref();
+        let field = |f: &str| format!("test[{i}].{f}");
+        let input = match (&t.input, &t.input_file) {
+            (Some(s), None) => Some(s.get_ref().as_bytes().to_vec()),
+            (None, Some(p)) => {
+                let base = cx.file.parent().unwrap_or(Path::new("."));
+                match std::fs::read(base.join(p.get_ref())) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        self.err(cx, cx.line(p), field("input_file"), format!("cannot read {:?}: {e}", p.get_ref()));
+                        None
+                    }
+                }
+            }
+            _ => {
+                self.err(cx, line, field("input"), "set exactly one of `input` and `input_file`");
+                None
+            }
+        };
+        let ex = t.expect.get_ref();
+        let expected = match (&ex.establishment, &ex.quarantine, &ex.rejected) {
+            (Some(e), None, None) => {
+                self.establishment_refs.push((cx.file.to_owned(), cx.line(e), field("expect.establishment"), e.get_ref().clone()));
+                Some(("establishment".to_owned(), e.get_ref().clone()))
+            }
+            (None, Some(q), None) => {
+                if !matches!(q.get_ref().as_str(), "no_evidence" | "conflict") {
+                    self.err(cx, cx.line(q), field("expect.quarantine"), "must be \"no_evidence\" or \"conflict\"");
+                }
+                Some(("quarantine".to_owned(), q.get_ref().clone()))
+            }
+            (None, None, Some(r)) => Some(("rejected".to_owned(), r.get_ref().to_string())),
+            _ => {
+                self.err(cx, cx.line(&t.expect), field("expect"), "set exactly one of `establishment`, `quarantine` and `rejected`");
+                None
+            }
+        };
+        let dests = ex.destinations.as_ref().map(|ds| {
+            ds.iter()
+                .map(|d| {
+                    self.destination_refs.push((cx.file.to_owned(), cx.line(d), field("expect.destinations"), d.get_ref().clone()));
+                    (cx.line(d), d.get_ref().clone())
+                })
+                .collect()
+        });
+        self.raw_tests.push((cx.file.to_owned(), line, t.name.get_ref().clone(), t.before.clone(), input, expected, dests));
+    }
+
+    fn finish(mut self) -> Result<Config, ConfigErrors> {
+        for (file, line, field, name) in std::mem::take(&mut self.destination_refs) {
+            if !self.destination_names.contains_key(&name) {
+                self.errors.push(ConfigError { file, line, field, message: format!("no destination is named {name:?}") });
+            }
+        }
+        for (file, line, field, name) in std::mem::take(&mut self.establishment_refs) {
+            if !self.establishment_ids.contains_key(&name) {
+                self.errors.push(ConfigError { file, line, field, message: format!("no establishment has id {name:?}") });
+            }
+        }
+        if self.cfg.listeners.is_empty() && self.errors.is_empty() {
+            self.errors.push(ConfigError { file: PathBuf::from("routes"), line: 0, field: "listener".into(), message: "no [[listener]] is configured".into() });
+        }
+        for (file, line, name, before, input, expected, dests) in std::mem::take(&mut self.raw_tests) {
+            let (Some(input), Some((kind, value))) = (input, expected) else { continue };
+            let expected = match kind.as_str() {
+                "establishment" => Expected::Establishment(EstablishmentId::new(&value)),
+                "quarantine" => Expected::Quarantine(value),
+                _ => Expected::Rejected(value.parse().unwrap_or(0)),
+            };
+            self.cfg.tests.push(RouteTest {
+                name,
+                file,
+                line,
+                before: before.into_iter().map(String::into_bytes).collect(),
+                input,
+                expected,
+                destinations: dests.map(|d| d.into_iter().map(|(_, n)| DestinationName::new(&n)).collect()),
+            });
+        }
+        if self.errors.is_empty() { Ok(self.cfg) } else { Err(ConfigErrors(self.errors)) }
+    }
+}
+
+/// FINESS: 9 characters, the first two a département (digits, or 2A/2B for Corsica).
+pub fn is_finess(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 9
+        && (b[..2].iter().all(u8::is_ascii_digit) || b[..2] == *b"2A" || b[..2] == *b"2B")
+        && b[2..].iter().all(u8::is_ascii_digit)
+}
+
+#[cfg(test)]
+mod tests;

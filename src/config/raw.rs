@@ -1,0 +1,120 @@
+//! Wire types for `routes/*.toml`, exactly as written. Never used past validation.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub type S = Spanned<String>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFile {
+    pub engine: Option<Spanned<RawEngine>>,
+    #[serde(default)]
+    pub listener: Vec<Spanned<RawListener>>,
+    #[serde(default)]
+    pub destination: Vec<Spanned<RawDestination>>,
+    #[serde(default)]
+    pub establishment: Vec<Spanned<RawEstablishment>>,
+    pub routing: Option<Spanned<RawRouting>>,
+    #[serde(default)]
+    pub test: Vec<Spanned<RawTest>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEngine {
+    /// Largest MLLP frame accepted, in bytes.
+    pub max_frame_bytes: Option<Spanned<u64>>,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout_secs: Option<Spanned<u64>>,
+    /// Concurrent inbound connections over all listeners.
+    pub max_connections: Option<Spanned<u64>>,
+    /// Most messages committed in one group commit.
+    pub group_commit_max: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: S,
+    /// `IP:port` to bind.
+    pub bind: S,
+    /// Plain TCP. Only allowed on a loopback address.
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDestination {
+    pub name: S,
+    /// `host:port` of the MLLP receiver.
+    pub address: S,
+    #[serde(default)]
+    pub insecure: bool,
+    pub connect_timeout_secs: Option<Spanned<u64>>,
+    pub ack_timeout_secs: Option<Spanned<u64>>,
+    pub max_attempts: Option<Spanned<u64>>,
+    pub max_age_secs: Option<Spanned<u64>>,
+    pub backoff_initial_ms: Option<Spanned<u64>>,
+    pub backoff_max_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEstablishment {
+    pub id: S,
+    pub name: S,
+    #[serde(default)]
+    pub finess: Vec<S>,
+    /// Destination name of this establishment's patient record system.
+    pub record: S,
+    #[serde(default)]
+    pub identify: RawIdentify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentify {
+    #[serde(default)]
+    pub sending_facilities: Vec<S>,
+    #[serde(default)]
+    pub placer_namespaces: Vec<S>,
+    #[serde(default)]
+    pub patient_authorities: Vec<S>,
+    #[serde(default)]
+    pub facilities: Vec<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    #[serde(default)]
+    pub orders_to: Vec<S>,
+    #[serde(default)]
+    pub adt_to: Vec<S>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTest {
+    pub name: S,
+    /// Messages accepted first (orders a result answers), outcome not checked.
+    #[serde(default)]
+    pub before: Vec<String>,
+    pub input: Option<S>,
+    /// Path relative to the routes file.
+    pub input_file: Option<S>,
+    pub expect: Spanned<RawExpect>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExpect {
+    pub establishment: Option<S>,
+    /// `no_evidence` or `conflict`.
+    pub quarantine: Option<S>,
+    pub destinations: Option<Vec<S>>,
+    /// The message is refused (AR) with this HL7 table 0357 code.
+    pub rejected: Option<Spanned<u64>>,
+}

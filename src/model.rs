@@ -1,0 +1,107 @@
+//! Small domain types shared by every stage.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! name_type {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(Arc<str>);
+
+        impl $name {
+            pub fn new(s: &str) -> Self {
+                $name(Arc::from(s))
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A member establishment (the tenant), as configured in `routes/` (e.g. `ES1`).
+    EstablishmentId
+);
+name_type!(
+    /// A configured destination (e.g. `dpi-es1`).
+    DestinationName
+);
+name_type!(
+    /// A configured listener (e.g. `sil`).
+    ListenerName
+);
+
+/// What a message is, for routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MessageClass {
+    /// ORM^O01, OML^O21/O33/O35: from an order placer to the lab.
+    Order,
+    /// ORU^R01, OUL^R22: from the lab to the owning establishment's record.
+    Result,
+    /// MDM^T02/T04/T10: a document (the French CDA transmission profile).
+    Document,
+    /// ADT (A01/A04/A08/A28/A31/A40 and movements): patient administration.
+    Admin,
+}
+
+impl MessageClass {
+    /// Classifies MSH-9.1 / MSH-9.2. `Err(code)` gives the HL7 table 0357 code: 200 for an
+    /// unknown message type, 201 for an unsupported event of a known type.
+    pub fn of(message_type: &str, trigger: &str) -> Result<MessageClass, u16> {
+        let class = match message_type {
+            "ORM" | "OML" => MessageClass::Order,
+            "ORU" | "OUL" => MessageClass::Result,
+            "MDM" => MessageClass::Document,
+            "ADT" => MessageClass::Admin,
+            _ => return Err(200),
+        };
+        let ok = match class {
+            MessageClass::Order => matches!((message_type, trigger), ("ORM", "O01") | ("OML", "O21" | "O33" | "O35")),
+            MessageClass::Result => matches!((message_type, trigger), ("ORU", "R01") | ("OUL", "R22")),
+            MessageClass::Document => matches!(trigger, "T02" | "T04" | "T10"),
+            // The list (A01/A04/A08/A28/A31/A40) plus the movements a DPI sends on the
+            // same interface (transfer, discharge, cancellations), so they are not refused.
+            MessageClass::Admin => matches!(
+                trigger,
+                "A01" | "A02" | "A03" | "A04" | "A05" | "A06" | "A07" | "A08" | "A11" | "A12" | "A13" | "A28" | "A31" | "A40"
+            ),
+        };
+        if ok { Ok(class) } else { Err(201) }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageClass::Order => "order",
+            MessageClass::Result => "result",
+            MessageClass::Document => "document",
+            MessageClass::Admin => "admin",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        assert_eq!(MessageClass::of("OML", "O33"), Ok(MessageClass::Order));
+        assert_eq!(MessageClass::of("OUL", "R22"), Ok(MessageClass::Result));
+        assert_eq!(MessageClass::of("ORU", "R30"), Err(201));
+        assert_eq!(MessageClass::of("QBP", "Q11"), Err(200));
+        assert_eq!(MessageClass::of("ADT", "A40"), Ok(MessageClass::Admin));
+        assert_eq!(MessageClass::of("ADT", "A03"), Ok(MessageClass::Admin));
+        assert_eq!(MessageClass::of("ADT", "A99"), Err(201));
+    }
+}
