@@ -2,3 +2,4 @@
 pub mod hl7;
 pub mod config;
 pub mod model;
+pub mod router;

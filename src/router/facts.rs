@@ -1,0 +1,176 @@
+//! The facts routing needs, read once from a parsed message into owned values.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hl7::Message;
+use crate::hl7::ack::AckError;
+use crate::model::MessageClass;
+
+/// An order number (EI): entity identifier and namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRef {
+    pub id: String,
+    pub namespace: String,
+}
+
+impl OrderRef {
+    /// Index key: namespace and id, unit-separated.
+    pub fn key(&self) -> String {
+        format!("{}\u{1f}{}", self.namespace, self.id)
+    }
+}
+
+/// One identifier value found in the message, with the field it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Found {
+    pub field: String,
+    pub value: String,
+}
+
+/// What routing reads from a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Facts {
+    pub class: MessageClass,
+    pub message_type: String,
+    pub trigger: String,
+    pub control_id: String,
+    pub sending_application: String,
+    /// MSH-4.1 and MSH-4.2.
+    pub sending_facility: Vec<Found>,
+    /// ORC-2 / OBR-2.
+    pub placer_orders: Vec<OrderRef>,
+    /// ORC-3 / OBR-3.
+    pub filler_orders: Vec<OrderRef>,
+    /// ORC-2.2/.3 and OBR-2.2/.3.
+    pub placer_namespaces: Vec<Found>,
+    /// ORC-21.10 (XON organisation identifier: FINESS).
+    pub finess: Vec<Found>,
+    /// PV1-3.4.1 / PV1-3.4.2.
+    pub facilities: Vec<Found>,
+    /// PID-3 assigning authorities (CX-4.1 / CX-4.2) of local identifiers (not INS).
+    pub patient_authorities: Vec<Found>,
+    /// Key of the patient (first local identifier: authority and id), for per-patient data.
+    pub patient_key: Option<String>,
+    /// PAM France ZFA segment fields 1..=10 (DMP status, opposition), when present.
+    pub zfa: Option<Vec<String>>,
+}
+
+/// A message refused before routing: the ACK's ERR content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub error: AckError,
+}
+
+impl Refusal {
+    pub fn new(code: u16, text: &str, location: Option<(&str, u16)>) -> Refusal {
+        Refusal { error: AckError { code, text: text.to_owned(), location: location.map(|(s, f)| (s.to_owned(), f)) } }
+    }
+}
+
+fn push_found(out: &mut Vec<Found>, field: &str, value: &str) {
+    let value = value.trim();
+    if !value.is_empty() && !out.iter().any(|f| f.value == value && f.field == field) {
+        out.push(Found { field: field.to_owned(), value: value.to_owned() });
+    }
+}
+
+fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
+    matches!(id_type, "INS" | "INS-NIR" | "INS-NIA" | "INS-C" | "NH") || authority_uid.starts_with("1.2.250.1.213.1.4.")
+}
+
+/// Reads the facts, or refuses the message (unsupported type, missing required field).
+pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
+    let msh = msg.msh();
+    let msh9 = msh.field(9);
+    let message_type = msh9.component(1).text().trim().to_owned();
+    let trigger = msh9.component(2).text().trim().to_owned();
+    if message_type.is_empty() {
+        return Err(Refusal::new(101, "MSH-9 message type is missing", Some(("MSH", 9))));
+    }
+    let class = MessageClass::of(&message_type, &trigger).map_err(|code| {
+        let text = if code == 200 { "message type not supported" } else { "trigger event not supported" };
+        Refusal::new(code, text, Some(("MSH", 9)))
+    })?;
+    let control_id = msh.field(10).text().trim().to_owned();
+    if control_id.is_empty() {
+        return Err(Refusal::new(101, "MSH-10 message control id is missing", Some(("MSH", 10))));
+    }
+    let mut f = Facts {
+        class,
+        message_type,
+        trigger,
+        control_id,
+        sending_application: msh.field(3).component(1).text().trim().to_owned(),
+        sending_facility: Vec::new(),
+        placer_orders: Vec::new(),
+        filler_orders: Vec::new(),
+        placer_namespaces: Vec::new(),
+        finess: Vec::new(),
+        facilities: Vec::new(),
+        patient_authorities: Vec::new(),
+        patient_key: None,
+        zfa: None,
+    };
+    push_found(&mut f.sending_facility, "MSH-4.1", &msh.field(4).component(1).text());
+    push_found(&mut f.sending_facility, "MSH-4.2", &msh.field(4).component(2).text());
+
+    for seg in msg.segments() {
+        match seg.id() {
+            b"ORC" | b"OBR" => {
+                let name = if seg.id() == b"ORC" { "ORC" } else { "OBR" };
+                for (n, out) in [(2usize, 0), (3, 1)] {
+                    let v = seg.field(n).repetition(1);
+                    let id = v.component(1).text().trim().to_owned();
+                    let ns = v.component(2).text().trim().to_owned();
+                    let uid = v.component(3).text().trim().to_owned();
+                    if n == 2 {
+                        push_found(&mut f.placer_namespaces, &format!("{name}-2.2"), &ns);
+                        push_found(&mut f.placer_namespaces, &format!("{name}-2.3"), &uid);
+                    }
+                    if !id.is_empty() {
+                        let r = OrderRef { id, namespace: if ns.is_empty() { uid } else { ns } };
+                        let list = if out == 0 { &mut f.placer_orders } else { &mut f.filler_orders };
+                        if !list.contains(&r) {
+                            list.push(r);
+                        }
+                    }
+                }
+                if name == "ORC" {
+                    for rep in seg.field(21).repetitions() {
+                        push_found(&mut f.finess, "ORC-21.10", &rep.component(10).text());
+                    }
+                }
+            }
+            b"PV1" => {
+                let hd = seg.field(3).component(4);
+                push_found(&mut f.facilities, "PV1-3.4.1", &hd.subcomponent(1).text());
+                push_found(&mut f.facilities, "PV1-3.4.2", &hd.subcomponent(2).text());
+            }
+            b"PID" => {
+                for rep in seg.field(3).repetitions() {
+                    let auth = rep.component(4);
+                    let ns = auth.subcomponent(1).text();
+                    let uid = auth.subcomponent(2).text();
+                    let id_type = rep.component(5).text();
+                    if is_national_patient_id(id_type.trim(), uid.trim()) {
+                        continue;
+                    }
+                    push_found(&mut f.patient_authorities, "PID-3.4.1", &ns);
+                    push_found(&mut f.patient_authorities, "PID-3.4.2", &uid);
+                    if f.patient_key.is_none() {
+                        let id = rep.component(1).text();
+                        if !id.trim().is_empty() {
+                            let a = if ns.trim().is_empty() { uid.trim() } else { ns.trim() };
+                            f.patient_key = Some(format!("{a}\u{1f}{}", id.trim()));
+                        }
+                    }
+                }
+            }
+            b"ZFA" => {
+                f.zfa = Some((1..=10).map(|n| seg.field(n).text().into_owned()).collect());
+            }
+            _ => {}
+        }
+    }
+    Ok(f)
+}

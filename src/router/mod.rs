@@ -1,0 +1,173 @@
+//! Tagging a message with its owning establishment, and choosing its destinations.
+//!
+//! Pure: the order index is behind a trait, so `labroute validate` runs the same code as the
+//! server. Never guesses: no evidence, or evidence naming two establishments, is quarantine.
+
+pub mod facts;
+pub mod tests_runner;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use facts::{Facts, Found, OrderRef, Refusal, extract};
+
+use crate::config::{Config, IdKind};
+use crate::model::{DestinationName, EstablishmentId, MessageClass};
+
+/// Which rule produced a piece of evidence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Rule {
+    /// The result answers an order whose owner is known (placer number).
+    OrderPlacer,
+    /// The result answers an order whose owner is known (filler number).
+    OrderFiller,
+    /// A configured identifier.
+    Identifier(IdKind),
+}
+
+/// One piece of evidence: which field, which value, which rule, which establishment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub rule: Rule,
+    pub field: String,
+    pub value: String,
+    /// `None`: the value was examined and matched no establishment.
+    pub establishment: Option<EstablishmentId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuarantineReason {
+    /// Nothing in the message names a configured establishment.
+    NoEvidence,
+    /// The evidence names more than one establishment.
+    Conflict,
+}
+
+impl QuarantineReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuarantineReason::NoEvidence => "no_evidence",
+            QuarantineReason::Conflict => "conflict",
+        }
+    }
+}
+
+/// The tenant decision, stored with the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Decision {
+    Owned { establishment: EstablishmentId, evidence: Vec<Evidence> },
+    Quarantined { reason: QuarantineReason, evidence: Vec<Evidence> },
+}
+
+impl Decision {
+    pub fn establishment(&self) -> Option<&EstablishmentId> {
+        match self {
+            Decision::Owned { establishment, .. } => Some(establishment),
+            Decision::Quarantined { .. } => None,
+        }
+    }
+    pub fn evidence(&self) -> &[Evidence] {
+        match self {
+            Decision::Owned { evidence, .. } | Decision::Quarantined { evidence, .. } => evidence,
+        }
+    }
+}
+
+/// Who owns an order, by index key (`OrderRef::key`).
+pub trait OrderIndex {
+    fn placer_owner(&self, key: &str) -> Option<EstablishmentId>;
+    fn filler_owner(&self, key: &str) -> Option<EstablishmentId>;
+}
+
+/// An in-memory order index (routing tests, `validate`).
+#[derive(Debug, Default)]
+pub struct MemoryOrders {
+    placer: HashMap<String, EstablishmentId>,
+    filler: HashMap<String, EstablishmentId>,
+}
+
+impl MemoryOrders {
+    pub fn record(&mut self, facts: &Facts, owner: &EstablishmentId) {
+        for o in &facts.placer_orders {
+            self.placer.entry(o.key()).or_insert_with(|| owner.clone());
+        }
+        for o in &facts.filler_orders {
+            self.filler.entry(o.key()).or_insert_with(|| owner.clone());
+        }
+    }
+}
+
+impl OrderIndex for MemoryOrders {
+    fn placer_owner(&self, key: &str) -> Option<EstablishmentId> {
+        self.placer.get(key).cloned()
+    }
+    fn filler_owner(&self, key: &str) -> Option<EstablishmentId> {
+        self.filler.get(key).cloned()
+    }
+}
+
+/// The identifier rules that apply to a class of message. MSH-4 names the placer only for
+/// messages the placer sends (orders, patient administration): a result's MSH-4 is the lab.
+fn identifier_sources(facts: &Facts) -> Vec<(IdKind, &Found)> {
+    let mut v = Vec::new();
+    if matches!(facts.class, MessageClass::Order | MessageClass::Admin) {
+        v.extend(facts.sending_facility.iter().map(|f| (IdKind::SendingFacility, f)));
+        // MSH-4.2 may carry the placer's FINESS.
+        v.extend(facts.sending_facility.iter().filter(|f| f.field == "MSH-4.2").map(|f| (IdKind::Finess, f)));
+    }
+    v.extend(facts.placer_namespaces.iter().map(|f| (IdKind::PlacerNamespace, f)));
+    v.extend(facts.finess.iter().map(|f| (IdKind::Finess, f)));
+    v.extend(facts.facilities.iter().map(|f| (IdKind::Facility, f)));
+    v.extend(facts.patient_authorities.iter().map(|f| (IdKind::PatientAuthority, f)));
+    v
+}
+
+/// Decides the owning establishment.
+pub fn decide(facts: &Facts, cfg: &Config, orders: &dyn OrderIndex) -> Decision {
+    let mut evidence = Vec::new();
+    if matches!(facts.class, MessageClass::Result | MessageClass::Document) {
+        for (list, rule, field) in [
+            (&facts.placer_orders, Rule::OrderPlacer, "ORC-2/OBR-2"),
+            (&facts.filler_orders, Rule::OrderFiller, "ORC-3/OBR-3"),
+        ] {
+            for o in list {
+                let owner =
+                    if rule == Rule::OrderPlacer { orders.placer_owner(&o.key()) } else { orders.filler_owner(&o.key()) };
+                if owner.is_some() {
+                    evidence.push(Evidence { rule, field: field.to_owned(), value: format!("{}/{}", o.namespace, o.id), establishment: owner });
+                }
+            }
+        }
+    }
+    for (kind, found) in identifier_sources(facts) {
+        evidence.push(Evidence {
+            rule: Rule::Identifier(kind),
+            field: found.field.clone(),
+            value: found.value.clone(),
+            establishment: cfg.identify(kind, &found.value).cloned(),
+        });
+    }
+    let (first, more) = {
+        let mut owners = evidence.iter().filter_map(|e| e.establishment.as_ref());
+        let first = owners.next().cloned();
+        let more = first.as_ref().is_some_and(|f| owners.any(|e| e != f));
+        (first, more)
+    };
+    match (first, more) {
+        (None, _) => Decision::Quarantined { reason: QuarantineReason::NoEvidence, evidence },
+        (Some(establishment), false) => Decision::Owned { establishment, evidence },
+        (Some(_), true) => Decision::Quarantined { reason: QuarantineReason::Conflict, evidence },
+    }
+}
+
+/// Destinations of a message owned by `owner`.
+pub fn destinations(class: MessageClass, owner: &EstablishmentId, cfg: &Config) -> Vec<DestinationName> {
+    match class {
+        MessageClass::Order => cfg.routing.orders_to.clone(),
+        MessageClass::Admin => cfg.routing.adt_to.clone(),
+        MessageClass::Result | MessageClass::Document => {
+            cfg.establishment(owner).map(|e| vec![e.record.clone()]).unwrap_or_default()
+        }
+    }
+}
