@@ -3,3 +3,5 @@ pub mod hl7;
 pub mod config;
 pub mod model;
 pub mod router;
+pub mod store;
+pub mod time;

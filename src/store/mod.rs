@@ -1,0 +1,259 @@
+//! The durable store: messages, tenant decisions, outbox queues, quarantine, dead letters,
+//! order index, patient data and the operator log, in one redb file.
+//!
+//! Every change goes through one writer thread (`writer`), which commits the requests waiting
+//! at that moment in one transaction (group commit: one fsync for many ACKs) and answers each
+//! request only after the commit returned. Readers (`Store`) use redb snapshots and never block
+//! the writer.
+
+pub mod records;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+pub use records::*;
+pub use writer::{StoreHandle, WriterConfig};
+
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+pub(crate) const RAW: TableDefinition<u64, &[u8]> = TableDefinition::new("raw");
+pub(crate) const ACKS: TableDefinition<u64, &[u8]> = TableDefinition::new("acks");
+/// sender key → seq (8 bytes BE) + SHA-256 of the content (32 bytes).
+pub(crate) const DEDUP: TableDefinition<&str, &[u8]> = TableDefinition::new("dedup");
+/// destination \0 enqueue-seq BE → OutboxEntry.
+pub(crate) const OUTBOX: TableDefinition<&[u8], &[u8]> = TableDefinition::new("outbox");
+/// destination \0 seq BE → DeadLetter.
+pub(crate) const DEAD: TableDefinition<&[u8], &[u8]> = TableDefinition::new("dead");
+/// destination \0 seq BE → delivery time (ms).
+pub(crate) const DELIVERED: TableDefinition<&[u8], u64> = TableDefinition::new("delivered");
+pub(crate) const QUARANTINE: TableDefinition<u64, &[u8]> = TableDefinition::new("quarantine");
+/// "P\x1f" or "F\x1f" + order key → establishment id.
+pub(crate) const ORDERS: TableDefinition<&str, &str> = TableDefinition::new("orders");
+/// establishment \x1f patient key → PatientAdmin.
+pub(crate) const PATIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("patients");
+pub(crate) const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
+
+/// File name of the store inside the data directory.
+pub const STORE_FILE: &str = "labroute.redb";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the store {path}: {source}. The file is kept as it is; restore it from a backup or move it aside to start empty")]
+    Open { path: PathBuf, source: Box<redb::Error> },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("store: {0}")]
+    Db(Box<redb::Error>),
+    #[error("store record {0} is unreadable: {1}")]
+    Record(String, String),
+    #[error("the store writer has stopped")]
+    Closed,
+}
+
+pub(crate) fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(Box::new(e.into()))
+}
+
+pub(crate) fn queue_key(dest: &str, n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(dest.len() + 9);
+    k.extend_from_slice(dest.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+pub(crate) fn split_queue_key(k: &[u8]) -> Option<(&str, u64)> {
+    let (dest, n) = k.split_at_checked(k.len().checked_sub(9)?)?;
+    if n[0] != 0 {
+        return None;
+    }
+    let n = u64::from_be_bytes(n[1..].try_into().ok()?);
+    Some((std::str::from_utf8(dest).ok()?, n))
+}
+
+/// Read access to the store (snapshots).
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `data_dir`. A file that is not a valid store is an error
+    /// naming the file: it is never reset silently.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
+        let path = data_dir.join(STORE_FILE);
+        let db = Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), source: Box::new(e.into()) })?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            txn.open_table(META).map_err(db_err)?;
+            txn.open_table(RECORDS).map_err(db_err)?;
+            txn.open_table(RAW).map_err(db_err)?;
+            txn.open_table(ACKS).map_err(db_err)?;
+            txn.open_table(DEDUP).map_err(db_err)?;
+            txn.open_table(OUTBOX).map_err(db_err)?;
+            txn.open_table(DEAD).map_err(db_err)?;
+            txn.open_table(DELIVERED).map_err(db_err)?;
+            txn.open_table(QUARANTINE).map_err(db_err)?;
+            txn.open_table(ORDERS).map_err(db_err)?;
+            txn.open_table(PATIENTS).map_err(db_err)?;
+            txn.open_table(OPLOG).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Store { db: Arc::new(db), path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn db(&self) -> &Arc<Database> {
+        &self.db
+    }
+
+    /// Up to `limit` outbox entries of a destination after `after` (an enqueue number).
+    pub fn outbox_after(&self, dest: &str, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(OUTBOX).map_err(db_err)?;
+        let start = queue_key(dest, after.map_or(0, |a| a.saturating_add(1)));
+        let end = queue_key(dest, u64::MAX);
+        let mut out = Vec::new();
+        for item in t.range(start.as_slice()..=end.as_slice()).map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            let Some((_, n)) = split_queue_key(k.value()) else { continue };
+            out.push((n, decode(v.value())?));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of undelivered entries of a destination and the enqueue time of the oldest.
+    pub fn queue_stats(&self, dest: &str) -> Result<(u64, Option<u64>), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(OUTBOX).map_err(db_err)?;
+        let start = queue_key(dest, 0);
+        let end = queue_key(dest, u64::MAX);
+        let mut n = 0;
+        let mut oldest = None;
+        for item in t.range(start.as_slice()..=end.as_slice()).map_err(db_err)? {
+            let (_, v) = item.map_err(db_err)?;
+            if oldest.is_none() {
+                let e: OutboxEntry = decode(v.value())?;
+                oldest = Some(e.enqueued_at_ms);
+            }
+            n += 1;
+        }
+        Ok((n, oldest))
+    }
+
+    pub fn raw(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(RAW).map_err(db_err)?;
+        Ok(t.get(seq).map_err(db_err)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn record(&self, seq: u64) -> Result<Option<MessageRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(RECORDS).map_err(db_err)?;
+        match t.get(seq).map_err(db_err)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every quarantined message, oldest first.
+    pub fn quarantine(&self) -> Result<Vec<(MessageRecord, QuarantineEntry)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let q = txn.open_table(QUARANTINE).map_err(db_err)?;
+        let r = txn.open_table(RECORDS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in q.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            let entry: QuarantineEntry = decode(v.value())?;
+            if let Some(rec) = r.get(k.value()).map_err(db_err)? {
+                out.push((decode(rec.value())?, entry));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every dead letter: (destination, entry).
+    pub fn dead_letters(&self) -> Result<Vec<(String, DeadLetter)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(DEAD).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            if let Some((dest, _)) = split_queue_key(k.value()) {
+                out.push((dest.to_owned(), decode(v.value())?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Delivery time of a message to a destination, if delivered.
+    pub fn delivered_at(&self, dest: &str, seq: u64) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(DELIVERED).map_err(db_err)?;
+        Ok(t.get(queue_key(dest, seq).as_slice()).map_err(db_err)?.map(|v| v.value()))
+    }
+
+    /// The operator log, oldest first.
+    pub fn operator_log(&self) -> Result<Vec<OperatorRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(OPLOG).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db_err)? {
+            let (_, v) = item.map_err(db_err)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Patient administration data recorded from ADT (ZFA), by establishment and patient key.
+    pub fn patient(&self, establishment: &str, patient_key: &str) -> Result<Option<PatientAdmin>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(PATIENTS).map_err(db_err)?;
+        let key = format!("{establishment}\u{1f}{patient_key}");
+        match t.get(key.as_str()).map_err(db_err)? {
+            Some(v) => Ok(Some(decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Counts for status output.
+    pub fn counts(&self) -> Result<Counts, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        Ok(Counts {
+            messages: txn.open_table(RECORDS).map_err(db_err)?.len().map_err(db_err)?,
+            outbox: txn.open_table(OUTBOX).map_err(db_err)?.len().map_err(db_err)?,
+            quarantine: txn.open_table(QUARANTINE).map_err(db_err)?.len().map_err(db_err)?,
+            dead: txn.open_table(DEAD).map_err(db_err)?.len().map_err(db_err)?,
+            delivered: txn.open_table(DELIVERED).map_err(db_err)?.len().map_err(db_err)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub messages: u64,
+    pub outbox: u64,
+    pub quarantine: u64,
+    pub dead: u64,
+    pub delivered: u64,
+}
+
+pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Serialising these plain structs cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Record(std::any::type_name::<T>().to_owned(), e.to_string()))
+}

@@ -1,0 +1,88 @@
+//! What the store keeps, as serialised records.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hl7::ack::AckError;
+use crate::model::{DestinationName, EstablishmentId, MessageClass};
+use crate::router::{Decision, QuarantineReason};
+
+/// Where a stored message stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecordStatus {
+    /// Owned and queued to its destinations.
+    Routed,
+    /// Held: its owner could not be established.
+    Quarantined,
+    /// Released from quarantine by an operator to a named establishment.
+    Released,
+    /// Discarded from quarantine by an operator (the bytes are kept).
+    Discarded,
+    /// Refused with AR (unreadable, unsupported, control id reused); kept for review.
+    Rejected,
+}
+
+/// One received message (its bytes are in the `raw` table under the same sequence number).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    pub seq: u64,
+    pub received_at_ms: u64,
+    pub listener: String,
+    pub peer: String,
+    pub control_id: String,
+    pub message_type: String,
+    pub class: Option<MessageClass>,
+    pub sha256: String,
+    pub status: RecordStatus,
+    pub decision: Option<Decision>,
+    pub rejection: Option<AckError>,
+    pub destinations: Vec<DestinationName>,
+}
+
+impl MessageRecord {
+    pub fn establishment(&self) -> Option<&EstablishmentId> {
+        self.decision.as_ref().and_then(|d| d.establishment())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub seq: u64,
+    pub enqueued_at_ms: u64,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+    /// Patient key, for per-patient ordering.
+    pub patient: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub seq: u64,
+    pub reason: String,
+    pub at_ms: u64,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuarantineEntry {
+    pub reason: QuarantineReason,
+    pub at_ms: u64,
+}
+
+/// ADT data kept per patient and establishment (PAM France ZFA: DMP status, opposition).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatientAdmin {
+    pub updated_at_ms: u64,
+    pub from_seq: u64,
+    pub zfa: Vec<String>,
+}
+
+/// An operator action, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorRecord {
+    pub at_ms: u64,
+    pub operator: String,
+    pub action: String,
+    pub seq: u64,
+    pub detail: String,
+}
