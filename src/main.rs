@@ -1,1 +1,295 @@
-fn main() {}
+//! `labroute`: the command line. Thin: everything is in the library.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use labroute::admin::{self, AdminRequest, AdminResponse};
+use labroute::config::Config;
+use labroute::hl7::ack::{self, AckCode, AckHeader};
+use labroute::hl7::mllp::{Decoded, Decoder, frame};
+use labroute::hl7::{Message, message::strip_bom};
+use labroute::router::tests_runner::run_all;
+use labroute::server::Server;
+use labroute::store::writer::OperatorCommand;
+use labroute::store::{Store, StoreHandle, WriterConfig};
+use labroute::time::{hl7_timestamp, now_ms};
+
+#[derive(Parser)]
+#[command(name = "labroute", version, about = "Routes lab orders and results (HL7 v2 over MLLP) to the establishment that owns them")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine.
+    Serve {
+        /// Routes directory (every *.toml) or file.
+        #[arg(long, default_value = "routes")]
+        routes: PathBuf,
+        /// Data directory (the store and the admin socket).
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+    },
+    /// Check a routes directory and run its test cases.
+    Validate {
+        #[arg(default_value = "routes")]
+        routes: PathBuf,
+    },
+    /// Send HL7 files over MLLP and print each ACK.
+    Send {
+        files: Vec<PathBuf>,
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+    /// An MLLP receiver that stores each message in a directory and answers AA.
+    Receive {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Quarantined messages.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+        #[arg(long, default_value = "data", global = true)]
+        data: PathBuf,
+        #[arg(long, default_value = "routes", global = true)]
+        routes: PathBuf,
+    },
+    /// Dead letters.
+    Dead {
+        #[command(subcommand)]
+        action: DeadAction,
+        #[arg(long, default_value = "data", global = true)]
+        data: PathBuf,
+        #[arg(long, default_value = "routes", global = true)]
+        routes: PathBuf,
+    },
+    /// Store counts.
+    Status {
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long, default_value = "routes")]
+        routes: PathBuf,
+    },
+    /// The operator log.
+    Oplog {
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long, default_value = "routes")]
+        routes: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    List,
+    Show { seq: u64 },
+    /// Release to a named establishment (routes it to that establishment's destinations).
+    Release {
+        seq: u64,
+        #[arg(long)]
+        to: String,
+    },
+    /// Discard (the bytes stay in the store).
+    Discard {
+        seq: u64,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadAction {
+    List,
+    /// Queue a dead letter again.
+    Retry { destination: String, seq: u64 },
+}
+
+fn operator() -> String {
+    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into())
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LABROUTE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(cli))
+}
+
+fn load(routes: &Path) -> Result<Config> {
+    Config::load(routes).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Serve { routes, data } => serve(&routes, &data).await,
+        Command::Validate { routes } => {
+            let cfg = load(&routes)?;
+            let failures = run_all(&cfg);
+            for f in &failures {
+                eprintln!("FAIL {f}");
+            }
+            println!(
+                "{}: {} establishment(s), {} listener(s), {} destination(s); {} routing test(s): {} passed, {} failed",
+                routes.display(),
+                cfg.establishments.len(),
+                cfg.listeners.len(),
+                cfg.destinations.len(),
+                cfg.tests.len(),
+                cfg.tests.len() - failures.len(),
+                failures.len()
+            );
+            if failures.is_empty() { Ok(()) } else { bail!("routing tests failed") }
+        }
+        Command::Send { files, to, timeout_secs } => send(&files, &to, Duration::from_secs(timeout_secs)).await,
+        Command::Receive { listen, out } => receive(&listen, &out).await,
+        Command::Quarantine { action, data, routes } => {
+            let req = match action {
+                QuarantineAction::List => AdminRequest::QuarantineList,
+                QuarantineAction::Show { seq } => AdminRequest::QuarantineShow { seq },
+                QuarantineAction::Release { seq, to } => {
+                    AdminRequest::Command { command: OperatorCommand::Release { seq, establishment: to }, operator: operator() }
+                }
+                QuarantineAction::Discard { seq, reason } => {
+                    AdminRequest::Command { command: OperatorCommand::Discard { seq, reason }, operator: operator() }
+                }
+            };
+            admin_call(&data, &routes, req).await
+        }
+        Command::Dead { action, data, routes } => {
+            let req = match action {
+                DeadAction::List => AdminRequest::DeadList,
+                DeadAction::Retry { destination, seq } => {
+                    AdminRequest::Command { command: OperatorCommand::RetryDead { destination, seq }, operator: operator() }
+                }
+            };
+            admin_call(&data, &routes, req).await
+        }
+        Command::Status { data, routes } => admin_call(&data, &routes, AdminRequest::Status).await,
+        Command::Oplog { data, routes } => admin_call(&data, &routes, AdminRequest::OperatorLog).await,
+    }
+}
+
+async fn serve(routes: &Path, data: &Path) -> Result<()> {
+    let cfg = Arc::new(load(routes)?);
+    let server = Server::start(cfg.clone(), data.to_owned()).await?;
+    tracing::info!(routes = %routes.display(), data = %data.display(), establishments = cfg.establishments.len(), "labroute started");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn admin_call(data: &Path, routes: &Path, req: AdminRequest) -> Result<()> {
+    let resp = match admin::request(data, &req).await? {
+        Some(r) => r,
+        None => {
+            // No running instance: work on the store directly (same code path).
+            let cfg = Arc::new(load(routes)?);
+            let store = Store::open(data)?;
+            let handle = StoreHandle::start(store, cfg, WriterConfig { max_batch: 16 });
+            admin::execute(req, &handle).await
+        }
+    };
+    match resp {
+        AdminResponse::Ok(v) => {
+            match v {
+                serde_json::Value::String(s) => println!("{s}"),
+                other => println!("{}", serde_json::to_string_pretty(&other)?),
+            }
+            Ok(())
+        }
+        AdminResponse::Error(e) => bail!("{e}"),
+    }
+}
+
+async fn read_frame(stream: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>> {
+    let mut dec = Decoder::new(16 * 1024 * 1024);
+    let mut buf = vec![0u8; 8192];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.context("no ACK before the timeout")??;
+        if n == 0 {
+            bail!("peer closed the connection before answering");
+        }
+        if let Some(u) = dec.feed(&buf[..n]).into_iter().next() {
+            return match u {
+                Decoded::Frame(f) => Ok(f),
+                Decoded::Oversized { .. } => bail!("answer too large"),
+            };
+        }
+    }
+}
+
+async fn send(files: &[PathBuf], to: &str, timeout: Duration) -> Result<()> {
+    if files.is_empty() {
+        bail!("no file to send");
+    }
+    let mut stream = TcpStream::connect(to).await.with_context(|| format!("cannot connect to {to}"))?;
+    let mut all_ok = true;
+    for f in files {
+        let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+        stream.write_all(&frame(&bytes)).await?;
+        let ack = read_frame(&mut stream, timeout).await?;
+        let code = ack::read_peer_ack(&ack).map(|(c, _)| c);
+        if !matches!(code, Some(AckCode::AA | AckCode::CA)) {
+            all_ok = false;
+        }
+        println!("{}: {}", f.display(), String::from_utf8_lossy(&ack).trim_end().replace('\r', "\n    "));
+    }
+    if all_ok { Ok(()) } else { bail!("at least one message was not accepted") }
+}
+
+async fn receive(listen: &str, out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out)?;
+    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("receiving on {}", listener.local_addr()?);
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        let out = out.to_owned();
+        let counter = counter.clone();
+        tokio::spawn(async move {
+            let mut dec = Decoder::new(64 * 1024 * 1024);
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                for u in dec.feed(&buf[..n]) {
+                    let Decoded::Frame(f) = u else { continue };
+                    let i = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                    if std::fs::write(out.join(format!("{i:08}.hl7")), &f).is_err() {
+                        return;
+                    }
+                    let header = Message::parse(strip_bom(&f)).map(|m| AckHeader::of(&m)).unwrap_or_else(|_| AckHeader::salvage(&f));
+                    let now = now_ms();
+                    let a = ack::build(&header, AckCode::AA, None, &format!("RCV{i}"), &hl7_timestamp(now));
+                    if stream.write_all(&frame(&a)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}

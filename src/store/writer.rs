@@ -47,8 +47,8 @@ pub enum IngestReply {
     Duplicate { seq: u64, ack: Vec<u8> },
     /// Same sender and control id, different content: refused, kept for review.
     ControlIdReused { seq: u64, ack: Vec<u8>, code: AckCode },
-    /// Stored as rejected.
-    Rejected { seq: u64, ack: Vec<u8>, code: AckCode },
+    /// Stored as rejected, with the HL7 table 0357 error code.
+    Rejected { seq: u64, ack: Vec<u8>, code: AckCode, error_code: u16 },
 }
 
 /// Outcome of one delivery attempt, reported by a destination worker.
@@ -460,7 +460,7 @@ fn ingest(txn: &WriteTransaction, cfg: &Config, seqs: &mut Sequences, req: Inges
                 enhanced: req.enhanced,
             };
             return match reject(txn, seqs, r)? {
-                IngestReply::Rejected { seq, ack, code } => Ok(IngestReply::ControlIdReused { seq, ack, code }),
+                IngestReply::Rejected { seq, ack, code, .. } => Ok(IngestReply::ControlIdReused { seq, ack, code }),
                 other => Ok(other),
             };
         }
@@ -523,6 +523,7 @@ fn reject(txn: &WriteTransaction, seqs: &mut Sequences, req: RejectRequest) -> R
     seqs.message += 1;
     let seq = seqs.message;
     let (ack, code) = ack_for(&req.header, req.enhanced, AckOutcome::Rejected, Some(&req.error), seq, now);
+    let error_code = req.error.code;
     let rec = MessageRecord {
         seq,
         received_at_ms: now,
@@ -540,7 +541,7 @@ fn reject(txn: &WriteTransaction, seqs: &mut Sequences, req: RejectRequest) -> R
     txn.open_table(RECORDS).map_err(db_err)?.insert(seq, encode(&rec).as_slice()).map_err(db_err)?;
     txn.open_table(RAW).map_err(db_err)?.insert(seq, req.raw.as_slice()).map_err(db_err)?;
     txn.open_table(ACKS).map_err(db_err)?.insert(seq, ack.as_slice()).map_err(db_err)?;
-    Ok(IngestReply::Rejected { seq, ack, code })
+    Ok(IngestReply::Rejected { seq, ack, code, error_code })
 }
 
 fn delivery(txn: &WriteTransaction, dest: &str, n: u64, seq: u64, update: &DeliveryUpdate, touched: &mut BTreeSet<String>) -> Result<(), StoreError> {

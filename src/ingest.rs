@@ -1,0 +1,116 @@
+//! One received frame to one ACK. This is the only place that turns ingest errors into
+//! acknowledgements (see the AE-vs-AR table in ARCHITECTURE.md).
+
+use crate::hl7::ack::{self, AcceptAckType, AckError, AckHeader, AckOutcome};
+use crate::hl7::message::strip_bom;
+use crate::hl7::{Message, ParseError};
+use crate::router;
+use crate::store::StoreHandle;
+use crate::store::writer::{IngestReply, IngestRequest, RejectRequest};
+use crate::time::{hl7_timestamp, now_ms};
+
+/// Where a frame came from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub listener: String,
+    pub peer: String,
+}
+
+/// What happened to a frame, for counting and logging (never message content).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    Accepted { seq: u64, establishment: Option<String> },
+    Quarantined { seq: u64 },
+    Duplicate { seq: u64 },
+    Rejected { seq: u64, code: u16 },
+    /// Not stored (store unavailable): answered AE so the sender retries.
+    StoreFailed,
+    /// Too large to store: answered AR.
+    Oversized,
+}
+
+fn parse_error_text(e: &ParseError) -> String {
+    format!("message could not be read: {} (byte {})", e.kind, e.position)
+}
+
+/// AE with code 207, built without the store (used when the store fails).
+fn store_failure_ack(header: &AckHeader, enhanced: bool) -> Vec<u8> {
+    let err = AckError { code: 207, text: "message not stored: temporary failure, send it again".into(), location: None };
+    let code = ack::code_for(enhanced, AckOutcome::Error);
+    let now = now_ms();
+    ack::build(header, code, Some(&err), &format!("LRT{now}"), &hl7_timestamp(now))
+}
+
+/// Handles one frame. Returns the ACK to send (`None` when the sender asked for none).
+pub async fn handle_frame(frame: Vec<u8>, origin: &Origin, store: &StoreHandle) -> (Option<Vec<u8>>, Handled) {
+    let body = strip_bom(&frame);
+    let parsed = Message::parse(body);
+    let (header, accept) = match &parsed {
+        Ok(m) => (AckHeader::of(m), AcceptAckType::of(m)),
+        Err(_) => (AckHeader::salvage(body), AcceptAckType::Original),
+    };
+    let enhanced = accept.enhanced();
+    let facts = match &parsed {
+        Ok(m) => router::extract(m).map_err(|r| (r.error, m.text("MSH-10").into_owned(), type_of(m))),
+        Err(e) => Err((
+            AckError { code: e.kind.hl7_code(), text: parse_error_text(e), location: None },
+            String::from_utf8_lossy(&header.control_id).into_owned(),
+            String::new(),
+        )),
+    };
+    let result = match facts {
+        Ok(facts) => {
+            let req = IngestRequest { listener: origin.listener.clone(), peer: origin.peer.clone(), raw: frame, facts, header: header.clone(), enhanced };
+            store.ingest(req).await
+        }
+        Err((error, control_id, message_type)) => {
+            let req = RejectRequest {
+                listener: origin.listener.clone(),
+                peer: origin.peer.clone(),
+                raw: frame,
+                control_id,
+                message_type,
+                error,
+                header: header.clone(),
+                enhanced,
+            };
+            store.reject(req).await
+        }
+    };
+    match result {
+        Ok(reply) => {
+            let (ack, handled, outcome) = match reply {
+                IngestReply::Accepted { seq, ack, establishment, quarantined, .. } => {
+                    let h = if quarantined {
+                        Handled::Quarantined { seq }
+                    } else {
+                        Handled::Accepted { seq, establishment: establishment.map(|e| e.to_string()) }
+                    };
+                    (ack, h, AckOutcome::Accepted)
+                }
+                IngestReply::Duplicate { seq, ack } => (ack, Handled::Duplicate { seq }, AckOutcome::Accepted),
+                IngestReply::ControlIdReused { seq, ack, .. } => (ack, Handled::Rejected { seq, code: 205 }, AckOutcome::Rejected),
+                IngestReply::Rejected { seq, ack, error_code, .. } => {
+                    (ack, Handled::Rejected { seq, code: error_code }, AckOutcome::Rejected)
+                }
+            };
+            (accept.sends(outcome).then_some(ack), handled)
+        }
+        Err(e) => {
+            tracing::error!(listener = %origin.listener, error = %e, "message not stored; answered AE");
+            (accept.sends(AckOutcome::Error).then(|| store_failure_ack(&header, enhanced)), Handled::StoreFailed)
+        }
+    }
+}
+
+fn type_of(m: &Message<'_>) -> String {
+    format!("{}^{}", m.text("MSH-9.1"), m.text("MSH-9.2"))
+}
+
+/// AR for a frame over the size limit (it is not stored: the limit protects the store).
+pub fn oversized_ack(head: &[u8], len: usize, limit: usize) -> Vec<u8> {
+    let header = AckHeader::salvage(head);
+    let err = AckError { code: 104, text: format!("message of {len} bytes exceeds the {limit}-byte limit"), location: None };
+    let now = now_ms();
+    ack::build(&header, ack::AckCode::AR, Some(&err), &format!("LRT{now}"), &hl7_timestamp(now))
+}

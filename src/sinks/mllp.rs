@@ -1,0 +1,236 @@
+//! MLLP destination worker: one per destination, FIFO (so per patient too), waits for the
+//! peer's ACK, retries with exponential backoff and jitter, dead-letters on AR or when the
+//! attempts or age run out. Its state is in the store, so a restart resumes where it stopped.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::config::Destination;
+use crate::hl7::ack::{AckOutcome, read_peer_ack};
+use crate::hl7::mllp::{Decoded, Decoder, frame};
+use crate::store::writer::DeliveryUpdate;
+use crate::store::{OutboxEntry, StoreHandle};
+use crate::time::now_ms;
+
+/// Largest ACK frame accepted from a peer.
+const MAX_ACK_FRAME: usize = 1024 * 1024;
+
+/// Why an attempt did not deliver.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    #[error("connect to {0} failed: {1}")]
+    Connect(String, String),
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(String),
+    #[error("send failed: {0}")]
+    Send(String),
+    #[error("no ACK within {0:?}")]
+    AckTimeout(Duration),
+    #[error("peer closed the connection before its ACK")]
+    ClosedBeforeAck,
+    #[error("peer answered with something that is not an HL7 ACK")]
+    BadAck,
+    #[error("peer ACK frame exceeds {MAX_ACK_FRAME} bytes")]
+    AckTooLarge,
+}
+
+/// Peer's answer to a delivered message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAnswer {
+    Accepted,
+    /// AE/CE: try again later.
+    Error(String),
+    /// AR/CR: never accepted.
+    Rejected(String),
+}
+
+/// A connection to one destination, reopened when needed.
+pub struct Connection {
+    dest: Destination,
+    stream: Option<TcpStream>,
+}
+
+impl Connection {
+    pub fn new(dest: Destination) -> Self {
+        Connection { dest, stream: None }
+    }
+
+    /// Sends one message and waits for the peer's ACK.
+    pub async fn send(&mut self, message: &[u8]) -> Result<PeerAnswer, AttemptError> {
+        let r = self.try_send(message).await;
+        if r.is_err() {
+            self.stream = None;
+        }
+        r
+    }
+
+    async fn try_send(&mut self, message: &[u8]) -> Result<PeerAnswer, AttemptError> {
+        // A peer that closes after each message (some do) must not make us write into a dead
+        // socket and count that as a failed delivery: check first, reconnect if closed.
+        if let Some(s) = &self.stream {
+            let mut probe = [0u8; 1];
+            match s.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => self.stream = None,
+            }
+        }
+        if self.stream.is_none() {
+            let addr = self.dest.address.clone();
+            let s = match tokio::time::timeout(self.dest.connect_timeout, TcpStream::connect(&addr)).await {
+                Err(_) => return Err(AttemptError::ConnectTimeout(addr)),
+                Ok(Err(e)) => return Err(AttemptError::Connect(addr, e.to_string())),
+                Ok(Ok(s)) => s,
+            };
+            let _ = s.set_nodelay(true);
+            self.stream = Some(s);
+        }
+        let Some(stream) = self.stream.as_mut() else { return Err(AttemptError::ClosedBeforeAck) };
+        stream.write_all(&frame(message)).await.map_err(|e| AttemptError::Send(e.to_string()))?;
+        let mut dec = Decoder::new(MAX_ACK_FRAME);
+        let mut buf = vec![0u8; 8192];
+        let deadline = tokio::time::Instant::now() + self.dest.ack_timeout;
+        loop {
+            let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+                Err(_) => return Err(AttemptError::AckTimeout(self.dest.ack_timeout)),
+                Ok(Err(_)) | Ok(Ok(0)) => return Err(AttemptError::ClosedBeforeAck),
+                Ok(Ok(n)) => n,
+            };
+            if let Some(unit) = dec.feed(&buf[..n]).into_iter().next() {
+                let Decoded::Frame(ack) = unit else { return Err(AttemptError::AckTooLarge) };
+                let (code, _msa2) = read_peer_ack(&ack).ok_or(AttemptError::BadAck)?;
+                return Ok(match code.outcome() {
+                    AckOutcome::Accepted => PeerAnswer::Accepted,
+                    AckOutcome::Error => PeerAnswer::Error(format!("peer answered {}", code.as_str())),
+                    AckOutcome::Rejected => PeerAnswer::Rejected(format!("peer answered {}", code.as_str())),
+                });
+            }
+        }
+    }
+}
+
+/// Backoff before attempt `attempts + 1`: initial × 2^(attempts-1), capped, with jitter in
+/// [50 %, 100 %] so that many queues do not retry in step.
+pub fn backoff(dest: &Destination, attempts: u32) -> Duration {
+    let exp = attempts.saturating_sub(1).min(30);
+    let base = dest.backoff_initial.saturating_mul(1u32 << exp).min(dest.backoff_max);
+    let ms = base.as_millis() as u64;
+    Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
+}
+
+/// Runs the worker of one destination until shutdown.
+pub async fn run_destination(dest: Destination, store: StoreHandle, mut shutdown: watch::Receiver<bool>) {
+    let name = dest.name.as_str().to_owned();
+    let Some(notify) = store.notifier(&name) else { return };
+    let mut conn = Connection::new(dest.clone());
+    let mut cursor: Option<u64> = None;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let batch = match store.store().outbox_after(&name, cursor, 64) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(destination = %name, error = %e, "cannot read the outbox; retrying");
+                if sleep_or_shutdown(Duration::from_secs(1), &mut shutdown).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        if batch.is_empty() {
+            tokio::select! {
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => return,
+            }
+            continue;
+        }
+        for (n, entry) in batch {
+            if !deliver_one(&dest, &store, &mut conn, n, entry, &mut shutdown).await {
+                return;
+            }
+            cursor = Some(n);
+        }
+    }
+}
+
+/// Delivers one entry until it is delivered or dead. Returns false on shutdown.
+async fn deliver_one(
+    dest: &Destination,
+    store: &StoreHandle,
+    conn: &mut Connection,
+    n: u64,
+    mut entry: OutboxEntry,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let name = dest.name.as_str();
+    loop {
+        let now = now_ms();
+        if entry.next_attempt_ms > now && sleep_or_shutdown(Duration::from_millis(entry.next_attempt_ms - now), shutdown).await {
+            return false;
+        }
+        let update = if now_ms().saturating_sub(entry.enqueued_at_ms) > dest.max_age.as_millis() as u64 {
+            DeliveryUpdate::Dead { attempts: entry.attempts, reason: format!("not delivered within max_age ({:?})", dest.max_age) }
+        } else {
+            match store.store().raw(entry.seq) {
+                Ok(Some(raw)) => {
+                    let attempts = entry.attempts + 1;
+                    match conn.send(&raw).await {
+                        Ok(PeerAnswer::Accepted) => DeliveryUpdate::Delivered,
+                        Ok(PeerAnswer::Rejected(r)) => DeliveryUpdate::Dead { attempts, reason: r },
+                        Ok(PeerAnswer::Error(e)) => retry_or_dead(dest, attempts, e),
+                        Err(e) => retry_or_dead(dest, attempts, e.to_string()),
+                    }
+                }
+                Ok(None) => DeliveryUpdate::Dead { attempts: entry.attempts, reason: "message bytes missing from the store".into() },
+                Err(e) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
+            }
+        };
+        // Persist the outcome before going on: a restart resumes from the store.
+        loop {
+            match store.delivery(name, n, entry.seq, update.clone()).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(destination = %name, error = %e, "cannot record a delivery outcome; retrying");
+                    if sleep_or_shutdown(Duration::from_secs(1), shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+        match update {
+            DeliveryUpdate::Delivered => {
+                tracing::debug!(destination = %name, seq = entry.seq, "delivered");
+                return true;
+            }
+            DeliveryUpdate::Dead { reason, .. } => {
+                tracing::warn!(destination = %name, seq = entry.seq, reason = %reason, "dead letter");
+                return true;
+            }
+            DeliveryUpdate::Retry { attempts, next_attempt_ms, error } => {
+                tracing::warn!(destination = %name, seq = entry.seq, attempts, error = %error, "delivery failed; will retry");
+                entry.attempts = attempts;
+                entry.next_attempt_ms = next_attempt_ms;
+            }
+        }
+    }
+}
+
+fn retry_or_dead(dest: &Destination, attempts: u32, error: String) -> DeliveryUpdate {
+    if attempts >= dest.max_attempts {
+        DeliveryUpdate::Dead { attempts, reason: format!("gave up after {attempts} attempts: {error}") }
+    } else {
+        DeliveryUpdate::Retry { attempts, next_attempt_ms: now_ms() + backoff(dest, attempts).as_millis() as u64, error }
+    }
+}
+
+/// Sleeps; true if shutdown was asked meanwhile.
+async fn sleep_or_shutdown(d: Duration, shutdown: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *shutdown.borrow(),
+        _ = shutdown.changed() => true,
+    }
+}

@@ -1,0 +1,2 @@
+//! Outbound destinations.
+pub mod mllp;

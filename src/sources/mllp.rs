@@ -1,0 +1,120 @@
+//! MLLP listener: accepts connections (bounded by a semaphore), reads frames, answers each in
+//! order once its outcome is durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::hl7::mllp::{Decoded, Decoder, frame};
+use crate::ingest::{Handled, Origin, handle_frame, oversized_ack};
+use crate::store::StoreHandle;
+
+/// Limits that apply to every connection.
+#[derive(Debug, Clone)]
+pub struct ConnLimits {
+    pub max_frame: usize,
+    pub idle_timeout: Duration,
+}
+
+/// Runs a listener until `shutdown` turns true.
+pub async fn run_listener(
+    listener: TcpListener,
+    name: String,
+    limits: ConnLimits,
+    slots: Arc<Semaphore>,
+    store: StoreHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(listener = %name, peer = %peer, "connection limit reached; connection refused");
+            drop(stream);
+            continue;
+        };
+        let origin = Origin { listener: name.clone(), peer: peer.to_string() };
+        let store = store.clone();
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, origin, limits, store, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, origin: Origin, limits: ConnLimits, store: StoreHandle, mut shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let mut decoder = Decoder::new(limits.max_frame);
+    let mut buf = vec![0u8; 64 * 1024];
+    tracing::debug!(listener = %origin.listener, peer = %origin.peer, "connection opened");
+    loop {
+        let read = tokio::select! {
+            r = tokio::time::timeout(limits.idle_timeout, stream.read(&mut buf)) => r,
+            _ = shutdown.changed() => break,
+        };
+        let n = match read {
+            Err(_) => {
+                tracing::debug!(listener = %origin.listener, peer = %origin.peer, "idle timeout; closing");
+                break;
+            }
+            Ok(Ok(0)) => break,
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
+                tracing::debug!(listener = %origin.listener, error = %e, "read failed; closing");
+                break;
+            }
+        };
+        let units = decoder.feed(&buf[..n]);
+        let skipped = decoder.take_skipped();
+        if skipped > 0 {
+            tracing::warn!(listener = %origin.listener, peer = %origin.peer, bytes = skipped, "bytes outside an MLLP frame skipped");
+        }
+        for unit in units {
+            let (ack, handled) = match unit {
+                Decoded::Frame(f) => handle_frame(f, &origin, &store).await,
+                Decoded::Oversized { head, len } => {
+                    tracing::warn!(listener = %origin.listener, peer = %origin.peer, bytes = len, limit = limits.max_frame, "oversized frame refused");
+                    (Some(oversized_ack(&head, len, limits.max_frame)), Handled::Oversized)
+                }
+            };
+            log_handled(&origin, &handled);
+            if let Some(ack) = ack {
+                if let Err(e) = stream.write_all(&frame(&ack)).await {
+                    tracing::debug!(listener = %origin.listener, error = %e, "cannot write ACK; closing");
+                    return;
+                }
+            }
+        }
+    }
+    if !decoder.is_idle() {
+        tracing::warn!(listener = %origin.listener, peer = %origin.peer, "connection closed inside a frame; partial frame dropped (never acknowledged)");
+    }
+}
+
+fn log_handled(o: &Origin, h: &Handled) {
+    match h {
+        Handled::Accepted { seq, establishment } => {
+            tracing::info!(listener = %o.listener, seq, establishment = establishment.as_deref().unwrap_or("-"), "accepted")
+        }
+        Handled::Quarantined { seq } => tracing::warn!(listener = %o.listener, seq, "accepted into quarantine"),
+        Handled::Duplicate { seq } => tracing::info!(listener = %o.listener, seq, "retransmission; original ACK replayed"),
+        Handled::Rejected { seq, code } => tracing::warn!(listener = %o.listener, seq, code, "rejected (AR), kept for review"),
+        Handled::StoreFailed => tracing::error!(listener = %o.listener, "not stored (AE)"),
+        Handled::Oversized => {}
+    }
+}

@@ -1,0 +1,2 @@
+//! Inbound listeners.
+pub mod mllp;
