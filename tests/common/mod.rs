@@ -1,0 +1,214 @@
+//! Helpers for integration tests: MLLP receivers standing in for record systems, a sender,
+//! message builders and a routes file for two establishments on loopback ports.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use labroute::hl7::ack::{self, AckCode, AckHeader};
+use labroute::hl7::mllp::{Decoded, Decoder, frame};
+use labroute::hl7::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An MLLP receiver that records every message and answers with `code`.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub got: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+impl Receiver {
+    pub async fn start(addr: &str, code: AckCode) -> Receiver {
+        let listener = TcpListener::bind(addr).await.expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g2 = got.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                let g3 = g2.clone();
+                tokio::spawn(async move {
+                    let mut dec = Decoder::new(64 << 20);
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        let n = match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        for u in dec.feed(&buf[..n]) {
+                            let Decoded::Frame(f) = u else { continue };
+                            let m = Message::parse(&f).expect("receiver got an unreadable message");
+                            let a = ack::build(&AckHeader::of(&m), code, None, "R", "20250101");
+                            g3.lock().unwrap().push(f);
+                            if s.write_all(&frame(&a)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Receiver { addr, got, task: Arc::new(task) }
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    /// MSH-10 of every message received, in order.
+    pub fn control_ids(&self) -> Vec<String> {
+        self.got.lock().unwrap().iter().map(|m| Message::parse(m).unwrap().text("MSH-10").into_owned()).collect()
+    }
+
+    pub async fn wait_for(&self, n: usize, within: Duration) -> bool {
+        let end = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < end {
+            if self.count() >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.count() >= n
+    }
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sends messages on one connection; returns each ACK.
+pub async fn send_all(addr: SocketAddr, msgs: &[Vec<u8>]) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut s = TcpStream::connect(addr).await?;
+    let mut out = Vec::new();
+    for m in msgs {
+        s.write_all(&frame(m)).await?;
+        out.push(read_frame(&mut s).await?);
+    }
+    Ok(out)
+}
+
+pub async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut dec = Decoder::new(1 << 20);
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .map_err(|_| std::io::Error::other("ACK timeout"))??;
+        if n == 0 {
+            return Err(std::io::Error::other("closed"));
+        }
+        if let Some(Decoded::Frame(f)) = dec.feed(&buf[..n]).into_iter().next() {
+            return Ok(f);
+        }
+    }
+}
+
+pub fn msa(ack: &[u8]) -> (String, String) {
+    let m = Message::parse(ack).expect("ACK parses");
+    (m.text("MSA-1").into_owned(), m.text("MSA-2").into_owned())
+}
+
+/// An order from an establishment's DPI.
+pub fn order(es: &str, ctrl: &str, placer: &str, patient: &str) -> Vec<u8> {
+    let (fac, ns, auth) = site(es);
+    format!(
+        "MSH|^~\\&|DPI|{fac}|SIL|LAB|20250301080000||OML^O21^OML_O21|{ctrl}|P|2.5|||||FRA|UNICODE UTF-8\r\
+PID|||{patient}^^^{auth}^PI||TEST^PATIENT\rORC|NW|{placer}^{ns}\rOBR|1|{placer}^{ns}||GLU^Glucose^L\r"
+    )
+    .into_bytes()
+}
+
+/// A result answering a placer order number (no other establishment evidence).
+pub fn result_for_order(es: &str, ctrl: &str, placer: &str, value: &str) -> Vec<u8> {
+    let (_, ns, _) = site(es);
+    format!(
+        "MSH|^~\\&|SIL|LAB|DPI||20250301100000||ORU^R01^ORU_R01|{ctrl}|P|2.5|||||FRA|UNICODE UTF-8\r\
+PID|||X\rOBR|1|{placer}^{ns}|F{placer}^LAB|GLU^Glucose^L|||||||||||||||||||F\rOBX|1|NM|GLU^Glucose^L||{value}|mmol/L|||||F\r"
+    )
+    .into_bytes()
+}
+
+/// A result identified by the patient's IPP authority only.
+pub fn result_by_identifier(es: &str, ctrl: &str, patient: &str, value: &str) -> Vec<u8> {
+    let (_, _, auth) = site(es);
+    format!(
+        "MSH|^~\\&|SIL|LAB|DPI||20250301100000||ORU^R01^ORU_R01|{ctrl}|P|2.5|||||FRA|UNICODE UTF-8\r\
+PID|||{patient}^^^{auth}^PI||TEST^PATIENT\rOBR|1|||K^Potassium^L|||||||||||||||||||F\rOBX|1|NM|K^Potassium^L||{value}|mmol/L|||||F\r"
+    )
+    .into_bytes()
+}
+
+fn site(es: &str) -> (&'static str, &'static str, &'static str) {
+    match es {
+        "ES1" => ("CHNORD", "DPI-CHNORD", "CHNORD-IPP"),
+        "ES2" => ("CHSUD", "DPI-CHSUD", "CHSUD-IPP"),
+        _ => ("NOWHERE", "DPI-NOWHERE", "NOWHERE-IPP"),
+    }
+}
+
+/// A routes file: listeners `sil` and `dpi`, destinations `sil`, `dpi-es1`, `dpi-es2`.
+pub fn routes_toml(sil_port: u16, dpi_port: u16, lab: SocketAddr, es1: SocketAddr, es2: SocketAddr, backoff_ms: u64) -> String {
+    format!(
+        r#"
+[engine]
+idle_timeout_secs = 60
+[[listener]]
+name = "sil"
+bind = "127.0.0.1:{sil_port}"
+insecure = true
+[[listener]]
+name = "dpi"
+bind = "127.0.0.1:{dpi_port}"
+insecure = true
+[[destination]]
+name = "sil"
+address = "{lab}"
+insecure = true
+backoff_initial_ms = {backoff_ms}
+backoff_max_ms = {backoff_ms}
+ack_timeout_secs = 5
+connect_timeout_secs = 2
+[[destination]]
+name = "dpi-es1"
+address = "{es1}"
+insecure = true
+backoff_initial_ms = {backoff_ms}
+backoff_max_ms = {backoff_ms}
+ack_timeout_secs = 5
+connect_timeout_secs = 2
+[[destination]]
+name = "dpi-es2"
+address = "{es2}"
+insecure = true
+backoff_initial_ms = {backoff_ms}
+backoff_max_ms = {backoff_ms}
+ack_timeout_secs = 5
+connect_timeout_secs = 2
+[routing]
+orders_to = ["sil"]
+adt_to = ["sil"]
+[[establishment]]
+id = "ES1"
+name = "Nordville"
+record = "dpi-es1"
+identify.sending_facilities = ["CHNORD"]
+identify.placer_namespaces = ["DPI-CHNORD"]
+identify.patient_authorities = ["CHNORD-IPP"]
+[[establishment]]
+id = "ES2"
+name = "Sudville"
+record = "dpi-es2"
+identify.sending_facilities = ["CHSUD"]
+identify.placer_namespaces = ["DPI-CHSUD"]
+identify.patient_authorities = ["CHSUD-IPP"]
+"#
+    )
+}
