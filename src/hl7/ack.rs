@@ -208,8 +208,11 @@ pub fn build(h: &AckHeader, code: AckCode, err: Option<&AckError>, control_id: &
     if !h.trigger.is_empty() {
         out.push(cs);
         out.extend_from_slice(&h.trigger);
-        out.push(cs);
-        out.extend_from_slice(b"ACK");
+        // MSH-9.3 (message structure) exists from v2.3.1 on.
+        if !matches!(h.version.as_slice(), b"2.1" | b"2.2" | b"2.3") {
+            out.push(cs);
+            out.extend_from_slice(b"ACK");
+        }
     }
     out.push(fs);
     out.extend_from_slice(control_id.as_bytes());
