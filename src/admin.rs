@@ -21,10 +21,15 @@ pub const ADMIN_SOCKET: &str = "admin.sock";
 pub enum AdminRequest {
     Status,
     QuarantineList,
-    QuarantineShow { seq: u64 },
+    QuarantineShow {
+        seq: u64,
+    },
     DeadList,
     OperatorLog,
-    Command { command: OperatorCommand, operator: String },
+    Command {
+        command: OperatorCommand,
+        operator: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,7 +129,10 @@ pub async fn serve(path: PathBuf, store: StoreHandle) -> std::io::Result<()> {
 use tokio::io::AsyncReadExt;
 
 /// Sends a request to a running instance. `Ok(None)` when no instance listens.
-pub async fn request(data_dir: &Path, req: &AdminRequest) -> std::io::Result<Option<AdminResponse>> {
+pub async fn request(
+    data_dir: &Path,
+    req: &AdminRequest,
+) -> std::io::Result<Option<AdminResponse>> {
     let path = socket_path(data_dir);
     let mut stream = match UnixStream::connect(&path).await {
         Ok(s) => s,
@@ -135,5 +143,7 @@ pub async fn request(data_dir: &Path, req: &AdminRequest) -> std::io::Result<Opt
     stream.write_all(&line).await?;
     let mut resp = String::new();
     BufReader::new(stream).read_line(&mut resp).await?;
-    serde_json::from_str(&resp).map(Some).map_err(std::io::Error::other)
+    serde_json::from_str(&resp)
+        .map(Some)
+        .map_err(std::io::Error::other)
 }

@@ -19,10 +19,20 @@ pub struct Origin {
 /// What happened to a frame, for counting and logging (never message content).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
-    Accepted { seq: u64, establishment: Option<String> },
-    Quarantined { seq: u64 },
-    Duplicate { seq: u64 },
-    Rejected { seq: u64, code: u16 },
+    Accepted {
+        seq: u64,
+        establishment: Option<String>,
+    },
+    Quarantined {
+        seq: u64,
+    },
+    Duplicate {
+        seq: u64,
+    },
+    Rejected {
+        seq: u64,
+        code: u16,
+    },
     /// Not stored (store unavailable): answered AE so the sender retries.
     StoreFailed,
     /// Too large to store: answered AR.
@@ -30,19 +40,36 @@ pub enum Handled {
 }
 
 fn parse_error_text(e: &ParseError) -> String {
-    format!("message could not be read: {} (byte {})", e.kind, e.position)
+    format!(
+        "message could not be read: {} (byte {})",
+        e.kind, e.position
+    )
 }
 
 /// AE with code 207, built without the store (used when the store fails).
 fn store_failure_ack(header: &AckHeader, enhanced: bool) -> Vec<u8> {
-    let err = AckError { code: 207, text: "message not stored: temporary failure, send it again".into(), location: None };
+    let err = AckError {
+        code: 207,
+        text: "message not stored: temporary failure, send it again".into(),
+        location: None,
+    };
     let code = ack::code_for(enhanced, AckOutcome::Error);
     let now = now_ms();
-    ack::build(header, code, Some(&err), &format!("LRT{now}"), &hl7_timestamp(now))
+    ack::build(
+        header,
+        code,
+        Some(&err),
+        &format!("LRT{now}"),
+        &hl7_timestamp(now),
+    )
 }
 
 /// Handles one frame. Returns the ACK to send (`None` when the sender asked for none).
-pub async fn handle_frame(frame: Vec<u8>, origin: &Origin, store: &StoreHandle) -> (Option<Vec<u8>>, Handled) {
+pub async fn handle_frame(
+    frame: Vec<u8>,
+    origin: &Origin,
+    store: &StoreHandle,
+) -> (Option<Vec<u8>>, Handled) {
     let body = strip_bom(&frame);
     let parsed = Message::parse(body);
     let (header, accept) = match &parsed {
@@ -51,16 +78,29 @@ pub async fn handle_frame(frame: Vec<u8>, origin: &Origin, store: &StoreHandle) 
     };
     let enhanced = accept.enhanced();
     let facts = match &parsed {
-        Ok(m) => router::extract(m).map_err(|r| (r.error, m.text("MSH-10").into_owned(), type_of(m))),
+        Ok(m) => {
+            router::extract(m).map_err(|r| (r.error, m.text("MSH-10").into_owned(), type_of(m)))
+        }
         Err(e) => Err((
-            AckError { code: e.kind.hl7_code(), text: parse_error_text(e), location: None },
+            AckError {
+                code: e.kind.hl7_code(),
+                text: parse_error_text(e),
+                location: None,
+            },
             String::from_utf8_lossy(&header.control_id).into_owned(),
             String::new(),
         )),
     };
     let result = match facts {
         Ok(facts) => {
-            let req = IngestRequest { listener: origin.listener.clone(), peer: origin.peer.clone(), raw: frame, facts, header: header.clone(), enhanced };
+            let req = IngestRequest {
+                listener: origin.listener.clone(),
+                peer: origin.peer.clone(),
+                raw: frame,
+                facts,
+                header: header.clone(),
+                enhanced,
+            };
             store.ingest(req).await
         }
         Err((error, control_id, message_type)) => {
@@ -80,25 +120,55 @@ pub async fn handle_frame(frame: Vec<u8>, origin: &Origin, store: &StoreHandle) 
     match result {
         Ok(reply) => {
             let (ack, handled, outcome) = match reply {
-                IngestReply::Accepted { seq, ack, establishment, quarantined, .. } => {
+                IngestReply::Accepted {
+                    seq,
+                    ack,
+                    establishment,
+                    quarantined,
+                    ..
+                } => {
                     let h = if quarantined {
                         Handled::Quarantined { seq }
                     } else {
-                        Handled::Accepted { seq, establishment: establishment.map(|e| e.to_string()) }
+                        Handled::Accepted {
+                            seq,
+                            establishment: establishment.map(|e| e.to_string()),
+                        }
                     };
                     (ack, h, AckOutcome::Accepted)
                 }
-                IngestReply::Duplicate { seq, ack } => (ack, Handled::Duplicate { seq }, AckOutcome::Accepted),
-                IngestReply::ControlIdReused { seq, ack, .. } => (ack, Handled::Rejected { seq, code: 205 }, AckOutcome::Rejected),
-                IngestReply::Rejected { seq, ack, error_code, .. } => {
-                    (ack, Handled::Rejected { seq, code: error_code }, AckOutcome::Rejected)
+                IngestReply::Duplicate { seq, ack } => {
+                    (ack, Handled::Duplicate { seq }, AckOutcome::Accepted)
                 }
+                IngestReply::ControlIdReused { seq, ack, .. } => (
+                    ack,
+                    Handled::Rejected { seq, code: 205 },
+                    AckOutcome::Rejected,
+                ),
+                IngestReply::Rejected {
+                    seq,
+                    ack,
+                    error_code,
+                    ..
+                } => (
+                    ack,
+                    Handled::Rejected {
+                        seq,
+                        code: error_code,
+                    },
+                    AckOutcome::Rejected,
+                ),
             };
             (accept.sends(outcome).then_some(ack), handled)
         }
         Err(e) => {
             tracing::error!(listener = %origin.listener, error = %e, "message not stored; answered AE");
-            (accept.sends(AckOutcome::Error).then(|| store_failure_ack(&header, enhanced)), Handled::StoreFailed)
+            (
+                accept
+                    .sends(AckOutcome::Error)
+                    .then(|| store_failure_ack(&header, enhanced)),
+                Handled::StoreFailed,
+            )
         }
     }
 }
@@ -110,7 +180,17 @@ fn type_of(m: &Message<'_>) -> String {
 /// AR for a frame over the size limit (it is not stored: the limit protects the store).
 pub fn oversized_ack(head: &[u8], len: usize, limit: usize) -> Vec<u8> {
     let header = AckHeader::salvage(head);
-    let err = AckError { code: 104, text: format!("message of {len} bytes exceeds the {limit}-byte limit"), location: None };
+    let err = AckError {
+        code: 104,
+        text: format!("message of {len} bytes exceeds the {limit}-byte limit"),
+        location: None,
+    };
     let now = now_ms();
-    ack::build(&header, ack::AckCode::AR, Some(&err), &format!("LRT{now}"), &hl7_timestamp(now))
+    ack::build(
+        &header,
+        ack::AckCode::AR,
+        Some(&err),
+        &format!("LRT{now}"),
+        &hl7_timestamp(now),
+    )
 }

@@ -1,12 +1,12 @@
 #![forbid(unsafe_code)]
-pub mod hl7;
+pub mod admin;
 pub mod config;
+pub mod hl7;
+pub mod ingest;
 pub mod model;
 pub mod router;
-pub mod store;
-pub mod time;
-pub mod ingest;
+pub mod server;
 pub mod sinks;
 pub mod sources;
-pub mod admin;
-pub mod server;
+pub mod store;
+pub mod time;

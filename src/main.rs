@@ -21,7 +21,11 @@ use labroute::store::{Store, StoreHandle, WriterConfig};
 use labroute::time::{hl7_timestamp, now_ms};
 
 #[derive(Parser)]
-#[command(name = "labroute", version, about = "Routes lab orders and results (HL7 v2 over MLLP) to the establishment that owns them")]
+#[command(
+    name = "labroute",
+    version,
+    about = "Routes lab orders and results (HL7 v2 over MLLP) to the establishment that owns them"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -95,7 +99,9 @@ enum Command {
 #[derive(Subcommand)]
 enum QuarantineAction {
     List,
-    Show { seq: u64 },
+    Show {
+        seq: u64,
+    },
     /// Release to a named establishment (routes it to that establishment's destinations).
     Release {
         seq: u64,
@@ -114,20 +120,30 @@ enum QuarantineAction {
 enum DeadAction {
     List,
     /// Queue a dead letter again.
-    Retry { destination: String, seq: u64 },
+    Retry {
+        destination: String,
+        seq: u64,
+    },
 }
 
 fn operator() -> String {
-    std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into())
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LABROUTE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LABROUTE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(cli))
 }
 
@@ -154,34 +170,58 @@ async fn run(cli: Cli) -> Result<()> {
                 cfg.tests.len() - failures.len(),
                 failures.len()
             );
-            if failures.is_empty() { Ok(()) } else { bail!("routing tests failed") }
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                bail!("routing tests failed")
+            }
         }
-        Command::Send { files, to, timeout_secs } => send(&files, &to, Duration::from_secs(timeout_secs)).await,
+        Command::Send {
+            files,
+            to,
+            timeout_secs,
+        } => send(&files, &to, Duration::from_secs(timeout_secs)).await,
         Command::Receive { listen, out } => receive(&listen, &out).await,
-        Command::Quarantine { action, data, routes } => {
+        Command::Quarantine {
+            action,
+            data,
+            routes,
+        } => {
             let req = match action {
                 QuarantineAction::List => AdminRequest::QuarantineList,
                 QuarantineAction::Show { seq } => AdminRequest::QuarantineShow { seq },
-                QuarantineAction::Release { seq, to } => {
-                    AdminRequest::Command { command: OperatorCommand::Release { seq, establishment: to }, operator: operator() }
-                }
-                QuarantineAction::Discard { seq, reason } => {
-                    AdminRequest::Command { command: OperatorCommand::Discard { seq, reason }, operator: operator() }
-                }
+                QuarantineAction::Release { seq, to } => AdminRequest::Command {
+                    command: OperatorCommand::Release {
+                        seq,
+                        establishment: to,
+                    },
+                    operator: operator(),
+                },
+                QuarantineAction::Discard { seq, reason } => AdminRequest::Command {
+                    command: OperatorCommand::Discard { seq, reason },
+                    operator: operator(),
+                },
             };
             admin_call(&data, &routes, req).await
         }
-        Command::Dead { action, data, routes } => {
+        Command::Dead {
+            action,
+            data,
+            routes,
+        } => {
             let req = match action {
                 DeadAction::List => AdminRequest::DeadList,
-                DeadAction::Retry { destination, seq } => {
-                    AdminRequest::Command { command: OperatorCommand::RetryDead { destination, seq }, operator: operator() }
-                }
+                DeadAction::Retry { destination, seq } => AdminRequest::Command {
+                    command: OperatorCommand::RetryDead { destination, seq },
+                    operator: operator(),
+                },
             };
             admin_call(&data, &routes, req).await
         }
         Command::Status { data, routes } => admin_call(&data, &routes, AdminRequest::Status).await,
-        Command::Oplog { data, routes } => admin_call(&data, &routes, AdminRequest::OperatorLog).await,
+        Command::Oplog { data, routes } => {
+            admin_call(&data, &routes, AdminRequest::OperatorLog).await
+        }
     }
 }
 
@@ -227,7 +267,9 @@ async fn read_frame(stream: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>
     let mut buf = vec![0u8; 8192];
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf)).await.context("no ACK before the timeout")??;
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut buf))
+            .await
+            .context("no ACK before the timeout")??;
         if n == 0 {
             bail!("peer closed the connection before answering");
         }
@@ -244,7 +286,9 @@ async fn send(files: &[PathBuf], to: &str, timeout: Duration) -> Result<()> {
     if files.is_empty() {
         bail!("no file to send");
     }
-    let mut stream = TcpStream::connect(to).await.with_context(|| format!("cannot connect to {to}"))?;
+    let mut stream = TcpStream::connect(to)
+        .await
+        .with_context(|| format!("cannot connect to {to}"))?;
     let mut all_ok = true;
     for f in files {
         let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
@@ -254,14 +298,26 @@ async fn send(files: &[PathBuf], to: &str, timeout: Duration) -> Result<()> {
         if !matches!(code, Some(AckCode::AA | AckCode::CA)) {
             all_ok = false;
         }
-        println!("{}: {}", f.display(), String::from_utf8_lossy(&ack).trim_end().replace('\r', "\n    "));
+        println!(
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&ack)
+                .trim_end()
+                .replace('\r', "\n    ")
+        );
     }
-    if all_ok { Ok(()) } else { bail!("at least one message was not accepted") }
+    if all_ok {
+        Ok(())
+    } else {
+        bail!("at least one message was not accepted")
+    }
 }
 
 async fn receive(listen: &str, out: &Path) -> Result<()> {
     std::fs::create_dir_all(out)?;
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("receiving on {}", listener.local_addr()?);
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
@@ -282,9 +338,17 @@ async fn receive(listen: &str, out: &Path) -> Result<()> {
                     if std::fs::write(out.join(format!("{i:08}.hl7")), &f).is_err() {
                         return;
                     }
-                    let header = Message::parse(strip_bom(&f)).map(|m| AckHeader::of(&m)).unwrap_or_else(|_| AckHeader::salvage(&f));
+                    let header = Message::parse(strip_bom(&f))
+                        .map(|m| AckHeader::of(&m))
+                        .unwrap_or_else(|_| AckHeader::salvage(&f));
                     let now = now_ms();
-                    let a = ack::build(&header, AckCode::AA, None, &format!("RCV{i}"), &hl7_timestamp(now));
+                    let a = ack::build(
+                        &header,
+                        AckCode::AA,
+                        None,
+                        &format!("RCV{i}"),
+                        &hl7_timestamp(now),
+                    );
                     if stream.write_all(&frame(&a)).await.is_err() {
                         return;
                     }

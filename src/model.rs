@@ -67,14 +67,32 @@ impl MessageClass {
             _ => return Err(200),
         };
         let ok = match class {
-            MessageClass::Order => matches!((message_type, trigger), ("ORM", "O01") | ("OML", "O21" | "O33" | "O35")),
-            MessageClass::Result => matches!((message_type, trigger), ("ORU", "R01") | ("OUL", "R22")),
+            MessageClass::Order => matches!(
+                (message_type, trigger),
+                ("ORM", "O01") | ("OML", "O21" | "O33" | "O35")
+            ),
+            MessageClass::Result => {
+                matches!((message_type, trigger), ("ORU", "R01") | ("OUL", "R22"))
+            }
             MessageClass::Document => matches!(trigger, "T02" | "T04" | "T10"),
             // The list (A01/A04/A08/A28/A31/A40) plus the movements a DPI sends on the
             // same interface (transfer, discharge, cancellations), so they are not refused.
             MessageClass::Admin => matches!(
                 trigger,
-                "A01" | "A02" | "A03" | "A04" | "A05" | "A06" | "A07" | "A08" | "A11" | "A12" | "A13" | "A28" | "A31" | "A40"
+                "A01"
+                    | "A02"
+                    | "A03"
+                    | "A04"
+                    | "A05"
+                    | "A06"
+                    | "A07"
+                    | "A08"
+                    | "A11"
+                    | "A12"
+                    | "A13"
+                    | "A28"
+                    | "A31"
+                    | "A40"
             ),
         };
         if ok { Ok(class) } else { Err(201) }

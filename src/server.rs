@@ -18,7 +18,11 @@ pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr} (listener {name}): {source}")]
-    Bind { name: String, addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        name: String,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running instance.
@@ -33,23 +37,47 @@ impl Server {
     /// Opens the store, binds every listener and starts every worker.
     pub async fn start(cfg: Arc<Config>, data_dir: PathBuf) -> Result<Server, ServeError> {
         let store = Store::open(&data_dir)?;
-        let handle = StoreHandle::start(store, cfg.clone(), WriterConfig { max_batch: cfg.engine.group_commit_max });
+        let handle = StoreHandle::start(
+            store,
+            cfg.clone(),
+            WriterConfig {
+                max_batch: cfg.engine.group_commit_max,
+            },
+        );
         let (shutdown, rx) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(cfg.engine.max_connections));
-        let limits = ConnLimits { max_frame: cfg.engine.max_frame_bytes, idle_timeout: cfg.engine.idle_timeout };
+        let limits = ConnLimits {
+            max_frame: cfg.engine.max_frame_bytes,
+            idle_timeout: cfg.engine.idle_timeout,
+        };
         let mut tasks = Vec::new();
         let mut bound = Vec::new();
         for l in &cfg.listeners {
             let listener = TcpListener::bind(l.bind)
                 .await
-                .map_err(|source| ServeError::Bind { name: l.name.to_string(), addr: l.bind, source })?;
+                .map_err(|source| ServeError::Bind {
+                    name: l.name.to_string(),
+                    addr: l.bind,
+                    source,
+                })?;
             let addr = listener.local_addr().unwrap_or(l.bind);
             tracing::info!(listener = %l.name, %addr, "listening (MLLP)");
             bound.push((l.name.to_string(), addr));
-            tasks.push(tokio::spawn(run_listener(listener, l.name.to_string(), limits.clone(), slots.clone(), handle.clone(), rx.clone())));
+            tasks.push(tokio::spawn(run_listener(
+                listener,
+                l.name.to_string(),
+                limits.clone(),
+                slots.clone(),
+                handle.clone(),
+                rx.clone(),
+            )));
         }
         for d in &cfg.destinations {
-            tasks.push(tokio::spawn(run_destination(d.clone(), handle.clone(), rx.clone())));
+            tasks.push(tokio::spawn(run_destination(
+                d.clone(),
+                handle.clone(),
+                rx.clone(),
+            )));
         }
         let admin = crate::admin::socket_path(&data_dir);
         let h2 = handle.clone();
@@ -65,12 +93,20 @@ impl Server {
             }
             let _ = std::fs::remove_file(&admin);
         }));
-        Ok(Server { store: handle, bound, shutdown, tasks })
+        Ok(Server {
+            store: handle,
+            bound,
+            shutdown,
+            tasks,
+        })
     }
 
     /// Address a listener is bound to.
     pub fn addr(&self, listener: &str) -> Option<std::net::SocketAddr> {
-        self.bound.iter().find(|(n, _)| n == listener).map(|(_, a)| *a)
+        self.bound
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
     }
 
     /// Stops accepting, lets in-flight work end (bounded), and returns.

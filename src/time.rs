@@ -4,7 +4,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// `YYYYMMDDHHMMSS+0000` for a Unix time in milliseconds.
@@ -12,7 +15,12 @@ pub fn hl7_timestamp(ms: u64) -> String {
     let secs = ms / 1000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
-    format!("{y:04}{m:02}{d:02}{:02}{:02}{:02}+0000", s / 3600, s % 3600 / 60, s % 60)
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}+0000",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
 }
 
 /// RFC 3339 for a Unix time in milliseconds (operator output).
@@ -20,7 +28,13 @@ pub fn rfc3339(ms: u64) -> String {
     let secs = ms / 1000;
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let s = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", s / 3600, s % 3600 / 60, s % 60, ms % 1000)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60,
+        ms % 1000
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -42,7 +56,10 @@ mod tests {
     #[test]
     fn known_dates() {
         assert_eq!(super::hl7_timestamp(0), "19700101000000+0000");
-        assert_eq!(super::hl7_timestamp(1_709_251_199_000), "20240229235959+0000");
+        assert_eq!(
+            super::hl7_timestamp(1_709_251_199_000),
+            "20240229235959+0000"
+        );
         assert_eq!(super::rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
     }
 }

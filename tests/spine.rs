@@ -18,7 +18,10 @@ use labroute::server::Server;
 use labroute::store::writer::OperatorCommand;
 
 fn config(text: &str) -> Arc<Config> {
-    Arc::new(Config::from_sources(&[("routes/test.toml".into(), text.to_owned())]).unwrap_or_else(|e| panic!("{e}")))
+    Arc::new(
+        Config::from_sources(&[("routes/test.toml".into(), text.to_owned())])
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
 }
 
 struct Peers {
@@ -37,7 +40,9 @@ async fn peers() -> Peers {
 
 async fn start(p: &Peers, data: &Path) -> Server {
     let cfg = config(&routes_toml(0, 0, p.lab.addr, p.es1.addr, p.es2.addr, 50));
-    Server::start(cfg, data.to_owned()).await.expect("server starts")
+    Server::start(cfg, data.to_owned())
+        .await
+        .expect("server starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +53,15 @@ async fn each_result_reaches_only_its_owning_establishment() {
     let dpi = s.addr("dpi").unwrap();
     let sil = s.addr("sil").unwrap();
 
-    let acks = send_all(dpi, &[order("ES1", "O1", "P1", "101"), order("ES2", "O2", "P2", "202")]).await.unwrap();
+    let acks = send_all(
+        dpi,
+        &[
+            order("ES1", "O1", "P1", "101"),
+            order("ES2", "O2", "P2", "202"),
+        ],
+    )
+    .await
+    .unwrap();
     assert!(acks.iter().all(|a| msa(a).0 == "AA"));
     let acks = send_all(
         sil,
@@ -61,12 +74,15 @@ async fn each_result_reaches_only_its_owning_establishment() {
     )
     .await
     .unwrap();
-    assert_eq!(acks.iter().map(|a| msa(a)).collect::<Vec<_>>(), vec![
-        ("AA".into(), "R1".into()),
-        ("AA".into(), "R2".into()),
-        ("AA".into(), "R3".into()),
-        ("AA".into(), "R4".into())
-    ]);
+    assert_eq!(
+        acks.iter().map(|a| msa(a)).collect::<Vec<_>>(),
+        vec![
+            ("AA".into(), "R1".into()),
+            ("AA".into(), "R2".into()),
+            ("AA".into(), "R3".into()),
+            ("AA".into(), "R4".into())
+        ]
+    );
     assert!(p.es1.wait_for(2, Duration::from_secs(10)).await);
     assert!(p.es2.wait_for(2, Duration::from_secs(10)).await);
     assert!(p.lab.wait_for(2, Duration::from_secs(10)).await);
@@ -75,7 +91,10 @@ async fn each_result_reaches_only_its_owning_establishment() {
     assert_eq!(p.es2.control_ids(), vec!["R2", "R4"]);
     assert_eq!(p.lab.control_ids(), vec!["O1", "O2"]);
     // Forwarded byte for byte.
-    assert_eq!(p.es1.got.lock().unwrap()[0], result_for_order("ES1", "R1", "P1", "5.1"));
+    assert_eq!(
+        p.es1.got.lock().unwrap()[0],
+        result_for_order("ES1", "R1", "P1", "5.1")
+    );
     s.shutdown().await;
 }
 
@@ -84,40 +103,96 @@ async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them
     let dir = tempfile::tempdir().unwrap();
     let p = peers().await;
     let s = start(&p, dir.path()).await;
-    send_all(s.addr("dpi").unwrap(), &[order("ES1", "O1", "P1", "101")]).await.unwrap();
+    send_all(s.addr("dpi").unwrap(), &[order("ES1", "O1", "P1", "101")])
+        .await
+        .unwrap();
     // Unknown: no evidence. Conflict: the ES1 order, but an ES2 patient authority.
     let conflict = String::from_utf8(result_for_order("ES1", "RC", "P1", "1"))
         .unwrap()
         .replace("PID|||X", "PID|||202^^^CHSUD-IPP^PI")
         .into_bytes();
-    let acks = send_all(s.addr("sil").unwrap(), &[result_by_identifier("ES9", "RU", "1", "1"), conflict]).await.unwrap();
-    assert!(acks.iter().all(|a| msa(a).0 == "AA"), "quarantined messages are accepted (stored), not refused");
+    let acks = send_all(
+        s.addr("sil").unwrap(),
+        &[result_by_identifier("ES9", "RU", "1", "1"), conflict],
+    )
+    .await
+    .unwrap();
+    assert!(
+        acks.iter().all(|a| msa(a).0 == "AA"),
+        "quarantined messages are accepted (stored), not refused"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(p.es1.count() + p.es2.count(), 0, "nothing quarantined reaches anyone");
+    assert_eq!(
+        p.es1.count() + p.es2.count(),
+        0,
+        "nothing quarantined reaches anyone"
+    );
 
-    let AdminResponse::Ok(list) = execute(AdminRequest::QuarantineList, &s.store).await else { panic!() };
+    let AdminResponse::Ok(list) = execute(AdminRequest::QuarantineList, &s.store).await else {
+        panic!()
+    };
     let list = list.as_array().unwrap().clone();
     assert_eq!(list.len(), 2);
     let reasons: Vec<&str> = list.iter().map(|q| q["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, vec!["no_evidence", "conflict"]);
     let conflict_seq = list[1]["seq"].as_u64().unwrap();
-    let AdminResponse::Ok(shown) = execute(AdminRequest::QuarantineShow { seq: conflict_seq }, &s.store).await else { panic!() };
-    let evidence = shown["record"]["decision"]["Quarantined"]["evidence"].as_array().unwrap();
-    assert!(evidence.iter().any(|e| e["establishment"] == "ES1" && e["rule"] == "OrderPlacer"));
-    assert!(evidence.iter().any(|e| e["establishment"] == "ES2" && e["field"] == "PID-3.4.1"));
+    let AdminResponse::Ok(shown) =
+        execute(AdminRequest::QuarantineShow { seq: conflict_seq }, &s.store).await
+    else {
+        panic!()
+    };
+    let evidence = shown["record"]["decision"]["Quarantined"]["evidence"]
+        .as_array()
+        .unwrap();
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e["establishment"] == "ES1" && e["rule"] == "OrderPlacer")
+    );
+    assert!(
+        evidence
+            .iter()
+            .any(|e| e["establishment"] == "ES2" && e["field"] == "PID-3.4.1")
+    );
 
-    let cmd = OperatorCommand::Release { seq: conflict_seq, establishment: "ES2".into() };
-    let r = execute(AdminRequest::Command { command: cmd, operator: "alice".into() }, &s.store).await;
+    let cmd = OperatorCommand::Release {
+        seq: conflict_seq,
+        establishment: "ES2".into(),
+    };
+    let r = execute(
+        AdminRequest::Command {
+            command: cmd,
+            operator: "alice".into(),
+        },
+        &s.store,
+    )
+    .await;
     assert!(matches!(r, AdminResponse::Ok(_)), "{r:?}");
     assert!(p.es2.wait_for(1, Duration::from_secs(10)).await);
     assert_eq!(p.es2.control_ids(), vec!["RC"]);
     assert_eq!(p.es1.count(), 0);
     // Releasing to an unknown establishment, or twice, is refused.
-    let again = OperatorCommand::Release { seq: conflict_seq, establishment: "ES1".into() };
-    assert!(matches!(execute(AdminRequest::Command { command: again, operator: "alice".into() }, &s.store).await, AdminResponse::Error(_)));
+    let again = OperatorCommand::Release {
+        seq: conflict_seq,
+        establishment: "ES1".into(),
+    };
+    assert!(matches!(
+        execute(
+            AdminRequest::Command {
+                command: again,
+                operator: "alice".into()
+            },
+            &s.store
+        )
+        .await,
+        AdminResponse::Error(_)
+    ));
     let log = s.store.store().operator_log().unwrap();
     assert_eq!(log.len(), 1);
-    assert_eq!((log[0].operator.as_str(), log[0].action.as_str(), log[0].seq), ("alice", "quarantine.release", conflict_seq));
+    assert_eq!(
+        (log[0].operator.as_str(), log[0].action.as_str(), log[0].seq),
+        ("alice", "quarantine.release", conflict_seq)
+    );
     s.shutdown().await;
 }
 
@@ -140,7 +215,11 @@ async fn a_retransmission_gets_the_original_ack_and_is_not_delivered_twice() {
     assert!(p.es1.wait_for(1, Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(p.es1.control_ids(), vec!["DUP1"]);
-    assert_eq!(s.store.store().counts().unwrap().messages, 2, "the reused control id is stored for review");
+    assert_eq!(
+        s.store.store().counts().unwrap().messages,
+        2,
+        "the reused control id is stored for review"
+    );
     s.shutdown().await;
 }
 
@@ -152,14 +231,20 @@ async fn a_receiver_down_for_a_while_gets_everything_in_order_when_back() {
     let es1_addr: std::net::SocketAddr = format!("127.0.0.1:{es1_port}").parse().unwrap();
     let cfg = config(&routes_toml(0, 0, p.lab.addr, es1_addr, p.es2.addr, 50));
     let s = Server::start(cfg, dir.path().to_owned()).await.unwrap();
-    let msgs: Vec<Vec<u8>> = (0..20).map(|i| result_by_identifier("ES1", &format!("D{i:02}"), &format!("{}", 100 + i % 3), "1")).collect();
+    let msgs: Vec<Vec<u8>> = (0..20)
+        .map(|i| result_by_identifier("ES1", &format!("D{i:02}"), &format!("{}", 100 + i % 3), "1"))
+        .collect();
     let acks = send_all(s.addr("sil").unwrap(), &msgs).await.unwrap();
     assert!(acks.iter().all(|a| msa(a).0 == "AA"));
     tokio::time::sleep(Duration::from_millis(800)).await;
     let (queued, _) = s.store.store().queue_stats("dpi-es1").unwrap();
     assert_eq!(queued, 20, "held while the receiver is down");
     let es1 = Receiver::start(&format!("127.0.0.1:{es1_port}"), AckCode::AA).await;
-    assert!(es1.wait_for(20, Duration::from_secs(20)).await, "got {}", es1.count());
+    assert!(
+        es1.wait_for(20, Duration::from_secs(20)).await,
+        "got {}",
+        es1.count()
+    );
     let want: Vec<String> = (0..20).map(|i| format!("D{i:02}")).collect();
     assert_eq!(es1.control_ids(), want, "FIFO, so per-patient order holds");
     s.shutdown().await;
@@ -170,16 +255,44 @@ async fn a_peer_ar_is_dead_lettered_with_its_reason_and_can_be_retried() {
     let dir = tempfile::tempdir().unwrap();
     let p = peers().await;
     let refusing = Receiver::start("127.0.0.1:0", AckCode::AR).await;
-    let cfg = config(&routes_toml(0, 0, p.lab.addr, refusing.addr, p.es2.addr, 50));
+    let cfg = config(&routes_toml(
+        0,
+        0,
+        p.lab.addr,
+        refusing.addr,
+        p.es2.addr,
+        50,
+    ));
     let s = Server::start(cfg, dir.path().to_owned()).await.unwrap();
-    send_all(s.addr("sil").unwrap(), &[result_by_identifier("ES1", "AR1", "101", "1"), result_by_identifier("ES1", "AR2", "101", "1")]).await.unwrap();
+    send_all(
+        s.addr("sil").unwrap(),
+        &[
+            result_by_identifier("ES1", "AR1", "101", "1"),
+            result_by_identifier("ES1", "AR2", "101", "1"),
+        ],
+    )
+    .await
+    .unwrap();
     assert!(refusing.wait_for(2, Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let dead = s.store.store().dead_letters().unwrap();
     assert_eq!(dead.len(), 2, "{dead:?}");
     assert!(dead[0].1.reason.contains("AR"));
-    let cmd = OperatorCommand::RetryDead { destination: "dpi-es1".into(), seq: dead[0].1.seq };
-    assert!(matches!(execute(AdminRequest::Command { command: cmd, operator: "bob".into() }, &s.store).await, AdminResponse::Ok(_)));
+    let cmd = OperatorCommand::RetryDead {
+        destination: "dpi-es1".into(),
+        seq: dead[0].1.seq,
+    };
+    assert!(matches!(
+        execute(
+            AdminRequest::Command {
+                command: cmd,
+                operator: "bob".into()
+            },
+            &s.store
+        )
+        .await,
+        AdminResponse::Ok(_)
+    ));
     assert!(refusing.wait_for(3, Duration::from_secs(10)).await);
     s.shutdown().await;
 }
@@ -190,21 +303,40 @@ async fn unreadable_and_unsupported_messages_get_a_nak_with_err_and_are_kept() {
     let p = peers().await;
     let s = start(&p, dir.path()).await;
     let sil = s.addr("sil").unwrap();
-    let acks = send_all(sil, &[
-        b"MSH|^~\\&|SIL|LAB|DPI||x||ORU^R01|B1|P|2.5\rpid|lower".to_vec(),
-        b"MSH|^~\\&|SIL|LAB|DPI||x||QRY^Q01|B2|P|2.5\r".to_vec(),
-        b"MSH|^~\\&|SIL|LAB|DPI||x||ORU^R01||P|2.5\r".to_vec(),
-        b"garbage without MSH".to_vec(),
-    ])
+    let acks = send_all(
+        sil,
+        &[
+            b"MSH|^~\\&|SIL|LAB|DPI||x||ORU^R01|B1|P|2.5\rpid|lower".to_vec(),
+            b"MSH|^~\\&|SIL|LAB|DPI||x||QRY^Q01|B2|P|2.5\r".to_vec(),
+            b"MSH|^~\\&|SIL|LAB|DPI||x||ORU^R01||P|2.5\r".to_vec(),
+            b"garbage without MSH".to_vec(),
+        ],
+    )
     .await
     .unwrap();
-    let text: Vec<String> = acks.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    assert!(text[0].contains("MSA|AR|B1\rERR||") && text[0].contains("|100^message could not be read: segment id"), "{}", text[0]);
+    let text: Vec<String> = acks
+        .iter()
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        text[0].contains("MSA|AR|B1\rERR||")
+            && text[0].contains("|100^message could not be read: segment id"),
+        "{}",
+        text[0]
+    );
     assert!(text[0].contains("(byte 42)"), "{}", text[0]);
-    assert!(text[1].contains("MSA|AR|B2\rERR||MSH^1^9|200^"), "{}", text[1]);
+    assert!(
+        text[1].contains("MSA|AR|B2\rERR||MSH^1^9|200^"),
+        "{}",
+        text[1]
+    );
     assert!(text[2].contains("ERR||MSH^1^10|101^"), "{}", text[2]);
     assert!(text[3].contains("MSA|AR|"), "{}", text[3]);
-    assert_eq!(s.store.store().counts().unwrap().messages, 4, "every refused message is kept");
+    assert_eq!(
+        s.store.store().counts().unwrap().messages,
+        4,
+        "every refused message is kept"
+    );
     s.shutdown().await;
 }
 
@@ -224,7 +356,10 @@ fn spawn_bin(routes: &Path, data: &Path) -> Child {
 
 async fn wait_port(port: u16) {
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -234,13 +369,20 @@ async fn wait_port(port: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_load_loses_no_acknowledged_message() {
-    let kills: usize = std::env::var("LABROUTE_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let kills: usize = std::env::var("LABROUTE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     let p = peers().await;
     let (sil_port, dpi_port) = (free_port(), free_port());
     let routes = dir.path().join("routes");
     std::fs::create_dir_all(&routes).unwrap();
-    std::fs::write(routes.join("gcs.toml"), routes_toml(sil_port, dpi_port, p.lab.addr, p.es1.addr, p.es2.addr, 20)).unwrap();
+    std::fs::write(
+        routes.join("gcs.toml"),
+        routes_toml(sil_port, dpi_port, p.lab.addr, p.es1.addr, p.es2.addr, 20),
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let acked: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
     let mut next = 0usize;
@@ -253,7 +395,10 @@ async fn sigkill_mid_load_loses_no_acknowledged_message() {
             let acked = acked.clone();
             let start = next + c * 10_000;
             senders.push(tokio::spawn(async move {
-                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", sil_port)).await else { return };
+                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", sil_port)).await
+                else {
+                    return;
+                };
                 for i in start..start + 10_000 {
                     let es = if i % 2 == 0 { "ES1" } else { "ES2" };
                     let ctrl = format!("K{i}");
@@ -263,7 +408,9 @@ async fn sigkill_mid_load_loses_no_acknowledged_message() {
                         return;
                     }
                     match read_frame(&mut s).await {
-                        Ok(a) if msa(&a).0 == "AA" => acked.lock().unwrap().push((es.to_owned(), ctrl)),
+                        Ok(a) if msa(&a).0 == "AA" => {
+                            acked.lock().unwrap().push((es.to_owned(), ctrl))
+                        }
                         _ => return,
                     }
                 }
@@ -281,18 +428,34 @@ async fn sigkill_mid_load_loses_no_acknowledged_message() {
     let mut child = spawn_bin(&routes, &data);
     wait_port(sil_port).await;
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 20, "the load should have been acknowledged before the kills ({} acked)", acked.len());
-    let want1: Vec<&String> = acked.iter().filter(|(e, _)| e == "ES1").map(|(_, c)| c).collect();
-    let want2: Vec<&String> = acked.iter().filter(|(e, _)| e == "ES2").map(|(_, c)| c).collect();
+    assert!(
+        acked.len() > 20,
+        "the load should have been acknowledged before the kills ({} acked)",
+        acked.len()
+    );
+    let want1: Vec<&String> = acked
+        .iter()
+        .filter(|(e, _)| e == "ES1")
+        .map(|(_, c)| c)
+        .collect();
+    let want2: Vec<&String> = acked
+        .iter()
+        .filter(|(e, _)| e == "ES2")
+        .map(|(_, c)| c)
+        .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let got1: std::collections::HashSet<String> = p.es1.control_ids().into_iter().collect();
         let got2: std::collections::HashSet<String> = p.es2.control_ids().into_iter().collect();
-        let missing = want1.iter().filter(|c| !got1.contains(c.as_str())).count() + want2.iter().filter(|c| !got2.contains(c.as_str())).count();
+        let missing = want1.iter().filter(|c| !got1.contains(c.as_str())).count()
+            + want2.iter().filter(|c| !got2.contains(c.as_str())).count();
         if missing == 0 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{missing} acknowledged message(s) never delivered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} acknowledged message(s) never delivered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let _ = child.kill();
@@ -300,8 +463,14 @@ async fn sigkill_mid_load_loses_no_acknowledged_message() {
     // Nothing misrouted; duplicates (at-least-once) counted; first deliveries in ack order.
     let got1 = p.es1.control_ids();
     let got2 = p.es2.control_ids();
-    let misrouted = got1.iter().filter(|c| c[1..].parse::<usize>().unwrap() % 2 == 1).count()
-        + got2.iter().filter(|c| c[1..].parse::<usize>().unwrap() % 2 == 0).count();
+    let misrouted = got1
+        .iter()
+        .filter(|c| c[1..].parse::<usize>().unwrap() % 2 == 1)
+        .count()
+        + got2
+            .iter()
+            .filter(|c| c[1..].parse::<usize>().unwrap() % 2 == 0)
+            .count();
     assert_eq!(misrouted, 0);
     // Each connection sent its messages one after the other: at each receiver, the first
     // deliveries of one connection's messages (hence of each of its patients) keep that order.
@@ -315,10 +484,16 @@ async fn sigkill_mid_load_loses_no_acknowledged_message() {
             let i: usize = c[1..].parse().unwrap();
             let conn = i / 10_000;
             if let Some(prev) = last_per_conn.insert(conn, i) {
-                assert!(prev < i, "order broken: K{prev} delivered before K{i} was first delivered");
+                assert!(
+                    prev < i,
+                    "order broken: K{prev} delivered before K{i} was first delivered"
+                );
             }
         }
     }
     let duplicates = got1.len() + got2.len() - first_seen.len();
-    eprintln!("crash campaign: {kills} SIGKILLs, {} acknowledged, 0 lost, 0 misrouted, {duplicates} duplicate deliveries", acked.len());
+    eprintln!(
+        "crash campaign: {kills} SIGKILLs, {} acknowledged, 0 lost, 0 misrouted, {duplicates} duplicate deliveries",
+        acked.len()
+    );
 }

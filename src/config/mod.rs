@@ -26,7 +26,14 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}: {}", self.file.display(), self.line, self.field, self.message)
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.field,
+            self.message
+        )
     }
 }
 
@@ -85,7 +92,9 @@ pub struct Destination {
 }
 
 /// Which configured identifier a value matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum IdKind {
     SendingFacility,
     PlacerNamespace,
@@ -233,13 +242,33 @@ impl Config {
 }
 
 fn io_error(path: &Path, e: &std::io::Error) -> ConfigError {
-    ConfigError { file: path.to_owned(), line: 0, field: "-".into(), message: format!("cannot read: {e}") }
+    ConfigError {
+        file: path.to_owned(),
+        line: 0,
+        field: "-".into(),
+        message: format!("cannot read: {e}"),
+    }
 }
 
 /// 1-based line of a byte offset.
 pub fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
+
+/// A test case read but not yet checked: file, line, name, before, input, expectation, destinations.
+type PendingTest = (
+    PathBuf,
+    usize,
+    String,
+    Vec<String>,
+    Option<Vec<u8>>,
+    Option<(String, String)>,
+    Option<Vec<(usize, String)>>,
+);
 
 #[derive(Default)]
 struct Validator {
@@ -255,7 +284,7 @@ struct Validator {
     /// References to check once every file is read: (file, line, field, name).
     destination_refs: Vec<(PathBuf, usize, String, String)>,
     establishment_refs: Vec<(PathBuf, usize, String, String)>,
-    raw_tests: Vec<(PathBuf, usize, String, Vec<String>, Option<Vec<u8>>, Option<(String, String)>, Option<Vec<(usize, String)>>)>,
+    raw_tests: Vec<PendingTest>,
 }
 
 struct Ctx<'a> {
@@ -270,17 +299,40 @@ impl Ctx<'_> {
 }
 
 impl Validator {
-    fn err(&mut self, cx: &Ctx<'_>, line: usize, field: impl Into<String>, message: impl Into<String>) {
-        self.errors.push(ConfigError { file: cx.file.to_owned(), line, field: field.into(), message: message.into() });
+    fn err(
+        &mut self,
+        cx: &Ctx<'_>,
+        line: usize,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.errors.push(ConfigError {
+            file: cx.file.to_owned(),
+            line,
+            field: field.into(),
+            message: message.into(),
+        });
     }
 
-    fn positive(&mut self, cx: &Ctx<'_>, v: &Option<Spanned<u64>>, field: &str, default: u64, max: u64) -> u64 {
+    fn positive(
+        &mut self,
+        cx: &Ctx<'_>,
+        v: &Option<Spanned<u64>>,
+        field: &str,
+        default: u64,
+        max: u64,
+    ) -> u64 {
         match v {
             None => default,
             Some(s) => {
                 let n = *s.get_ref();
                 if n == 0 || n > max {
-                    self.err(cx, cx.line(s), field, format!("must be between 1 and {max}, got {n}"));
+                    self.err(
+                        cx,
+                        cx.line(s),
+                        field,
+                        format!("must be between 1 and {max}, got {n}"),
+                    );
                     default
                 } else {
                     n
@@ -293,9 +345,15 @@ impl Validator {
         let n = s.get_ref();
         let ok = !n.is_empty()
             && n.len() <= 64
-            && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !ok {
-            self.err(cx, cx.line(s), field, format!("{n:?} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'"));
+            self.err(
+                cx,
+                cx.line(s),
+                field,
+                format!("{n:?} is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'"),
+            );
         }
         ok
     }
@@ -305,16 +363,45 @@ impl Validator {
         if let Some(e) = &raw.engine {
             let line = cx.line(e);
             if let Some((f, l)) = &self.engine_seen {
-                self.err(&cx, line, "engine", format!("[engine] is already set in {}:{l}", f.display()));
+                self.err(
+                    &cx,
+                    line,
+                    "engine",
+                    format!("[engine] is already set in {}:{l}", f.display()),
+                );
             } else {
                 self.engine_seen = Some((file.to_owned(), line));
                 let e = e.get_ref();
                 let d = Engine::default();
                 self.cfg.engine = Engine {
-                    max_frame_bytes: self.positive(&cx, &e.max_frame_bytes, "engine.max_frame_bytes", d.max_frame_bytes as u64, 1 << 30) as usize,
-                    idle_timeout: Duration::from_secs(self.positive(&cx, &e.idle_timeout_secs, "engine.idle_timeout_secs", d.idle_timeout.as_secs(), 86_400)),
-                    max_connections: self.positive(&cx, &e.max_connections, "engine.max_connections", d.max_connections as u64, 65_536) as usize,
-                    group_commit_max: self.positive(&cx, &e.group_commit_max, "engine.group_commit_max", d.group_commit_max as u64, 65_536) as usize,
+                    max_frame_bytes: self.positive(
+                        &cx,
+                        &e.max_frame_bytes,
+                        "engine.max_frame_bytes",
+                        d.max_frame_bytes as u64,
+                        1 << 30,
+                    ) as usize,
+                    idle_timeout: Duration::from_secs(self.positive(
+                        &cx,
+                        &e.idle_timeout_secs,
+                        "engine.idle_timeout_secs",
+                        d.idle_timeout.as_secs(),
+                        86_400,
+                    )),
+                    max_connections: self.positive(
+                        &cx,
+                        &e.max_connections,
+                        "engine.max_connections",
+                        d.max_connections as u64,
+                        65_536,
+                    ) as usize,
+                    group_commit_max: self.positive(
+                        &cx,
+                        &e.group_commit_max,
+                        "engine.group_commit_max",
+                        d.group_commit_max as u64,
+                        65_536,
+                    ) as usize,
                 };
             }
         }
@@ -330,7 +417,12 @@ impl Validator {
         if let Some(r) = &raw.routing {
             let line = cx.line(r);
             if let Some((f, l)) = &self.routing_seen {
-                self.err(&cx, line, "routing", format!("[routing] is already set in {}:{l}", f.display()));
+                self.err(
+                    &cx,
+                    line,
+                    "routing",
+                    format!("[routing] is already set in {}:{l}", f.display()),
+                );
             } else {
                 self.routing_seen = Some((file.to_owned(), line));
                 for (field, list, out) in [
@@ -338,7 +430,12 @@ impl Validator {
                     ("routing.adt_to", &r.get_ref().adt_to, 1),
                 ] {
                     for d in list {
-                        self.destination_refs.push((file.to_owned(), cx.line(d), field.to_owned(), d.get_ref().clone()));
+                        self.destination_refs.push((
+                            file.to_owned(),
+                            cx.line(d),
+                            field.to_owned(),
+                            d.get_ref().clone(),
+                        ));
                         let name = DestinationName::new(d.get_ref());
                         if out == 0 {
                             self.cfg.routing.orders_to.push(name);
@@ -360,10 +457,15 @@ impl Validator {
         let field = |f: &str| format!("listener[{i}].{f}");
         if self.name(cx, &l.name, &field("name")) {
             if let Some((f, at)) = self.listener_names.get(l.name.get_ref()) {
-                let msg = format!("listener {:?} is already defined at {}:{at}", l.name.get_ref(), f.display());
+                let msg = format!(
+                    "listener {:?} is already defined at {}:{at}",
+                    l.name.get_ref(),
+                    f.display()
+                );
                 self.err(cx, cx.line(&l.name), field("name"), msg);
             } else {
-                self.listener_names.insert(l.name.get_ref().clone(), (cx.file.to_owned(), line));
+                self.listener_names
+                    .insert(l.name.get_ref().clone(), (cx.file.to_owned(), line));
             }
         }
         match l.bind.get_ref().parse::<SocketAddr>() {
@@ -371,11 +473,28 @@ impl Validator {
                 if !l.insecure {
                     self.err(cx, cx.line(&l.bind), field("insecure"), "TLS listeners are not available yet: set `insecure = true` (plain TCP, loopback only)");
                 } else if !addr.ip().is_loopback() {
-                    self.err(cx, cx.line(&l.bind), field("bind"), format!("an insecure (plain TCP) listener must bind a loopback address, not {}", addr.ip()));
+                    self.err(
+                        cx,
+                        cx.line(&l.bind),
+                        field("bind"),
+                        format!(
+                            "an insecure (plain TCP) listener must bind a loopback address, not {}",
+                            addr.ip()
+                        ),
+                    );
                 }
-                self.cfg.listeners.push(Listener { name: ListenerName::new(l.name.get_ref()), bind: addr, insecure: l.insecure });
+                self.cfg.listeners.push(Listener {
+                    name: ListenerName::new(l.name.get_ref()),
+                    bind: addr,
+                    insecure: l.insecure,
+                });
             }
-            Err(_) => self.err(cx, cx.line(&l.bind), field("bind"), format!("{:?} is not an IP:port address", l.bind.get_ref())),
+            Err(_) => self.err(
+                cx,
+                cx.line(&l.bind),
+                field("bind"),
+                format!("{:?} is not an IP:port address", l.bind.get_ref()),
+            ),
         }
     }
 
@@ -385,33 +504,88 @@ impl Validator {
         let field = |f: &str| format!("destination[{i}].{f}");
         if self.name(cx, &d.name, &field("name")) {
             if let Some((f, at)) = self.destination_names.get(d.name.get_ref()) {
-                let msg = format!("destination {:?} is already defined at {}:{at}", d.name.get_ref(), f.display());
+                let msg = format!(
+                    "destination {:?} is already defined at {}:{at}",
+                    d.name.get_ref(),
+                    f.display()
+                );
                 self.err(cx, cx.line(&d.name), field("name"), msg);
             } else {
-                self.destination_names.insert(d.name.get_ref().clone(), (cx.file.to_owned(), line));
+                self.destination_names
+                    .insert(d.name.get_ref().clone(), (cx.file.to_owned(), line));
             }
         }
         let addr = d.address.get_ref();
         match addr.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
                 let loopback = host == "localhost"
-                    || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+                    || host
+                        .trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
                 if !d.insecure {
                     self.err(cx, cx.line(&d.address), field("insecure"), "TLS destinations are not available yet: set `insecure = true` (plain TCP, loopback only)");
                 } else if !loopback {
-                    self.err(cx, cx.line(&d.address), field("address"), format!("an insecure (plain TCP) destination must be on loopback, not {host}"));
+                    self.err(
+                        cx,
+                        cx.line(&d.address),
+                        field("address"),
+                        format!(
+                            "an insecure (plain TCP) destination must be on loopback, not {host}"
+                        ),
+                    );
                 }
             }
-            _ => self.err(cx, cx.line(&d.address), field("address"), format!("{addr:?} is not a host:port address")),
+            _ => self.err(
+                cx,
+                cx.line(&d.address),
+                field("address"),
+                format!("{addr:?} is not a host:port address"),
+            ),
         }
-        let connect = self.positive(cx, &d.connect_timeout_secs, &field("connect_timeout_secs"), 10, 3600);
-        let ack = self.positive(cx, &d.ack_timeout_secs, &field("ack_timeout_secs"), 30, 3600);
+        let connect = self.positive(
+            cx,
+            &d.connect_timeout_secs,
+            &field("connect_timeout_secs"),
+            10,
+            3600,
+        );
+        let ack = self.positive(
+            cx,
+            &d.ack_timeout_secs,
+            &field("ack_timeout_secs"),
+            30,
+            3600,
+        );
         let attempts = self.positive(cx, &d.max_attempts, &field("max_attempts"), 1000, 1_000_000);
-        let age = self.positive(cx, &d.max_age_secs, &field("max_age_secs"), 7 * 86_400, 365 * 86_400);
-        let b0 = self.positive(cx, &d.backoff_initial_ms, &field("backoff_initial_ms"), 500, 3_600_000);
-        let b1 = self.positive(cx, &d.backoff_max_ms, &field("backoff_max_ms"), 60_000, 3_600_000);
+        let age = self.positive(
+            cx,
+            &d.max_age_secs,
+            &field("max_age_secs"),
+            7 * 86_400,
+            365 * 86_400,
+        );
+        let b0 = self.positive(
+            cx,
+            &d.backoff_initial_ms,
+            &field("backoff_initial_ms"),
+            500,
+            3_600_000,
+        );
+        let b1 = self.positive(
+            cx,
+            &d.backoff_max_ms,
+            &field("backoff_max_ms"),
+            60_000,
+            3_600_000,
+        );
         if b1 < b0 {
-            self.err(cx, line, field("backoff_max_ms"), format!("must be at least backoff_initial_ms ({b0})"));
+            self.err(
+                cx,
+                line,
+                field("backoff_max_ms"),
+                format!("must be at least backoff_initial_ms ({b0})"),
+            );
         }
         self.cfg.destinations.push(Destination {
             name: DestinationName::new(d.name.get_ref()),
@@ -431,10 +605,15 @@ impl Validator {
         let field = |f: &str| format!("establishment[{i}].{f}");
         if self.name(cx, &e.id, &field("id")) {
             if let Some((f, at)) = self.establishment_ids.get(e.id.get_ref()) {
-                let msg = format!("establishment {:?} is already defined at {}:{at}", e.id.get_ref(), f.display());
+                let msg = format!(
+                    "establishment {:?} is already defined at {}:{at}",
+                    e.id.get_ref(),
+                    f.display()
+                );
                 self.err(cx, cx.line(&e.id), field("id"), msg);
             } else {
-                self.establishment_ids.insert(e.id.get_ref().clone(), (cx.file.to_owned(), line));
+                self.establishment_ids
+                    .insert(e.id.get_ref().clone(), (cx.file.to_owned(), line));
             }
         }
         if e.name.get_ref().trim().is_empty() {
@@ -446,13 +625,34 @@ impl Validator {
                 self.err(cx, cx.line(f), field("finess"), format!("{:?} is not a FINESS number (9 characters: département digits or 2A/2B, then 7 digits)", f.get_ref()));
             }
         }
-        self.destination_refs.push((cx.file.to_owned(), cx.line(&e.record), field("record"), e.record.get_ref().clone()));
+        self.destination_refs.push((
+            cx.file.to_owned(),
+            cx.line(&e.record),
+            field("record"),
+            e.record.get_ref().clone(),
+        ));
         let ident = &e.identify;
         let groups: [(IdKind, &Vec<S>, String); 5] = [
-            (IdKind::SendingFacility, &ident.sending_facilities, field("identify.sending_facilities")),
-            (IdKind::PlacerNamespace, &ident.placer_namespaces, field("identify.placer_namespaces")),
-            (IdKind::PatientAuthority, &ident.patient_authorities, field("identify.patient_authorities")),
-            (IdKind::Facility, &ident.facilities, field("identify.facilities")),
+            (
+                IdKind::SendingFacility,
+                &ident.sending_facilities,
+                field("identify.sending_facilities"),
+            ),
+            (
+                IdKind::PlacerNamespace,
+                &ident.placer_namespaces,
+                field("identify.placer_namespaces"),
+            ),
+            (
+                IdKind::PatientAuthority,
+                &ident.patient_authorities,
+                field("identify.patient_authorities"),
+            ),
+            (
+                IdKind::Facility,
+                &ident.facilities,
+                field("identify.facilities"),
+            ),
             (IdKind::Finess, &e.finess, field("finess")),
         ];
         for (kind, values, fname) in groups {
@@ -475,7 +675,8 @@ impl Validator {
                     self.err(cx, cx.line(v), &fname, msg);
                     continue;
                 }
-                self.identifier_sites.insert(key.clone(), (id.clone(), cx.file.to_owned(), cx.line(v)));
+                self.identifier_sites
+                    .insert(key.clone(), (id.clone(), cx.file.to_owned(), cx.line(v)));
                 self.cfg.identifiers.insert(key, id.clone());
             }
         }
@@ -485,7 +686,12 @@ impl Validator {
             || !ident.facilities.is_empty()
             || !e.finess.is_empty();
         if !has_any {
-            self.err(cx, line, field("identify"), "no identifier: nothing could ever be tagged to this establishment");
+            self.err(
+                cx,
+                line,
+                field("identify"),
+                "no identifier: nothing could ever be tagged to this establishment",
+            );
         }
         self.cfg.establishments.push(Establishment {
             id,
@@ -506,61 +712,118 @@ impl Validator {
                 match std::fs::read(base.join(p.get_ref())) {
                     Ok(b) => Some(b),
                     Err(e) => {
-                        self.err(cx, cx.line(p), field("input_file"), format!("cannot read {:?}: {e}", p.get_ref()));
+                        self.err(
+                            cx,
+                            cx.line(p),
+                            field("input_file"),
+                            format!("cannot read {:?}: {e}", p.get_ref()),
+                        );
                         None
                     }
                 }
             }
             _ => {
-                self.err(cx, line, field("input"), "set exactly one of `input` and `input_file`");
+                self.err(
+                    cx,
+                    line,
+                    field("input"),
+                    "set exactly one of `input` and `input_file`",
+                );
                 None
             }
         };
         let ex = t.expect.get_ref();
         let expected = match (&ex.establishment, &ex.quarantine, &ex.rejected) {
             (Some(e), None, None) => {
-                self.establishment_refs.push((cx.file.to_owned(), cx.line(e), field("expect.establishment"), e.get_ref().clone()));
+                self.establishment_refs.push((
+                    cx.file.to_owned(),
+                    cx.line(e),
+                    field("expect.establishment"),
+                    e.get_ref().clone(),
+                ));
                 Some(("establishment".to_owned(), e.get_ref().clone()))
             }
             (None, Some(q), None) => {
                 if !matches!(q.get_ref().as_str(), "no_evidence" | "conflict") {
-                    self.err(cx, cx.line(q), field("expect.quarantine"), "must be \"no_evidence\" or \"conflict\"");
+                    self.err(
+                        cx,
+                        cx.line(q),
+                        field("expect.quarantine"),
+                        "must be \"no_evidence\" or \"conflict\"",
+                    );
                 }
                 Some(("quarantine".to_owned(), q.get_ref().clone()))
             }
             (None, None, Some(r)) => Some(("rejected".to_owned(), r.get_ref().to_string())),
             _ => {
-                self.err(cx, cx.line(&t.expect), field("expect"), "set exactly one of `establishment`, `quarantine` and `rejected`");
+                self.err(
+                    cx,
+                    cx.line(&t.expect),
+                    field("expect"),
+                    "set exactly one of `establishment`, `quarantine` and `rejected`",
+                );
                 None
             }
         };
         let dests = ex.destinations.as_ref().map(|ds| {
             ds.iter()
                 .map(|d| {
-                    self.destination_refs.push((cx.file.to_owned(), cx.line(d), field("expect.destinations"), d.get_ref().clone()));
+                    self.destination_refs.push((
+                        cx.file.to_owned(),
+                        cx.line(d),
+                        field("expect.destinations"),
+                        d.get_ref().clone(),
+                    ));
                     (cx.line(d), d.get_ref().clone())
                 })
                 .collect()
         });
-        self.raw_tests.push((cx.file.to_owned(), line, t.name.get_ref().clone(), t.before.clone(), input, expected, dests));
+        self.raw_tests.push((
+            cx.file.to_owned(),
+            line,
+            t.name.get_ref().clone(),
+            t.before.clone(),
+            input,
+            expected,
+            dests,
+        ));
     }
 
     fn finish(mut self) -> Result<Config, ConfigErrors> {
         for (file, line, field, name) in std::mem::take(&mut self.destination_refs) {
             if !self.destination_names.contains_key(&name) {
-                self.errors.push(ConfigError { file, line, field, message: format!("no destination is named {name:?}") });
+                self.errors.push(ConfigError {
+                    file,
+                    line,
+                    field,
+                    message: format!("no destination is named {name:?}"),
+                });
             }
         }
         for (file, line, field, name) in std::mem::take(&mut self.establishment_refs) {
             if !self.establishment_ids.contains_key(&name) {
-                self.errors.push(ConfigError { file, line, field, message: format!("no establishment has id {name:?}") });
+                self.errors.push(ConfigError {
+                    file,
+                    line,
+                    field,
+                    message: format!("no establishment has id {name:?}"),
+                });
             }
         }
         if self.cfg.listeners.is_empty() && self.errors.is_empty() {
-            self.errors.push(ConfigError { file: PathBuf::from("routes"), line: 0, field: "listener".into(), message: "no [[listener]] is configured".into() });
+            self.errors.push(ConfigError {
+                file: PathBuf::from("routes"),
+                line: 0,
+                field: "listener".into(),
+                message: "no [[listener]] is configured".into(),
+            });
         }
-        for (file, line, name, before, input, expected, dests) in std::mem::take(&mut self.raw_tests) {
-            let (Some(input), Some((kind, value))) = (input, expected) else { continue };
+        for (file, line, name, before, input, expected, dests) in
+            std::mem::take(&mut self.raw_tests)
+        {
+            let (Some(input), Some((kind, value))) = (input, expected) else {
+                continue;
+            };
             let expected = match kind.as_str() {
                 "establishment" => Expected::Establishment(EstablishmentId::new(&value)),
                 "quarantine" => Expected::Quarantine(value),
@@ -573,10 +836,18 @@ impl Validator {
                 before: before.into_iter().map(String::into_bytes).collect(),
                 input,
                 expected,
-                destinations: dests.map(|d| d.into_iter().map(|(_, n)| DestinationName::new(&n)).collect()),
+                destinations: dests.map(|d| {
+                    d.into_iter()
+                        .map(|(_, n)| DestinationName::new(&n))
+                        .collect()
+                }),
             });
         }
-        if self.errors.is_empty() { Ok(self.cfg) } else { Err(ConfigErrors(self.errors)) }
+        if self.errors.is_empty() {
+            Ok(self.cfg)
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
     }
 }
 

@@ -39,8 +39,16 @@ identify.placer_namespaces = ["DPI-ES2"]
 fn a_good_file_validates() {
     let c = load(GOOD).unwrap();
     assert_eq!(c.establishments.len(), 2);
-    assert_eq!(c.identify(IdKind::PlacerNamespace, "DPI-ES2").unwrap().as_str(), "ES2");
-    assert_eq!(c.identify(IdKind::Finess, "750000001").unwrap().as_str(), "ES1");
+    assert_eq!(
+        c.identify(IdKind::PlacerNamespace, "DPI-ES2")
+            .unwrap()
+            .as_str(),
+        "ES2"
+    );
+    assert_eq!(
+        c.identify(IdKind::Finess, "750000001").unwrap().as_str(),
+        "ES1"
+    );
 }
 
 #[test]
@@ -53,25 +61,53 @@ fn every_error_is_reported_at_once_with_file_line_and_field() {
     let errs = load(&bad).unwrap_err().0;
     let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
     assert_eq!(errs.len(), 4, "{text:#?}");
-    assert!(text.contains(&"routes/t.toml:14: destination[1].address: \"nowhere\" is not a host:port address".to_owned()), "{text:#?}");
-    assert!(text.iter().any(|t| t.starts_with("routes/t.toml:27: establishment[1].finess:")), "{text:#?}");
+    assert!(
+        text.contains(
+            &"routes/t.toml:14: destination[1].address: \"nowhere\" is not a host:port address"
+                .to_owned()
+        ),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("routes/t.toml:27: establishment[1].finess:")),
+        "{text:#?}"
+    );
     assert!(text.iter().any(|t| t.starts_with("routes/t.toml:29: establishment[1].identify.placer_namespaces: \"DPI-ES1\" already identifies establishment ES1")), "{text:#?}");
-    assert!(text.iter().any(|t| t.starts_with("routes/t.toml:28: establishment[1].record: no destination is named \"dpi-es3\"")), "{text:#?}");
+    assert!(
+        text.iter().any(|t| t.starts_with(
+            "routes/t.toml:28: establishment[1].record: no destination is named \"dpi-es3\""
+        )),
+        "{text:#?}"
+    );
 }
 
 #[test]
 fn unknown_keys_are_errors_with_their_line() {
-    let errs = load(&GOOD.replace("insecure = true\n\n[[destination]]\nname = \"dpi-es1\"", "insecure = true\nbogus = 1\n\n[[destination]]\nname = \"dpi-es1\"")).unwrap_err().0;
+    let errs = load(&GOOD.replace(
+        "insecure = true\n\n[[destination]]\nname = \"dpi-es1\"",
+        "insecure = true\nbogus = 1\n\n[[destination]]\nname = \"dpi-es1\"",
+    ))
+    .unwrap_err()
+    .0;
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].line, 6);
-    assert!(errs[0].message.contains("unknown field `bogus`"), "{}", errs[0].message);
+    assert!(
+        errs[0].message.contains("unknown field `bogus`"),
+        "{}",
+        errs[0].message
+    );
 }
 
 #[test]
 fn plain_tcp_is_refused_off_loopback() {
-    let errs = load(&GOOD.replace("127.0.0.1:2575", "0.0.0.0:2575")).unwrap_err().0;
+    let errs = load(&GOOD.replace("127.0.0.1:2575", "0.0.0.0:2575"))
+        .unwrap_err()
+        .0;
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].to_string().contains("listener[0].bind: an insecure (plain TCP) listener must bind a loopback address"));
+    assert!(errs[0].to_string().contains(
+        "listener[0].bind: an insecure (plain TCP) listener must bind a loopback address"
+    ));
 }
 
 #[test]

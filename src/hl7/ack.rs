@@ -163,14 +163,21 @@ impl AckHeader {
         let Ok(delims) = super::message::read_delimiters(bytes) else {
             return AckHeader::default();
         };
-        let line_end = bytes.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(bytes.len());
+        let line_end = bytes
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+            .unwrap_or(bytes.len());
         let line = &bytes[..line_end];
         let fields: Vec<&[u8]> = line.split(|&b| b == delims.field).collect();
         // fields[0] = "MSH", fields[1] = MSH-2, fields[n-1] = MSH-n.
         let f = |n: usize| fields.get(n - 1).map(|s| s.to_vec()).unwrap_or_default();
         let safe = |v: Vec<u8>| if v.is_ascii() { v } else { Vec::new() };
         let msh9 = f(9);
-        let trigger = msh9.split(|&b| b == delims.component).nth(1).map(|s| s.to_vec()).unwrap_or_default();
+        let trigger = msh9
+            .split(|&b| b == delims.component)
+            .nth(1)
+            .map(|s| s.to_vec())
+            .unwrap_or_default();
         AckHeader {
             delims: Some(delims),
             sending_app: safe(f(3)),
@@ -188,7 +195,13 @@ impl AckHeader {
 }
 
 /// Builds an ACK message (segments terminated by `\r`).
-pub fn build(h: &AckHeader, code: AckCode, err: Option<&AckError>, control_id: &str, timestamp: &str) -> Vec<u8> {
+pub fn build(
+    h: &AckHeader,
+    code: AckCode,
+    err: Option<&AckError>,
+    control_id: &str,
+    timestamp: &str,
+) -> Vec<u8> {
     let d = h.delims.unwrap_or(Delimiters::standard());
     let fs = d.field;
     let cs = d.component;
@@ -196,7 +209,12 @@ pub fn build(h: &AckHeader, code: AckCode, err: Option<&AckError>, control_id: &
     out.extend_from_slice(b"MSH");
     out.push(fs);
     out.extend_from_slice(&d.encoding_characters());
-    for part in [&h.receiving_app, &h.receiving_facility, &h.sending_app, &h.sending_facility] {
+    for part in [
+        &h.receiving_app,
+        &h.receiving_facility,
+        &h.sending_app,
+        &h.sending_facility,
+    ] {
         out.push(fs);
         out.extend_from_slice(part);
     }
@@ -247,7 +265,10 @@ pub fn build(h: &AckHeader, code: AckCode, err: Option<&AckError>, control_id: &
     out.push(b'\r');
     if let Some(e) = err {
         let text = super::text::escape(&e.text, &d);
-        let old_style = matches!(h.version.as_slice(), b"2.1" | b"2.2" | b"2.3" | b"2.3.1" | b"2.4");
+        let old_style = matches!(
+            h.version.as_slice(),
+            b"2.1" | b"2.2" | b"2.3" | b"2.3.1" | b"2.4"
+        );
         out.extend_from_slice(b"ERR");
         out.push(fs);
         if old_style {
@@ -322,13 +343,27 @@ mod tests {
     fn nak_carries_an_err_segment_in_the_version_s_shape() {
         let raw = b"MSH|^~\\&|A|B|C|D|x||ORU^R01|9|P|2.5.1\r";
         let m = Message::parse(raw).unwrap();
-        let err = AckError { code: 200, text: "message type not supported | here".into(), location: Some(("MSH".into(), 9)) };
-        let ack = String::from_utf8(build(&AckHeader::of(&m), AckCode::AR, Some(&err), "1", "t")).unwrap();
-        assert!(ack.ends_with("MSA|AR|9\rERR||MSH^1^9|200^message type not supported \\F\\ here^HL70357|E\r"), "{ack}");
+        let err = AckError {
+            code: 200,
+            text: "message type not supported | here".into(),
+            location: Some(("MSH".into(), 9)),
+        };
+        let ack = String::from_utf8(build(&AckHeader::of(&m), AckCode::AR, Some(&err), "1", "t"))
+            .unwrap();
+        assert!(
+            ack.ends_with(
+                "MSA|AR|9\rERR||MSH^1^9|200^message type not supported \\F\\ here^HL70357|E\r"
+            ),
+            "{ack}"
+        );
         let raw = b"MSH|^~\\&|A|B|C|D|x||ORU^R01|9|P|2.3\r";
         let m = Message::parse(raw).unwrap();
-        let ack = String::from_utf8(build(&AckHeader::of(&m), AckCode::AR, Some(&err), "1", "t")).unwrap();
-        assert!(ack.ends_with("ERR|MSH^1^9^200&message type not supported \\F\\ here&HL70357\r"), "{ack}");
+        let ack = String::from_utf8(build(&AckHeader::of(&m), AckCode::AR, Some(&err), "1", "t"))
+            .unwrap();
+        assert!(
+            ack.ends_with("ERR|MSH^1^9^200&message type not supported \\F\\ here&HL70357\r"),
+            "{ack}"
+        );
     }
 
     #[test]

@@ -37,7 +37,12 @@ impl Delimiters {
     /// MSH-2 as it should be written back.
     pub fn encoding_characters(&self) -> Vec<u8> {
         let mut v = vec![self.component];
-        for c in [self.repetition, self.escape, self.subcomponent, self.truncation] {
+        for c in [
+            self.repetition,
+            self.escape,
+            self.subcomponent,
+            self.truncation,
+        ] {
             match c {
                 Some(c) => v.push(c),
                 None => break,
@@ -102,22 +107,39 @@ pub fn strip_bom(bytes: &[u8]) -> &[u8] {
 /// Reads the delimiters from the start of an MSH segment.
 pub fn read_delimiters(bytes: &[u8]) -> Result<Delimiters, ParseError> {
     if !bytes.starts_with(b"MSH") {
-        return Err(ParseError { kind: ParseErrorKind::NoMsh, position: 0 });
+        return Err(ParseError {
+            kind: ParseErrorKind::NoMsh,
+            position: 0,
+        });
     }
-    let bad = |position| ParseError { kind: ParseErrorKind::BadDelimiters, position };
+    let bad = |position| ParseError {
+        kind: ParseErrorKind::BadDelimiters,
+        position,
+    };
     let field = *bytes.get(3).ok_or(bad(3))?;
-    if field.is_ascii_alphanumeric() || field == b'\r' || field == b'\n' || field.is_ascii_whitespace() {
+    if field.is_ascii_alphanumeric()
+        || field == b'\r'
+        || field == b'\n'
+        || field.is_ascii_whitespace()
+    {
         return Err(bad(3));
     }
     let rest = &bytes[4..];
-    let end = rest.iter().position(|&b| b == field || b == b'\r' || b == b'\n').unwrap_or(rest.len());
+    let end = rest
+        .iter()
+        .position(|&b| b == field || b == b'\r' || b == b'\n')
+        .unwrap_or(rest.len());
     let enc = &rest[..end];
     if enc.is_empty() || enc.len() > 5 {
         return Err(bad(4));
     }
     let mut seen = vec![field];
     for (i, &c) in enc.iter().enumerate() {
-        if c.is_ascii_alphanumeric() || c.is_ascii_whitespace() || !c.is_ascii() || seen.contains(&c) {
+        if c.is_ascii_alphanumeric()
+            || c.is_ascii_whitespace()
+            || !c.is_ascii()
+            || seen.contains(&c)
+        {
             return Err(bad(4 + i));
         }
         seen.push(c);
@@ -145,28 +167,45 @@ impl<'a> Message<'a> {
                 let seg = &bytes[pos..end];
                 let id_ok = seg.len() >= 3
                     && seg[0].is_ascii_uppercase()
-                    && seg[1..3].iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                    && seg[1..3]
+                        .iter()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
                     && (seg.len() == 3 || seg[3] == delims.field);
                 if !id_ok {
-                    return Err(ParseError { kind: ParseErrorKind::BadSegmentId, position: pos });
+                    return Err(ParseError {
+                        kind: ParseErrorKind::BadSegmentId,
+                        position: pos,
+                    });
                 }
                 if pos > 0 && &seg[..3] == b"MSH" {
-                    return Err(ParseError { kind: ParseErrorKind::SecondMsh, position: pos });
+                    return Err(ParseError {
+                        kind: ParseErrorKind::SecondMsh,
+                        position: pos,
+                    });
                 }
                 segments.push((pos as u32, end as u32));
             }
             pos = end + 1;
         }
-        let mut msg = Message { bytes, delims, charset: Charset::Ascii, charset_declared: false, segments };
+        let mut msg = Message {
+            bytes,
+            delims,
+            charset: Charset::Ascii,
+            charset_declared: false,
+            segments,
+        };
         let msh18 = msg.msh().field(18).repetition(1).component(1).raw();
-        let declared = Charset::from_msh18(msh18).map_err(|()| ParseError {
+        let declared = Charset::from_msh18(msh18).map_err(|_| ParseError {
             kind: ParseErrorKind::UnsupportedCharset,
             position: offset_in(bytes, msh18),
         })?;
         match declared {
             Some(cs) => {
                 if let Some(p) = cs.first_invalid(bytes) {
-                    return Err(ParseError { kind: ParseErrorKind::InvalidText, position: p });
+                    return Err(ParseError {
+                        kind: ParseErrorKind::InvalidText,
+                        position: p,
+                    });
                 }
                 msg.charset = cs;
                 msg.charset_declared = true;
@@ -218,7 +257,11 @@ impl<'a> Message<'a> {
     /// The MSH segment (always the first).
     pub fn msh(&self) -> Segment<'a> {
         let (s, e) = self.segments[0];
-        Segment { bytes: &self.bytes[s as usize..e as usize], delims: self.delims, charset: self.charset }
+        Segment {
+            bytes: &self.bytes[s as usize..e as usize],
+            delims: self.delims,
+            charset: self.charset,
+        }
     }
 
     /// The first segment with this id.
@@ -234,7 +277,9 @@ impl<'a> Message<'a> {
     /// Value at a path such as `PID-3`, `PID-3.4`, `PID-3[2].4.1`, `OBX[3]-5`: first match.
     pub fn get(&self, path: &str) -> Option<Value<'a>> {
         let p = Path::parse(path)?;
-        let seg = self.segments_named(p.segment).nth(p.segment_index.saturating_sub(1))?;
+        let seg = self
+            .segments_named(p.segment)
+            .nth(p.segment_index.saturating_sub(1))?;
         let field = seg.field(p.field);
         let mut v = field.repetition(p.repetition);
         if let Some(c) = p.component {
@@ -248,14 +293,20 @@ impl<'a> Message<'a> {
 
     /// Decoded text at a path; empty when absent.
     pub fn text(&self, path: &str) -> Cow<'a, str> {
-        self.get(path).map(|v| v.text()).unwrap_or(Cow::Borrowed(""))
+        self.get(path)
+            .map(|v| v.text())
+            .unwrap_or(Cow::Borrowed(""))
     }
 }
 
 fn offset_in(outer: &[u8], inner: &[u8]) -> usize {
     let o = outer.as_ptr() as usize;
     let i = inner.as_ptr() as usize;
-    if i >= o && i <= o + outer.len() { i - o } else { 0 }
+    if i >= o && i <= o + outer.len() {
+        i - o
+    } else {
+        0
+    }
 }
 
 /// A parsed path `SEG[n]-F[r].C.S`.
@@ -302,7 +353,14 @@ impl<'p> Path<'p> {
         if parts.next().is_some() {
             return None;
         }
-        Some(Path { segment, segment_index, field, repetition, component, subcomponent })
+        Some(Path {
+            segment,
+            segment_index,
+            field,
+            repetition,
+            component,
+            subcomponent,
+        })
     }
 }
 
@@ -327,23 +385,43 @@ impl<'a> Segment<'a> {
 
     /// Field `n` (1-based, HL7 numbering: MSH-1 is the field separator itself).
     pub fn field(&self, n: usize) -> Field<'a> {
-        let empty = Field { raw: &self.bytes[self.bytes.len()..], delims: self.delims, charset: self.charset, whole: false };
+        let empty = Field {
+            raw: &self.bytes[self.bytes.len()..],
+            delims: self.delims,
+            charset: self.charset,
+            whole: false,
+        };
         if n == 0 {
             return empty;
         }
         if self.is_msh() {
             if n == 1 {
-                return Field { raw: &self.bytes[3..4], delims: self.delims, charset: self.charset, whole: true };
+                return Field {
+                    raw: &self.bytes[3..4],
+                    delims: self.delims,
+                    charset: self.charset,
+                    whole: true,
+                };
             }
             if n == 2 {
                 let rest = &self.bytes[4..];
                 let end = memchr(self.delims.field, rest).unwrap_or(rest.len());
-                return Field { raw: &rest[..end], delims: self.delims, charset: self.charset, whole: true };
+                return Field {
+                    raw: &rest[..end],
+                    delims: self.delims,
+                    charset: self.charset,
+                    whole: true,
+                };
             }
         }
         let index = if self.is_msh() { n - 1 } else { n };
         match nth_split(self.bytes, self.delims.field, index) {
-            Some(raw) => Field { raw, delims: self.delims, charset: self.charset, whole: false },
+            Some(raw) => Field {
+                raw,
+                delims: self.delims,
+                charset: self.charset,
+                whole: false,
+            },
             None => empty,
         }
     }
@@ -400,14 +478,20 @@ impl<'a> Field<'a> {
             raw: raw.unwrap_or(&self.raw[self.raw.len()..]),
             delims: self.delims,
             charset: self.charset,
-            level: if self.whole { Level::Opaque } else { Level::Repetition },
+            level: if self.whole {
+                Level::Opaque
+            } else {
+                Level::Repetition
+            },
         }
     }
 
     /// Every repetition.
     pub fn repetitions(&self) -> impl Iterator<Item = Value<'a>> + '_ {
         let count = match (self.whole, self.delims.repetition) {
-            (false, Some(rep)) if !self.raw.is_empty() => memchr::memchr_iter(rep, self.raw).count() + 1,
+            (false, Some(rep)) if !self.raw.is_empty() => {
+                memchr::memchr_iter(rep, self.raw).count() + 1
+            }
             _ if self.raw.is_empty() => 0,
             _ => 1,
         };
@@ -453,25 +537,49 @@ impl<'a> Value<'a> {
 
     /// Component `n` (1-based) of a repetition.
     pub fn component(&self, n: usize) -> Value<'a> {
-        self.split(Level::Repetition, Some(self.delims.component), n, Level::Component)
+        self.split(
+            Level::Repetition,
+            Some(self.delims.component),
+            n,
+            Level::Component,
+        )
     }
 
     /// Subcomponent `n` (1-based) of a component.
     pub fn subcomponent(&self, n: usize) -> Value<'a> {
-        self.split(Level::Component, self.delims.subcomponent, n, Level::Subcomponent)
+        self.split(
+            Level::Component,
+            self.delims.subcomponent,
+            n,
+            Level::Subcomponent,
+        )
     }
 
     fn split(&self, from: Level, sep: Option<u8>, n: usize, to: Level) -> Value<'a> {
-        let empty = Value { raw: &self.raw[self.raw.len()..], delims: self.delims, charset: self.charset, level: to };
+        let empty = Value {
+            raw: &self.raw[self.raw.len()..],
+            delims: self.delims,
+            charset: self.charset,
+            level: to,
+        };
         if self.level != from || n == 0 {
-            return if self.level == Level::Opaque && n == 1 { *self } else { empty };
+            return if self.level == Level::Opaque && n == 1 {
+                *self
+            } else {
+                empty
+            };
         }
         let raw = match sep {
             Some(sep) => nth_split(self.raw, sep, n - 1),
             None => (n == 1).then_some(self.raw),
         };
         match raw {
-            Some(raw) => Value { raw, delims: self.delims, charset: self.charset, level: to },
+            Some(raw) => Value {
+                raw,
+                delims: self.delims,
+                charset: self.charset,
+                level: to,
+            },
             None => empty,
         }
     }
@@ -537,7 +645,8 @@ OBX|1|ST|X^y||éé\\S\\é||||||F\r";
 
     #[test]
     fn v27_five_encoding_characters_do_not_shift_fields() {
-        let m = Message::parse(b"MSH|^~\\&#|A|B|C|D|20250101||ORU^R01|X1|P|2.7\rPID|1||id\\P\\1").unwrap();
+        let m = Message::parse(b"MSH|^~\\&#|A|B|C|D|20250101||ORU^R01|X1|P|2.7\rPID|1||id\\P\\1")
+            .unwrap();
         assert_eq!(m.delimiters().truncation, Some(b'#'));
         assert_eq!(m.text("MSH-3"), "A");
         assert_eq!(m.text("MSH-10"), "X1");
@@ -584,7 +693,10 @@ OBX|1|ST|X^y||éé\\S\\é||||||F\r";
         assert_eq!(e.kind, ParseErrorKind::InvalidText);
         assert_eq!(e.position, 43);
         let e = Message::parse(b"MSH|^~\\&|A|||||||||||||||KLINGON\r").unwrap_err();
-        assert_eq!((e.kind, e.position), (ParseErrorKind::UnsupportedCharset, 25));
+        assert_eq!(
+            (e.kind, e.position),
+            (ParseErrorKind::UnsupportedCharset, 25)
+        );
         let e = Message::parse(b"MSH|^^\\&|A").unwrap_err();
         assert_eq!(e.kind, ParseErrorKind::BadDelimiters);
         let e = Message::parse(b"MSH|^~\\&|A\rMSH|^~\\&|B").unwrap_err();
@@ -593,14 +705,17 @@ OBX|1|ST|X^y||éé\\S\\é||||||F\r";
 
     #[test]
     fn paths() {
-        assert_eq!(Path::parse("OBX[2]-5[3].1.2").unwrap(), Path {
-            segment: "OBX",
-            segment_index: 2,
-            field: 5,
-            repetition: 3,
-            component: Some(1),
-            subcomponent: Some(2)
-        });
+        assert_eq!(
+            Path::parse("OBX[2]-5[3].1.2").unwrap(),
+            Path {
+                segment: "OBX",
+                segment_index: 2,
+                field: 5,
+                repetition: 3,
+                component: Some(1),
+                subcomponent: Some(2)
+            }
+        );
         assert!(Path::parse("PID").is_none());
         assert!(Path::parse("PID-0").is_none());
         assert!(Path::parse("PID-3.x").is_none());

@@ -38,7 +38,11 @@ enum State {
     /// Inside a frame; `scanned` bytes of `buf` are known not to hold the end marker.
     InFrame { scanned: usize },
     /// Inside a frame that passed the limit: discarding until the end marker.
-    Discarding { head: Vec<u8>, len: usize, pending_1c: bool },
+    Discarding {
+        head: Vec<u8>,
+        len: usize,
+        pending_1c: bool,
+    },
 }
 
 /// Incremental MLLP decoder with a bounded frame size.
@@ -52,7 +56,12 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(max_frame: usize) -> Self {
-        Decoder { buf: Vec::new(), state: State::Between, max_frame, skipped: 0 }
+        Decoder {
+            buf: Vec::new(),
+            state: State::Between,
+            max_frame,
+            skipped: 0,
+        }
     }
 
     /// Bytes seen outside any frame since the last call (and resets the count).
@@ -70,20 +79,18 @@ impl Decoder {
         let mut out = Vec::new();
         loop {
             match &mut self.state {
-                State::Between => {
-                    match memchr(START, input) {
-                        Some(i) => {
-                            self.skipped += i as u64;
-                            input = &input[i + 1..];
-                            self.buf.clear();
-                            self.state = State::InFrame { scanned: 0 };
-                        }
-                        None => {
-                            self.skipped += input.len() as u64;
-                            return out;
-                        }
+                State::Between => match memchr(START, input) {
+                    Some(i) => {
+                        self.skipped += i as u64;
+                        input = &input[i + 1..];
+                        self.buf.clear();
+                        self.state = State::InFrame { scanned: 0 };
                     }
-                }
+                    None => {
+                        self.skipped += input.len() as u64;
+                        return out;
+                    }
+                },
                 State::InFrame { scanned } => {
                     // Rescan one byte back so an end marker split across reads is found.
                     let from = scanned.saturating_sub(1);
@@ -92,7 +99,7 @@ impl Decoder {
                         let end = from + i;
                         let rest = self.buf.split_off(end + 2);
                         self.buf.truncate(end);
-                        let frame = std::mem::replace(&mut self.buf, Vec::new());
+                        let frame = std::mem::take(&mut self.buf);
                         // A start byte inside a frame means the sender abandoned the previous
                         // one: keep only what follows the last start byte.
                         let frame = match memchr::memrchr(START, &frame) {
@@ -104,7 +111,10 @@ impl Decoder {
                         };
                         if frame.len() > self.max_frame {
                             let head = frame[..OVERSIZED_HEAD.min(frame.len())].to_vec();
-                            out.push(Decoded::Oversized { head, len: frame.len() });
+                            out.push(Decoded::Oversized {
+                                head,
+                                len: frame.len(),
+                            });
                         } else {
                             out.push(Decoded::Frame(frame));
                         }
@@ -122,13 +132,21 @@ impl Decoder {
                         let len = self.buf.len();
                         let pending_1c = self.buf.last() == Some(&END[0]);
                         self.buf = Vec::new();
-                        self.state = State::Discarding { head, len, pending_1c };
+                        self.state = State::Discarding {
+                            head,
+                            len,
+                            pending_1c,
+                        };
                     } else {
                         *scanned = self.buf.len();
                     }
                     return out;
                 }
-                State::Discarding { head, len, pending_1c } => {
+                State::Discarding {
+                    head,
+                    len,
+                    pending_1c,
+                } => {
                     if input.is_empty() {
                         return out;
                     }
@@ -176,7 +194,10 @@ mod tests {
     #[test]
     fn one_frame_in_one_read() {
         let mut d = Decoder::new(100);
-        assert_eq!(frames(d.feed(b"\x0bMSH|x\x1c\x0d")), vec![b"MSH|x".to_vec()]);
+        assert_eq!(
+            frames(d.feed(b"\x0bMSH|x\x1c\x0d")),
+            vec![b"MSH|x".to_vec()]
+        );
         assert!(d.is_idle());
     }
 
@@ -221,7 +242,10 @@ mod tests {
     #[test]
     fn start_byte_inside_a_frame_restarts_it() {
         let mut d = Decoder::new(100);
-        assert_eq!(frames(d.feed(b"\x0bLOST\x0bKEPT\x1c\x0d")), vec![b"KEPT".to_vec()]);
+        assert_eq!(
+            frames(d.feed(b"\x0bLOST\x0bKEPT\x1c\x0d")),
+            vec![b"KEPT".to_vec()]
+        );
         assert_eq!(d.take_skipped(), 5);
     }
 

@@ -8,6 +8,10 @@ use std::borrow::Cow;
 
 use super::message::Delimiters;
 
+/// MSH-18 names a character set the reader does not decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnsupportedCharset;
+
 /// The character sets the reader decodes (HL7 table 0211).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Charset {
@@ -20,7 +24,7 @@ pub enum Charset {
 impl Charset {
     /// Reads MSH-18's first repetition. `None` when the value is not supported.
     /// An empty MSH-18 is `Ok(None)`: the caller infers (see `Message::parse`).
-    pub fn from_msh18(value: &[u8]) -> Result<Option<Charset>, ()> {
+    pub fn from_msh18(value: &[u8]) -> Result<Option<Charset>, UnsupportedCharset> {
         let v = value.trim_ascii();
         if v.is_empty() {
             return Ok(None);
@@ -31,7 +35,7 @@ impl Charset {
             b"UNICODE UTF-8" | b"UTF-8" | b"UTF8" | b"UNICODE" => Charset::Utf8,
             b"8859/1" | b"ISO-8859-1" | b"ISO IR100" => Charset::Latin1,
             b"8859/15" | b"ISO-8859-15" => Charset::Latin9,
-            _ => return Err(()),
+            _ => return Err(UnsupportedCharset),
         };
         Ok(Some(cs))
     }
@@ -62,13 +66,19 @@ impl Charset {
                 if let Some(p) = self.first_invalid(bytes) {
                     return Err(p);
                 }
-                std::str::from_utf8(bytes).map(Cow::Borrowed).map_err(|e| e.valid_up_to())
+                std::str::from_utf8(bytes)
+                    .map(Cow::Borrowed)
+                    .map_err(|e| e.valid_up_to())
             }
             Charset::Latin1 | Charset::Latin9 => {
                 if bytes.is_ascii() {
-                    return std::str::from_utf8(bytes).map(Cow::Borrowed).map_err(|e| e.valid_up_to());
+                    return std::str::from_utf8(bytes)
+                        .map(Cow::Borrowed)
+                        .map_err(|e| e.valid_up_to());
                 }
-                Ok(Cow::Owned(bytes.iter().map(|&b| latin_char(self, b)).collect()))
+                Ok(Cow::Owned(
+                    bytes.iter().map(|&b| latin_char(self, b)).collect(),
+                ))
             }
         }
     }
@@ -184,7 +194,10 @@ fn apply_escape(seq: &[u8], d: &Delimiters, out: &mut Vec<u8>) -> bool {
             let count = if n.is_empty() {
                 1
             } else {
-                match std::str::from_utf8(n).ok().and_then(|s| s.trim().parse::<usize>().ok()) {
+                match std::str::from_utf8(n)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<usize>().ok())
+                {
                     Some(c) if c <= 100 => c,
                     _ => return false,
                 }
@@ -260,14 +273,19 @@ mod tests {
 
     fn text(raw: &[u8], cs: Charset) -> String {
         let u = unescape(raw, &d());
-        cs.decode(&u).map(|c| c.into_owned()).unwrap_or_else(|p| format!("<invalid at {p}>"))
+        cs.decode(&u)
+            .map(|c| c.into_owned())
+            .unwrap_or_else(|p| format!("<invalid at {p}>"))
     }
 
     #[test]
     fn accents_next_to_escapes_that_panic_hl7_parser() {
         assert_eq!(text("éé\\S\\é".as_bytes(), Charset::Utf8), "éé^é");
         assert_eq!(text("Weiß\\F\\x".as_bytes(), Charset::Utf8), "Weiß|x");
-        assert_eq!(text("Hélène\\T\\Zoé\\R\\Ève\\E\\".as_bytes(), Charset::Utf8), "Hélène&Zoé~Ève\\");
+        assert_eq!(
+            text("Hélène\\T\\Zoé\\R\\Ève\\E\\".as_bytes(), Charset::Utf8),
+            "Hélène&Zoé~Ève\\"
+        );
     }
 
     #[test]
@@ -281,7 +299,10 @@ mod tests {
 
     #[test]
     fn formatting_commands() {
-        assert_eq!(text(b"l1\\.br\\l2\\.sp2\\l3", Charset::Ascii), "l1\nl2\n\nl3");
+        assert_eq!(
+            text(b"l1\\.br\\l2\\.sp2\\l3", Charset::Ascii),
+            "l1\nl2\n\nl3"
+        );
         assert_eq!(text(b"\\H\\bold\\N\\", Charset::Ascii), "bold");
         assert_eq!(text(b"\\.in+4\\x\\.ce\\", Charset::Ascii), "x");
     }
@@ -296,7 +317,10 @@ mod tests {
     #[test]
     fn latin_charsets_decode_every_byte() {
         assert_eq!(Charset::Latin1.decode(&[0x45, 0xE9, 0xA4]).unwrap(), "Eé¤");
-        assert_eq!(Charset::Latin9.decode(&[0x45, 0xE9, 0xA4, 0xBD]).unwrap(), "Eé€œ");
+        assert_eq!(
+            Charset::Latin9.decode(&[0x45, 0xE9, 0xA4, 0xBD]).unwrap(),
+            "Eé€œ"
+        );
         assert_eq!(Charset::Utf8.decode(&[0x41, 0xE9]).unwrap_err(), 1);
         assert_eq!(Charset::Ascii.decode(&[0x41, 0xE9]).unwrap_err(), 1);
     }
@@ -310,10 +334,13 @@ mod tests {
 
     #[test]
     fn msh18_names() {
-        assert_eq!(Charset::from_msh18(b"UNICODE UTF-8"), Ok(Some(Charset::Utf8)));
+        assert_eq!(
+            Charset::from_msh18(b"UNICODE UTF-8"),
+            Ok(Some(Charset::Utf8))
+        );
         assert_eq!(Charset::from_msh18(b"8859/15"), Ok(Some(Charset::Latin9)));
         assert_eq!(Charset::from_msh18(b""), Ok(None));
-        assert_eq!(Charset::from_msh18(b"EBCDIC"), Err(()));
+        assert_eq!(Charset::from_msh18(b"EBCDIC"), Err(UnsupportedCharset));
         assert_eq!(encode(Charset::Latin9, "€é"), Some(vec![0xA4, 0xE9]));
         assert_eq!(encode(Charset::Ascii, "é"), None);
     }

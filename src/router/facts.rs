@@ -63,19 +63,29 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn new(code: u16, text: &str, location: Option<(&str, u16)>) -> Refusal {
-        Refusal { error: AckError { code, text: text.to_owned(), location: location.map(|(s, f)| (s.to_owned(), f)) } }
+        Refusal {
+            error: AckError {
+                code,
+                text: text.to_owned(),
+                location: location.map(|(s, f)| (s.to_owned(), f)),
+            },
+        }
     }
 }
 
 fn push_found(out: &mut Vec<Found>, field: &str, value: &str) {
     let value = value.trim();
     if !value.is_empty() && !out.iter().any(|f| f.value == value && f.field == field) {
-        out.push(Found { field: field.to_owned(), value: value.to_owned() });
+        out.push(Found {
+            field: field.to_owned(),
+            value: value.to_owned(),
+        });
     }
 }
 
 fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
-    matches!(id_type, "INS" | "INS-NIR" | "INS-NIA" | "INS-C" | "NH") || authority_uid.starts_with("1.2.250.1.213.1.4.")
+    matches!(id_type, "INS" | "INS-NIR" | "INS-NIA" | "INS-C" | "NH")
+        || authority_uid.starts_with("1.2.250.1.213.1.4.")
 }
 
 /// Reads the facts, or refuses the message (unsupported type, missing required field).
@@ -85,15 +95,27 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
     let message_type = msh9.component(1).text().trim().to_owned();
     let trigger = msh9.component(2).text().trim().to_owned();
     if message_type.is_empty() {
-        return Err(Refusal::new(101, "MSH-9 message type is missing", Some(("MSH", 9))));
+        return Err(Refusal::new(
+            101,
+            "MSH-9 message type is missing",
+            Some(("MSH", 9)),
+        ));
     }
     let class = MessageClass::of(&message_type, &trigger).map_err(|code| {
-        let text = if code == 200 { "message type not supported" } else { "trigger event not supported" };
+        let text = if code == 200 {
+            "message type not supported"
+        } else {
+            "trigger event not supported"
+        };
         Refusal::new(code, text, Some(("MSH", 9)))
     })?;
     let control_id = msh.field(10).text().trim().to_owned();
     if control_id.is_empty() {
-        return Err(Refusal::new(101, "MSH-10 message control id is missing", Some(("MSH", 10))));
+        return Err(Refusal::new(
+            101,
+            "MSH-10 message control id is missing",
+            Some(("MSH", 10)),
+        ));
     }
     let mut f = Facts {
         class,
@@ -111,8 +133,16 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         patient_key: None,
         zfa: None,
     };
-    push_found(&mut f.sending_facility, "MSH-4.1", &msh.field(4).component(1).text());
-    push_found(&mut f.sending_facility, "MSH-4.2", &msh.field(4).component(2).text());
+    push_found(
+        &mut f.sending_facility,
+        "MSH-4.1",
+        &msh.field(4).component(1).text(),
+    );
+    push_found(
+        &mut f.sending_facility,
+        "MSH-4.2",
+        &msh.field(4).component(2).text(),
+    );
 
     for seg in msg.segments() {
         match seg.id() {
@@ -128,8 +158,15 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                         push_found(&mut f.placer_namespaces, &format!("{name}-2.3"), &uid);
                     }
                     if !id.is_empty() {
-                        let r = OrderRef { id, namespace: if ns.is_empty() { uid } else { ns } };
-                        let list = if out == 0 { &mut f.placer_orders } else { &mut f.filler_orders };
+                        let r = OrderRef {
+                            id,
+                            namespace: if ns.is_empty() { uid } else { ns },
+                        };
+                        let list = if out == 0 {
+                            &mut f.placer_orders
+                        } else {
+                            &mut f.filler_orders
+                        };
                         if !list.contains(&r) {
                             list.push(r);
                         }
@@ -160,7 +197,11 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                     if f.patient_key.is_none() {
                         let id = rep.component(1).text();
                         if !id.trim().is_empty() {
-                            let a = if ns.trim().is_empty() { uid.trim() } else { ns.trim() };
+                            let a = if ns.trim().is_empty() {
+                                uid.trim()
+                            } else {
+                                ns.trim()
+                            };
                             f.patient_key = Some(format!("{a}\u{1f}{}", id.trim()));
                         }
                     }

@@ -56,8 +56,14 @@ impl QuarantineReason {
 /// The tenant decision, stored with the message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Decision {
-    Owned { establishment: EstablishmentId, evidence: Vec<Evidence> },
-    Quarantined { reason: QuarantineReason, evidence: Vec<Evidence> },
+    Owned {
+        establishment: EstablishmentId,
+        evidence: Vec<Evidence>,
+    },
+    Quarantined {
+        reason: QuarantineReason,
+        evidence: Vec<Evidence>,
+    },
 }
 
 impl Decision {
@@ -112,14 +118,35 @@ impl OrderIndex for MemoryOrders {
 fn identifier_sources(facts: &Facts) -> Vec<(IdKind, &Found)> {
     let mut v = Vec::new();
     if matches!(facts.class, MessageClass::Order | MessageClass::Admin) {
-        v.extend(facts.sending_facility.iter().map(|f| (IdKind::SendingFacility, f)));
+        v.extend(
+            facts
+                .sending_facility
+                .iter()
+                .map(|f| (IdKind::SendingFacility, f)),
+        );
         // MSH-4.2 may carry the placer's FINESS.
-        v.extend(facts.sending_facility.iter().filter(|f| f.field == "MSH-4.2").map(|f| (IdKind::Finess, f)));
+        v.extend(
+            facts
+                .sending_facility
+                .iter()
+                .filter(|f| f.field == "MSH-4.2")
+                .map(|f| (IdKind::Finess, f)),
+        );
     }
-    v.extend(facts.placer_namespaces.iter().map(|f| (IdKind::PlacerNamespace, f)));
+    v.extend(
+        facts
+            .placer_namespaces
+            .iter()
+            .map(|f| (IdKind::PlacerNamespace, f)),
+    );
     v.extend(facts.finess.iter().map(|f| (IdKind::Finess, f)));
     v.extend(facts.facilities.iter().map(|f| (IdKind::Facility, f)));
-    v.extend(facts.patient_authorities.iter().map(|f| (IdKind::PatientAuthority, f)));
+    v.extend(
+        facts
+            .patient_authorities
+            .iter()
+            .map(|f| (IdKind::PatientAuthority, f)),
+    );
     v
 }
 
@@ -132,10 +159,18 @@ pub fn decide(facts: &Facts, cfg: &Config, orders: &dyn OrderIndex) -> Decision 
             (&facts.filler_orders, Rule::OrderFiller, "ORC-3/OBR-3"),
         ] {
             for o in list {
-                let owner =
-                    if rule == Rule::OrderPlacer { orders.placer_owner(&o.key()) } else { orders.filler_owner(&o.key()) };
+                let owner = if rule == Rule::OrderPlacer {
+                    orders.placer_owner(&o.key())
+                } else {
+                    orders.filler_owner(&o.key())
+                };
                 if owner.is_some() {
-                    evidence.push(Evidence { rule, field: field.to_owned(), value: format!("{}/{}", o.namespace, o.id), establishment: owner });
+                    evidence.push(Evidence {
+                        rule,
+                        field: field.to_owned(),
+                        value: format!("{}/{}", o.namespace, o.id),
+                        establishment: owner,
+                    });
                 }
             }
         }
@@ -155,19 +190,33 @@ pub fn decide(facts: &Facts, cfg: &Config, orders: &dyn OrderIndex) -> Decision 
         (first, more)
     };
     match (first, more) {
-        (None, _) => Decision::Quarantined { reason: QuarantineReason::NoEvidence, evidence },
-        (Some(establishment), false) => Decision::Owned { establishment, evidence },
-        (Some(_), true) => Decision::Quarantined { reason: QuarantineReason::Conflict, evidence },
+        (None, _) => Decision::Quarantined {
+            reason: QuarantineReason::NoEvidence,
+            evidence,
+        },
+        (Some(establishment), false) => Decision::Owned {
+            establishment,
+            evidence,
+        },
+        (Some(_), true) => Decision::Quarantined {
+            reason: QuarantineReason::Conflict,
+            evidence,
+        },
     }
 }
 
 /// Destinations of a message owned by `owner`.
-pub fn destinations(class: MessageClass, owner: &EstablishmentId, cfg: &Config) -> Vec<DestinationName> {
+pub fn destinations(
+    class: MessageClass,
+    owner: &EstablishmentId,
+    cfg: &Config,
+) -> Vec<DestinationName> {
     match class {
         MessageClass::Order => cfg.routing.orders_to.clone(),
         MessageClass::Admin => cfg.routing.adt_to.clone(),
-        MessageClass::Result | MessageClass::Document => {
-            cfg.establishment(owner).map(|e| vec![e.record.clone()]).unwrap_or_default()
-        }
+        MessageClass::Result | MessageClass::Document => cfg
+            .establishment(owner)
+            .map(|e| vec![e.record.clone()])
+            .unwrap_or_default(),
     }
 }

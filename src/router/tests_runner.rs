@@ -44,17 +44,27 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: test {:?}: {}", self.location, self.test, self.message)
+        write!(
+            f,
+            "{}: test {:?}: {}",
+            self.location, self.test, self.message
+        )
     }
 }
 
 /// Runs one test case.
 pub fn run_one(t: &RouteTest, cfg: &Config) -> Result<(), Failure> {
-    let fail = |message: String| Failure { test: t.name.clone(), location: format!("{}:{}", t.file.display(), t.line), message };
+    let fail = |message: String| Failure {
+        test: t.name.clone(),
+        location: format!("{}:{}", t.file.display(), t.line),
+        message,
+    };
     let mut orders = MemoryOrders::default();
     for (i, b) in t.before.iter().enumerate() {
         if let Outcome::Rejected(code) = route(b, cfg, &mut orders) {
-            return Err(fail(format!("`before` message {i} was rejected with code {code}")));
+            return Err(fail(format!(
+                "`before` message {i} was rejected with code {code}"
+            )));
         }
     }
     let got = route(&t.input, cfg, &mut orders);
@@ -95,5 +105,8 @@ pub fn run_one(t: &RouteTest, cfg: &Config) -> Result<(), Failure> {
 
 /// Runs every test case of a config; returns the failures.
 pub fn run_all(cfg: &Config) -> Vec<Failure> {
-    cfg.tests.iter().filter_map(|t| run_one(t, cfg).err()).collect()
+    cfg.tests
+        .iter()
+        .filter_map(|t| run_one(t, cfg).err())
+        .collect()
 }

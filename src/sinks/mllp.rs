@@ -79,7 +79,9 @@ impl Connection {
         }
         if self.stream.is_none() {
             let addr = self.dest.address.clone();
-            let s = match tokio::time::timeout(self.dest.connect_timeout, TcpStream::connect(&addr)).await {
+            let s = match tokio::time::timeout(self.dest.connect_timeout, TcpStream::connect(&addr))
+                .await
+            {
                 Err(_) => return Err(AttemptError::ConnectTimeout(addr)),
                 Ok(Err(e)) => return Err(AttemptError::Connect(addr, e.to_string())),
                 Ok(Ok(s)) => s,
@@ -87,8 +89,13 @@ impl Connection {
             let _ = s.set_nodelay(true);
             self.stream = Some(s);
         }
-        let Some(stream) = self.stream.as_mut() else { return Err(AttemptError::ClosedBeforeAck) };
-        stream.write_all(&frame(message)).await.map_err(|e| AttemptError::Send(e.to_string()))?;
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(AttemptError::ClosedBeforeAck);
+        };
+        stream
+            .write_all(&frame(message))
+            .await
+            .map_err(|e| AttemptError::Send(e.to_string()))?;
         let mut dec = Decoder::new(MAX_ACK_FRAME);
         let mut buf = vec![0u8; 8192];
         let deadline = tokio::time::Instant::now() + self.dest.ack_timeout;
@@ -99,12 +106,18 @@ impl Connection {
                 Ok(Ok(n)) => n,
             };
             if let Some(unit) = dec.feed(&buf[..n]).into_iter().next() {
-                let Decoded::Frame(ack) = unit else { return Err(AttemptError::AckTooLarge) };
+                let Decoded::Frame(ack) = unit else {
+                    return Err(AttemptError::AckTooLarge);
+                };
                 let (code, _msa2) = read_peer_ack(&ack).ok_or(AttemptError::BadAck)?;
                 return Ok(match code.outcome() {
                     AckOutcome::Accepted => PeerAnswer::Accepted,
-                    AckOutcome::Error => PeerAnswer::Error(format!("peer answered {}", code.as_str())),
-                    AckOutcome::Rejected => PeerAnswer::Rejected(format!("peer answered {}", code.as_str())),
+                    AckOutcome::Error => {
+                        PeerAnswer::Error(format!("peer answered {}", code.as_str()))
+                    }
+                    AckOutcome::Rejected => {
+                        PeerAnswer::Rejected(format!("peer answered {}", code.as_str()))
+                    }
                 });
             }
         }
@@ -115,15 +128,24 @@ impl Connection {
 /// [50 %, 100 %] so that many queues do not retry in step.
 pub fn backoff(dest: &Destination, attempts: u32) -> Duration {
     let exp = attempts.saturating_sub(1).min(30);
-    let base = dest.backoff_initial.saturating_mul(1u32 << exp).min(dest.backoff_max);
+    let base = dest
+        .backoff_initial
+        .saturating_mul(1u32 << exp)
+        .min(dest.backoff_max);
     let ms = base.as_millis() as u64;
     Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
 }
 
 /// Runs the worker of one destination until shutdown.
-pub async fn run_destination(dest: Destination, store: StoreHandle, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_destination(
+    dest: Destination,
+    store: StoreHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let name = dest.name.as_str().to_owned();
-    let Some(notify) = store.notifier(&name) else { return };
+    let Some(notify) = store.notifier(&name) else {
+        return;
+    };
     let mut conn = Connection::new(dest.clone());
     let mut cursor: Option<u64> = None;
     loop {
@@ -169,26 +191,38 @@ async fn deliver_one(
     let name = dest.name.as_str();
     loop {
         let now = now_ms();
-        if entry.next_attempt_ms > now && sleep_or_shutdown(Duration::from_millis(entry.next_attempt_ms - now), shutdown).await {
+        if entry.next_attempt_ms > now
+            && sleep_or_shutdown(Duration::from_millis(entry.next_attempt_ms - now), shutdown).await
+        {
             return false;
         }
-        let update = if now_ms().saturating_sub(entry.enqueued_at_ms) > dest.max_age.as_millis() as u64 {
-            DeliveryUpdate::Dead { attempts: entry.attempts, reason: format!("not delivered within max_age ({:?})", dest.max_age) }
-        } else {
-            match store.store().raw(entry.seq) {
-                Ok(Some(raw)) => {
-                    let attempts = entry.attempts + 1;
-                    match conn.send(&raw).await {
-                        Ok(PeerAnswer::Accepted) => DeliveryUpdate::Delivered,
-                        Ok(PeerAnswer::Rejected(r)) => DeliveryUpdate::Dead { attempts, reason: r },
-                        Ok(PeerAnswer::Error(e)) => retry_or_dead(dest, attempts, e),
-                        Err(e) => retry_or_dead(dest, attempts, e.to_string()),
-                    }
+        let update =
+            if now_ms().saturating_sub(entry.enqueued_at_ms) > dest.max_age.as_millis() as u64 {
+                DeliveryUpdate::Dead {
+                    attempts: entry.attempts,
+                    reason: format!("not delivered within max_age ({:?})", dest.max_age),
                 }
-                Ok(None) => DeliveryUpdate::Dead { attempts: entry.attempts, reason: "message bytes missing from the store".into() },
-                Err(e) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
-            }
-        };
+            } else {
+                match store.store().raw(entry.seq) {
+                    Ok(Some(raw)) => {
+                        let attempts = entry.attempts + 1;
+                        match conn.send(&raw).await {
+                            Ok(PeerAnswer::Accepted) => DeliveryUpdate::Delivered,
+                            Ok(PeerAnswer::Rejected(r)) => DeliveryUpdate::Dead {
+                                attempts,
+                                reason: r,
+                            },
+                            Ok(PeerAnswer::Error(e)) => retry_or_dead(dest, attempts, e),
+                            Err(e) => retry_or_dead(dest, attempts, e.to_string()),
+                        }
+                    }
+                    Ok(None) => DeliveryUpdate::Dead {
+                        attempts: entry.attempts,
+                        reason: "message bytes missing from the store".into(),
+                    },
+                    Err(e) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
+                }
+            };
         // Persist the outcome before going on: a restart resumes from the store.
         loop {
             match store.delivery(name, n, entry.seq, update.clone()).await {
@@ -210,7 +244,11 @@ async fn deliver_one(
                 tracing::warn!(destination = %name, seq = entry.seq, reason = %reason, "dead letter");
                 return true;
             }
-            DeliveryUpdate::Retry { attempts, next_attempt_ms, error } => {
+            DeliveryUpdate::Retry {
+                attempts,
+                next_attempt_ms,
+                error,
+            } => {
                 tracing::warn!(destination = %name, seq = entry.seq, attempts, error = %error, "delivery failed; will retry");
                 entry.attempts = attempts;
                 entry.next_attempt_ms = next_attempt_ms;
@@ -221,9 +259,16 @@ async fn deliver_one(
 
 fn retry_or_dead(dest: &Destination, attempts: u32, error: String) -> DeliveryUpdate {
     if attempts >= dest.max_attempts {
-        DeliveryUpdate::Dead { attempts, reason: format!("gave up after {attempts} attempts: {error}") }
+        DeliveryUpdate::Dead {
+            attempts,
+            reason: format!("gave up after {attempts} attempts: {error}"),
+        }
     } else {
-        DeliveryUpdate::Retry { attempts, next_attempt_ms: now_ms() + backoff(dest, attempts).as_millis() as u64, error }
+        DeliveryUpdate::Retry {
+            attempts,
+            next_attempt_ms: now_ms() + backoff(dest, attempts).as_millis() as u64,
+            error,
+        }
     }
 }
 

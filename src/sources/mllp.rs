@@ -46,7 +46,10 @@ pub async fn run_listener(
             drop(stream);
             continue;
         };
-        let origin = Origin { listener: name.clone(), peer: peer.to_string() };
+        let origin = Origin {
+            listener: name.clone(),
+            peer: peer.to_string(),
+        };
         let store = store.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
@@ -57,7 +60,13 @@ pub async fn run_listener(
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, origin: Origin, limits: ConnLimits, store: StoreHandle, mut shutdown: watch::Receiver<bool>) {
+async fn serve_connection(
+    mut stream: TcpStream,
+    origin: Origin,
+    limits: ConnLimits,
+    store: StoreHandle,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     let mut decoder = Decoder::new(limits.max_frame);
     let mut buf = vec![0u8; 64 * 1024];
@@ -89,7 +98,10 @@ async fn serve_connection(mut stream: TcpStream, origin: Origin, limits: ConnLim
                 Decoded::Frame(f) => handle_frame(f, &origin, &store).await,
                 Decoded::Oversized { head, len } => {
                     tracing::warn!(listener = %origin.listener, peer = %origin.peer, bytes = len, limit = limits.max_frame, "oversized frame refused");
-                    (Some(oversized_ack(&head, len, limits.max_frame)), Handled::Oversized)
+                    (
+                        Some(oversized_ack(&head, len, limits.max_frame)),
+                        Handled::Oversized,
+                    )
                 }
             };
             log_handled(&origin, &handled);
@@ -111,9 +123,15 @@ fn log_handled(o: &Origin, h: &Handled) {
         Handled::Accepted { seq, establishment } => {
             tracing::info!(listener = %o.listener, seq, establishment = establishment.as_deref().unwrap_or("-"), "accepted")
         }
-        Handled::Quarantined { seq } => tracing::warn!(listener = %o.listener, seq, "accepted into quarantine"),
-        Handled::Duplicate { seq } => tracing::info!(listener = %o.listener, seq, "retransmission; original ACK replayed"),
-        Handled::Rejected { seq, code } => tracing::warn!(listener = %o.listener, seq, code, "rejected (AR), kept for review"),
+        Handled::Quarantined { seq } => {
+            tracing::warn!(listener = %o.listener, seq, "accepted into quarantine")
+        }
+        Handled::Duplicate { seq } => {
+            tracing::info!(listener = %o.listener, seq, "retransmission; original ACK replayed")
+        }
+        Handled::Rejected { seq, code } => {
+            tracing::warn!(listener = %o.listener, seq, code, "rejected (AR), kept for review")
+        }
         Handled::StoreFailed => tracing::error!(listener = %o.listener, "not stored (AE)"),
         Handled::Oversized => {}
     }

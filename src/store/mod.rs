@@ -41,10 +41,18 @@ pub const STORE_FILE: &str = "labroute.redb";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot open the store {path}: {source}. The file is kept as it is; restore it from a backup or move it aside to start empty")]
-    Open { path: PathBuf, source: Box<redb::Error> },
+    #[error(
+        "cannot open the store {path}: {source}. The file is kept as it is; restore it from a backup or move it aside to start empty"
+    )]
+    Open {
+        path: PathBuf,
+        source: Box<redb::Error>,
+    },
     #[error("cannot create the data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: std::io::Error },
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("store: {0}")]
     Db(Box<redb::Error>),
     #[error("store record {0} is unreadable: {1}")]
@@ -85,9 +93,15 @@ impl Store {
     /// Opens (or creates) the store in `data_dir`. A file that is not a valid store is an error
     /// naming the file: it is never reset silently.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
         let path = data_dir.join(STORE_FILE);
-        let db = Database::create(&path).map_err(|e| StoreError::Open { path: path.clone(), source: Box::new(e.into()) })?;
+        let db = Database::create(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            source: Box::new(e.into()),
+        })?;
         let txn = db.begin_write().map_err(db_err)?;
         {
             txn.open_table(META).map_err(db_err)?;
@@ -104,7 +118,10 @@ impl Store {
             txn.open_table(OPLOG).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
-        Ok(Store { db: Arc::new(db), path })
+        Ok(Store {
+            db: Arc::new(db),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -116,7 +133,12 @@ impl Store {
     }
 
     /// Up to `limit` outbox entries of a destination after `after` (an enqueue number).
-    pub fn outbox_after(&self, dest: &str, after: Option<u64>, limit: usize) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+    pub fn outbox_after(
+        &self,
+        dest: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(OUTBOX).map_err(db_err)?;
         let start = queue_key(dest, after.map_or(0, |a| a.saturating_add(1)));
@@ -124,7 +146,9 @@ impl Store {
         let mut out = Vec::new();
         for item in t.range(start.as_slice()..=end.as_slice()).map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
-            let Some((_, n)) = split_queue_key(k.value()) else { continue };
+            let Some((_, n)) = split_queue_key(k.value()) else {
+                continue;
+            };
             out.push((n, decode(v.value())?));
             if out.len() >= limit {
                 break;
@@ -201,7 +225,9 @@ impl Store {
     pub fn delivered_at(&self, dest: &str, seq: u64) -> Result<Option<u64>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(DELIVERED).map_err(db_err)?;
-        Ok(t.get(queue_key(dest, seq).as_slice()).map_err(db_err)?.map(|v| v.value()))
+        Ok(t.get(queue_key(dest, seq).as_slice())
+            .map_err(db_err)?
+            .map(|v| v.value()))
     }
 
     /// The operator log, oldest first.
@@ -217,7 +243,11 @@ impl Store {
     }
 
     /// Patient administration data recorded from ADT (ZFA), by establishment and patient key.
-    pub fn patient(&self, establishment: &str, patient_key: &str) -> Result<Option<PatientAdmin>, StoreError> {
+    pub fn patient(
+        &self,
+        establishment: &str,
+        patient_key: &str,
+    ) -> Result<Option<PatientAdmin>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(PATIENTS).map_err(db_err)?;
         let key = format!("{establishment}\u{1f}{patient_key}");
@@ -231,11 +261,31 @@ impl Store {
     pub fn counts(&self) -> Result<Counts, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         Ok(Counts {
-            messages: txn.open_table(RECORDS).map_err(db_err)?.len().map_err(db_err)?,
-            outbox: txn.open_table(OUTBOX).map_err(db_err)?.len().map_err(db_err)?,
-            quarantine: txn.open_table(QUARANTINE).map_err(db_err)?.len().map_err(db_err)?,
-            dead: txn.open_table(DEAD).map_err(db_err)?.len().map_err(db_err)?,
-            delivered: txn.open_table(DELIVERED).map_err(db_err)?.len().map_err(db_err)?,
+            messages: txn
+                .open_table(RECORDS)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?,
+            outbox: txn
+                .open_table(OUTBOX)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?,
+            quarantine: txn
+                .open_table(QUARANTINE)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?,
+            dead: txn
+                .open_table(DEAD)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?,
+            delivered: txn
+                .open_table(DELIVERED)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?,
         })
     }
 }
@@ -255,5 +305,6 @@ pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(b).map_err(|e| StoreError::Record(std::any::type_name::<T>().to_owned(), e.to_string()))
+    serde_json::from_slice(b)
+        .map_err(|e| StoreError::Record(std::any::type_name::<T>().to_owned(), e.to_string()))
 }

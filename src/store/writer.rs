@@ -42,21 +42,43 @@ pub struct RejectRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestReply {
     /// Stored (routed or quarantined): the ACK to send.
-    Accepted { seq: u64, ack: Vec<u8>, code: AckCode, establishment: Option<EstablishmentId>, quarantined: bool },
+    Accepted {
+        seq: u64,
+        ack: Vec<u8>,
+        code: AckCode,
+        establishment: Option<EstablishmentId>,
+        quarantined: bool,
+    },
     /// Same sender, control id and content as an earlier message: its original ACK.
     Duplicate { seq: u64, ack: Vec<u8> },
     /// Same sender and control id, different content: refused, kept for review.
-    ControlIdReused { seq: u64, ack: Vec<u8>, code: AckCode },
+    ControlIdReused {
+        seq: u64,
+        ack: Vec<u8>,
+        code: AckCode,
+    },
     /// Stored as rejected, with the HL7 table 0357 error code.
-    Rejected { seq: u64, ack: Vec<u8>, code: AckCode, error_code: u16 },
+    Rejected {
+        seq: u64,
+        ack: Vec<u8>,
+        code: AckCode,
+        error_code: u16,
+    },
 }
 
 /// Outcome of one delivery attempt, reported by a destination worker.
 #[derive(Debug, Clone)]
 pub enum DeliveryUpdate {
     Delivered,
-    Retry { attempts: u32, next_attempt_ms: u64, error: String },
-    Dead { attempts: u32, reason: String },
+    Retry {
+        attempts: u32,
+        next_attempt_ms: u64,
+        error: String,
+    },
+    Dead {
+        attempts: u32,
+        reason: String,
+    },
 }
 
 /// Operator commands that change the store.
@@ -80,10 +102,26 @@ pub enum OperatorError {
 }
 
 enum Op {
-    Ingest(IngestRequest, oneshot::Sender<Result<IngestReply, StoreError>>),
-    Reject(RejectRequest, oneshot::Sender<Result<IngestReply, StoreError>>),
-    Delivery { dest: String, n: u64, seq: u64, update: DeliveryUpdate, reply: oneshot::Sender<Result<(), StoreError>> },
-    Operator { cmd: OperatorCommand, operator: String, reply: oneshot::Sender<Result<String, OperatorError>> },
+    Ingest(
+        Box<IngestRequest>,
+        oneshot::Sender<Result<IngestReply, StoreError>>,
+    ),
+    Reject(
+        Box<RejectRequest>,
+        oneshot::Sender<Result<IngestReply, StoreError>>,
+    ),
+    Delivery {
+        dest: String,
+        n: u64,
+        seq: u64,
+        update: DeliveryUpdate,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Operator {
+        cmd: OperatorCommand,
+        operator: String,
+        reply: oneshot::Sender<Result<String, OperatorError>>,
+    },
 }
 
 /// Wakes destination workers when their queue changes.
@@ -94,7 +132,12 @@ pub struct Notifiers {
 
 impl Notifiers {
     pub fn new(dests: impl IntoIterator<Item = DestinationName>) -> Self {
-        Notifiers { map: dests.into_iter().map(|d| (d.as_str().to_owned(), Arc::new(Notify::new()))).collect() }
+        Notifiers {
+            map: dests
+                .into_iter()
+                .map(|d| (d.as_str().to_owned(), Arc::new(Notify::new())))
+                .collect(),
+        }
     }
     pub fn get(&self, dest: &str) -> Option<Arc<Notify>> {
         self.map.get(dest).cloned()
@@ -119,15 +162,23 @@ impl StoreHandle {
     /// Starts the writer thread. It stops when every handle is dropped.
     pub fn start(store: Store, cfg: Arc<Config>, wc: WriterConfig) -> StoreHandle {
         let (tx, rx) = mpsc::channel(wc.max_batch.max(16) * 4);
-        let notifiers = Arc::new(Notifiers::new(cfg.destinations.iter().map(|d| d.name.clone())));
+        let notifiers = Arc::new(Notifiers::new(
+            cfg.destinations.iter().map(|d| d.name.clone()),
+        ));
         let n2 = notifiers.clone();
         let s2 = store.clone();
         std::thread::Builder::new()
             .name("labroute-writer".into())
             .spawn(move || run(s2, cfg, rx, wc.max_batch.max(1), n2))
             .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the store writer thread"));
-        StoreHandle { tx, store, notifiers }
+            .unwrap_or_else(
+                |e| tracing::error!(error = %e, "cannot start the store writer thread"),
+            );
+        StoreHandle {
+            tx,
+            store,
+            notifiers,
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -139,39 +190,81 @@ impl StoreHandle {
 
     pub async fn ingest(&self, req: IngestRequest) -> Result<IngestReply, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Op::Ingest(req, reply)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Op::Ingest(Box::new(req), reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     pub async fn reject(&self, req: RejectRequest) -> Result<IngestReply, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Op::Reject(req, reply)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Op::Reject(Box::new(req), reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Records a delivery outcome; resolves once it is durable.
-    pub async fn delivery(&self, dest: &str, n: u64, seq: u64, update: DeliveryUpdate) -> Result<(), StoreError> {
+    pub async fn delivery(
+        &self,
+        dest: &str,
+        n: u64,
+        seq: u64,
+        update: DeliveryUpdate,
+    ) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        let op = Op::Delivery { dest: dest.to_owned(), n, seq, update, reply };
+        let op = Op::Delivery {
+            dest: dest.to_owned(),
+            n,
+            seq,
+            update,
+            reply,
+        };
         self.tx.send(op).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    pub async fn operator(&self, cmd: OperatorCommand, operator: &str) -> Result<String, OperatorError> {
+    pub async fn operator(
+        &self,
+        cmd: OperatorCommand,
+        operator: &str,
+    ) -> Result<String, OperatorError> {
         let (reply, rx) = oneshot::channel();
-        let op = Op::Operator { cmd, operator: operator.to_owned(), reply };
-        self.tx.send(op).await.map_err(|_| OperatorError::Store(StoreError::Closed.to_string()))?;
-        rx.await.map_err(|_| OperatorError::Store(StoreError::Closed.to_string()))?
+        let op = Op::Operator {
+            cmd,
+            operator: operator.to_owned(),
+            reply,
+        };
+        self.tx
+            .send(op)
+            .await
+            .map_err(|_| OperatorError::Store(StoreError::Closed.to_string()))?;
+        rx.await
+            .map_err(|_| OperatorError::Store(StoreError::Closed.to_string()))?
     }
 }
 
 enum Pending {
-    Ingest(oneshot::Sender<Result<IngestReply, StoreError>>, IngestReply),
+    Ingest(
+        oneshot::Sender<Result<IngestReply, StoreError>>,
+        IngestReply,
+    ),
     Unit(oneshot::Sender<Result<(), StoreError>>),
-    Operator(oneshot::Sender<Result<String, OperatorError>>, Result<String, OperatorError>),
+    Operator(
+        oneshot::Sender<Result<String, OperatorError>>,
+        Result<String, OperatorError>,
+    ),
 }
 
-fn run(store: Store, cfg: Arc<Config>, mut rx: mpsc::Receiver<Op>, max_batch: usize, notifiers: Arc<Notifiers>) {
+fn run(
+    store: Store,
+    cfg: Arc<Config>,
+    mut rx: mpsc::Receiver<Op>,
+    max_batch: usize,
+    notifiers: Arc<Notifiers>,
+) {
     let mut seqs = Sequences::default();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -243,7 +336,9 @@ impl Sequences {
     fn load(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
         if !self.loaded {
             let t = txn.open_table(META).map_err(db_err)?;
-            let get = |k: &str| -> Result<u64, StoreError> { Ok(t.get(k).map_err(db_err)?.map_or(0, |v| v.value())) };
+            let get = |k: &str| -> Result<u64, StoreError> {
+                Ok(t.get(k).map_err(db_err)?.map_or(0, |v| v.value()))
+            };
             self.message = get("message_seq")?;
             self.enqueue = get("enqueue_seq")?;
             self.oplog = get("oplog_seq")?;
@@ -269,7 +364,10 @@ impl TxnOrders<'_> {
     fn lookup(&self, prefix: &str, key: &str) -> Option<EstablishmentId> {
         let t = self.txn.open_table(ORDERS).ok()?;
         let k = format!("{prefix}\u{1f}{key}");
-        t.get(k.as_str()).ok().flatten().map(|v| EstablishmentId::new(v.value()))
+        t.get(k.as_str())
+            .ok()
+            .flatten()
+            .map(|v| EstablishmentId::new(v.value()))
     }
 }
 
@@ -284,7 +382,13 @@ impl OrderIndex for TxnOrders<'_> {
 
 type BatchResult = Result<Vec<Pending>, (Vec<Op>, StoreError)>;
 
-fn apply(store: &Store, cfg: &Config, batch: Vec<Op>, seqs: &mut Sequences, touched: &mut BTreeSet<String>) -> BatchResult {
+fn apply(
+    store: &Store,
+    cfg: &Config,
+    batch: Vec<Op>,
+    seqs: &mut Sequences,
+    touched: &mut BTreeSet<String>,
+) -> BatchResult {
     let txn = match store.db().begin_write() {
         Ok(t) => t,
         Err(e) => return Err((batch, db_err(e))),
@@ -296,21 +400,47 @@ fn apply(store: &Store, cfg: &Config, batch: Vec<Op>, seqs: &mut Sequences, touc
     let mut iter = batch.into_iter();
     while let Some(op) = iter.next() {
         let r = match op {
-            Op::Ingest(req, tx) => match ingest(&txn, cfg, seqs, req, touched) {
+            Op::Ingest(req, tx) => match ingest(&txn, cfg, seqs, *req, touched) {
                 Ok(reply) => Ok(Pending::Ingest(tx, reply)),
-                Err(e) => Err((Op::Ingest(empty_ingest(), tx), e)),
+                Err(e) => Err((Op::Ingest(Box::new(empty_ingest()), tx), e)),
             },
-            Op::Reject(req, tx) => match reject(&txn, seqs, req) {
+            Op::Reject(req, tx) => match reject(&txn, seqs, *req) {
                 Ok(reply) => Ok(Pending::Ingest(tx, reply)),
-                Err(e) => Err((Op::Reject(empty_reject(), tx), e)),
+                Err(e) => Err((Op::Reject(Box::new(empty_reject()), tx), e)),
             },
-            Op::Delivery { dest, n, seq, update, reply } => match delivery(&txn, &dest, n, seq, &update, touched) {
+            Op::Delivery {
+                dest,
+                n,
+                seq,
+                update,
+                reply,
+            } => match delivery(&txn, &dest, n, seq, &update, touched) {
                 Ok(()) => Ok(Pending::Unit(reply)),
-                Err(e) => Err((Op::Delivery { dest, n, seq, update, reply }, e)),
+                Err(e) => Err((
+                    Op::Delivery {
+                        dest,
+                        n,
+                        seq,
+                        update,
+                        reply,
+                    },
+                    e,
+                )),
             },
-            Op::Operator { cmd, operator, reply } => match operate(&txn, cfg, seqs, &cmd, &operator, touched) {
+            Op::Operator {
+                cmd,
+                operator,
+                reply,
+            } => match operate(&txn, cfg, seqs, &cmd, &operator, touched) {
                 Ok(r) => Ok(Pending::Operator(reply, r)),
-                Err(e) => Err((Op::Operator { cmd, operator, reply }, e)),
+                Err(e) => Err((
+                    Op::Operator {
+                        cmd,
+                        operator,
+                        reply,
+                    },
+                    e,
+                )),
             },
         };
         match r {
@@ -330,7 +460,10 @@ fn apply(store: &Store, cfg: &Config, batch: Vec<Op>, seqs: &mut Sequences, touc
     }
     match txn.commit() {
         Ok(()) => Ok(pending),
-        Err(e) => Err((pending.into_iter().filter_map(pending_op).collect(), db_err(e))),
+        Err(e) => Err((
+            pending.into_iter().filter_map(pending_op).collect(),
+            db_err(e),
+        )),
     }
 }
 
@@ -367,7 +500,11 @@ fn empty_reject() -> RejectRequest {
         raw: Vec::new(),
         control_id: String::new(),
         message_type: String::new(),
-        error: AckError { code: 0, text: String::new(), location: None },
+        error: AckError {
+            code: 0,
+            text: String::new(),
+            location: None,
+        },
         header: AckHeader::default(),
         enhanced: false,
     }
@@ -376,12 +513,19 @@ fn empty_reject() -> RejectRequest {
 /// Turns a not-yet-committed reply back into a request to fail.
 fn pending_op(p: Pending) -> Option<Op> {
     match p {
-        Pending::Ingest(tx, _) => Some(Op::Ingest(empty_ingest(), tx)),
-        Pending::Unit(reply) => {
-            Some(Op::Delivery { dest: String::new(), n: 0, seq: 0, update: DeliveryUpdate::Delivered, reply })
-        }
+        Pending::Ingest(tx, _) => Some(Op::Ingest(Box::new(empty_ingest()), tx)),
+        Pending::Unit(reply) => Some(Op::Delivery {
+            dest: String::new(),
+            n: 0,
+            seq: 0,
+            update: DeliveryUpdate::Delivered,
+            reply,
+        }),
         Pending::Operator(reply, _) => Some(Op::Operator {
-            cmd: OperatorCommand::Discard { seq: 0, reason: String::new() },
+            cmd: OperatorCommand::Discard {
+                seq: 0,
+                reason: String::new(),
+            },
             operator: String::new(),
             reply,
         }),
@@ -398,25 +542,66 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn ack_for(header: &AckHeader, enhanced: bool, outcome: AckOutcome, err: Option<&AckError>, seq: u64, now: u64) -> (Vec<u8>, AckCode) {
+fn ack_for(
+    header: &AckHeader,
+    enhanced: bool,
+    outcome: AckOutcome,
+    err: Option<&AckError>,
+    seq: u64,
+    now: u64,
+) -> (Vec<u8>, AckCode) {
     let code = ack::code_for(enhanced, outcome);
-    (ack::build(header, code, err, &format!("LR{seq}"), &hl7_timestamp(now)), code)
+    (
+        ack::build(header, code, err, &format!("LR{seq}"), &hl7_timestamp(now)),
+        code,
+    )
 }
 
 fn dedup_key(listener: &str, facts: &Facts) -> String {
-    let fac: Vec<&str> = facts.sending_facility.iter().map(|f| f.value.as_str()).collect();
-    format!("{listener}\u{1f}{}\u{1f}{}\u{1f}{}", facts.sending_application, fac.join("^"), facts.control_id)
+    let fac: Vec<&str> = facts
+        .sending_facility
+        .iter()
+        .map(|f| f.value.as_str())
+        .collect();
+    format!(
+        "{listener}\u{1f}{}\u{1f}{}\u{1f}{}",
+        facts.sending_application,
+        fac.join("^"),
+        facts.control_id
+    )
 }
 
-fn enqueue(txn: &WriteTransaction, seqs: &mut Sequences, dest: &str, seq: u64, patient: Option<String>, now: u64) -> Result<(), StoreError> {
+fn enqueue(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    dest: &str,
+    seq: u64,
+    patient: Option<String>,
+    now: u64,
+) -> Result<(), StoreError> {
     seqs.enqueue += 1;
-    let e = OutboxEntry { seq, enqueued_at_ms: now, attempts: 0, next_attempt_ms: 0, last_error: None, patient };
+    let e = OutboxEntry {
+        seq,
+        enqueued_at_ms: now,
+        attempts: 0,
+        next_attempt_ms: 0,
+        last_error: None,
+        patient,
+    };
     let mut t = txn.open_table(OUTBOX).map_err(db_err)?;
-    t.insert(queue_key(dest, seqs.enqueue).as_slice(), encode(&e).as_slice()).map_err(db_err)?;
+    t.insert(
+        queue_key(dest, seqs.enqueue).as_slice(),
+        encode(&e).as_slice(),
+    )
+    .map_err(db_err)?;
     Ok(())
 }
 
-fn record_orders(txn: &WriteTransaction, facts: &Facts, owner: &EstablishmentId) -> Result<(), StoreError> {
+fn record_orders(
+    txn: &WriteTransaction,
+    facts: &Facts,
+    owner: &EstablishmentId,
+) -> Result<(), StoreError> {
     let mut t = txn.open_table(ORDERS).map_err(db_err)?;
     for (prefix, list) in [("P", &facts.placer_orders), ("F", &facts.filler_orders)] {
         for o in list {
@@ -429,24 +614,45 @@ fn record_orders(txn: &WriteTransaction, facts: &Facts, owner: &EstablishmentId)
     Ok(())
 }
 
-fn ingest(txn: &WriteTransaction, cfg: &Config, seqs: &mut Sequences, req: IngestRequest, touched: &mut BTreeSet<String>) -> Result<IngestReply, StoreError> {
+fn ingest(
+    txn: &WriteTransaction,
+    cfg: &Config,
+    seqs: &mut Sequences,
+    req: IngestRequest,
+    touched: &mut BTreeSet<String>,
+) -> Result<IngestReply, StoreError> {
     let now = now_ms();
     let digest = sha256(&req.raw);
     let dkey = dedup_key(&req.listener, &req.facts);
     {
         let dedup = txn.open_table(DEDUP).map_err(db_err)?;
-        let prior = dedup.get(dkey.as_str()).map_err(db_err)?.map(|v| v.value().to_vec());
+        let prior = dedup
+            .get(dkey.as_str())
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec());
         if let Some(prior) = prior {
-            let prior_seq = prior.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+            let prior_seq = prior
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
             if prior.get(8..40) == Some(&digest[..]) {
                 let acks = txn.open_table(ACKS).map_err(db_err)?;
-                let ack = acks.get(prior_seq).map_err(db_err)?.map(|v| v.value().to_vec()).unwrap_or_default();
-                return Ok(IngestReply::Duplicate { seq: prior_seq, ack });
+                let ack = acks
+                    .get(prior_seq)
+                    .map_err(db_err)?
+                    .map(|v| v.value().to_vec())
+                    .unwrap_or_default();
+                return Ok(IngestReply::Duplicate {
+                    seq: prior_seq,
+                    ack,
+                });
             }
             drop(dedup);
             let error = AckError {
                 code: 205,
-                text: "message control id already used by this sender for a different message".into(),
+                text: "message control id already used by this sender for a different message"
+                    .into(),
                 location: Some(("MSH".into(), 10)),
             };
             let r = RejectRequest {
@@ -460,7 +666,9 @@ fn ingest(txn: &WriteTransaction, cfg: &Config, seqs: &mut Sequences, req: Inges
                 enhanced: req.enhanced,
             };
             return match reject(txn, seqs, r)? {
-                IngestReply::Rejected { seq, ack, code, .. } => Ok(IngestReply::ControlIdReused { seq, ack, code }),
+                IngestReply::Rejected { seq, ack, code, .. } => {
+                    Ok(IngestReply::ControlIdReused { seq, ack, code })
+                }
                 other => Ok(other),
             };
         }
@@ -469,27 +677,57 @@ fn ingest(txn: &WriteTransaction, cfg: &Config, seqs: &mut Sequences, req: Inges
     let seq = seqs.message;
     let decision = router::decide(&req.facts, cfg, &TxnOrders { txn });
     let (status, dests) = match &decision {
-        Decision::Owned { establishment, .. } => (RecordStatus::Routed, router::destinations(req.facts.class, establishment, cfg)),
+        Decision::Owned { establishment, .. } => (
+            RecordStatus::Routed,
+            router::destinations(req.facts.class, establishment, cfg),
+        ),
         Decision::Quarantined { .. } => (RecordStatus::Quarantined, Vec::new()),
     };
-    let (ack, code) = ack_for(&req.header, req.enhanced, AckOutcome::Accepted, None, seq, now);
+    let (ack, code) = ack_for(
+        &req.header,
+        req.enhanced,
+        AckOutcome::Accepted,
+        None,
+        seq,
+        now,
+    );
     match &decision {
         Decision::Owned { establishment, .. } => {
             record_orders(txn, &req.facts, establishment)?;
             for d in &dests {
-                enqueue(txn, seqs, d.as_str(), seq, req.facts.patient_key.clone(), now)?;
+                enqueue(
+                    txn,
+                    seqs,
+                    d.as_str(),
+                    seq,
+                    req.facts.patient_key.clone(),
+                    now,
+                )?;
                 touched.insert(d.as_str().to_owned());
             }
             if let (Some(zfa), Some(pk)) = (&req.facts.zfa, &req.facts.patient_key) {
                 let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
-                let p = PatientAdmin { updated_at_ms: now, from_seq: seq, zfa: zfa.clone() };
+                let p = PatientAdmin {
+                    updated_at_ms: now,
+                    from_seq: seq,
+                    zfa: zfa.clone(),
+                };
                 let k = format!("{}\u{1f}{pk}", establishment.as_str());
-                t.insert(k.as_str(), encode(&p).as_slice()).map_err(db_err)?;
+                t.insert(k.as_str(), encode(&p).as_slice())
+                    .map_err(db_err)?;
             }
         }
         Decision::Quarantined { reason, .. } => {
             let mut q = txn.open_table(QUARANTINE).map_err(db_err)?;
-            q.insert(seq, encode(&QuarantineEntry { reason: *reason, at_ms: now }).as_slice()).map_err(db_err)?;
+            q.insert(
+                seq,
+                encode(&QuarantineEntry {
+                    reason: *reason,
+                    at_ms: now,
+                })
+                .as_slice(),
+            )
+            .map_err(db_err)?;
         }
     }
     let establishment = decision.establishment().cloned();
@@ -508,21 +746,50 @@ fn ingest(txn: &WriteTransaction, cfg: &Config, seqs: &mut Sequences, req: Inges
         rejection: None,
         destinations: dests,
     };
-    txn.open_table(RECORDS).map_err(db_err)?.insert(seq, encode(&rec).as_slice()).map_err(db_err)?;
-    txn.open_table(RAW).map_err(db_err)?.insert(seq, req.raw.as_slice()).map_err(db_err)?;
-    txn.open_table(ACKS).map_err(db_err)?.insert(seq, ack.as_slice()).map_err(db_err)?;
+    txn.open_table(RECORDS)
+        .map_err(db_err)?
+        .insert(seq, encode(&rec).as_slice())
+        .map_err(db_err)?;
+    txn.open_table(RAW)
+        .map_err(db_err)?
+        .insert(seq, req.raw.as_slice())
+        .map_err(db_err)?;
+    txn.open_table(ACKS)
+        .map_err(db_err)?
+        .insert(seq, ack.as_slice())
+        .map_err(db_err)?;
     let mut dv = Vec::with_capacity(40);
     dv.extend_from_slice(&seq.to_be_bytes());
     dv.extend_from_slice(&digest);
-    txn.open_table(DEDUP).map_err(db_err)?.insert(dkey.as_str(), dv.as_slice()).map_err(db_err)?;
-    Ok(IngestReply::Accepted { seq, ack, code, establishment, quarantined })
+    txn.open_table(DEDUP)
+        .map_err(db_err)?
+        .insert(dkey.as_str(), dv.as_slice())
+        .map_err(db_err)?;
+    Ok(IngestReply::Accepted {
+        seq,
+        ack,
+        code,
+        establishment,
+        quarantined,
+    })
 }
 
-fn reject(txn: &WriteTransaction, seqs: &mut Sequences, req: RejectRequest) -> Result<IngestReply, StoreError> {
+fn reject(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    req: RejectRequest,
+) -> Result<IngestReply, StoreError> {
     let now = now_ms();
     seqs.message += 1;
     let seq = seqs.message;
-    let (ack, code) = ack_for(&req.header, req.enhanced, AckOutcome::Rejected, Some(&req.error), seq, now);
+    let (ack, code) = ack_for(
+        &req.header,
+        req.enhanced,
+        AckOutcome::Rejected,
+        Some(&req.error),
+        seq,
+        now,
+    );
     let error_code = req.error.code;
     let rec = MessageRecord {
         seq,
@@ -538,46 +805,104 @@ fn reject(txn: &WriteTransaction, seqs: &mut Sequences, req: RejectRequest) -> R
         rejection: Some(req.error),
         destinations: Vec::new(),
     };
-    txn.open_table(RECORDS).map_err(db_err)?.insert(seq, encode(&rec).as_slice()).map_err(db_err)?;
-    txn.open_table(RAW).map_err(db_err)?.insert(seq, req.raw.as_slice()).map_err(db_err)?;
-    txn.open_table(ACKS).map_err(db_err)?.insert(seq, ack.as_slice()).map_err(db_err)?;
-    Ok(IngestReply::Rejected { seq, ack, code, error_code })
+    txn.open_table(RECORDS)
+        .map_err(db_err)?
+        .insert(seq, encode(&rec).as_slice())
+        .map_err(db_err)?;
+    txn.open_table(RAW)
+        .map_err(db_err)?
+        .insert(seq, req.raw.as_slice())
+        .map_err(db_err)?;
+    txn.open_table(ACKS)
+        .map_err(db_err)?
+        .insert(seq, ack.as_slice())
+        .map_err(db_err)?;
+    Ok(IngestReply::Rejected {
+        seq,
+        ack,
+        code,
+        error_code,
+    })
 }
 
-fn delivery(txn: &WriteTransaction, dest: &str, n: u64, seq: u64, update: &DeliveryUpdate, touched: &mut BTreeSet<String>) -> Result<(), StoreError> {
+fn delivery(
+    txn: &WriteTransaction,
+    dest: &str,
+    n: u64,
+    seq: u64,
+    update: &DeliveryUpdate,
+    touched: &mut BTreeSet<String>,
+) -> Result<(), StoreError> {
     let now = now_ms();
     let key = queue_key(dest, n);
     let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-    let Some(current) = outbox.get(key.as_slice()).map_err(db_err)?.map(|v| v.value().to_vec()) else {
+    let Some(current) = outbox
+        .get(key.as_slice())
+        .map_err(db_err)?
+        .map(|v| v.value().to_vec())
+    else {
         // Already settled (e.g. by an earlier run): nothing to do.
         return Ok(());
     };
     match update {
         DeliveryUpdate::Delivered => {
             outbox.remove(key.as_slice()).map_err(db_err)?;
-            txn.open_table(DELIVERED).map_err(db_err)?.insert(queue_key(dest, seq).as_slice(), now).map_err(db_err)?;
+            txn.open_table(DELIVERED)
+                .map_err(db_err)?
+                .insert(queue_key(dest, seq).as_slice(), now)
+                .map_err(db_err)?;
         }
-        DeliveryUpdate::Retry { attempts, next_attempt_ms, error } => {
+        DeliveryUpdate::Retry {
+            attempts,
+            next_attempt_ms,
+            error,
+        } => {
             let mut e: OutboxEntry = decode(&current)?;
             e.attempts = *attempts;
             e.next_attempt_ms = *next_attempt_ms;
             e.last_error = Some(error.clone());
-            outbox.insert(key.as_slice(), encode(&e).as_slice()).map_err(db_err)?;
+            outbox
+                .insert(key.as_slice(), encode(&e).as_slice())
+                .map_err(db_err)?;
         }
         DeliveryUpdate::Dead { attempts, reason } => {
             outbox.remove(key.as_slice()).map_err(db_err)?;
-            let d = DeadLetter { seq, reason: reason.clone(), at_ms: now, attempts: *attempts };
-            txn.open_table(DEAD).map_err(db_err)?.insert(queue_key(dest, seq).as_slice(), encode(&d).as_slice()).map_err(db_err)?;
+            let d = DeadLetter {
+                seq,
+                reason: reason.clone(),
+                at_ms: now,
+                attempts: *attempts,
+            };
+            txn.open_table(DEAD)
+                .map_err(db_err)?
+                .insert(queue_key(dest, seq).as_slice(), encode(&d).as_slice())
+                .map_err(db_err)?;
             touched.insert(dest.to_owned());
         }
     }
     Ok(())
 }
 
-fn log_operator(txn: &WriteTransaction, seqs: &mut Sequences, operator: &str, action: &str, seq: u64, detail: String) -> Result<(), StoreError> {
+fn log_operator(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    operator: &str,
+    action: &str,
+    seq: u64,
+    detail: String,
+) -> Result<(), StoreError> {
     seqs.oplog += 1;
-    let r = OperatorRecord { at_ms: now_ms(), operator: operator.to_owned(), action: action.to_owned(), seq, detail };
-    txn.open_table(OPLOG).map_err(db_err)?.insert(seqs.oplog, encode(&r).as_slice()).map_err(db_err)?;
+    let r = OperatorRecord {
+        at_ms: now_ms(),
+        operator: operator.to_owned(),
+        action: action.to_owned(),
+        seq,
+        detail,
+    };
+    txn.open_table(OPLOG)
+        .map_err(db_err)?
+        .insert(seqs.oplog, encode(&r).as_slice())
+        .map_err(db_err)?;
     Ok(())
 }
 
@@ -598,57 +923,131 @@ fn operate(
     let now = now_ms();
     match cmd {
         OperatorCommand::Release { seq, establishment } => {
-            let in_q = txn.open_table(QUARANTINE).map_err(db_err)?.get(*seq).map_err(db_err)?.is_some();
+            let in_q = txn
+                .open_table(QUARANTINE)
+                .map_err(db_err)?
+                .get(*seq)
+                .map_err(db_err)?
+                .is_some();
             let Some(mut rec) = load_record(txn, *seq)?.filter(|_| in_q) else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
             };
             let Some(est) = cfg.establishment_by_name(establishment) else {
-                return Ok(Err(OperatorError::UnknownEstablishment(establishment.clone())));
+                return Ok(Err(OperatorError::UnknownEstablishment(
+                    establishment.clone(),
+                )));
             };
             let Some(class) = rec.class else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
             };
-            let raw = txn.open_table(RAW).map_err(db_err)?.get(*seq).map_err(db_err)?.map(|v| v.value().to_vec()).unwrap_or_default();
-            let facts = crate::hl7::Message::parse(crate::hl7::message::strip_bom(&raw)).ok().and_then(|m| router::extract(&m).ok());
+            let raw = txn
+                .open_table(RAW)
+                .map_err(db_err)?
+                .get(*seq)
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
+            let facts = crate::hl7::Message::parse(crate::hl7::message::strip_bom(&raw))
+                .ok()
+                .and_then(|m| router::extract(&m).ok());
             let dests = router::destinations(class, &est.id, cfg);
             for d in &dests {
-                enqueue(txn, seqs, d.as_str(), *seq, facts.as_ref().and_then(|f| f.patient_key.clone()), now)?;
+                enqueue(
+                    txn,
+                    seqs,
+                    d.as_str(),
+                    *seq,
+                    facts.as_ref().and_then(|f| f.patient_key.clone()),
+                    now,
+                )?;
                 touched.insert(d.as_str().to_owned());
             }
             if let Some(f) = &facts {
                 record_orders(txn, f, &est.id)?;
             }
-            txn.open_table(QUARANTINE).map_err(db_err)?.remove(*seq).map_err(db_err)?;
-            let evidence = rec.decision.as_ref().map(|d| d.evidence().to_vec()).unwrap_or_default();
-            rec.decision = Some(Decision::Owned { establishment: est.id.clone(), evidence });
+            txn.open_table(QUARANTINE)
+                .map_err(db_err)?
+                .remove(*seq)
+                .map_err(db_err)?;
+            let evidence = rec
+                .decision
+                .as_ref()
+                .map(|d| d.evidence().to_vec())
+                .unwrap_or_default();
+            rec.decision = Some(Decision::Owned {
+                establishment: est.id.clone(),
+                evidence,
+            });
             rec.status = RecordStatus::Released;
             rec.destinations = dests.clone();
-            txn.open_table(RECORDS).map_err(db_err)?.insert(*seq, encode(&rec).as_slice()).map_err(db_err)?;
+            txn.open_table(RECORDS)
+                .map_err(db_err)?
+                .insert(*seq, encode(&rec).as_slice())
+                .map_err(db_err)?;
             let names: Vec<&str> = dests.iter().map(|d| d.as_str()).collect();
             let detail = format!("released to {} -> {}", est.id, names.join(","));
-            log_operator(txn, seqs, operator, "quarantine.release", *seq, detail.clone())?;
+            log_operator(
+                txn,
+                seqs,
+                operator,
+                "quarantine.release",
+                *seq,
+                detail.clone(),
+            )?;
             Ok(Ok(detail))
         }
         OperatorCommand::Discard { seq, reason } => {
-            let in_q = txn.open_table(QUARANTINE).map_err(db_err)?.get(*seq).map_err(db_err)?.is_some();
+            let in_q = txn
+                .open_table(QUARANTINE)
+                .map_err(db_err)?
+                .get(*seq)
+                .map_err(db_err)?
+                .is_some();
             let Some(mut rec) = load_record(txn, *seq)?.filter(|_| in_q) else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
             };
-            txn.open_table(QUARANTINE).map_err(db_err)?.remove(*seq).map_err(db_err)?;
+            txn.open_table(QUARANTINE)
+                .map_err(db_err)?
+                .remove(*seq)
+                .map_err(db_err)?;
             rec.status = RecordStatus::Discarded;
-            txn.open_table(RECORDS).map_err(db_err)?.insert(*seq, encode(&rec).as_slice()).map_err(db_err)?;
-            log_operator(txn, seqs, operator, "quarantine.discard", *seq, format!("discarded: {reason}"))?;
-            Ok(Ok(format!("message {seq} discarded (its bytes stay in the store)")))
+            txn.open_table(RECORDS)
+                .map_err(db_err)?
+                .insert(*seq, encode(&rec).as_slice())
+                .map_err(db_err)?;
+            log_operator(
+                txn,
+                seqs,
+                operator,
+                "quarantine.discard",
+                *seq,
+                format!("discarded: {reason}"),
+            )?;
+            Ok(Ok(format!(
+                "message {seq} discarded (its bytes stay in the store)"
+            )))
         }
         OperatorCommand::RetryDead { destination, seq } => {
             let key = queue_key(destination, *seq);
-            let existed = txn.open_table(DEAD).map_err(db_err)?.remove(key.as_slice()).map_err(db_err)?.is_some();
+            let existed = txn
+                .open_table(DEAD)
+                .map_err(db_err)?
+                .remove(key.as_slice())
+                .map_err(db_err)?
+                .is_some();
             if !existed {
                 return Ok(Err(OperatorError::NotDead(destination.clone(), *seq)));
             }
             enqueue(txn, seqs, destination, *seq, None, now)?;
             touched.insert(destination.clone());
-            log_operator(txn, seqs, operator, "dead.retry", *seq, format!("requeued to {destination}"))?;
+            log_operator(
+                txn,
+                seqs,
+                operator,
+                "dead.retry",
+                *seq,
+                format!("requeued to {destination}"),
+            )?;
             Ok(Ok(format!("message {seq} requeued to {destination}")))
         }
     }

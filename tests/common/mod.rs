@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use labroute::hl7::Message;
 use labroute::hl7::ack::{self, AckCode, AckHeader};
 use labroute::hl7::mllp::{Decoded, Decoder, frame};
-use labroute::hl7::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -28,7 +28,9 @@ impl Receiver {
         let g2 = got.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else { return };
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
                 let g3 = g2.clone();
                 tokio::spawn(async move {
                     let mut dec = Decoder::new(64 << 20);
@@ -51,7 +53,11 @@ impl Receiver {
                 });
             }
         });
-        Receiver { addr, got, task: Arc::new(task) }
+        Receiver {
+            addr,
+            got,
+            task: Arc::new(task),
+        }
     }
 
     pub fn stop(&self) {
@@ -64,7 +70,12 @@ impl Receiver {
 
     /// MSH-10 of every message received, in order.
     pub fn control_ids(&self) -> Vec<String> {
-        self.got.lock().unwrap().iter().map(|m| Message::parse(m).unwrap().text("MSH-10").into_owned()).collect()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| Message::parse(m).unwrap().text("MSH-10").into_owned())
+            .collect()
     }
 
     pub async fn wait_for(&self, n: usize, within: Duration) -> bool {
@@ -81,7 +92,11 @@ impl Receiver {
 
 /// A free loopback port (bound then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Sends messages on one connection; returns each ACK.
@@ -155,7 +170,14 @@ fn site(es: &str) -> (&'static str, &'static str, &'static str) {
 }
 
 /// A routes file: listeners `sil` and `dpi`, destinations `sil`, `dpi-es1`, `dpi-es2`.
-pub fn routes_toml(sil_port: u16, dpi_port: u16, lab: SocketAddr, es1: SocketAddr, es2: SocketAddr, backoff_ms: u64) -> String {
+pub fn routes_toml(
+    sil_port: u16,
+    dpi_port: u16,
+    lab: SocketAddr,
+    es1: SocketAddr,
+    es2: SocketAddr,
+    backoff_ms: u64,
+) -> String {
     format!(
         r#"
 [engine]
