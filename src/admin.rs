@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::store::StoreHandle;
@@ -125,8 +125,6 @@ pub async fn serve(path: PathBuf, store: StoreHandle) -> std::io::Result<()> {
         });
     }
 }
-
-use tokio::io::AsyncReadExt;
 
 /// Sends a request to a running instance. `Ok(None)` when no instance listens.
 pub async fn request(

@@ -10,30 +10,49 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// A Unix time in milliseconds as UTC calendar fields.
+struct Utc {
+    year: i64,
+    month: u32,
+    day: u32,
+    hour: u64,
+    minute: u64,
+    second: u64,
+    milli: u64,
+}
+
+impl Utc {
+    fn of(ms: u64) -> Utc {
+        let secs = ms / 1000;
+        let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+        let s = secs % 86_400;
+        Utc {
+            year,
+            month,
+            day,
+            hour: s / 3600,
+            minute: s % 3600 / 60,
+            second: s % 60,
+            milli: ms % 1000,
+        }
+    }
+}
+
 /// `YYYYMMDDHHMMSS+0000` for a Unix time in milliseconds.
 pub fn hl7_timestamp(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
+    let t = Utc::of(ms);
     format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}+0000",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
+        "{:04}{:02}{:02}{:02}{:02}{:02}+0000",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 
 /// RFC 3339 for a Unix time in milliseconds (operator output).
 pub fn rfc3339(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let s = secs % 86_400;
+    let t = Utc::of(ms);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60,
-        ms % 1000
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second, t.milli
     )
 }
 

@@ -57,6 +57,8 @@ pub enum StoreError {
     Db(Box<redb::Error>),
     #[error("store record {0} is unreadable: {1}")]
     Record(String, String),
+    #[error("store commit failed: {0}")]
+    Commit(String),
     #[error("the store writer has stopped")]
     Closed,
 }

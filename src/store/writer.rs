@@ -101,27 +101,71 @@ pub enum OperatorError {
     Store(String),
 }
 
-enum Op {
-    Ingest(
-        Box<IngestRequest>,
-        oneshot::Sender<Result<IngestReply, StoreError>>,
-    ),
-    Reject(
-        Box<RejectRequest>,
-        oneshot::Sender<Result<IngestReply, StoreError>>,
-    ),
+/// What a request asks the writer to do.
+enum Request {
+    Ingest(Box<IngestRequest>),
+    Reject(Box<RejectRequest>),
     Delivery {
         dest: String,
         n: u64,
         seq: u64,
         update: DeliveryUpdate,
-        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Operator {
         cmd: OperatorCommand,
         operator: String,
-        reply: oneshot::Sender<Result<String, OperatorError>>,
     },
+}
+
+/// Where the answer to a request goes, once the batch is committed (or has failed).
+enum Reply {
+    Ingest(oneshot::Sender<Result<IngestReply, StoreError>>),
+    Unit(oneshot::Sender<Result<(), StoreError>>),
+    Operator(oneshot::Sender<Result<String, OperatorError>>),
+}
+
+/// A request's result inside a transaction, sent only after the commit.
+enum Answer {
+    Ingest(IngestReply),
+    Unit,
+    Operator(Result<String, OperatorError>),
+}
+
+impl Reply {
+    fn answer(self, a: Answer) {
+        // A requester that went away (connection closed) no longer needs its answer.
+        match (self, a) {
+            (Reply::Ingest(tx), Answer::Ingest(r)) => {
+                let _ = tx.send(Ok(r));
+            }
+            (Reply::Unit(tx), Answer::Unit) => {
+                let _ = tx.send(Ok(()));
+            }
+            (Reply::Operator(tx), Answer::Operator(r)) => {
+                let _ = tx.send(r);
+            }
+            (reply, _) => reply.fail("internal: answer does not match its request"),
+        }
+    }
+
+    fn fail(self, e: &str) {
+        match self {
+            Reply::Ingest(tx) => {
+                let _ = tx.send(Err(StoreError::Commit(e.to_owned())));
+            }
+            Reply::Unit(tx) => {
+                let _ = tx.send(Err(StoreError::Commit(e.to_owned())));
+            }
+            Reply::Operator(tx) => {
+                let _ = tx.send(Err(OperatorError::Store(e.to_owned())));
+            }
+        }
+    }
+}
+
+struct Op {
+    request: Request,
+    reply: Reply,
 }
 
 /// Wakes destination workers when their queue changes.
@@ -191,7 +235,10 @@ impl StoreHandle {
     pub async fn ingest(&self, req: IngestRequest) -> Result<IngestReply, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::Ingest(Box::new(req), reply))
+            .send(Op {
+                request: Request::Ingest(Box::new(req)),
+                reply: Reply::Ingest(reply),
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -200,7 +247,10 @@ impl StoreHandle {
     pub async fn reject(&self, req: RejectRequest) -> Result<IngestReply, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Op::Reject(Box::new(req), reply))
+            .send(Op {
+                request: Request::Reject(Box::new(req)),
+                reply: Reply::Ingest(reply),
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -215,12 +265,14 @@ impl StoreHandle {
         update: DeliveryUpdate,
     ) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        let op = Op::Delivery {
-            dest: dest.to_owned(),
-            n,
-            seq,
-            update,
-            reply,
+        let op = Op {
+            request: Request::Delivery {
+                dest: dest.to_owned(),
+                n,
+                seq,
+                update,
+            },
+            reply: Reply::Unit(reply),
         };
         self.tx.send(op).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -232,10 +284,12 @@ impl StoreHandle {
         operator: &str,
     ) -> Result<String, OperatorError> {
         let (reply, rx) = oneshot::channel();
-        let op = Op::Operator {
-            cmd,
-            operator: operator.to_owned(),
-            reply,
+        let op = Op {
+            request: Request::Operator {
+                cmd,
+                operator: operator.to_owned(),
+            },
+            reply: Reply::Operator(reply),
         };
         self.tx
             .send(op)
@@ -244,18 +298,6 @@ impl StoreHandle {
         rx.await
             .map_err(|_| OperatorError::Store(StoreError::Closed.to_string()))?
     }
-}
-
-enum Pending {
-    Ingest(
-        oneshot::Sender<Result<IngestReply, StoreError>>,
-        IngestReply,
-    ),
-    Unit(oneshot::Sender<Result<(), StoreError>>),
-    Operator(
-        oneshot::Sender<Result<String, OperatorError>>,
-        Result<String, OperatorError>,
-    ),
 }
 
 fn run(
@@ -275,21 +317,13 @@ fn run(
             }
         }
         let size = batch.len();
+        let (requests, replies): (Vec<Request>, Vec<Reply>) =
+            batch.into_iter().map(|op| (op.request, op.reply)).unzip();
         let mut touched = BTreeSet::new();
-        match apply(&store, &cfg, batch, &mut seqs, &mut touched) {
-            Ok(pending) => {
-                for p in pending {
-                    match p {
-                        Pending::Ingest(tx, r) => {
-                            let _ = tx.send(Ok(r));
-                        }
-                        Pending::Unit(tx) => {
-                            let _ = tx.send(Ok(()));
-                        }
-                        Pending::Operator(tx, r) => {
-                            let _ = tx.send(r);
-                        }
-                    }
+        match apply(&store, &cfg, requests, &mut seqs, &mut touched) {
+            Ok(answers) => {
+                for (reply, answer) in replies.into_iter().zip(answers) {
+                    reply.answer(answer);
                 }
                 for d in touched {
                     if let Some(n) = notifiers.get(&d) {
@@ -297,28 +331,15 @@ fn run(
                     }
                 }
             }
-            Err((ops, e)) => {
+            Err(e) => {
                 tracing::error!(error = %e, batch = size, "store commit failed; the batch is answered with errors");
+                // The counters may have moved inside the aborted transaction: reload them.
                 seqs = Sequences::default();
-                for op in ops {
-                    fail(op, e.to_string());
+                let e = e.to_string();
+                for reply in replies {
+                    reply.fail(&e);
                 }
             }
-        }
-    }
-}
-
-fn fail(op: Op, e: String) {
-    let err = || StoreError::Record("commit".into(), e.clone());
-    match op {
-        Op::Ingest(_, tx) | Op::Reject(_, tx) => {
-            let _ = tx.send(Err(err()));
-        }
-        Op::Delivery { reply, .. } => {
-            let _ = reply.send(Err(err()));
-        }
-        Op::Operator { reply, .. } => {
-            let _ = reply.send(Err(OperatorError::Store(e.clone())));
         }
     }
 }
@@ -380,156 +401,39 @@ impl OrderIndex for TxnOrders<'_> {
     }
 }
 
-type BatchResult = Result<Vec<Pending>, (Vec<Op>, StoreError)>;
-
+/// Applies a batch in one transaction and commits it. All or nothing: on any error the
+/// transaction is dropped (aborted) and every request of the batch gets that error.
 fn apply(
     store: &Store,
     cfg: &Config,
-    batch: Vec<Op>,
+    requests: Vec<Request>,
     seqs: &mut Sequences,
     touched: &mut BTreeSet<String>,
-) -> BatchResult {
-    let txn = match store.db().begin_write() {
-        Ok(t) => t,
-        Err(e) => return Err((batch, db_err(e))),
-    };
-    if let Err(e) = seqs.load(&txn) {
-        return Err((batch, e));
-    }
-    let mut pending = Vec::with_capacity(batch.len());
-    let mut iter = batch.into_iter();
-    while let Some(op) = iter.next() {
-        let r = match op {
-            Op::Ingest(req, tx) => match ingest(&txn, cfg, seqs, *req, touched) {
-                Ok(reply) => Ok(Pending::Ingest(tx, reply)),
-                Err(e) => Err((Op::Ingest(Box::new(empty_ingest()), tx), e)),
-            },
-            Op::Reject(req, tx) => match reject(&txn, seqs, *req) {
-                Ok(reply) => Ok(Pending::Ingest(tx, reply)),
-                Err(e) => Err((Op::Reject(Box::new(empty_reject()), tx), e)),
-            },
-            Op::Delivery {
+) -> Result<Vec<Answer>, StoreError> {
+    let txn = store.db().begin_write().map_err(db_err)?;
+    seqs.load(&txn)?;
+    let mut answers = Vec::with_capacity(requests.len());
+    for request in requests {
+        answers.push(match request {
+            Request::Ingest(req) => Answer::Ingest(ingest(&txn, cfg, seqs, *req, touched)?),
+            Request::Reject(req) => Answer::Ingest(reject(&txn, seqs, *req)?),
+            Request::Delivery {
                 dest,
                 n,
                 seq,
                 update,
-                reply,
-            } => match delivery(&txn, &dest, n, seq, &update, touched) {
-                Ok(()) => Ok(Pending::Unit(reply)),
-                Err(e) => Err((
-                    Op::Delivery {
-                        dest,
-                        n,
-                        seq,
-                        update,
-                        reply,
-                    },
-                    e,
-                )),
-            },
-            Op::Operator {
-                cmd,
-                operator,
-                reply,
-            } => match operate(&txn, cfg, seqs, &cmd, &operator, touched) {
-                Ok(r) => Ok(Pending::Operator(reply, r)),
-                Err(e) => Err((
-                    Op::Operator {
-                        cmd,
-                        operator,
-                        reply,
-                    },
-                    e,
-                )),
-            },
-        };
-        match r {
-            Ok(p) => pending.push(p),
-            Err((op, e)) => {
-                // Abort the whole transaction: every request of the batch gets the error.
-                drop(txn);
-                let mut ops: Vec<Op> = pending.into_iter().filter_map(pending_op).collect();
-                ops.push(op);
-                ops.extend(iter);
-                return Err((ops, e));
+            } => {
+                delivery(&txn, &dest, n, seq, &update, touched)?;
+                Answer::Unit
             }
-        }
+            Request::Operator { cmd, operator } => {
+                Answer::Operator(operate(&txn, cfg, seqs, &cmd, &operator, touched)?)
+            }
+        });
     }
-    if let Err(e) = seqs.save(&txn) {
-        return Err((pending.into_iter().filter_map(pending_op).collect(), e));
-    }
-    match txn.commit() {
-        Ok(()) => Ok(pending),
-        Err(e) => Err((
-            pending.into_iter().filter_map(pending_op).collect(),
-            db_err(e),
-        )),
-    }
-}
-
-fn empty_ingest() -> IngestRequest {
-    IngestRequest {
-        listener: String::new(),
-        peer: String::new(),
-        raw: Vec::new(),
-        facts: crate::router::Facts {
-            class: crate::model::MessageClass::Admin,
-            message_type: String::new(),
-            trigger: String::new(),
-            control_id: String::new(),
-            sending_application: String::new(),
-            sending_facility: Vec::new(),
-            placer_orders: Vec::new(),
-            filler_orders: Vec::new(),
-            placer_namespaces: Vec::new(),
-            finess: Vec::new(),
-            facilities: Vec::new(),
-            patient_authorities: Vec::new(),
-            patient_key: None,
-            zfa: None,
-        },
-        header: AckHeader::default(),
-        enhanced: false,
-    }
-}
-
-fn empty_reject() -> RejectRequest {
-    RejectRequest {
-        listener: String::new(),
-        peer: String::new(),
-        raw: Vec::new(),
-        control_id: String::new(),
-        message_type: String::new(),
-        error: AckError {
-            code: 0,
-            text: String::new(),
-            location: None,
-        },
-        header: AckHeader::default(),
-        enhanced: false,
-    }
-}
-
-/// Turns a not-yet-committed reply back into a request to fail.
-fn pending_op(p: Pending) -> Option<Op> {
-    match p {
-        Pending::Ingest(tx, _) => Some(Op::Ingest(Box::new(empty_ingest()), tx)),
-        Pending::Unit(reply) => Some(Op::Delivery {
-            dest: String::new(),
-            n: 0,
-            seq: 0,
-            update: DeliveryUpdate::Delivered,
-            reply,
-        }),
-        Pending::Operator(reply, _) => Some(Op::Operator {
-            cmd: OperatorCommand::Discard {
-                seq: 0,
-                reason: String::new(),
-            },
-            operator: String::new(),
-            reply,
-        }),
-    }
+    seqs.save(&txn)?;
+    txn.commit().map_err(db_err)?;
+    Ok(answers)
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
@@ -746,18 +650,7 @@ fn ingest(
         rejection: None,
         destinations: dests,
     };
-    txn.open_table(RECORDS)
-        .map_err(db_err)?
-        .insert(seq, encode(&rec).as_slice())
-        .map_err(db_err)?;
-    txn.open_table(RAW)
-        .map_err(db_err)?
-        .insert(seq, req.raw.as_slice())
-        .map_err(db_err)?;
-    txn.open_table(ACKS)
-        .map_err(db_err)?
-        .insert(seq, ack.as_slice())
-        .map_err(db_err)?;
+    store_message(txn, &rec, &req.raw, &ack)?;
     let mut dv = Vec::with_capacity(40);
     dv.extend_from_slice(&seq.to_be_bytes());
     dv.extend_from_slice(&digest);
@@ -772,6 +665,29 @@ fn ingest(
         establishment,
         quarantined,
     })
+}
+
+/// Writes a received message: its record, its bytes and the ACK it was answered with.
+fn store_message(
+    txn: &WriteTransaction,
+    rec: &MessageRecord,
+    raw: &[u8],
+    ack: &[u8],
+) -> Result<(), StoreError> {
+    let seq = rec.seq;
+    txn.open_table(RECORDS)
+        .map_err(db_err)?
+        .insert(seq, encode(rec).as_slice())
+        .map_err(db_err)?;
+    txn.open_table(RAW)
+        .map_err(db_err)?
+        .insert(seq, raw)
+        .map_err(db_err)?;
+    txn.open_table(ACKS)
+        .map_err(db_err)?
+        .insert(seq, ack)
+        .map_err(db_err)?;
+    Ok(())
 }
 
 fn reject(
@@ -805,18 +721,7 @@ fn reject(
         rejection: Some(req.error),
         destinations: Vec::new(),
     };
-    txn.open_table(RECORDS)
-        .map_err(db_err)?
-        .insert(seq, encode(&rec).as_slice())
-        .map_err(db_err)?;
-    txn.open_table(RAW)
-        .map_err(db_err)?
-        .insert(seq, req.raw.as_slice())
-        .map_err(db_err)?;
-    txn.open_table(ACKS)
-        .map_err(db_err)?
-        .insert(seq, ack.as_slice())
-        .map_err(db_err)?;
+    store_message(txn, &rec, &req.raw, &ack)?;
     Ok(IngestReply::Rejected {
         seq,
         ack,

@@ -170,6 +170,13 @@ fn site(es: &str) -> (&'static str, &'static str, &'static str) {
 }
 
 /// A routes file: listeners `sil` and `dpi`, destinations `sil`, `dpi-es1`, `dpi-es2`.
+fn destination_toml(name: &str, address: SocketAddr, backoff_ms: u64) -> String {
+    format!(
+        "[[destination]]\nname = \"{name}\"\naddress = \"{address}\"\ninsecure = true\n\
+backoff_initial_ms = {backoff_ms}\nbackoff_max_ms = {backoff_ms}\nack_timeout_secs = 5\nconnect_timeout_secs = 2\n"
+    )
+}
+
 pub fn routes_toml(
     sil_port: u16,
     dpi_port: u16,
@@ -178,6 +185,10 @@ pub fn routes_toml(
     es2: SocketAddr,
     backoff_ms: u64,
 ) -> String {
+    let destinations = [("sil", lab), ("dpi-es1", es1), ("dpi-es2", es2)]
+        .iter()
+        .map(|(n, a)| destination_toml(n, *a, backoff_ms))
+        .collect::<String>();
     format!(
         r#"
 [engine]
@@ -190,31 +201,7 @@ insecure = true
 name = "dpi"
 bind = "127.0.0.1:{dpi_port}"
 insecure = true
-[[destination]]
-name = "sil"
-address = "{lab}"
-insecure = true
-backoff_initial_ms = {backoff_ms}
-backoff_max_ms = {backoff_ms}
-ack_timeout_secs = 5
-connect_timeout_secs = 2
-[[destination]]
-name = "dpi-es1"
-address = "{es1}"
-insecure = true
-backoff_initial_ms = {backoff_ms}
-backoff_max_ms = {backoff_ms}
-ack_timeout_secs = 5
-connect_timeout_secs = 2
-[[destination]]
-name = "dpi-es2"
-address = "{es2}"
-insecure = true
-backoff_initial_ms = {backoff_ms}
-backoff_max_ms = {backoff_ms}
-ack_timeout_secs = 5
-connect_timeout_secs = 2
-[routing]
+{destinations}[routing]
 orders_to = ["sil"]
 adt_to = ["sil"]
 [[establishment]]
