@@ -48,6 +48,10 @@ pub enum StoreError {
         path: PathBuf,
         source: Box<redb::Error>,
     },
+    #[error(
+        "the store {0} is in use by another labroute process: stop it, or point --data at another directory (operator commands reach a running instance through its admin.sock)"
+    )]
+    InUse(PathBuf),
     #[error("cannot create the data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -100,9 +104,12 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(STORE_FILE);
-        let db = Database::create(&path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            source: Box::new(e.into()),
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
+            e => StoreError::Open {
+                path: path.clone(),
+                source: Box::new(e.into()),
+            },
         })?;
         let txn = db.begin_write().map_err(db_err)?;
         {
@@ -309,4 +316,39 @@ pub(crate) fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(b)
         .map_err(|e| StoreError::Record(std::any::type_name::<T>().to_owned(), e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_in_use_says_so_instead_of_suggesting_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(matches!(err, StoreError::InUse(_)), "{err}");
+        assert!(
+            err.to_string()
+                .contains("in use by another labroute process")
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_an_error_naming_it_and_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(STORE_FILE);
+        std::fs::write(
+            &file,
+            b"this is not a redb file, but it is long enough to have a header",
+        )
+        .unwrap();
+        let before = std::fs::read(&file).unwrap();
+        let err = Store::open(dir.path()).err().unwrap();
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&file).unwrap(), before, "no silent reset");
+    }
 }
