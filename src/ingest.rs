@@ -2,7 +2,7 @@
 //! acknowledgements (see the AE-vs-AR table in ARCHITECTURE.md).
 
 use crate::hl7::ack::{self, AcceptAckType, AckError, AckHeader, AckOutcome};
-use crate::hl7::message::strip_bom;
+use crate::hl7::message::prepare;
 use crate::hl7::{Message, ParseError};
 use crate::router;
 use crate::store::StoreHandle;
@@ -70,11 +70,11 @@ pub async fn handle_frame(
     origin: &Origin,
     store: &StoreHandle,
 ) -> (Option<Vec<u8>>, Handled) {
-    let body = strip_bom(&frame);
-    let parsed = Message::parse(body);
+    let body = prepare(&frame);
+    let parsed = Message::parse(&body);
     let (header, accept) = match &parsed {
         Ok(m) => (AckHeader::of(m), AcceptAckType::of(m)),
-        Err(_) => (AckHeader::salvage(body), AcceptAckType::Original),
+        Err(_) => (AckHeader::salvage(&body), AcceptAckType::Original),
     };
     let enhanced = accept.enhanced();
     let facts = match &parsed {

@@ -13,7 +13,7 @@ use labroute::admin::{self, AdminRequest, AdminResponse};
 use labroute::config::Config;
 use labroute::hl7::ack::{self, AckCode, AckHeader};
 use labroute::hl7::mllp::{Decoded, Decoder, frame};
-use labroute::hl7::{Message, message::strip_bom};
+use labroute::hl7::{Message, message::prepare};
 use labroute::router::tests_runner::run_all;
 use labroute::server::Server;
 use labroute::store::writer::OperatorCommand;
@@ -338,7 +338,7 @@ async fn receive(listen: &str, out: &Path) -> Result<()> {
                     if std::fs::write(out.join(format!("{i:08}.hl7")), &f).is_err() {
                         return;
                     }
-                    let header = Message::parse(strip_bom(&f))
+                    let header = Message::parse(&prepare(&f))
                         .map(|m| AckHeader::of(&m))
                         .unwrap_or_else(|_| AckHeader::salvage(&f));
                     let now = now_ms();

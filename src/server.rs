@@ -30,6 +30,8 @@ pub struct Server {
     pub store: StoreHandle,
     pub bound: Vec<(String, std::net::SocketAddr)>,
     shutdown: watch::Sender<bool>,
+    slots: Arc<Semaphore>,
+    max_connections: usize,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -97,6 +99,8 @@ impl Server {
             store: handle,
             bound,
             shutdown,
+            slots,
+            max_connections: cfg.engine.max_connections,
             tasks,
         })
     }
@@ -109,11 +113,29 @@ impl Server {
             .map(|(_, a)| *a)
     }
 
-    /// Stops accepting, lets in-flight work end (bounded), and returns.
+    /// Stops accepting, lets in-flight work end (bounded: 10 s per stage), and returns once
+    /// the store is closed, so that it can be reopened at once (a restart, an operator
+    /// command). A message whose commit had not answered is not acknowledged: the sender
+    /// sends it again.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        // Every connection task holds a slot: all slots back means all connections ended.
+        let permits = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        let drained =
+            tokio::time::timeout(Duration::from_secs(10), self.slots.acquire_many(permits)).await;
+        if drained.is_err() {
+            tracing::warn!("connections still open after 10 s; closing anyway");
+        }
+        let closed = self.store.closed();
+        drop(self.store);
+        if tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("store writer still busy after 10 s");
         }
     }
 }

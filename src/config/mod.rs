@@ -99,6 +99,7 @@ pub enum IdKind {
     SendingFacility,
     PlacerNamespace,
     PatientAuthority,
+    VisitAuthority,
     Facility,
     Finess,
 }
@@ -109,6 +110,7 @@ impl IdKind {
             IdKind::SendingFacility => "sending_facilities",
             IdKind::PlacerNamespace => "placer_namespaces",
             IdKind::PatientAuthority => "patient_authorities",
+            IdKind::VisitAuthority => "visit_authorities",
             IdKind::Facility => "facilities",
             IdKind::Finess => "finess",
         }
@@ -632,7 +634,7 @@ impl Validator {
             e.record.get_ref().clone(),
         ));
         let ident = &e.identify;
-        let groups: [(IdKind, &Vec<S>, String); 5] = [
+        let groups: [(IdKind, &Vec<S>, String); 6] = [
             (
                 IdKind::SendingFacility,
                 &ident.sending_facilities,
@@ -647,6 +649,11 @@ impl Validator {
                 IdKind::PatientAuthority,
                 &ident.patient_authorities,
                 field("identify.patient_authorities"),
+            ),
+            (
+                IdKind::VisitAuthority,
+                &ident.visit_authorities,
+                field("identify.visit_authorities"),
             ),
             (
                 IdKind::Facility,
@@ -683,6 +690,7 @@ impl Validator {
         let has_any = !ident.sending_facilities.is_empty()
             || !ident.placer_namespaces.is_empty()
             || !ident.patient_authorities.is_empty()
+            || !ident.visit_authorities.is_empty()
             || !ident.facilities.is_empty()
             || !e.finess.is_empty();
         if !has_any {

@@ -82,6 +82,9 @@ pub struct RawIdentify {
     pub placer_namespaces: Vec<S>,
     #[serde(default)]
     pub patient_authorities: Vec<S>,
+    /// Assigning authority of the visit (PV1-19.4) and account (PID-18.4) numbers.
+    #[serde(default)]
+    pub visit_authorities: Vec<S>,
     #[serde(default)]
     pub facilities: Vec<S>,
 }

@@ -104,6 +104,71 @@ pub fn strip_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }
 
+/// What the reader should read: the frame without a UTF-8 byte-order mark and, when MSH-2
+/// declares a delimiter as a non-ASCII UTF-8 character (the ANS examples write `^˜\&` with
+/// U+02DC SMALL TILDE, and use it as the repetition separator), a copy in which every
+/// occurrence of that character is replaced by an ASCII delimiter that appears nowhere in the
+/// message. The substitution is one-to-one, so nothing is lost or merged; stored and
+/// forwarded bytes stay the original. Error positions then refer to the copy. Java engines
+/// (HAPI, Mirth) accept such delimiters because they split on UTF-16 characters.
+pub fn prepare(frame: &[u8]) -> Cow<'_, [u8]> {
+    let bytes = strip_bom(frame);
+    if !bytes.starts_with(b"MSH") || bytes.len() < 5 {
+        return Cow::Borrowed(bytes);
+    }
+    let field = bytes[3];
+    let rest = &bytes[4..];
+    let end = rest
+        .iter()
+        .position(|&b| b == field || b == b'\r' || b == b'\n')
+        .unwrap_or(rest.len());
+    let enc = &rest[..end];
+    if enc.is_ascii() || !field.is_ascii() {
+        return Cow::Borrowed(bytes);
+    }
+    let Ok(enc) = std::str::from_utf8(enc) else {
+        return Cow::Borrowed(bytes);
+    };
+    // Preferred substitutes per position (the standard character first), then spares.
+    const STANDARD: [u8; 5] = [b'^', b'~', b'\\', b'&', b'#'];
+    const SPARE: &[u8] = b"!$%*+@`{}=?;";
+    let mut used: Vec<u8> = enc.bytes().filter(u8::is_ascii).collect();
+    used.push(field);
+    let mut out = bytes.to_vec();
+    for (i, ch) in enc.chars().enumerate() {
+        if ch.is_ascii() {
+            continue;
+        }
+        let mut utf8 = [0u8; 4];
+        let pattern = ch.encode_utf8(&mut utf8).as_bytes().to_vec();
+        let candidates = STANDARD.get(i).into_iter().chain(SPARE.iter());
+        let Some(&sub) = candidates
+            .into_iter()
+            .find(|c| !used.contains(*c) && memchr(**c, bytes).is_none())
+        else {
+            return Cow::Borrowed(bytes);
+        };
+        used.push(sub);
+        out = replace_all(&out, &pattern, sub);
+    }
+    Cow::Owned(out)
+}
+
+fn replace_all(hay: &[u8], pattern: &[u8], by: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut i = 0;
+    while i < hay.len() {
+        if hay[i..].starts_with(pattern) {
+            out.push(by);
+            i += pattern.len();
+        } else {
+            out.push(hay[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Reads the delimiters from the start of an MSH segment.
 pub fn read_delimiters(bytes: &[u8]) -> Result<Delimiters, ParseError> {
     if !bytes.starts_with(b"MSH") {
@@ -651,6 +716,28 @@ OBX|1|ST|X^y||éé\\S\\é||||||F\r";
         assert_eq!(m.text("MSH-3"), "A");
         assert_eq!(m.text("MSH-10"), "X1");
         assert_eq!(m.text("PID-3"), "id#1");
+    }
+
+    #[test]
+    fn a_non_ascii_delimiter_is_read_as_that_character() {
+        // The ANS examples: U+02DC SMALL TILDE as repetition separator.
+        let raw = "MSH|^˜\\&|A|B|C|D|||ORU^R01|1|P|2.5|||||FRA|UNICODE UTF-8\rPID|||1||Zoé˜Léa^Ève";
+        let prepared = prepare(raw.as_bytes());
+        let m = Message::parse(&prepared).unwrap();
+        assert_eq!(m.text("MSH-2"), "^~\\&");
+        assert_eq!(m.text("PID-5[1]"), "Zoé");
+        assert_eq!(m.text("PID-5[2].1"), "Léa");
+        assert_eq!(m.text("PID-5[2].2"), "Ève");
+        // A `~` already in the message is data: another substitute is chosen.
+        let raw = "MSH|^˜\\&|A|B|C|D|||ORU^R01|1|P|2.5\rPID|||1||a~b˜c";
+        let prepared = prepare(raw.as_bytes());
+        let m = Message::parse(&prepared).unwrap();
+        assert_eq!(m.text("PID-5[1]"), "a~b");
+        assert_eq!(m.text("PID-5[2]"), "c");
+        // ASCII delimiters and a BOM: borrowed, BOM gone.
+        assert!(
+            matches!(prepare(b"\xEF\xBB\xBFMSH|^~\\&|A"), Cow::Borrowed(b) if b.starts_with(b"MSH"))
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct Facts {
     pub facilities: Vec<Found>,
     /// PID-3 assigning authorities (CX-4.1 / CX-4.2) of local identifiers (not INS).
     pub patient_authorities: Vec<Found>,
+    /// Assigning authorities (CX-4.1 / CX-4.2) of the visit (PV1-19) and account (PID-18)
+    /// numbers: in PAM France, the establishment that admitted the patient.
+    pub visit_authorities: Vec<Found>,
     /// Key of the patient (first local identifier: authority and id), for per-patient data.
     pub patient_key: Option<String>,
     /// PAM France ZFA segment fields 1..=10 (DMP status, opposition), when present.
@@ -86,6 +89,20 @@ fn push_found(out: &mut Vec<Found>, field: &str, value: &str) {
 fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
     matches!(id_type, "INS" | "INS-NIR" | "INS-NIA" | "INS-C" | "NH")
         || authority_uid.starts_with("1.2.250.1.213.1.4.")
+}
+
+fn push_visit_authority(f: &mut Facts, field: &crate::hl7::message::Field<'_>, name: &str) {
+    let auth = field.repetition(1).component(4);
+    push_found(
+        &mut f.visit_authorities,
+        &format!("{name}.4.1"),
+        &auth.subcomponent(1).text(),
+    );
+    push_found(
+        &mut f.visit_authorities,
+        &format!("{name}.4.2"),
+        &auth.subcomponent(2).text(),
+    );
 }
 
 /// Reads the facts, or refuses the message (unsupported type, missing required field).
@@ -130,6 +147,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         finess: Vec::new(),
         facilities: Vec::new(),
         patient_authorities: Vec::new(),
+        visit_authorities: Vec::new(),
         patient_key: None,
         zfa: None,
     };
@@ -182,8 +200,10 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                 let hd = seg.field(3).component(4);
                 push_found(&mut f.facilities, "PV1-3.4.1", &hd.subcomponent(1).text());
                 push_found(&mut f.facilities, "PV1-3.4.2", &hd.subcomponent(2).text());
+                push_visit_authority(&mut f, &seg.field(19), "PV1-19");
             }
             b"PID" => {
+                push_visit_authority(&mut f, &seg.field(18), "PID-18");
                 for rep in seg.field(3).repetitions() {
                     let auth = rep.component(4);
                     let ns = auth.subcomponent(1).text();

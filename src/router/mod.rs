@@ -147,6 +147,12 @@ fn identifier_sources(facts: &Facts) -> Vec<(IdKind, &Found)> {
             .iter()
             .map(|f| (IdKind::PatientAuthority, f)),
     );
+    v.extend(
+        facts
+            .visit_authorities
+            .iter()
+            .map(|f| (IdKind::VisitAuthority, f)),
+    );
     v
 }
 

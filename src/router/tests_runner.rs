@@ -4,7 +4,7 @@
 use super::{Decision, MemoryOrders, decide, destinations, extract};
 use crate::config::{Config, Expected, RouteTest};
 use crate::hl7::Message;
-use crate::hl7::message::strip_bom;
+use crate::hl7::message::prepare;
 
 /// What a message comes to, as far as routing goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,7 +15,8 @@ pub enum Outcome {
 
 /// Routes one message against a config and an order index, recording owned orders.
 pub fn route(bytes: &[u8], cfg: &Config, orders: &mut MemoryOrders) -> Outcome {
-    let msg = match Message::parse(strip_bom(bytes)) {
+    let prepared = prepare(bytes);
+    let msg = match Message::parse(&prepared) {
         Ok(m) => m,
         Err(e) => return Outcome::Rejected(e.kind.hl7_code()),
     };

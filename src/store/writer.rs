@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
 use sha2::{Digest, Sha256};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::*;
 use crate::config::Config;
@@ -200,6 +200,7 @@ pub struct StoreHandle {
     tx: mpsc::Sender<Op>,
     store: Store,
     notifiers: Arc<Notifiers>,
+    closed: watch::Receiver<bool>,
 }
 
 impl StoreHandle {
@@ -211,9 +212,14 @@ impl StoreHandle {
         ));
         let n2 = notifiers.clone();
         let s2 = store.clone();
+        let (closed_tx, closed) = watch::channel(false);
         std::thread::Builder::new()
             .name("labroute-writer".into())
-            .spawn(move || run(s2, cfg, rx, wc.max_batch.max(1), n2))
+            .spawn(move || {
+                run(s2, cfg, rx, wc.max_batch.max(1), n2);
+                // `run` dropped its store: the database is closed once no handle is left.
+                let _ = closed_tx.send(true);
+            })
             .map(|_| ())
             .unwrap_or_else(
                 |e| tracing::error!(error = %e, "cannot start the store writer thread"),
@@ -222,6 +228,16 @@ impl StoreHandle {
             tx,
             store,
             notifiers,
+            closed,
+        }
+    }
+
+    /// Resolves once the writer thread has stopped, which it does when every handle is
+    /// dropped. Take it, drop the handles, then await it to know the store is closed.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.closed.clone();
+        async move {
+            let _ = rx.wait_for(|c| *c).await;
         }
     }
 
@@ -852,7 +868,7 @@ fn operate(
                 .map_err(db_err)?
                 .map(|v| v.value().to_vec())
                 .unwrap_or_default();
-            let facts = crate::hl7::Message::parse(crate::hl7::message::strip_bom(&raw))
+            let facts = crate::hl7::Message::parse(&crate::hl7::message::prepare(&raw))
                 .ok()
                 .and_then(|m| router::extract(&m).ok());
             let dests = router::destinations(class, &est.id, cfg);

@@ -42,7 +42,9 @@ impl Receiver {
                         };
                         for u in dec.feed(&buf[..n]) {
                             let Decoded::Frame(f) = u else { continue };
-                            let m = Message::parse(&f).expect("receiver got an unreadable message");
+                            let prepared = labroute::hl7::message::prepare(&f);
+                            let m = Message::parse(&prepared)
+                                .expect("receiver got an unreadable message");
                             let a = ack::build(&AckHeader::of(&m), code, None, "R", "20250101");
                             g3.lock().unwrap().push(f);
                             if s.write_all(&frame(&a)).await.is_err() {
@@ -74,7 +76,12 @@ impl Receiver {
             .lock()
             .unwrap()
             .iter()
-            .map(|m| Message::parse(m).unwrap().text("MSH-10").into_owned())
+            .map(|m| {
+                Message::parse(&labroute::hl7::message::prepare(m))
+                    .unwrap()
+                    .text("MSH-10")
+                    .into_owned()
+            })
             .collect()
     }
 
@@ -170,7 +177,7 @@ fn site(es: &str) -> (&'static str, &'static str, &'static str) {
 }
 
 /// A routes file: listeners `sil` and `dpi`, destinations `sil`, `dpi-es1`, `dpi-es2`.
-fn destination_toml(name: &str, address: SocketAddr, backoff_ms: u64) -> String {
+pub fn destination_toml(name: &str, address: SocketAddr, backoff_ms: u64) -> String {
     format!(
         "[[destination]]\nname = \"{name}\"\naddress = \"{address}\"\ninsecure = true\n\
 backoff_initial_ms = {backoff_ms}\nbackoff_max_ms = {backoff_ms}\nack_timeout_secs = 5\nconnect_timeout_secs = 2\n"
