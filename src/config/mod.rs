@@ -89,6 +89,8 @@ pub struct Destination {
     pub max_age: Duration,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// false: close after each ACK and open a new connection for the next message.
+    pub keep_connection_open: bool,
 }
 
 /// Which configured identifier a value matched.
@@ -598,6 +600,7 @@ impl Validator {
             max_age: Duration::from_secs(age),
             backoff_initial: Duration::from_millis(b0),
             backoff_max: Duration::from_millis(b1.max(b0)),
+            keep_connection_open: d.keep_connection_open.unwrap_or(true),
         });
     }
 

@@ -58,6 +58,9 @@ pub struct RawDestination {
     pub max_age_secs: Option<Spanned<u64>>,
     pub backoff_initial_ms: Option<Spanned<u64>>,
     pub backoff_max_ms: Option<Spanned<u64>>,
+    /// false: one connection per message (for receivers that mishandle a second message on
+    /// a connection, such as npm node-hl7-server 2.5).
+    pub keep_connection_open: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

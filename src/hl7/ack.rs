@@ -317,8 +317,8 @@ pub fn build(
 /// What a peer's ACK says: MSA-1 and MSA-2. Lenient about everything else in the ACK (some
 /// peers put odd values in MSH, such as `ACK` in MSH-10).
 pub fn read_peer_ack(bytes: &[u8]) -> Option<(AckCode, String)> {
-    let bytes = super::message::strip_bom(bytes);
-    let msg = Message::parse(bytes).ok()?;
+    let prepared = super::message::prepare(bytes);
+    let msg = Message::parse(&prepared).ok()?;
     let msa = msg.segment("MSA")?;
     let code = AckCode::parse(msa.field(1).text().trim())?;
     Some((code, msa.field(2).text().into_owned()))

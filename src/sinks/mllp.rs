@@ -9,7 +9,9 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::Destination;
+use crate::hl7::Message;
 use crate::hl7::ack::{AckOutcome, read_peer_ack};
+use crate::hl7::message::prepare;
 use crate::hl7::mllp::{Decoded, Decoder, frame};
 use crate::store::writer::DeliveryUpdate;
 use crate::store::{OutboxEntry, StoreHandle};
@@ -35,6 +37,8 @@ pub enum AttemptError {
     BadAck,
     #[error("peer ACK frame exceeds {MAX_ACK_FRAME} bytes")]
     AckTooLarge,
+    #[error("peer ACK answers another message (MSA-2 is not this message's MSH-10)")]
+    AckMismatch,
 }
 
 /// Peer's answer to a delivered message.
@@ -58,16 +62,23 @@ impl Connection {
         Connection { dest, stream: None }
     }
 
-    /// Sends one message and waits for the peer's ACK.
+    /// Sends one message and waits for the peer's ACK, which must answer it (MSA-2 equal to
+    /// its MSH-10). On any error the connection is dropped: the next attempt starts afresh.
     pub async fn send(&mut self, message: &[u8]) -> Result<PeerAnswer, AttemptError> {
         let r = self.try_send(message).await;
-        if r.is_err() {
+        if r.is_err() || !self.dest.keep_connection_open {
             self.stream = None;
         }
         r
     }
 
     async fn try_send(&mut self, message: &[u8]) -> Result<PeerAnswer, AttemptError> {
+        let control_id = {
+            let prepared = prepare(message);
+            Message::parse(&prepared)
+                .ok()
+                .map(|m| m.text("MSH-10").trim().to_owned())
+        };
         // A peer that closes after each message (some do) must not make us write into a dead
         // socket and count that as a failed delivery: check first, reconnect if closed.
         if let Some(s) = &self.stream {
@@ -109,7 +120,10 @@ impl Connection {
                 let Decoded::Frame(ack) = unit else {
                     return Err(AttemptError::AckTooLarge);
                 };
-                let (code, _msa2) = read_peer_ack(&ack).ok_or(AttemptError::BadAck)?;
+                let (code, msa2) = read_peer_ack(&ack).ok_or(AttemptError::BadAck)?;
+                if control_id.as_deref().is_some_and(|c| c != msa2.trim()) {
+                    return Err(AttemptError::AckMismatch);
+                }
                 return Ok(match code.outcome() {
                     AckOutcome::Accepted => PeerAnswer::Accepted,
                     AckOutcome::Error => {
