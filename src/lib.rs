@@ -3,6 +3,7 @@ pub mod admin;
 pub mod config;
 pub mod hl7;
 pub mod ingest;
+pub mod loadgen;
 pub mod model;
 pub mod router;
 pub mod server;

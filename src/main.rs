@@ -87,6 +87,22 @@ enum Command {
         #[arg(long, default_value = "routes")]
         routes: PathBuf,
     },
+    /// Load generator: results over N MLLP connections, each waiting for every ACK; prints
+    /// messages/s and ACK latency p50/p99.
+    Loadgen {
+        #[arg(long, default_value = "127.0.0.1:2575")]
+        to: String,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// PID-3 assigning authorities to cycle through (the example routes' ES1 and ES2).
+        #[arg(long, value_delimiter = ',', default_value = "CHNORD-IPP,CHSUD-IPP")]
+        authorities: Vec<String>,
+        /// OBX segments per result.
+        #[arg(long, default_value_t = 5)]
+        obx: usize,
+    },
     /// The operator log.
     Oplog {
         #[arg(long, default_value = "data")]
@@ -221,6 +237,38 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status { data, routes } => admin_call(&data, &routes, AdminRequest::Status).await,
         Command::Oplog { data, routes } => {
             admin_call(&data, &routes, AdminRequest::OperatorLog).await
+        }
+        Command::Loadgen {
+            to,
+            connections,
+            messages,
+            authorities,
+            obx,
+        } => {
+            let to = tokio::net::lookup_host(&to)
+                .await
+                .with_context(|| format!("resolving {to}"))?
+                .next()
+                .with_context(|| format!("{to} resolves to no address"))?;
+            let spec = labroute::loadgen::LoadSpec {
+                to,
+                connections,
+                messages,
+                authorities,
+                obx,
+                ack_timeout: Duration::from_secs(30),
+                run_id: format!("LG{}", now_ms()),
+            };
+            let report = labroute::loadgen::run(spec).await?;
+            println!("{report}");
+            if report.failed > 0 || report.refused > 0 {
+                anyhow::bail!(
+                    "{} refused, {} without an ACK",
+                    report.refused,
+                    report.failed
+                );
+            }
+            Ok(())
         }
     }
 }

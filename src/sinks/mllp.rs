@@ -150,6 +150,41 @@ pub fn backoff(dest: &Destination, attempts: u32) -> Duration {
     Duration::from_millis(ms / 2 + fastrand::u64(0..=ms / 2))
 }
 
+/// Delivered marks not yet known durable. The worker sends the next message while they
+/// commit (with other writes, in one group commit), instead of waiting one sync per message.
+/// A mark lost in a crash means that message is sent again after restart: at-least-once, and
+/// the receiver knows the repeat by its MSH-10.
+struct PendingMarks {
+    dest: String,
+    marks: std::collections::VecDeque<(u64, PendingMark)>,
+}
+
+type PendingMark = tokio::sync::oneshot::Receiver<Result<(), crate::store::StoreError>>;
+
+/// Marks in flight per destination before the worker waits for the oldest.
+const MAX_PENDING_MARKS: usize = 256;
+
+impl PendingMarks {
+    async fn settle_one(&mut self) {
+        if let Some((seq, rx)) = self.marks.pop_front() {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(destination = %self.dest, seq, error = %e, "delivered mark not recorded; the message will be sent again after a restart")
+                }
+                Err(_) => {
+                    tracing::error!(destination = %self.dest, seq, "store closed before the delivered mark was recorded; the message will be sent again after a restart")
+                }
+            }
+        }
+    }
+    async fn settle_all(&mut self) {
+        while !self.marks.is_empty() {
+            self.settle_one().await;
+        }
+    }
+}
+
 /// Runs the worker of one destination until shutdown.
 pub async fn run_destination(
     dest: Destination,
@@ -162,8 +197,13 @@ pub async fn run_destination(
     };
     let mut conn = Connection::new(dest.clone());
     let mut cursor: Option<u64> = None;
+    let mut pending = PendingMarks {
+        dest: name.clone(),
+        marks: Default::default(),
+    };
     loop {
         if *shutdown.borrow() {
+            pending.settle_all().await;
             return;
         }
         let batch = match store.store().outbox_after(&name, cursor, 64) {
@@ -177,6 +217,7 @@ pub async fn run_destination(
             }
         };
         if batch.is_empty() {
+            pending.settle_all().await;
             tokio::select! {
                 _ = notify.notified() => {}
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -185,7 +226,18 @@ pub async fn run_destination(
             continue;
         }
         for (n, entry) in batch {
-            if !deliver_one(&dest, &store, &mut conn, n, entry, &mut shutdown).await {
+            if !deliver_one(
+                &dest,
+                &store,
+                &mut conn,
+                n,
+                entry,
+                &mut pending,
+                &mut shutdown,
+            )
+            .await
+            {
+                pending.settle_all().await;
                 return;
             }
             cursor = Some(n);
@@ -200,6 +252,7 @@ async fn deliver_one(
     conn: &mut Connection,
     n: u64,
     mut entry: OutboxEntry,
+    pending: &mut PendingMarks,
     shutdown: &mut watch::Receiver<bool>,
 ) -> bool {
     let name = dest.name.as_str();
@@ -237,9 +290,28 @@ async fn deliver_one(
                     Err(e) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
                 }
             };
-        // Persist the outcome before going on: a restart resumes from the store.
+        // Persist the outcome (a restart resumes from the store): a delivered mark commits
+        // while the next message goes out; any other outcome is durable before going on.
+        let queued = matches!(update, DeliveryUpdate::Delivered);
+        if !queued {
+            pending.settle_all().await;
+        }
         loop {
-            match store.delivery(name, n, entry.seq, update.clone()).await {
+            let r = match store
+                .delivery_queued(name, n, entry.seq, update.clone())
+                .await
+            {
+                Ok(rx) if queued => {
+                    pending.marks.push_back((entry.seq, rx));
+                    if pending.marks.len() > MAX_PENDING_MARKS {
+                        pending.settle_one().await;
+                    }
+                    Ok(())
+                }
+                Ok(rx) => rx.await.unwrap_or(Err(crate::store::StoreError::Closed)),
+                Err(e) => Err(e),
+            };
+            match r {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::error!(destination = %name, error = %e, "cannot record a delivery outcome; retrying");

@@ -280,6 +280,21 @@ impl StoreHandle {
         seq: u64,
         update: DeliveryUpdate,
     ) -> Result<(), StoreError> {
+        self.delivery_queued(dest, n, seq, update)
+            .await?
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues a delivery outcome (in order with every later request) and returns what
+    /// resolves once it is durable, so that a worker can go on meanwhile.
+    pub async fn delivery_queued(
+        &self,
+        dest: &str,
+        n: u64,
+        seq: u64,
+        update: DeliveryUpdate,
+    ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
         let (reply, rx) = oneshot::channel();
         let op = Op {
             request: Request::Delivery {
@@ -291,7 +306,7 @@ impl StoreHandle {
             reply: Reply::Unit(reply),
         };
         self.tx.send(op).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(rx)
     }
 
     pub async fn operator(
