@@ -77,6 +77,7 @@ pub async fn handle_frame(
         Err(_) => (AckHeader::salvage(&body), AcceptAckType::Original),
     };
     let enhanced = accept.enhanced();
+    let app_ack = parsed.as_ref().ok().and_then(ack::deferred_app_ack);
     let facts = match &parsed {
         Ok(m) => {
             router::extract(m).map_err(|r| (r.error, m.text("MSH-10").into_owned(), type_of(m)))
@@ -100,6 +101,7 @@ pub async fn handle_frame(
                 facts,
                 header: header.clone(),
                 enhanced,
+                app_ack,
             };
             store.ingest(req).await
         }

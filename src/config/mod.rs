@@ -77,6 +77,8 @@ pub struct Listener {
     pub name: ListenerName,
     pub bind: SocketAddr,
     pub insecure: bool,
+    /// Where the application ACKs (MSH-16) of messages received here go.
+    pub application_acks_to: Option<DestinationName>,
 }
 
 #[derive(Debug, Clone)]
@@ -172,6 +174,9 @@ impl Config {
     }
     pub fn establishment_by_name(&self, id: &str) -> Option<&Establishment> {
         self.establishments.iter().find(|e| e.id.as_str() == id)
+    }
+    pub fn listener(&self, name: &str) -> Option<&Listener> {
+        self.listeners.iter().find(|l| l.name.as_str() == name)
     }
     pub fn destination(&self, name: &DestinationName) -> Option<&Destination> {
         self.destinations.iter().find(|d| &d.name == name)
@@ -487,10 +492,22 @@ impl Validator {
                         ),
                     );
                 }
+                if let Some(d) = &l.application_acks_to {
+                    self.destination_refs.push((
+                        cx.file.to_owned(),
+                        cx.line(d),
+                        field("application_acks_to"),
+                        d.get_ref().clone(),
+                    ));
+                }
                 self.cfg.listeners.push(Listener {
                     name: ListenerName::new(l.name.get_ref()),
                     bind: addr,
                     insecure: l.insecure,
+                    application_acks_to: l
+                        .application_acks_to
+                        .as_ref()
+                        .map(|d| DestinationName::new(d.get_ref())),
                 });
             }
             Err(_) => self.err(

@@ -42,6 +42,8 @@ pub struct RawListener {
     /// Plain TCP. Only allowed on a loopback address.
     #[serde(default)]
     pub insecure: bool,
+    /// Destination that receives the application ACKs (MSH-16) of messages received here.
+    pub application_acks_to: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

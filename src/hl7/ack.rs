@@ -82,11 +82,52 @@ pub fn code_for(enhanced: bool, outcome: AckOutcome) -> AckCode {
     }
 }
 
+/// MSH-16: which application acknowledgements the sender wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AppAckType {
+    /// AL
+    Always,
+    /// ER
+    OnError,
+    /// SU
+    OnSuccess,
+}
+
+impl AppAckType {
+    fn parse(raw: &[u8]) -> Option<AppAckType> {
+        match raw {
+            b"AL" => Some(AppAckType::Always),
+            b"ER" => Some(AppAckType::OnError),
+            b"SU" => Some(AppAckType::OnSuccess),
+            _ => None,
+        }
+    }
+    pub fn sends(self, outcome: AckOutcome) -> bool {
+        match self {
+            AppAckType::Always => true,
+            AppAckType::OnError => outcome != AckOutcome::Accepted,
+            AppAckType::OnSuccess => outcome == AckOutcome::Accepted,
+        }
+    }
+}
+
+/// The application ACK a message asks for once its outcome is final (enhanced mode: MSH-15
+/// other than NE, MSH-16 AL/ER/SU). With MSH-15 = NE the application ACK is the immediate
+/// answer instead (`AcceptAckType::Immediate`), as HL7 v2 chapter 2 makes NE/AL equal to
+/// original mode.
+pub fn deferred_app_ack(msg: &Message<'_>) -> Option<AppAckType> {
+    let msh15 = msg.msh().field(15).raw();
+    let app = AppAckType::parse(msg.msh().field(16).raw())?;
+    (msh15 != b"NE").then_some(app)
+}
+
 /// Acknowledgement mode requested by a message (MSH-15 accept ack type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AcceptAckType {
     /// MSH-15 and MSH-16 empty: original mode, always answer.
     Original,
+    /// MSH-15 = NE with MSH-16 set: answer AA/AE/AR on the connection, as MSH-16 says.
+    Immediate(AppAckType),
     Always,
     Never,
     OnError,
@@ -101,20 +142,25 @@ impl AcceptAckType {
             return AcceptAckType::Original;
         }
         match msh15 {
-            b"NE" => AcceptAckType::Never,
+            b"NE" => match AppAckType::parse(msh16) {
+                Some(app) => AcceptAckType::Immediate(app),
+                None => AcceptAckType::Never,
+            },
             b"ER" => AcceptAckType::OnError,
             b"SU" => AcceptAckType::OnSuccess,
             // AL, or empty with MSH-16 set: answer always.
             _ => AcceptAckType::Always,
         }
     }
+    /// Whether the immediate answer uses the commit codes CA/CE/CR.
     pub fn enhanced(self) -> bool {
-        self != AcceptAckType::Original
+        !matches!(self, AcceptAckType::Original | AcceptAckType::Immediate(_))
     }
     /// Whether an ACK with this outcome is sent.
     pub fn sends(self, outcome: AckOutcome) -> bool {
         match self {
             AcceptAckType::Original | AcceptAckType::Always => true,
+            AcceptAckType::Immediate(app) => app.sends(outcome),
             AcceptAckType::Never => false,
             AcceptAckType::OnError => outcome != AckOutcome::Accepted,
             AcceptAckType::OnSuccess => outcome == AckOutcome::Accepted,

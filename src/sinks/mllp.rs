@@ -73,11 +73,15 @@ impl Connection {
     }
 
     async fn try_send(&mut self, message: &[u8]) -> Result<PeerAnswer, AttemptError> {
-        let control_id = {
+        let (control_id, is_ack) = {
             let prepared = prepare(message);
-            Message::parse(&prepared)
-                .ok()
-                .map(|m| m.text("MSH-10").trim().to_owned())
+            match Message::parse(&prepared) {
+                Ok(m) => (
+                    Some(m.text("MSH-10").trim().to_owned()),
+                    m.text("MSH-9.1").trim() == "ACK",
+                ),
+                Err(_) => (None, false),
+            }
         };
         // A peer that closes after each message (some do) must not make us write into a dead
         // socket and count that as a failed delivery: check first, reconnect if closed.
@@ -107,6 +111,12 @@ impl Connection {
             .write_all(&frame(message))
             .await
             .map_err(|e| AttemptError::Send(e.to_string()))?;
+        if is_ack {
+            // An (application) ACK is not acknowledged (HL7 v2 chapter 2). Some peers reply
+            // anyway: closing here keeps such a reply from being read as the next message's.
+            self.stream = None;
+            return Ok(PeerAnswer::Accepted);
+        }
         let mut dec = Decoder::new(MAX_ACK_FRAME);
         let mut buf = vec![0u8; 8192];
         let deadline = tokio::time::Instant::now() + self.dest.ack_timeout;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::hl7::ack::AckError;
+use crate::hl7::ack::{AckError, AppAckType};
 use crate::model::{DestinationName, EstablishmentId, MessageClass};
 use crate::router::{Decision, QuarantineReason};
 
@@ -36,6 +36,18 @@ pub struct MessageRecord {
     pub decision: Option<Decision>,
     pub rejection: Option<AckError>,
     pub destinations: Vec<DestinationName>,
+    /// An application ACK (MSH-16) still owed to the sender, and where it goes.
+    #[serde(default)]
+    pub app_ack: Option<PendingAppAck>,
+}
+
+/// An application ACK the sender asked for, sent once the message's outcome is final:
+/// AA when every destination accepted it, AE when one dead-lettered it (an AA follows if an
+/// operator's retry then delivers it), AR when an operator discarded it from quarantine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingAppAck {
+    pub mode: AppAckType,
+    pub to: DestinationName,
 }
 
 impl MessageRecord {

@@ -9,7 +9,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::*;
 use crate::config::Config;
-use crate::hl7::ack::{self, AckCode, AckError, AckHeader, AckOutcome};
+use crate::hl7::ack::{self, AckCode, AckError, AckHeader, AckOutcome, AppAckType};
 use crate::model::{DestinationName, EstablishmentId};
 use crate::router::{self, Decision, Facts, OrderIndex};
 use crate::time::{hl7_timestamp, now_ms};
@@ -23,6 +23,8 @@ pub struct IngestRequest {
     pub facts: Facts,
     pub header: AckHeader,
     pub enhanced: bool,
+    /// MSH-16, when the sender wants an application ACK once the outcome is final.
+    pub app_ack: Option<AppAckType>,
 }
 
 /// A message refused before routing, to be kept for review.
@@ -454,7 +456,7 @@ fn apply(
                 seq,
                 update,
             } => {
-                delivery(&txn, &dest, n, seq, &update, touched)?;
+                delivery(&txn, seqs, &dest, n, seq, &update, touched)?;
                 Answer::Unit
             }
             Request::Operator { cmd, operator } => {
@@ -667,7 +669,17 @@ fn ingest(
     }
     let establishment = decision.establishment().cloned();
     let quarantined = establishment.is_none();
-    let rec = MessageRecord {
+    let pending = req.app_ack.and_then(|mode| {
+        let to = cfg
+            .listener(&req.listener)
+            .and_then(|l| l.application_acks_to.clone());
+        if to.is_none() {
+            tracing::warn!(listener = %req.listener, "application ACK asked for (MSH-16) but the listener has no application_acks_to: none will be sent");
+        }
+        to.map(|to| PendingAppAck { mode, to })
+    });
+    let no_destination = !quarantined && dests.is_empty();
+    let mut rec = MessageRecord {
         seq,
         received_at_ms: now,
         listener: req.listener,
@@ -680,8 +692,12 @@ fn ingest(
         decision: Some(decision),
         rejection: None,
         destinations: dests,
+        app_ack: pending,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
+    if no_destination {
+        app_ack(txn, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
+    }
     let mut dv = Vec::with_capacity(40);
     dv.extend_from_slice(&seq.to_be_bytes());
     dv.extend_from_slice(&digest);
@@ -751,6 +767,7 @@ fn reject(
         decision: None,
         rejection: Some(req.error),
         destinations: Vec::new(),
+        app_ack: None,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
     Ok(IngestReply::Rejected {
@@ -763,6 +780,7 @@ fn reject(
 
 fn delivery(
     txn: &WriteTransaction,
+    seqs: &mut Sequences,
     dest: &str,
     n: u64,
     seq: u64,
@@ -787,6 +805,21 @@ fn delivery(
                 .map_err(db_err)?
                 .insert(queue_key(dest, seq).as_slice(), now)
                 .map_err(db_err)?;
+            drop(outbox);
+            if let Some(mut rec) = load_record(txn, seq)?.filter(|r| r.app_ack.is_some()) {
+                let delivered = txn.open_table(DELIVERED).map_err(db_err)?;
+                let mut all = true;
+                for d in &rec.destinations {
+                    all &= delivered
+                        .get(queue_key(d.as_str(), seq).as_slice())
+                        .map_err(db_err)?
+                        .is_some();
+                }
+                drop(delivered);
+                if all {
+                    app_ack(txn, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
+                }
+            }
         }
         DeliveryUpdate::Retry {
             attempts,
@@ -814,7 +847,85 @@ fn delivery(
                 .insert(queue_key(dest, seq).as_slice(), encode(&d).as_slice())
                 .map_err(db_err)?;
             touched.insert(dest.to_owned());
+            drop(outbox);
+            if let Some(mut rec) = load_record(txn, seq)?.filter(|r| r.app_ack.is_some()) {
+                let err = AckError {
+                    code: 207,
+                    text: "not delivered: a destination did not accept it; held as a dead letter"
+                        .into(),
+                    location: None,
+                };
+                app_ack(txn, seqs, &mut rec, AckOutcome::Error, Some(err), touched)?;
+            }
         }
+    }
+    Ok(())
+}
+
+/// Sends the application ACK a record owes, if its MSH-16 asks for this outcome: built from
+/// the original message's header, stored as a message of its own and queued to the
+/// listener's `application_acks_to`. An AA settles the debt; AE leaves it open (an operator
+/// may still get the message delivered).
+fn app_ack(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    rec: &mut MessageRecord,
+    outcome: AckOutcome,
+    err: Option<AckError>,
+    touched: &mut BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let Some(pending) = rec.app_ack.clone() else {
+        return Ok(());
+    };
+    if pending.mode.sends(outcome) {
+        let now = now_ms();
+        let raw = txn
+            .open_table(RAW)
+            .map_err(db_err)?
+            .get(rec.seq)
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        let prepared = crate::hl7::message::prepare(&raw);
+        let header = crate::hl7::Message::parse(&prepared)
+            .map(|m| AckHeader::of(&m))
+            .unwrap_or_else(|_| AckHeader::salvage(&prepared));
+        seqs.message += 1;
+        let seq = seqs.message;
+        let control_id = format!("LRA{seq}");
+        let code = ack::code_for(false, outcome);
+        let bytes = ack::build(
+            &header,
+            code,
+            err.as_ref(),
+            &control_id,
+            &hl7_timestamp(now),
+        );
+        let ack_rec = MessageRecord {
+            seq,
+            received_at_ms: now,
+            listener: String::new(),
+            peer: format!("application ACK of message {}", rec.seq),
+            control_id,
+            message_type: "ACK".into(),
+            class: None,
+            sha256: hex(&sha256(&bytes)),
+            status: RecordStatus::Routed,
+            decision: None,
+            rejection: None,
+            destinations: vec![pending.to.clone()],
+            app_ack: None,
+        };
+        store_message(txn, &ack_rec, &bytes, &[])?;
+        enqueue(txn, seqs, pending.to.as_str(), seq, None, now)?;
+        touched.insert(pending.to.as_str().to_owned());
+    }
+    if outcome != AckOutcome::Error {
+        rec.app_ack = None;
+        txn.open_table(RECORDS)
+            .map_err(db_err)?
+            .insert(rec.seq, encode(&*rec).as_slice())
+            .map_err(db_err)?;
     }
     Ok(())
 }
@@ -920,6 +1031,9 @@ fn operate(
                 .map_err(db_err)?
                 .insert(*seq, encode(&rec).as_slice())
                 .map_err(db_err)?;
+            if dests.is_empty() {
+                app_ack(txn, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
+            }
             let names: Vec<&str> = dests.iter().map(|d| d.as_str()).collect();
             let detail = format!("released to {} -> {}", est.id, names.join(","));
             log_operator(
@@ -951,6 +1065,19 @@ fn operate(
                 .map_err(db_err)?
                 .insert(*seq, encode(&rec).as_slice())
                 .map_err(db_err)?;
+            let err = AckError {
+                code: 207,
+                text: "not delivered: its establishment could not be established; discarded by an operator".into(),
+                location: None,
+            };
+            app_ack(
+                txn,
+                seqs,
+                &mut rec,
+                AckOutcome::Rejected,
+                Some(err),
+                touched,
+            )?;
             log_operator(
                 txn,
                 seqs,
