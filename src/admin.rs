@@ -42,7 +42,10 @@ pub enum AdminResponse {
 pub async fn execute(req: AdminRequest, store: &StoreHandle) -> AdminResponse {
     let s = store.store();
     let r: Result<Value, String> = match req {
-        AdminRequest::Status => s.counts().map(|c| json!(c)).map_err(|e| e.to_string()),
+        AdminRequest::Status => s
+            .counts()
+            .map(|c| json!({ "store": c, "since_start": crate::stats::STATS.snapshot() }))
+            .map_err(|e| e.to_string()),
         AdminRequest::QuarantineList => s
             .quarantine()
             .map(|items| {

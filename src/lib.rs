@@ -9,5 +9,6 @@ pub mod router;
 pub mod server;
 pub mod sinks;
 pub mod sources;
+pub mod stats;
 pub mod store;
 pub mod time;

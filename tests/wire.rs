@@ -13,6 +13,7 @@ use labroute::hl7::Message;
 use labroute::hl7::ack::AckCode;
 use labroute::hl7::mllp::frame;
 use labroute::server::Server;
+use labroute::stats::STATS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -95,6 +96,7 @@ async fn bom_lf_crlf_and_the_five_character_encoding_field_are_read_and_forwarde
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_between_frames_are_skipped_and_every_frame_is_answered_in_order() {
     let s = setup("idle_timeout_secs = 60").await;
+    let skipped_before = STATS.snapshot().bytes_skipped;
     let mut wire = b"noise before\r\n".to_vec();
     wire.extend(frame(&result_by_identifier("ES1", "G1", "100001", "1")));
     wire.extend(b"\x00\x00 between \x1c\r");
@@ -107,12 +109,15 @@ async fn bytes_between_frames_are_skipped_and_every_frame_is_answered_in_order()
     let a2 = read_frame(&mut c).await.expect("second ACK");
     assert_eq!(msa(&a1), ("AA".to_owned(), "G1".to_owned()));
     assert_eq!(msa(&a2), ("AA".to_owned(), "G2".to_owned()));
+    // Counted (other tests of this binary may add to the same process-wide counter).
+    assert!(STATS.snapshot().bytes_skipped >= skipped_before + 27);
     s.server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_frame_gets_ar_104_and_the_connection_goes_on() {
     let s = setup("idle_timeout_secs = 60\nmax_frame_bytes = 4096").await;
+    let oversized_before = STATS.snapshot().frames_oversized;
     let mut big =
         String::from_utf8(result_by_identifier("ES1", "BIG", "100001", "1")).expect("utf8");
     big.push_str(&format!("NTE|1||{}\r", "x".repeat(10_000)));
@@ -132,12 +137,14 @@ async fn an_oversized_frame_gets_ar_104_and_the_connection_goes_on() {
     assert_eq!(msa(&acks[1]), ("AA".to_owned(), "SMALL".to_owned()));
     assert!(s.es1.wait_for(1, Duration::from_secs(20)).await);
     assert_eq!(s.es1.control_ids(), ["SMALL"]);
+    assert!(STATS.snapshot().frames_oversized > oversized_before);
     s.server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_connection_is_closed_after_the_timeout() {
     let s = setup("idle_timeout_secs = 1").await;
+    let idle_before = STATS.snapshot().connections_idle_closed;
     let mut c = TcpStream::connect(s.server.addr("sil").expect("sil"))
         .await
         .expect("connect");
@@ -146,12 +153,14 @@ async fn an_idle_connection_is_closed_after_the_timeout() {
         .await
         .expect("closed well before 10 s");
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    assert!(STATS.snapshot().connections_idle_closed > idle_before);
     s.server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_limit_are_closed_and_a_freed_slot_is_reused() {
     let s = setup("idle_timeout_secs = 60\nmax_connections = 2").await;
+    let refused_before = STATS.snapshot().connections_refused;
     let addr = s.server.addr("sil").expect("sil");
     let mut held = Vec::new();
     for i in 0..2 {
@@ -175,6 +184,7 @@ async fn connections_beyond_the_limit_are_closed_and_a_freed_slot_is_reused() {
         read_frame(&mut third).await.is_err(),
         "a third connection is closed without an answer"
     );
+    assert!(STATS.snapshot().connections_refused > refused_before);
     drop(held.pop());
     let mut answered = false;
     for _ in 0..50 {

@@ -13,6 +13,7 @@ use crate::hl7::Message;
 use crate::hl7::ack::{AckOutcome, read_peer_ack};
 use crate::hl7::message::prepare;
 use crate::hl7::mllp::{Decoded, Decoder, frame};
+use crate::stats::{self, STATS};
 use crate::store::writer::DeliveryUpdate;
 use crate::store::{OutboxEntry, StoreHandle};
 use crate::time::now_ms;
@@ -331,6 +332,12 @@ async fn deliver_one(
                 }
             }
         }
+        let counter = match &update {
+            DeliveryUpdate::Delivered => &STATS.deliveries,
+            DeliveryUpdate::Retry { .. } => &STATS.delivery_retries,
+            DeliveryUpdate::Dead { .. } => &STATS.dead_letters,
+        };
+        stats::add(counter, 1);
         match update {
             DeliveryUpdate::Delivered => {
                 tracing::debug!(destination = %name, seq = entry.seq, "delivered");

@@ -10,6 +10,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::hl7::mllp::{Decoded, Decoder, frame};
 use crate::ingest::{Handled, Origin, handle_frame, oversized_ack};
+use crate::stats::{self, STATS};
 use crate::store::StoreHandle;
 
 /// Limits that apply to every connection.
@@ -42,10 +43,12 @@ pub async fn run_listener(
             }
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
+            stats::add(&STATS.connections_refused, 1);
             tracing::warn!(listener = %name, peer = %peer, "connection limit reached; connection refused");
             drop(stream);
             continue;
         };
+        stats::add(&STATS.connections_accepted, 1);
         let origin = Origin {
             listener: name.clone(),
             peer: peer.to_string(),
@@ -78,6 +81,7 @@ async fn serve_connection(
         };
         let n = match read {
             Err(_) => {
+                stats::add(&STATS.connections_idle_closed, 1);
                 tracing::debug!(listener = %origin.listener, peer = %origin.peer, "idle timeout; closing");
                 break;
             }
@@ -91,6 +95,7 @@ async fn serve_connection(
         let units = decoder.feed(&buf[..n]);
         let skipped = decoder.take_skipped();
         if skipped > 0 {
+            stats::add(&STATS.bytes_skipped, skipped);
             tracing::warn!(listener = %origin.listener, peer = %origin.peer, bytes = skipped, "bytes outside an MLLP frame skipped");
         }
         for unit in units {
@@ -119,6 +124,15 @@ async fn serve_connection(
 }
 
 fn log_handled(o: &Origin, h: &Handled) {
+    let counter = match h {
+        Handled::Accepted { .. } => &STATS.messages_accepted,
+        Handled::Quarantined { .. } => &STATS.messages_quarantined,
+        Handled::Duplicate { .. } => &STATS.messages_duplicate,
+        Handled::Rejected { .. } => &STATS.messages_rejected,
+        Handled::StoreFailed => &STATS.messages_store_failed,
+        Handled::Oversized => &STATS.frames_oversized,
+    };
+    stats::add(counter, 1);
     match h {
         Handled::Accepted { seq, establishment } => {
             tracing::info!(listener = %o.listener, seq, establishment = establishment.as_deref().unwrap_or("-"), "accepted")

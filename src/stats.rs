@@ -1,0 +1,51 @@
+//! Counters of this process since it started (no patient data: counts only), shown by
+//! `labroute status`. Issue 6 exports them to Prometheus.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal),* $(,)?) => {
+        /// Process-wide counters.
+        #[derive(Debug, Default)]
+        pub struct Stats { $(#[doc = $doc] pub $name: AtomicU64,)* }
+
+        /// A copy of the counters at one moment.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+        pub struct Snapshot { $(#[doc = $doc] pub $name: u64,)* }
+
+        impl Stats {
+            pub const fn new() -> Stats {
+                Stats { $($name: AtomicU64::new(0),)* }
+            }
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    connections_accepted: "MLLP connections accepted",
+    connections_refused: "MLLP connections closed at once: connection limit reached",
+    connections_idle_closed: "MLLP connections closed by the idle timeout",
+    bytes_skipped: "bytes received outside an MLLP frame, skipped",
+    frames_oversized: "frames above max_frame_bytes, answered AR 104, not stored",
+    messages_accepted: "messages stored and routed",
+    messages_quarantined: "messages stored in quarantine",
+    messages_duplicate: "retransmissions answered with their original ACK",
+    messages_rejected: "messages refused (AR/CR) and kept for review",
+    messages_store_failed: "messages not stored (AE/CE, the sender retries)",
+    deliveries: "messages accepted by a destination",
+    delivery_retries: "delivery attempts that will be retried",
+    dead_letters: "messages dead-lettered",
+}
+
+/// The counters of this process.
+pub static STATS: Stats = Stats::new();
+
+/// Adds `n` to a counter.
+pub fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
