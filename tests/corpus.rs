@@ -350,3 +350,72 @@ fn reportstream_messages_are_read_whole_and_agree_with_hl7_parser() {
         "the comparison covered too little: {values}"
     );
 }
+
+#[test]
+fn reportstream_messages_agree_with_pypi_hl7() {
+    let Some(dir) = corpus("reportstream") else {
+        return;
+    };
+    let have = std::process::Command::new("python3")
+        .args(["-c", "import hl7"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must have PyPI hl7: pip install -r tests/python-requirements.txt"
+        );
+        eprintln!("SKIPPED: python3 with PyPI `hl7` not found");
+        return;
+    }
+    let mut all = Vec::new();
+    files_under(&dir, &mut all);
+    let files: Vec<_> = all
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+        .collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/dump_hl7.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args(&files)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trees: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).expect("the dump is JSON");
+    assert_eq!(trees.len(), files.len());
+    let (mut values, mut oracle_failed) = (0, Vec::new());
+    let mut disagreements = Vec::new();
+    for (path, t) in files.iter().zip(&trees) {
+        let Some(tree) = t.get("tree") else {
+            oracle_failed.push(format!("{}: {}", path.display(), t["error"]));
+            continue;
+        };
+        let raw = std::fs::read(path).expect("readable");
+        let prepared = prepare(&raw);
+        let ours = Message::parse(&prepared).expect("ours reads every file (other test)");
+        let c = oracle::compare_tree(&ours, tree);
+        values += c.values;
+        disagreements.extend(
+            c.disagreements
+                .into_iter()
+                .map(|d| format!("{}: {d:?}", path.display())),
+        );
+    }
+    eprintln!(
+        "reportstream vs PyPI hl7: {values} values compared; it could not read {}",
+        oracle_failed.len()
+    );
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements, first:\n{}",
+        disagreements.len(),
+        disagreements[..disagreements.len().min(20)].join("\n")
+    );
+    assert!(oracle_failed.is_empty(), "{}", oracle_failed.join("\n"));
+    assert!(values > 10_000, "{values}");
+}

@@ -171,3 +171,30 @@ fn the_comparison_notices_a_difference() {
         ]
     );
 }
+
+#[test]
+fn the_tree_comparison_notices_a_difference() {
+    let ours = Message::parse(b"MSH|^~\\&|A\rPID|1||x^y&z~w\r").expect("parses");
+    let agree = serde_json::json!([
+        [["MSH"], ["|"], ["^~\\&"], ["A"]],
+        [["PID"], ["1"], [""], [[["x"], ["y", "z"]], ["w"]]]
+    ]);
+    let c = oracle::compare_tree(&ours, &agree);
+    assert!(c.disagreements.is_empty(), "{:?}", c.disagreements);
+    assert!(c.values >= 10);
+    let differ = serde_json::json!([
+        [["MSH"], ["|"], ["^~\\&"], ["A"]],
+        [["PID"], ["1"], [""], [[["x"], ["q", "z"]], ["w"]]]
+    ]);
+    let c = oracle::compare_tree(&ours, &differ);
+    let paths: Vec<_> = c.disagreements.iter().map(|d| d.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "PID[1]-3",
+            "PID[1]-3[1]",
+            "PID[1]-3[1].2",
+            "PID[1]-3[1].2.1"
+        ]
+    );
+}

@@ -132,3 +132,96 @@ pub fn compare(ours: &Message<'_>, text: &str) -> Option<Compared> {
     }
     Some(out)
 }
+
+/// Compares `ours` with a parse tree from PyPI `hl7` (`tests/py/dump_hl7.py`): nested lists
+/// of strings, a segment being its id then its fields, each level split only where the text
+/// has that separator. Every node's text, rebuilt with the separators, must equal our raw
+/// value at the same place.
+pub fn compare_tree(ours: &Message<'_>, tree: &serde_json::Value) -> Compared {
+    let d = ours.delimiters();
+    let seps = [
+        d.repetition.map(char::from),
+        Some(char::from(d.component)),
+        d.subcomponent.map(char::from),
+    ];
+    fn join(node: &serde_json::Value, level: usize, seps: &[Option<char>; 3]) -> String {
+        match node {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(children) => {
+                let sep = seps
+                    .get(level)
+                    .copied()
+                    .flatten()
+                    .map(String::from)
+                    .unwrap_or_default();
+                children
+                    .iter()
+                    .map(|c| join(c, level + 1, seps))
+                    .collect::<Vec<_>>()
+                    .join(&sep)
+            }
+            other => other.to_string(),
+        }
+    }
+    fn children(node: &serde_json::Value) -> &[serde_json::Value] {
+        node.as_array().map(Vec::as_slice).unwrap_or_default()
+    }
+    let mut out = Compared::default();
+    let segments: Vec<_> = ours.segments().collect();
+    let theirs = children(tree);
+    if segments.len() != theirs.len() {
+        out.disagreements.push(Disagreement {
+            path: "segment count".into(),
+            ours: segments.len().to_string(),
+            theirs: theirs.len().to_string(),
+        });
+        return out;
+    }
+    let mut check = |out: &mut Compared, path: String, ours: &[u8], theirs: String| {
+        out.values += 1;
+        if ours != theirs.as_bytes() {
+            out.disagreements.push(Disagreement {
+                path,
+                ours: String::from_utf8_lossy(ours).into_owned(),
+                theirs,
+            });
+        }
+    };
+    for (i, (seg, t)) in segments.iter().zip(theirs).enumerate() {
+        let name = String::from_utf8_lossy(seg.id()).into_owned();
+        let fields = children(t);
+        let id = fields
+            .first()
+            .map(|f| join(f, 0, &seps))
+            .unwrap_or_default();
+        check(&mut out, format!("segment {i} id"), seg.id(), id);
+        for (n, tf) in fields.iter().enumerate().skip(1) {
+            let of = seg.field(n);
+            let fpath = format!("{name}[{i}]-{n}");
+            check(&mut out, fpath.clone(), of.raw(), join(tf, 0, &seps));
+            if name == "MSH" && n <= 2 {
+                continue;
+            }
+            for (r, tr) in children(tf).iter().enumerate() {
+                let or = of.repetition(r + 1);
+                let rpath = format!("{fpath}[{}]", r + 1);
+                check(&mut out, rpath.clone(), or.raw(), join(tr, 1, &seps));
+                for (c, tc) in children(tr).iter().enumerate() {
+                    let oc = or.component(c + 1);
+                    let cpath = format!("{rpath}.{}", c + 1);
+                    check(&mut out, cpath.clone(), oc.raw(), join(tc, 2, &seps));
+                    for (s, ts) in children(tc).iter().enumerate() {
+                        let os = oc.subcomponent(s + 1);
+                        check(
+                            &mut out,
+                            format!("{cpath}.{}", s + 1),
+                            os.raw(),
+                            join(ts, 3, &seps),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    out
+}
