@@ -177,7 +177,7 @@ pub fn compare_tree(ours: &Message<'_>, tree: &serde_json::Value) -> Compared {
         });
         return out;
     }
-    let mut check = |out: &mut Compared, path: String, ours: &[u8], theirs: String| {
+    let check = |out: &mut Compared, path: String, ours: &[u8], theirs: String| {
         out.values += 1;
         if ours != theirs.as_bytes() {
             out.disagreements.push(Disagreement {
