@@ -5,6 +5,7 @@ pub mod hl7;
 pub mod ingest;
 pub mod loadgen;
 pub mod model;
+pub mod pki;
 pub mod router;
 pub mod server;
 pub mod sinks;

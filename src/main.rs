@@ -103,12 +103,38 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         obx: usize,
     },
+    /// Development PKI (for development and tests only; see certs/README.md).
+    Pki {
+        #[command(subcommand)]
+        action: PkiAction,
+    },
     /// The operator log.
     Oplog {
         #[arg(long, default_value = "data")]
         data: PathBuf,
         #[arg(long, default_value = "routes")]
         routes: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiAction {
+    /// Generates a CA, the server certificate and one client certificate per system.
+    Init {
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Systems that get a client certificate (SAN URI urn:labroute:system:<name>).
+        #[arg(long = "system", default_values = ["sil", "dpi-es1", "dpi-es2", "operator"])]
+        systems: Vec<String>,
+        /// DNS names and IP addresses of the server certificate.
+        #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1"])]
+        server_names: Vec<String>,
+        /// Validity of the certificates in days (the CA: ten times as long).
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        /// Replace an existing PKI.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -237,6 +263,30 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status { data, routes } => admin_call(&data, &routes, AdminRequest::Status).await,
         Command::Oplog { data, routes } => {
             admin_call(&data, &routes, AdminRequest::OperatorLog).await
+        }
+        Command::Pki {
+            action:
+                PkiAction::Init {
+                    out,
+                    systems,
+                    server_names,
+                    days,
+                    force,
+                },
+        } => {
+            let files = labroute::pki::generate(&labroute::pki::PkiSpec {
+                out,
+                systems,
+                server_names,
+                days,
+                now_ms: now_ms(),
+                force,
+                ca_name: "labroute development CA".into(),
+            })?;
+            for f in files {
+                println!("{}", f.display());
+            }
+            Ok(())
         }
         Command::Loadgen {
             to,

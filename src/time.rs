@@ -47,6 +47,12 @@ pub fn hl7_timestamp(ms: u64) -> String {
     )
 }
 
+/// The UTC calendar date (year, month, day) of a Unix time in milliseconds.
+pub fn ymd(ms: u64) -> (i64, u32, u32) {
+    let t = Utc::of(ms);
+    (t.year, t.month, t.day)
+}
+
 /// RFC 3339 for a Unix time in milliseconds (operator output).
 pub fn rfc3339(ms: u64) -> String {
     let t = Utc::of(ms);
