@@ -14,6 +14,8 @@ use crate::time::{hl7_timestamp, now_ms};
 pub struct Origin {
     pub listener: String,
     pub peer: String,
+    /// The peer's certificate identity, on a TLS listener.
+    pub identity: Option<crate::tls::PeerIdentity>,
 }
 
 /// What happened to a frame, for counting and logging (never message content).

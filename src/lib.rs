@@ -13,3 +13,4 @@ pub mod sources;
 pub mod stats;
 pub mod store;
 pub mod time;
+pub mod tls;

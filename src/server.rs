@@ -17,6 +17,10 @@ use crate::store::{Store, StoreError, StoreHandle, WriterConfig};
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("listener {0} needs TLS but the routes have no [tls] section")]
+    NoTls(String),
     #[error("cannot listen on {addr} (listener {name}): {source}")]
     Bind {
         name: String,
@@ -54,7 +58,22 @@ impl Server {
         };
         let mut tasks = Vec::new();
         let mut bound = Vec::new();
+        let acceptor = match &cfg.tls {
+            Some(files) if cfg.listeners.iter().any(|l| !l.insecure) => Some(
+                tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?),
+            ),
+            _ => None,
+        };
         for l in &cfg.listeners {
+            let tls = if l.insecure {
+                None
+            } else {
+                Some(
+                    acceptor
+                        .clone()
+                        .ok_or_else(|| ServeError::NoTls(l.name.to_string()))?,
+                )
+            };
             let listener = TcpListener::bind(l.bind)
                 .await
                 .map_err(|source| ServeError::Bind {
@@ -63,7 +82,7 @@ impl Server {
                     source,
                 })?;
             let addr = listener.local_addr().unwrap_or(l.bind);
-            tracing::info!(listener = %l.name, %addr, "listening (MLLP)");
+            tracing::info!(listener = %l.name, %addr, tls = tls.is_some(), "listening (MLLP)");
             bound.push((l.name.to_string(), addr));
             tasks.push(tokio::spawn(run_listener(
                 listener,
@@ -71,6 +90,7 @@ impl Server {
                 limits.clone(),
                 slots.clone(),
                 handle.clone(),
+                tls,
                 rx.clone(),
             )));
         }

@@ -161,6 +161,8 @@ pub struct Config {
     pub engine: Engine,
     pub listeners: Vec<Listener>,
     pub destinations: Vec<Destination>,
+    /// The instance's TLS material (`[tls]`), required by TLS listeners.
+    pub tls: Option<crate::tls::TlsFiles>,
     pub establishments: Vec<Establishment>,
     pub routing: Routing,
     pub tests: Vec<RouteTest>,
@@ -292,6 +294,9 @@ struct Validator {
     identifier_sites: HashMap<(IdKind, String), (EstablishmentId, PathBuf, usize)>,
     /// References to check once every file is read: (file, line, field, name).
     destination_refs: Vec<(PathBuf, usize, String, String)>,
+    /// TLS listeners, which need `[tls]` (checked once every file is read).
+    tls_users: Vec<(PathBuf, usize, String)>,
+    tls_seen: Option<(PathBuf, usize)>,
     establishment_refs: Vec<(PathBuf, usize, String, String)>,
     raw_tests: Vec<PendingTest>,
 }
@@ -414,6 +419,9 @@ impl Validator {
                 };
             }
         }
+        if let Some(t) = &raw.tls {
+            self.tls(&cx, t);
+        }
         for (i, l) in raw.listener.iter().enumerate() {
             self.listener(&cx, i, l);
         }
@@ -480,7 +488,8 @@ impl Validator {
         match l.bind.get_ref().parse::<SocketAddr>() {
             Ok(addr) => {
                 if !l.insecure {
-                    self.err(cx, cx.line(&l.bind), field("insecure"), "TLS listeners are not available yet: set `insecure = true` (plain TCP, loopback only)");
+                    self.tls_users
+                        .push((cx.file.to_owned(), cx.line(&l.bind), field("bind")));
                 } else if !addr.ip().is_loopback() {
                     self.err(
                         cx,
@@ -817,7 +826,70 @@ impl Validator {
         ));
     }
 
+    fn tls(&mut self, cx: &Ctx<'_>, t: &Spanned<RawTls>) {
+        let line = cx.line(t);
+        if let Some((f, l)) = &self.tls_seen {
+            let msg = format!("[tls] is already set in {}:{l}", f.display());
+            self.err(cx, line, "tls", msg);
+            return;
+        }
+        self.tls_seen = Some((cx.file.to_owned(), line));
+        let t = t.get_ref();
+        let base = cx.file.parent().unwrap_or(Path::new("."));
+        let min_version = match t.min_version.as_ref().map(|v| v.get_ref().as_str()) {
+            None | Some("1.3") => crate::tls::MinVersion::Tls13,
+            Some("1.2") => crate::tls::MinVersion::Tls12,
+            Some(other) => {
+                let at = t.min_version.as_ref().map_or(line, |v| cx.line(v));
+                self.err(
+                    cx,
+                    at,
+                    "tls.min_version",
+                    format!("{other:?}: TLS 1.3 (\"1.3\") or 1.2 (\"1.2\"), nothing older"),
+                );
+                crate::tls::MinVersion::Tls13
+            }
+        };
+        let files = crate::tls::TlsFiles {
+            ca: base.join(t.ca.get_ref()),
+            cert: base.join(t.cert.get_ref()),
+            key: base.join(t.key.get_ref()),
+            min_version,
+        };
+        // Load everything now: a bad file is a configuration error, not a failure at start.
+        let mut ok = true;
+        for (path, f, name) in [
+            (&files.ca, &t.ca, "tls.ca"),
+            (&files.cert, &t.cert, "tls.cert"),
+        ] {
+            if let Err(e) = crate::tls::load_certs(path) {
+                self.err(cx, cx.line(f), name, e.to_string());
+                ok = false;
+            }
+        }
+        if let Err(e) = crate::tls::load_key(&files.key) {
+            self.err(cx, cx.line(&t.key), "tls.key", e.to_string());
+            ok = false;
+        }
+        if ok {
+            if let Err(e) = crate::tls::server_config(&files) {
+                self.err(cx, line, "tls", e.to_string());
+            }
+        }
+        self.cfg.tls = Some(files);
+    }
+
     fn finish(mut self) -> Result<Config, ConfigErrors> {
+        if self.tls_seen.is_none() {
+            for (file, line, field) in std::mem::take(&mut self.tls_users) {
+                self.errors.push(ConfigError {
+                    file,
+                    line,
+                    field,
+                    message: "a TLS listener needs a [tls] section (ca, cert, key); or set `insecure = true` on a loopback address".into(),
+                });
+            }
+        }
         for (file, line, field, name) in std::mem::take(&mut self.destination_refs) {
             if !self.destination_names.contains_key(&name) {
                 self.errors.push(ConfigError {

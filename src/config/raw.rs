@@ -16,8 +16,23 @@ pub struct RawFile {
     #[serde(default)]
     pub establishment: Vec<Spanned<RawEstablishment>>,
     pub routing: Option<Spanned<RawRouting>>,
+    pub tls: Option<Spanned<RawTls>>,
     #[serde(default)]
     pub test: Vec<Spanned<RawTest>>,
+}
+
+/// The instance's TLS material; paths are relative to the routes file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM bundle of the CAs that issue peers' certificates.
+    pub ca: S,
+    /// PEM certificate (chain) of this instance.
+    pub cert: S,
+    /// PEM private key of this instance.
+    pub key: S,
+    /// "1.3" (default) or "1.2".
+    pub min_version: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

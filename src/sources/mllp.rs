@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::hl7::mllp::{Decoded, Decoder, frame};
 use crate::ingest::{Handled, Origin, handle_frame, oversized_ack};
@@ -20,13 +21,18 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
 }
 
-/// Runs a listener until `shutdown` turns true.
+/// Longest a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs a listener until `shutdown` turns true. With `tls`, every connection must complete
+/// a TLS handshake with a client certificate issued by the configured CA.
 pub async fn run_listener(
     listener: TcpListener,
     name: String,
     limits: ConnLimits,
     slots: Arc<Semaphore>,
     store: StoreHandle,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -49,28 +55,60 @@ pub async fn run_listener(
             continue;
         };
         stats::add(&STATS.connections_accepted, 1);
-        let origin = Origin {
+        let mut origin = Origin {
             listener: name.clone(),
             peer: peer.to_string(),
+            identity: None,
         };
         let store = store.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, origin, limits, store, shutdown).await;
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => serve_connection(stream, origin, limits, store, shutdown).await,
+                Some(acceptor) => {
+                    let tls_stream = match tokio::time::timeout(
+                        HANDSHAKE_TIMEOUT,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            stats::add(&STATS.tls_handshakes_failed, 1);
+                            tracing::warn!(listener = %origin.listener, peer = %origin.peer, error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            stats::add(&STATS.tls_handshakes_failed, 1);
+                            tracing::warn!(listener = %origin.listener, peer = %origin.peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    origin.identity = tls_stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(crate::tls::identity);
+                    tracing::debug!(listener = %origin.listener, peer = %origin.peer, identity = %origin.identity.as_ref().map(|i| i.label()).unwrap_or_default(), "TLS peer");
+                    serve_connection(tls_stream, origin, limits, store, shutdown).await
+                }
+            }
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
     origin: Origin,
     limits: ConnLimits,
     store: StoreHandle,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let mut decoder = Decoder::new(limits.max_frame);
     let mut buf = vec![0u8; 64 * 1024];
     tracing::debug!(listener = %origin.listener, peer = %origin.peer, "connection opened");

@@ -1,0 +1,154 @@
+//! TLS with rustls (ring provider): the server side of listeners (client certificate
+//! required) and a peer's identity from its certificate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use sha2::Digest;
+
+/// Lowest TLS version accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinVersion {
+    Tls12,
+    Tls13,
+}
+
+/// The instance's TLS material (paths resolved).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub min_version: MinVersion,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{0}: cannot read certificates: {1}")]
+    Certs(PathBuf, String),
+    #[error("{0}: no certificate in the file")]
+    NoCert(PathBuf),
+    #[error("{0}: cannot read the private key: {1}")]
+    Key(PathBuf, String),
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+static TLS13_ONLY: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+static TLS13_AND_12: [&rustls::SupportedProtocolVersion; 2] =
+    [&rustls::version::TLS13, &rustls::version::TLS12];
+
+fn versions(min: MinVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    match min {
+        MinVersion::Tls13 => &TLS13_ONLY,
+        MinVersion::Tls12 => &TLS13_AND_12,
+    }
+}
+
+/// Reads every certificate of a PEM file.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| TlsError::Certs(path.to_owned(), e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Certs(path.to_owned(), e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCert(path.to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key(path.to_owned(), e.to_string()))
+}
+
+fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Certs(ca.to_owned(), e.to_string()))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Server configuration for MLLP/TLS listeners: a client certificate issued by `ca` is
+/// required.
+pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider())
+        .build()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(files.min_version))
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Arc::new(cfg))
+}
+
+/// Client configuration for destinations: trusts `ca`, presents the instance's certificate.
+pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions(files.min_version))
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots(&files.ca)?)
+        .with_client_auth_cert(load_certs(&files.cert)?, load_key(&files.key)?)
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    Ok(Arc::new(cfg))
+}
+
+/// Who a peer is, from its (verified) certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// SAN URIs.
+    pub uris: Vec<String>,
+    /// SAN DNS names.
+    pub dns: Vec<String>,
+    /// SHA-256 of the certificate (DER), lower-case hex.
+    pub sha256: String,
+}
+
+impl PeerIdentity {
+    /// A short label for logs and records (the first URI, else DNS name, else fingerprint).
+    pub fn label(&self) -> String {
+        self.uris
+            .first()
+            .or(self.dns.first())
+            .cloned()
+            .unwrap_or_else(|| format!("sha256:{}", self.sha256))
+    }
+}
+
+/// Reads the identity of a peer certificate. `None` if it is not a readable X.509
+/// certificate (a verified chain always is).
+pub fn identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
+    use x509_parser::prelude::*;
+    let (_, x) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let mut id = PeerIdentity {
+        uris: Vec::new(),
+        dns: Vec::new(),
+        sha256: sha2::Sha256::digest(cert.as_ref())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    };
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::URI(u) => id.uris.push((*u).to_owned()),
+                GeneralName::DNSName(d) => id.dns.push((*d).to_owned()),
+                _ => {}
+            }
+        }
+    }
+    Some(id)
+}

@@ -1,0 +1,263 @@
+//! MLLP over TLS with client certificates, over real handshakes: a client with a certificate
+//! from our CA (rustls, and `openssl s_client`, a client nobody here wrote) gets its ACK; no
+//! certificate, another CA's certificate, plain TCP on the TLS port, and TLS 1.2 or 1.1 where
+//! 1.3 is required are refused, counted, and nothing is delivered.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use labroute::config::Config;
+use labroute::hl7::ack::AckCode;
+use labroute::hl7::mllp::frame;
+use labroute::server::Server;
+use labroute::stats::STATS;
+use labroute::tls::{MinVersion, TlsFiles, client_config};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn certs() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
+}
+
+struct Setup {
+    server: Server,
+    es1: Receiver,
+    _lab: Receiver,
+    _es2: Receiver,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
+    let es1 = Receiver::start("127.0.0.1:0", AckCode::AA).await;
+    let es2 = Receiver::start("127.0.0.1:0", AckCode::AA).await;
+    let c = certs();
+    let routes = routes_toml(0, 0, lab.addr, es1.addr, es2.addr, 50)
+        .replacen(
+            "name = \"sil\"\nbind = \"127.0.0.1:0\"\ninsecure = true\n",
+            "name = \"sil\"\nbind = \"127.0.0.1:0\"\n",
+            1,
+        )
+        .replace("idle_timeout_secs = 60", "idle_timeout_secs = 2")
+        + &format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            c.join("ca.pem").display(),
+            c.join("server.pem").display(),
+            c.join("server.key").display()
+        );
+    let cfg = Config::from_sources(&[("t.toml".into(), routes)]).expect("routes");
+    let server = Server::start(Arc::new(cfg), dir.path().to_path_buf())
+        .await
+        .expect("starts");
+    Setup {
+        server,
+        es1,
+        _lab: lab,
+        _es2: es2,
+        _dir: dir,
+    }
+}
+
+/// Sends one frame over TLS with a client certificate (or none); returns what came back.
+async fn tls_send(
+    addr: std::net::SocketAddr,
+    client: Option<(&Path, &Path, &Path)>,
+    msg: &[u8],
+) -> Result<Vec<u8>, String> {
+    let cfg = match client {
+        Some((ca, cert, key)) => client_config(&TlsFiles {
+            ca: ca.to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            min_version: MinVersion::Tls13,
+        })
+        .map_err(|e| e.to_string())?,
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in
+                labroute::tls::load_certs(&certs().join("ca.pem")).map_err(|e| e.to_string())?
+            {
+                roots.add(c).map_err(|e| e.to_string())?;
+            }
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+            )
+        }
+    };
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut s = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    s.write_all(&frame(msg)).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) => return Err("closed without an answer".into()),
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.ends_with(b"\x1c\r") {
+                    return Ok(out);
+                }
+            }
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Err(_) => return Err("timeout".into()),
+        }
+    }
+}
+
+fn s_client(port: u16, args: &[&str], msg: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-quiet",
+            "-ign_eof",
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl is needed (Debian package openssl)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&frame(msg))
+        .expect("write");
+    let out = child.wait_with_output().expect("openssl ends");
+    String::from_utf8_lossy(&out.stdout).replace('\r', "\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_clients_with_a_certificate_from_our_ca_over_tls13_are_answered() {
+    let s = setup().await;
+    let addr = s.server.addr("sil").expect("sil");
+    let c = certs();
+    let (ca, cert, key) = (c.join("ca.pem"), c.join("sil.pem"), c.join("sil.key"));
+
+    // rustls client with the SIL's certificate.
+    let ack = tls_send(
+        addr,
+        Some((&ca, &cert, &key)),
+        &result_by_identifier("ES1", "T1", "100001", "1"),
+    )
+    .await
+    .expect("answered");
+    assert_eq!(msa(&ack[1..ack.len() - 2]), ("AA".into(), "T1".into()));
+
+    // openssl s_client with the same certificate, carrying one MLLP frame.
+    let p = |f: &str| c.join(f).display().to_string();
+    let out = s_client(
+        addr.port(),
+        &[
+            "-cert",
+            &p("sil.pem"),
+            "-key",
+            &p("sil.key"),
+            "-CAfile",
+            &p("ca.pem"),
+        ],
+        &result_by_identifier("ES1", "T2", "100001", "2"),
+    );
+    assert!(out.contains("MSA|AA|T2"), "s_client got: {out}");
+    assert!(s.es1.wait_for(2, Duration::from_secs(20)).await);
+
+    let failed_before = STATS.snapshot().tls_handshakes_failed;
+    // No client certificate: the TLS 1.3 handshake "succeeds" for the client; the refusal
+    // shows on the first read.
+    let r = tls_send(
+        addr,
+        None,
+        &result_by_identifier("ES1", "X1", "100001", "1"),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+    let out = s_client(
+        addr.port(),
+        &["-CAfile", &p("ca.pem")],
+        &result_by_identifier("ES1", "X2", "100001", "1"),
+    );
+    assert!(!out.contains("MSA|"), "{out}");
+
+    // A certificate from another CA.
+    let other = tempfile::tempdir().expect("tempdir");
+    labroute::pki::generate(&labroute::pki::PkiSpec {
+        out: other.path().to_path_buf(),
+        systems: vec!["sil".into()],
+        server_names: vec!["localhost".into()],
+        days: 30,
+        now_ms: labroute::time::now_ms(),
+        force: false,
+        ca_name: "foreign CA".into(),
+    })
+    .expect("foreign PKI");
+    let r = tls_send(
+        addr,
+        Some((
+            &ca,
+            &other.path().join("sil.pem"),
+            &other.path().join("sil.key"),
+        )),
+        &result_by_identifier("ES1", "X3", "100001", "1"),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+
+    // Plain TCP on the TLS port: no MLLP answer.
+    let mut plain = TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(&frame(&result_by_identifier("ES1", "X4", "100001", "1")))
+        .await
+        .expect("write");
+    assert!(read_frame(&mut plain).await.is_err(), "plain TCP answered");
+
+    // TLS 1.2 (and 1.1) where 1.3 is required, even with a good certificate.
+    for version in ["-tls1_2", "-tls1_1"] {
+        let out = s_client(
+            addr.port(),
+            &[
+                version,
+                "-cipher",
+                "DEFAULT@SECLEVEL=0",
+                "-cert",
+                &p("sil.pem"),
+                "-key",
+                &p("sil.key"),
+                "-CAfile",
+                &p("ca.pem"),
+            ],
+            &result_by_identifier("ES1", "X5", "100001", "1"),
+        );
+        assert!(!out.contains("MSA|"), "{version}: {out}");
+    }
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        STATS.snapshot().tls_handshakes_failed >= failed_before + 5,
+        "refusals counted"
+    );
+    assert_eq!(
+        s.es1.control_ids(),
+        ["T1", "T2"],
+        "nothing refused was delivered"
+    );
+    s.server.shutdown().await;
+}
