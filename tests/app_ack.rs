@@ -5,14 +5,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use labroute::config::Config;
 use labroute::hl7::Message;
 use labroute::hl7::ack::AckCode;
-use labroute::server::Server;
 use labroute::store::writer::OperatorCommand;
 
 fn with_modes(msg: Vec<u8>, msh15: &str, msh16: &str) -> Vec<u8> {
@@ -24,19 +21,15 @@ fn with_modes(msg: Vec<u8>, msh15: &str, msh16: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn application_acks_follow_the_final_outcome_as_msh16_asks() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let es1 = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let es2 = Receiver::start("127.0.0.1:0", AckCode::AR).await;
-    let routes = routes_toml(0, 0, lab.addr, es1.addr, es2.addr, 50).replacen(
-        "[[listener]]\nname = \"dpi\"",
-        "application_acks_to = \"sil\"\n[[listener]]\nname = \"dpi\"",
-        1,
-    );
-    let cfg = Config::from_sources(&[("t.toml".into(), routes)]).expect("routes");
-    let server = Server::start(Arc::new(cfg), dir.path().to_path_buf())
-        .await
-        .expect("starts");
+    let h = Harness::start_with([AckCode::AA, AckCode::AA, AckCode::AR], |r| {
+        r.replacen(
+            "[[listener]]\nname = \"dpi\"",
+            "application_acks_to = \"sil\"\n[[listener]]\nname = \"dpi\"",
+            1,
+        )
+    })
+    .await;
+    let (server, lab) = (&h.server, &h.lab);
     let msgs = vec![
         // delivered to ES1: CA now, AA later
         with_modes(result_by_identifier("ES1", "A1", "100001", "1"), "AL", "AL"),
@@ -49,9 +42,7 @@ async fn application_acks_follow_the_final_outcome_as_msh16_asks() {
         // ES2's record answers AR: dead letter, AE
         with_modes(result_by_identifier("ES2", "A5", "200002", "5"), "AL", "AL"),
     ];
-    let acks = send_all(server.addr("sil").expect("sil"), &msgs)
-        .await
-        .expect("acks");
+    let acks = send_all(h.sil(), &msgs).await.expect("acks");
     let got: Vec<(String, String)> = acks.iter().map(|a| msa(a)).collect();
     let want = [
         ("CA", "A1"),
@@ -114,5 +105,5 @@ async fn application_acks_follow_the_final_outcome_as_msh16_asks() {
         .text("MSH-9")
         .into_owned();
     assert!(first.starts_with("ACK^R01"), "{first}");
-    server.shutdown().await;
+    h.server.shutdown().await;
 }

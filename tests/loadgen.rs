@@ -3,31 +3,17 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use labroute::config::Config;
-use labroute::hl7::ack::AckCode;
 use labroute::loadgen::{LoadSpec, run};
-use labroute::server::Server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_messages_are_all_acknowledged_and_delivered_to_their_owner() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let es1 = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let es2 = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let cfg = Config::from_sources(&[(
-        "t.toml".into(),
-        routes_toml(0, 0, lab.addr, es1.addr, es2.addr, 50),
-    )])
-    .expect("routes");
-    let server = Server::start(Arc::new(cfg), dir.path().to_path_buf())
-        .await
-        .expect("starts");
+    let h = Harness::start(|r| r).await;
+    let (es1, es2) = (&h.es1, &h.es2);
     let report = run(LoadSpec {
-        to: server.addr("sil").expect("sil"),
+        to: h.sil(),
         connections: 4,
         messages: 202,
         authorities: vec!["CHNORD-IPP".into(), "CHSUD-IPP".into()],
@@ -60,6 +46,6 @@ async fn loadgen_messages_are_all_acknowledged_and_delivered_to_their_owner() {
             .iter()
             .all(|m| String::from_utf8_lossy(m).contains(&format!("^^^{auth}^PI")))
     };
-    assert!(owned_by(&es1, "CHNORD-IPP") && owned_by(&es2, "CHSUD-IPP"));
-    server.shutdown().await;
+    assert!(owned_by(es1, "CHNORD-IPP") && owned_by(es2, "CHSUD-IPP"));
+    h.server.shutdown().await;
 }

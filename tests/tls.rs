@@ -12,10 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use labroute::config::Config;
-use labroute::hl7::ack::AckCode;
 use labroute::hl7::mllp::frame;
-use labroute::server::Server;
 use labroute::stats::STATS;
 use labroute::tls::{MinVersion, TlsFiles, client_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -25,44 +22,23 @@ fn certs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
 }
 
-struct Setup {
-    server: Server,
-    es1: Receiver,
-    _lab: Receiver,
-    _es2: Receiver,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup() -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let es1 = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let es2 = Receiver::start("127.0.0.1:0", AckCode::AA).await;
+async fn setup() -> Harness {
     let c = certs();
-    let routes = routes_toml(0, 0, lab.addr, es1.addr, es2.addr, 50)
-        .replacen(
+    Harness::start(move |r| {
+        r.replacen(
             "name = \"sil\"\nbind = \"127.0.0.1:0\"\ninsecure = true\n",
             "name = \"sil\"\nbind = \"127.0.0.1:0\"\n",
             1,
         )
         .replace("idle_timeout_secs = 60", "idle_timeout_secs = 2")
-        + &format!(
-            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            c.join("ca.pem").display(),
-            c.join("server.pem").display(),
-            c.join("server.key").display()
-        );
-    let cfg = Config::from_sources(&[("t.toml".into(), routes)]).expect("routes");
-    let server = Server::start(Arc::new(cfg), dir.path().to_path_buf())
-        .await
-        .expect("starts");
-    Setup {
-        server,
-        es1,
-        _lab: lab,
-        _es2: es2,
-        _dir: dir,
-    }
+            + &format!(
+                "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+                c.join("ca.pem").display(),
+                c.join("server.pem").display(),
+                c.join("server.key").display()
+            )
+    })
+    .await
 }
 
 /// Sends one frame over TLS with a client certificate (or none); returns what came back.
@@ -149,7 +125,7 @@ fn s_client(port: u16, args: &[&str], msg: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_clients_with_a_certificate_from_our_ca_over_tls13_are_answered() {
     let s = setup().await;
-    let addr = s.server.addr("sil").expect("sil");
+    let addr = s.sil();
     let c = certs();
     let (ca, cert, key) = (c.join("ca.pem"), c.join("sil.pem"), c.join("sil.key"));
 

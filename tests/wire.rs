@@ -4,47 +4,24 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use labroute::config::Config;
 use labroute::hl7::Message;
-use labroute::hl7::ack::AckCode;
 use labroute::hl7::mllp::frame;
-use labroute::server::Server;
 use labroute::stats::STATS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-struct Setup {
-    server: Server,
-    es1: Receiver,
-    _lab: Receiver,
-    _es2: Receiver,
-    _dir: tempfile::TempDir,
-}
-
-async fn setup(engine: &str) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let es1 = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let es2 = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let routes = routes_toml(0, 0, lab.addr, es1.addr, es2.addr, 50).replace(
-        "[engine]\nidle_timeout_secs = 60\n",
-        &format!("[engine]\n{engine}\n"),
-    );
-    let cfg = Config::from_sources(&[("t.toml".into(), routes)]).expect("routes");
-    let server = Server::start(Arc::new(cfg), dir.path().to_path_buf())
-        .await
-        .expect("starts");
-    Setup {
-        server,
-        es1,
-        _lab: lab,
-        _es2: es2,
-        _dir: dir,
-    }
+async fn setup(engine: &str) -> Harness {
+    let engine = engine.to_owned();
+    Harness::start(move |r| {
+        r.replace(
+            "[engine]\nidle_timeout_secs = 60\n",
+            &format!("[engine]\n{engine}\n"),
+        )
+    })
+    .await
 }
 
 fn ack_text(a: &[u8]) -> String {
@@ -70,9 +47,7 @@ async fn bom_lf_crlf_and_the_five_character_encoding_field_are_read_and_forwarde
         .replace("|Q0|P|2.5|", "|Q-V27|P|2.7|")
         .into_bytes();
     let sent = vec![bom, lf, crlf, v27];
-    let acks = send_all(s.server.addr("sil").expect("sil"), &sent)
-        .await
-        .expect("acks");
+    let acks = send_all(s.sil(), &sent).await.expect("acks");
     let ids = ["Q-BOM", "Q-LF", "Q-CRLF", "Q-V27"];
     for (a, id) in acks.iter().zip(ids) {
         assert_eq!(msa(a), ("AA".to_owned(), id.to_owned()), "{}", ack_text(a));
@@ -101,9 +76,7 @@ async fn bytes_between_frames_are_skipped_and_every_frame_is_answered_in_order()
     wire.extend(frame(&result_by_identifier("ES1", "G1", "100001", "1")));
     wire.extend(b"\x00\x00 between \x1c\r");
     wire.extend(frame(&result_by_identifier("ES1", "G2", "100001", "2")));
-    let mut c = TcpStream::connect(s.server.addr("sil").expect("sil"))
-        .await
-        .expect("connect");
+    let mut c = TcpStream::connect(s.sil()).await.expect("connect");
     c.write_all(&wire).await.expect("write");
     let a1 = read_frame(&mut c).await.expect("first ACK");
     let a2 = read_frame(&mut c).await.expect("second ACK");
@@ -122,7 +95,7 @@ async fn an_oversized_frame_gets_ar_104_and_the_connection_goes_on() {
         String::from_utf8(result_by_identifier("ES1", "BIG", "100001", "1")).expect("utf8");
     big.push_str(&format!("NTE|1||{}\r", "x".repeat(10_000)));
     let acks = send_all(
-        s.server.addr("sil").expect("sil"),
+        s.sil(),
         &[
             big.into_bytes(),
             result_by_identifier("ES1", "SMALL", "100001", "2"),
@@ -145,9 +118,7 @@ async fn an_oversized_frame_gets_ar_104_and_the_connection_goes_on() {
 async fn an_idle_connection_is_closed_after_the_timeout() {
     let s = setup("idle_timeout_secs = 1").await;
     let idle_before = STATS.snapshot().connections_idle_closed;
-    let mut c = TcpStream::connect(s.server.addr("sil").expect("sil"))
-        .await
-        .expect("connect");
+    let mut c = TcpStream::connect(s.sil()).await.expect("connect");
     let mut buf = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf))
         .await
@@ -161,7 +132,7 @@ async fn an_idle_connection_is_closed_after_the_timeout() {
 async fn connections_beyond_the_limit_are_closed_and_a_freed_slot_is_reused() {
     let s = setup("idle_timeout_secs = 60\nmax_connections = 2").await;
     let refused_before = STATS.snapshot().connections_refused;
-    let addr = s.server.addr("sil").expect("sil");
+    let addr = s.sil();
     let mut held = Vec::new();
     for i in 0..2 {
         let mut c = TcpStream::connect(addr).await.expect("connect");

@@ -228,3 +228,44 @@ identify.patient_authorities = ["CHSUD-IPP"]
 "#
     )
 }
+
+/// A running server on `routes_toml` (edited by the test) with three receivers: the lab
+/// (`sil`), ES1's and ES2's records.
+pub struct Harness {
+    pub server: labroute::server::Server,
+    pub lab: Receiver,
+    pub es1: Receiver,
+    pub es2: Receiver,
+    pub dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// `codes`: what the lab, ES1 and ES2 receivers answer.
+    pub async fn start_with(codes: [AckCode; 3], edit: impl FnOnce(String) -> String) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lab = Receiver::start("127.0.0.1:0", codes[0]).await;
+        let es1 = Receiver::start("127.0.0.1:0", codes[1]).await;
+        let es2 = Receiver::start("127.0.0.1:0", codes[2]).await;
+        let routes = edit(routes_toml(0, 0, lab.addr, es1.addr, es2.addr, 50));
+        let cfg = labroute::config::Config::from_sources(&[("t.toml".into(), routes)])
+            .unwrap_or_else(|e| panic!("routes:\n{e}"));
+        let server = labroute::server::Server::start(Arc::new(cfg), dir.path().to_path_buf())
+            .await
+            .expect("server starts");
+        Harness {
+            server,
+            lab,
+            es1,
+            es2,
+            dir,
+        }
+    }
+
+    pub async fn start(edit: impl FnOnce(String) -> String) -> Harness {
+        Harness::start_with([AckCode::AA; 3], edit).await
+    }
+
+    pub fn sil(&self) -> SocketAddr {
+        self.server.addr("sil").expect("listener sil")
+    }
+}
