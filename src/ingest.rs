@@ -104,6 +104,7 @@ pub async fn handle_frame(
                 header: header.clone(),
                 enhanced,
                 app_ack,
+                identity: origin.identity.clone(),
             };
             store.ingest(req).await
         }
@@ -117,6 +118,8 @@ pub async fn handle_frame(
                 error,
                 header: header.clone(),
                 enhanced,
+                decision: None,
+                sender: origin.identity.as_ref().map(|i| i.label()),
             };
             store.reject(req).await
         }

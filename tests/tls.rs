@@ -18,6 +18,25 @@ use labroute::tls::{MinVersion, TlsFiles, client_config};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// The example systems; `operator`'s certificate names no system here.
+const SYSTEMS: &str = r#"
+[[system]]
+name = "sil"
+role = "result_producer"
+san_uri = ["urn:labroute:system:sil"]
+establishments = ["ES1", "ES2"]
+[[system]]
+name = "dpi-es1"
+role = "order_placer"
+san_uri = ["urn:labroute:system:dpi-es1"]
+establishments = ["ES1"]
+[[system]]
+name = "dpi-es2"
+role = "order_placer"
+san_uri = ["urn:labroute:system:dpi-es2"]
+establishments = ["ES2"]
+"#;
+
 fn certs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
 }
@@ -25,10 +44,9 @@ fn certs() -> PathBuf {
 async fn setup() -> Harness {
     let c = certs();
     Harness::start(move |r| {
-        r.replacen(
-            "name = \"sil\"\nbind = \"127.0.0.1:0\"\ninsecure = true\n",
-            "name = \"sil\"\nbind = \"127.0.0.1:0\"\n",
-            1,
+        r.replace(
+            "bind = \"127.0.0.1:0\"\ninsecure = true\n",
+            "bind = \"127.0.0.1:0\"\n",
         )
         .replace("idle_timeout_secs = 60", "idle_timeout_secs = 2")
             + &format!(
@@ -37,6 +55,7 @@ async fn setup() -> Harness {
                 c.join("server.pem").display(),
                 c.join("server.key").display()
             )
+            + SYSTEMS
     })
     .await
 }
@@ -234,6 +253,114 @@ async fn only_clients_with_a_certificate_from_our_ca_over_tls13_are_answered() {
         s.es1.control_ids(),
         ["T1", "T2"],
         "nothing refused was delivered"
+    );
+    s.server.shutdown().await;
+}
+
+fn client(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let c = certs();
+    (
+        c.join("ca.pem"),
+        c.join(format!("{name}.pem")),
+        c.join(format!("{name}.key")),
+    )
+}
+
+async fn send_as(addr: std::net::SocketAddr, system: &str, msg: &[u8]) -> (String, String, String) {
+    let (ca, cert, key) = client(system);
+    let ack = tls_send(addr, Some((&ca, &cert, &key)), msg)
+        .await
+        .unwrap_or_else(|e| panic!("{system}: {e}"));
+    let m = labroute::hl7::Message::parse(&ack[1..ack.len() - 2]).expect("ACK parses");
+    (
+        m.text("MSA-1").into_owned(),
+        m.text("MSA-2").into_owned(),
+        m.text("ERR-3.1").into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_system_speaks_only_for_its_own_establishments_whatever_msh4_says() {
+    let s = setup().await;
+    let (sil, dpi) = (s.sil(), s.server.addr("dpi").expect("dpi"));
+    let before = STATS.snapshot();
+    let aa = |id: &str| ("AA".to_owned(), id.to_owned(), String::new());
+    let refused = |id: &str| ("AR".to_owned(), id.to_owned(), "207".to_owned());
+
+    // ES1's DPI: its own order passes.
+    assert_eq!(
+        send_as(dpi, "dpi-es1", &order("ES1", "O1", "P1", "100001")).await,
+        aa("O1")
+    );
+    // ES1's DPI claiming to be ES2 (MSH-4, placer namespace, IPP authority): refused.
+    assert_eq!(
+        send_as(dpi, "dpi-es1", &order("ES2", "O2", "P2", "200002")).await,
+        refused("O2")
+    );
+    // ES1's DPI may not send results at all (role), not even for ES1.
+    assert_eq!(
+        send_as(
+            dpi,
+            "dpi-es1",
+            &result_by_identifier("ES1", "R1", "100001", "1")
+        )
+        .await,
+        refused("R1")
+    );
+    // A certificate from our CA that names no configured system.
+    assert_eq!(
+        send_as(
+            sil,
+            "operator",
+            &result_by_identifier("ES1", "R2", "100001", "1")
+        )
+        .await,
+        refused("R2")
+    );
+    // The lab speaks for both.
+    assert_eq!(
+        send_as(
+            sil,
+            "sil",
+            &result_by_identifier("ES2", "R3", "200002", "3")
+        )
+        .await,
+        aa("R3")
+    );
+
+    assert!(s.lab.wait_for(1, Duration::from_secs(20)).await);
+    assert!(s.es2.wait_for(1, Duration::from_secs(20)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        s.lab.control_ids(),
+        ["O1"],
+        "only the authorised order reached the lab"
+    );
+    assert_eq!(s.es2.control_ids(), ["R3"]);
+    assert_eq!(s.es1.count(), 0);
+    let after = STATS.snapshot();
+    assert!(after.refused_establishment > before.refused_establishment);
+    assert!(after.refused_role > before.refused_role);
+    assert!(after.refused_unknown_system > before.refused_unknown_system);
+
+    // The refused order is kept for review with its decision and sender.
+    let store = s.server.store.store();
+    let refused_order = (1..=10)
+        .filter_map(|n| store.record(n).ok().flatten())
+        .find(|r| r.control_id == "O2")
+        .expect("O2 stored");
+    assert_eq!(
+        refused_order.status,
+        labroute::store::RecordStatus::Rejected
+    );
+    assert_eq!(refused_order.sender.as_deref(), Some("dpi-es1"));
+    assert_eq!(
+        refused_order
+            .decision
+            .as_ref()
+            .and_then(|d| d.establishment())
+            .map(|e| e.as_str()),
+        Some("ES2")
     );
     s.server.shutdown().await;
 }

@@ -95,6 +95,59 @@ pub struct Destination {
     pub keep_connection_open: bool,
 }
 
+/// What a peer system does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    /// A DPI: sends orders and patient administration.
+    OrderPlacer,
+    /// The lab system or a middleware: sends results and documents.
+    ResultProducer,
+    /// A person at the admin endpoint: sends no messages.
+    Operator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::OrderPlacer => "order_placer",
+            Role::ResultProducer => "result_producer",
+            Role::Operator => "operator",
+        }
+    }
+    /// Whether a system in this role may send a message of this class.
+    pub fn may_send(self, class: crate::model::MessageClass) -> bool {
+        use crate::model::MessageClass as C;
+        match self {
+            Role::OrderPlacer => matches!(class, C::Order | C::Admin),
+            Role::ResultProducer => matches!(class, C::Result | C::Document),
+            Role::Operator => false,
+        }
+    }
+}
+
+/// A peer system and what it may speak for.
+#[derive(Debug, Clone)]
+pub struct System {
+    pub name: String,
+    pub role: Role,
+    pub san_uris: Vec<String>,
+    pub san_dns: Vec<String>,
+    /// Lower-case hex, no colons.
+    pub sha256: Vec<String>,
+    pub establishments: Vec<EstablishmentId>,
+}
+
+impl System {
+    pub fn matches(&self, id: &crate::tls::PeerIdentity) -> bool {
+        id.uris.iter().any(|u| self.san_uris.contains(u))
+            || id.dns.iter().any(|d| self.san_dns.contains(d))
+            || self.sha256.contains(&id.sha256)
+    }
+    pub fn speaks_for(&self, e: &EstablishmentId) -> bool {
+        self.establishments.contains(e)
+    }
+}
+
 /// Which configured identifier a value matched.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -163,6 +216,8 @@ pub struct Config {
     pub destinations: Vec<Destination>,
     /// The instance's TLS material (`[tls]`), required by TLS listeners.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Peer systems, recognised by their certificates (`[[system]]`).
+    pub systems: Vec<System>,
     pub establishments: Vec<Establishment>,
     pub routing: Routing,
     pub tests: Vec<RouteTest>,
@@ -176,6 +231,11 @@ impl Config {
     }
     pub fn establishment_by_name(&self, id: &str) -> Option<&Establishment> {
         self.establishments.iter().find(|e| e.id.as_str() == id)
+    }
+    /// The system a certificate identifies (the first that matches; validation makes
+    /// matches unique).
+    pub fn system_of(&self, id: &crate::tls::PeerIdentity) -> Option<&System> {
+        self.systems.iter().find(|s| s.matches(id))
     }
     pub fn listener(&self, name: &str) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.name.as_str() == name)
@@ -297,6 +357,8 @@ struct Validator {
     /// TLS listeners, which need `[tls]` (checked once every file is read).
     tls_users: Vec<(PathBuf, usize, String)>,
     tls_seen: Option<(PathBuf, usize)>,
+    /// "kind=value" of each system's certificate matcher → the system.
+    system_matchers: HashMap<String, String>,
     establishment_refs: Vec<(PathBuf, usize, String, String)>,
     raw_tests: Vec<PendingTest>,
 }
@@ -424,6 +486,9 @@ impl Validator {
         }
         for (i, l) in raw.listener.iter().enumerate() {
             self.listener(&cx, i, l);
+        }
+        for (i, s) in raw.system.iter().enumerate() {
+            self.system(&cx, i, s);
         }
         for (i, d) in raw.destination.iter().enumerate() {
             self.destination(&cx, i, d);
@@ -824,6 +889,100 @@ impl Validator {
             expected,
             dests,
         ));
+    }
+
+    fn system(&mut self, cx: &Ctx<'_>, i: usize, s: &Spanned<RawSystem>) {
+        let line = cx.line(s);
+        let s = s.get_ref();
+        let field = |f: &str| format!("system[{i}].{f}");
+        if !self.name(cx, &s.name, &field("name")) {
+            return;
+        }
+        if self.cfg.systems.iter().any(|o| &o.name == s.name.get_ref()) {
+            let msg = format!("system {:?} is defined twice", s.name.get_ref());
+            self.err(cx, cx.line(&s.name), field("name"), msg);
+        }
+        let role = match s.role.get_ref().as_str() {
+            "order_placer" => Role::OrderPlacer,
+            "result_producer" => Role::ResultProducer,
+            "operator" => Role::Operator,
+            other => {
+                self.err(
+                    cx,
+                    cx.line(&s.role),
+                    field("role"),
+                    format!(
+                        "{other:?}: one of \"order_placer\", \"result_producer\", \"operator\""
+                    ),
+                );
+                Role::Operator
+            }
+        };
+        let mut sha256 = Vec::new();
+        for f in &s.sha256 {
+            let hex: String = f
+                .get_ref()
+                .chars()
+                .filter(|c| *c != ':')
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                self.err(
+                    cx,
+                    cx.line(f),
+                    field("sha256"),
+                    "a SHA-256 fingerprint is 64 hex digits (colons allowed)",
+                );
+            }
+            sha256.push(hex);
+        }
+        let sys = System {
+            name: s.name.get_ref().clone(),
+            role,
+            san_uris: s.san_uri.iter().map(|v| v.get_ref().clone()).collect(),
+            san_dns: s.san_dns.iter().map(|v| v.get_ref().clone()).collect(),
+            sha256,
+            establishments: s
+                .establishments
+                .iter()
+                .map(|e| EstablishmentId::new(e.get_ref()))
+                .collect(),
+        };
+        if sys.san_uris.is_empty() && sys.san_dns.is_empty() && sys.sha256.is_empty() {
+            self.err(cx, line, field("san_uri"), "no san_uri, san_dns or sha256: no certificate could ever be this system (CN alone is not accepted)");
+        }
+        for (list, name) in [
+            (&s.san_uri, "san_uri"),
+            (&s.san_dns, "san_dns"),
+            (&s.sha256, "sha256"),
+        ] {
+            for v in list {
+                let value = if name == "sha256" {
+                    v.get_ref().to_ascii_lowercase().replace(':', "")
+                } else {
+                    v.get_ref().clone()
+                };
+                let key = format!("{name}={value}");
+                if let Some(other) = self.system_matchers.get(&key) {
+                    let msg = format!(
+                        "{:?} already identifies system {other:?}: one certificate must name one system",
+                        v.get_ref()
+                    );
+                    self.err(cx, cx.line(v), field(name), msg);
+                } else {
+                    self.system_matchers.insert(key, sys.name.clone());
+                }
+            }
+        }
+        for e in &s.establishments {
+            self.establishment_refs.push((
+                cx.file.to_owned(),
+                cx.line(e),
+                field("establishments"),
+                e.get_ref().clone(),
+            ));
+        }
+        self.cfg.systems.push(sys);
     }
 
     fn tls(&mut self, cx: &Ctx<'_>, t: &Spanned<RawTls>) {

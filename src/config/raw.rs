@@ -18,7 +18,29 @@ pub struct RawFile {
     pub routing: Option<Spanned<RawRouting>>,
     pub tls: Option<Spanned<RawTls>>,
     #[serde(default)]
+    pub system: Vec<Spanned<RawSystem>>,
+    #[serde(default)]
     pub test: Vec<Spanned<RawTest>>,
+}
+
+/// A peer system, recognised by its TLS client certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSystem {
+    pub name: S,
+    /// "order_placer" (a DPI), "result_producer" (the lab, a middleware), "operator".
+    pub role: S,
+    /// Certificate SAN URIs that identify it.
+    #[serde(default)]
+    pub san_uri: Vec<S>,
+    /// Certificate SAN DNS names that identify it.
+    #[serde(default)]
+    pub san_dns: Vec<S>,
+    /// SHA-256 fingerprints (hex, colons allowed) of certificates that identify it.
+    #[serde(default)]
+    pub sha256: Vec<S>,
+    /// Establishment ids it may speak for.
+    pub establishments: Vec<S>,
 }
 
 /// The instance's TLS material; paths are relative to the routes file.

@@ -39,6 +39,10 @@ pub struct MessageRecord {
     /// An application ACK (MSH-16) still owed to the sender, and where it goes.
     #[serde(default)]
     pub app_ack: Option<PendingAppAck>,
+    /// The configured system that sent it (TLS listeners), or its certificate identity when
+    /// it matched no system.
+    #[serde(default)]
+    pub sender: Option<String>,
 }
 
 /// An application ACK the sender asked for, sent once the message's outcome is final:

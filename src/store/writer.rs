@@ -25,6 +25,8 @@ pub struct IngestRequest {
     pub enhanced: bool,
     /// MSH-16, when the sender wants an application ACK once the outcome is final.
     pub app_ack: Option<AppAckType>,
+    /// The peer's certificate identity (TLS listeners).
+    pub identity: Option<crate::tls::PeerIdentity>,
 }
 
 /// A message refused before routing, to be kept for review.
@@ -38,6 +40,9 @@ pub struct RejectRequest {
     pub error: AckError,
     pub header: AckHeader,
     pub enhanced: bool,
+    /// The tenant decision, when the refusal came after it (kept for review).
+    pub decision: Option<Decision>,
+    pub sender: Option<String>,
 }
 
 /// What became of an ingested message.
@@ -494,14 +499,15 @@ fn ack_for(
     )
 }
 
-fn dedup_key(listener: &str, facts: &Facts) -> String {
+fn dedup_key(listener: &str, sender: Option<&str>, facts: &Facts) -> String {
     let fac: Vec<&str> = facts
         .sending_facility
         .iter()
         .map(|f| f.value.as_str())
         .collect();
     format!(
-        "{listener}\u{1f}{}\u{1f}{}\u{1f}{}",
+        "{listener}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}",
+        sender.unwrap_or(""),
         facts.sending_application,
         fac.join("^"),
         facts.control_id
@@ -559,8 +565,36 @@ fn ingest(
     touched: &mut BTreeSet<String>,
 ) -> Result<IngestReply, StoreError> {
     let now = now_ms();
+    // Who sent it (TLS listeners): a configured system, allowed this kind of message.
+    let system = match &req.identity {
+        None => None,
+        Some(id) => match cfg.system_of(id) {
+            Some(s) if s.role.may_send(req.facts.class) => Some(s),
+            Some(s) => {
+                let text = format!(
+                    "refused: a system with role {} may not send this type of message",
+                    s.role.as_str()
+                );
+                let name = s.name.clone();
+                return refuse(txn, seqs, req, Refused::Role, text, None, Some(name));
+            }
+            None => {
+                let label = id.label();
+                return refuse(
+                    txn,
+                    seqs,
+                    req,
+                    Refused::UnknownSystem,
+                    "refused: the sender's certificate names no configured system".into(),
+                    None,
+                    Some(label),
+                );
+            }
+        },
+    };
+    let sender_name = system.map(|s| s.name.clone());
     let digest = sha256(&req.raw);
-    let dkey = dedup_key(&req.listener, &req.facts);
+    let dkey = dedup_key(&req.listener, sender_name.as_deref(), &req.facts);
     {
         let dedup = txn.open_table(DEDUP).map_err(db_err)?;
         let prior = dedup
@@ -601,6 +635,8 @@ fn ingest(
                 error,
                 header: req.header,
                 enhanced: req.enhanced,
+                decision: None,
+                sender: sender_name.clone(),
             };
             return match reject(txn, seqs, r)? {
                 IngestReply::Rejected { seq, ack, code, .. } => {
@@ -610,9 +646,22 @@ fn ingest(
             };
         }
     }
+    let decision = router::decide(&req.facts, cfg, &TxnOrders { txn });
+    if let (Some(sys), Some(owner)) = (system, decision.establishment()) {
+        if !sys.speaks_for(owner) {
+            return refuse(
+                txn,
+                seqs,
+                req,
+                Refused::Establishment,
+                "refused: the sending system may not speak for this message's establishment".into(),
+                Some(decision),
+                sender_name,
+            );
+        }
+    }
     seqs.message += 1;
     let seq = seqs.message;
-    let decision = router::decide(&req.facts, cfg, &TxnOrders { txn });
     let (status, dests) = match &decision {
         Decision::Owned { establishment, .. } => (
             RecordStatus::Routed,
@@ -693,6 +742,7 @@ fn ingest(
         rejection: None,
         destinations: dests,
         app_ack: pending,
+        sender: sender_name,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
     if no_destination {
@@ -737,6 +787,55 @@ fn store_message(
     Ok(())
 }
 
+/// Why a message from an identified peer was refused.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    UnknownSystem,
+    Role,
+    Establishment,
+}
+
+/// Refuses a message from an identified peer: AR/CR with code 207, stored as rejected with
+/// the decision (when there was one) for review, counted by reason.
+#[allow(clippy::too_many_arguments)]
+fn refuse(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    req: IngestRequest,
+    why: Refused,
+    text: String,
+    decision: Option<Decision>,
+    sender: Option<String>,
+) -> Result<IngestReply, StoreError> {
+    use crate::stats::{STATS, add};
+    add(
+        match why {
+            Refused::UnknownSystem => &STATS.refused_unknown_system,
+            Refused::Role => &STATS.refused_role,
+            Refused::Establishment => &STATS.refused_establishment,
+        },
+        1,
+    );
+    tracing::warn!(listener = %req.listener, sender = sender.as_deref().unwrap_or("-"), reason = ?why, "message refused: sender not authorised");
+    let r = RejectRequest {
+        listener: req.listener,
+        peer: req.peer,
+        raw: req.raw,
+        control_id: req.facts.control_id.clone(),
+        message_type: format!("{}^{}", req.facts.message_type, req.facts.trigger),
+        error: AckError {
+            code: 207,
+            text,
+            location: None,
+        },
+        header: req.header,
+        enhanced: req.enhanced,
+        decision,
+        sender,
+    };
+    reject(txn, seqs, r)
+}
+
 fn reject(
     txn: &WriteTransaction,
     seqs: &mut Sequences,
@@ -764,10 +863,11 @@ fn reject(
         class: None,
         sha256: hex(&sha256(&req.raw)),
         status: RecordStatus::Rejected,
-        decision: None,
+        decision: req.decision,
         rejection: Some(req.error),
         destinations: Vec::new(),
         app_ack: None,
+        sender: req.sender,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
     Ok(IngestReply::Rejected {
@@ -915,6 +1015,7 @@ fn app_ack(
             rejection: None,
             destinations: vec![pending.to.clone()],
             app_ack: None,
+            sender: None,
         };
         store_message(txn, &ack_rec, &bytes, &[])?;
         enqueue(txn, seqs, pending.to.as_str(), seq, None, now)?;
