@@ -117,3 +117,39 @@ fn finess_shapes() {
     assert!(!is_finess("2C0001234"));
     assert!(!is_finess("75000000"));
 }
+
+#[test]
+fn systems_are_validated_and_tls_listeners_need_tls() {
+    let text = format!(
+        "{GOOD}{}",
+        r#"
+[[system]]
+name = "dpi-es1"
+role = "order_placer"
+san_uri = ["urn:labroute:system:dpi-es1"]
+establishments = ["ES1"]
+[[system]]
+name = "rogue"
+role = "boss"
+san_uri = ["urn:labroute:system:dpi-es1"]
+establishments = ["ES9"]
+[[system]]
+name = "cn-only"
+role = "operator"
+establishments = ["ES1"]
+[[listener]]
+name = "tls"
+bind = "127.0.0.1:2590"
+"#
+    );
+    let errs = load(&text).unwrap_err().to_string();
+    for want in [
+        "system[1].role: \"boss\"",
+        "system[1].san_uri: \"urn:labroute:system:dpi-es1\" already identifies system \"dpi-es1\"",
+        "system[1].establishments: no establishment has id \"ES9\"",
+        "system[2].san_uri: no san_uri, san_dns or sha256",
+        "listener[1].bind: a TLS listener needs a [tls] section",
+    ] {
+        assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
+    }
+}
