@@ -117,14 +117,14 @@ pub fn generate(spec: &PkiSpec) -> Result<Vec<PathBuf>, PkiError> {
 
     let leaf = |cn: &str,
                 sans: Vec<SanType>,
-                eku: ExtendedKeyUsagePurpose|
+                eku: &[ExtendedKeyUsagePurpose]|
      -> Result<(String, String), PkiError> {
         let key = KeyPair::generate()?;
         let mut p = params(spec, cn, spec.days)?;
         p.subject_alt_names = sans;
         p.is_ca = IsCa::ExplicitNoCa;
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        p.extended_key_usages = vec![eku];
+        p.extended_key_usages = eku.to_vec();
         p.use_authority_key_identifier_extension = true;
         let cert = p.signed_by(&key, &issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
@@ -137,12 +137,20 @@ pub fn generate(spec: &PkiSpec) -> Result<Vec<PathBuf>, PkiError> {
             Err(_) => SanType::DnsName(n.as_str().try_into()?),
         });
     }
-    let (cert, key) = leaf("labroute", sans, ExtendedKeyUsagePurpose::ServerAuth)?;
+    // The instance is a TLS server to its peers and a TLS client to its destinations.
+    let (cert, key) = leaf(
+        "labroute",
+        sans,
+        &[
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    )?;
     write("server.pem".into(), cert)?;
     write("server.key".into(), key)?;
     for s in &spec.systems {
         let sans = vec![SanType::URI(system_uri(s).try_into()?)];
-        let (cert, key) = leaf(s, sans, ExtendedKeyUsagePurpose::ClientAuth)?;
+        let (cert, key) = leaf(s, sans, &[ExtendedKeyUsagePurpose::ClientAuth])?;
         write(format!("{s}.pem"), cert)?;
         write(format!("{s}.key"), key)?;
     }

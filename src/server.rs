@@ -94,10 +94,17 @@ impl Server {
                 rx.clone(),
             )));
         }
+        let connector = match &cfg.tls {
+            Some(files) if cfg.destinations.iter().any(|d| d.tls) => Some(
+                tokio_rustls::TlsConnector::from(crate::tls::client_config(files)?),
+            ),
+            _ => None,
+        };
         for d in &cfg.destinations {
             tasks.push(tokio::spawn(run_destination(
                 d.clone(),
                 handle.clone(),
+                connector.clone().filter(|_| d.tls),
                 rx.clone(),
             )));
         }

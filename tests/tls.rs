@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use labroute::hl7::ack::AckCode;
 use labroute::hl7::mllp::frame;
 use labroute::stats::STATS;
 use labroute::tls::{MinVersion, TlsFiles, client_config};
@@ -363,4 +364,102 @@ async fn each_system_speaks_only_for_its_own_establishments_whatever_msh4_says()
         Some("ES2")
     );
     s.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_destinations_get_messages_only_when_their_certificate_verifies() {
+    let c = certs();
+    let ours = TlsFiles {
+        ca: c.join("ca.pem"),
+        cert: c.join("server.pem"),
+        key: c.join("server.key"),
+        min_version: MinVersion::Tls13,
+    };
+    // ES1's record system: a certificate from our CA; it requires ours as client.
+    let es1 = Receiver::start_tls("127.0.0.1:0", AckCode::AA, &ours).await;
+    // ES2's "record system": a certificate from another CA.
+    let other = tempfile::tempdir().expect("tempdir");
+    labroute::pki::generate(&labroute::pki::PkiSpec {
+        out: other.path().to_path_buf(),
+        systems: vec![],
+        server_names: vec!["127.0.0.1".into()],
+        days: 30,
+        now_ms: labroute::time::now_ms(),
+        force: false,
+        ca_name: "foreign CA".into(),
+    })
+    .expect("foreign PKI");
+    let es2 = Receiver::start_tls(
+        "127.0.0.1:0",
+        AckCode::AA,
+        &TlsFiles {
+            ca: c.join("ca.pem"),
+            cert: other.path().join("server.pem"),
+            key: other.path().join("server.key"),
+            min_version: MinVersion::Tls13,
+        },
+    )
+    .await;
+    let (e1, e2) = (es1.addr, es2.addr);
+    let h = Harness::start(move |r| {
+        let (a1, a2) = (h_es(&r, 1), h_es(&r, 2));
+        r.replace(
+            &format!("address = \"{a1}\"\ninsecure = true"),
+            &format!("address = \"{e1}\""),
+        )
+        .replace(
+            &format!("address = \"{a2}\"\ninsecure = true"),
+            &format!("address = \"{e2}\""),
+        ) + &format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            c.join("ca.pem").display(),
+            c.join("server.pem").display(),
+            c.join("server.key").display()
+        )
+    })
+    .await;
+    let acks = send_all(
+        h.sil(),
+        &[
+            result_by_identifier("ES1", "D1", "100001", "1"),
+            result_by_identifier("ES2", "D2", "200002", "2"),
+        ],
+    )
+    .await
+    .expect("acks");
+    assert!(acks.iter().all(|a| msa(a).0 == "AA"));
+    assert!(es1.wait_for(1, Duration::from_secs(20)).await);
+    assert_eq!(es1.control_ids(), ["D1"]);
+    assert_eq!(
+        *es1.peers.lock().expect("lock"),
+        ["urn:labroute:instance"],
+        "the instance presents its certificate"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        es2.count(),
+        0,
+        "nothing sent to a peer whose certificate fails"
+    );
+    let waiting = h
+        .server
+        .store
+        .store()
+        .outbox_after("dpi-es2", None, 10)
+        .expect("outbox");
+    assert_eq!(waiting.len(), 1);
+    let err = waiting[0].1.last_error.clone().unwrap_or_default();
+    assert!(err.contains("TLS"), "{err}");
+    h.server.shutdown().await;
+}
+
+/// The address the harness gave destination `dpi-es<n>` (its own receiver).
+fn h_es(routes: &str, n: u8) -> String {
+    let key = format!("name = \"dpi-es{n}\"\naddress = \"");
+    let start = routes.find(&key).map(|i| i + key.len()).unwrap_or(0);
+    routes[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }

@@ -93,6 +93,10 @@ pub struct Destination {
     pub backoff_max: Duration,
     /// false: close after each ACK and open a new connection for the next message.
     pub keep_connection_open: bool,
+    /// TLS with the instance's certificate as client certificate.
+    pub tls: bool,
+    /// Name the destination's certificate must carry.
+    pub server_name: Option<String>,
 }
 
 /// What a peer system does.
@@ -619,7 +623,27 @@ impl Validator {
                         .parse::<std::net::IpAddr>()
                         .is_ok_and(|ip| ip.is_loopback());
                 if !d.insecure {
-                    self.err(cx, cx.line(&d.address), field("insecure"), "TLS destinations are not available yet: set `insecure = true` (plain TCP, loopback only)");
+                    self.tls_users.push((
+                        cx.file.to_owned(),
+                        cx.line(&d.address),
+                        field("address"),
+                    ));
+                    let name = d
+                        .server_name
+                        .as_ref()
+                        .map_or(host.trim_matches(['[', ']']), |n| n.get_ref().as_str());
+                    if rustls::pki_types::ServerName::try_from(name).is_err() {
+                        let at = d
+                            .server_name
+                            .as_ref()
+                            .map_or(cx.line(&d.address), |n| cx.line(n));
+                        self.err(
+                            cx,
+                            at,
+                            field("server_name"),
+                            format!("{name:?} is not a DNS name or IP address"),
+                        );
+                    }
                 } else if !loopback {
                     self.err(
                         cx,
@@ -692,6 +716,15 @@ impl Validator {
             backoff_initial: Duration::from_millis(b0),
             backoff_max: Duration::from_millis(b1.max(b0)),
             keep_connection_open: d.keep_connection_open.unwrap_or(true),
+            tls: !d.insecure,
+            server_name: d
+                .server_name
+                .as_ref()
+                .map(|n| n.get_ref().clone())
+                .or_else(|| {
+                    addr.rsplit_once(':')
+                        .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
+                }),
         });
     }
 
@@ -1045,7 +1078,7 @@ impl Validator {
                     file,
                     line,
                     field,
-                    message: "a TLS listener needs a [tls] section (ca, cert, key); or set `insecure = true` on a loopback address".into(),
+                    message: "TLS needs a [tls] section (ca, cert, key); or set `insecure = true` on a loopback address".into(),
                 });
             }
         }

@@ -100,6 +100,8 @@ pub struct RawDestination {
     /// false: one connection per message (for receivers that mishandle a second message on
     /// a connection, such as npm node-hl7-server 2.5).
     pub keep_connection_open: Option<bool>,
+    /// Name the destination's certificate must carry (TLS); default: the address's host.
+    pub server_name: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

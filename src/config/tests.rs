@@ -148,7 +148,7 @@ bind = "127.0.0.1:2590"
         "system[1].san_uri: \"urn:labroute:system:dpi-es1\" already identifies system \"dpi-es1\"",
         "system[1].establishments: no establishment has id \"ES9\"",
         "system[2].san_uri: no san_uri, san_dns or sha256",
-        "listener[1].bind: a TLS listener needs a [tls] section",
+        "listener[1].bind: TLS needs a [tls] section",
     ] {
         assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
     }

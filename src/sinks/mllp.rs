@@ -52,15 +52,85 @@ pub enum PeerAnswer {
     Rejected(String),
 }
 
+/// An open connection: plain TCP (loopback only) or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                s.flush().await
+            }
+        }
+    }
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+    /// True when the peer closed the connection or left bytes we did not ask for (a peer
+    /// that closes after each message; a stray reply): either way, start afresh. Peeks, so
+    /// nothing is consumed.
+    fn stale(&self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut b = [0u8; 1];
+        let mut rb = tokio::io::ReadBuf::new(&mut b);
+        self.tcp().poll_peek(&mut cx, &mut rb).is_ready()
+    }
+}
+
 /// A connection to one destination, reopened when needed.
 pub struct Connection {
     dest: Destination,
-    stream: Option<TcpStream>,
+    tls: Option<tokio_rustls::TlsConnector>,
+    stream: Option<Stream>,
 }
 
 impl Connection {
-    pub fn new(dest: Destination) -> Self {
-        Connection { dest, stream: None }
+    /// `tls`: the connector for a TLS destination (the instance's client certificate).
+    pub fn new(dest: Destination, tls: Option<tokio_rustls::TlsConnector>) -> Self {
+        Connection {
+            dest,
+            tls,
+            stream: None,
+        }
+    }
+
+    async fn connect(&self) -> Result<Stream, AttemptError> {
+        let addr = self.dest.address.clone();
+        let timeout = self.dest.connect_timeout;
+        let tcp = match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+            Err(_) => return Err(AttemptError::ConnectTimeout(addr)),
+            Ok(Err(e)) => return Err(AttemptError::Connect(addr, e.to_string())),
+            Ok(Ok(s)) => s,
+        };
+        let _ = tcp.set_nodelay(true);
+        if !self.dest.tls {
+            return Ok(Stream::Plain(tcp));
+        }
+        let Some(connector) = &self.tls else {
+            return Err(AttemptError::Connect(addr, "TLS is not configured".into()));
+        };
+        let name = self.dest.server_name.clone().unwrap_or_default();
+        let server_name = rustls::pki_types::ServerName::try_from(name)
+            .map_err(|e| AttemptError::Connect(addr.clone(), e.to_string()))?;
+        match tokio::time::timeout(timeout, connector.connect(server_name, tcp)).await {
+            Err(_) => Err(AttemptError::ConnectTimeout(addr)),
+            Ok(Err(e)) => Err(AttemptError::Connect(addr, format!("TLS: {e}"))),
+            Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
+        }
     }
 
     /// Sends one message and waits for the peer's ACK, which must answer it (MSA-2 equal to
@@ -86,24 +156,11 @@ impl Connection {
         };
         // A peer that closes after each message (some do) must not make us write into a dead
         // socket and count that as a failed delivery: check first, reconnect if closed.
-        if let Some(s) = &self.stream {
-            let mut probe = [0u8; 1];
-            match s.try_read(&mut probe) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                _ => self.stream = None,
-            }
+        if self.stream.as_ref().is_some_and(Stream::stale) {
+            self.stream = None;
         }
         if self.stream.is_none() {
-            let addr = self.dest.address.clone();
-            let s = match tokio::time::timeout(self.dest.connect_timeout, TcpStream::connect(&addr))
-                .await
-            {
-                Err(_) => return Err(AttemptError::ConnectTimeout(addr)),
-                Ok(Err(e)) => return Err(AttemptError::Connect(addr, e.to_string())),
-                Ok(Ok(s)) => s,
-            };
-            let _ = s.set_nodelay(true);
-            self.stream = Some(s);
+            self.stream = Some(self.connect().await?);
         }
         let Some(stream) = self.stream.as_mut() else {
             return Err(AttemptError::ClosedBeforeAck);
@@ -200,13 +257,14 @@ impl PendingMarks {
 pub async fn run_destination(
     dest: Destination,
     store: StoreHandle,
+    tls: Option<tokio_rustls::TlsConnector>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = dest.name.as_str().to_owned();
     let Some(notify) = store.notifier(&name) else {
         return;
     };
-    let mut conn = Connection::new(dest.clone());
+    let mut conn = Connection::new(dest.clone(), tls);
     let mut cursor: Option<u64> = None;
     let mut pending = PendingMarks {
         dest: name.clone(),

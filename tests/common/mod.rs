@@ -17,39 +17,83 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Receiver {
     pub addr: SocketAddr,
     pub got: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// TLS receivers: the identity label of each client that completed a handshake.
+    pub peers: Arc<Mutex<Vec<String>>>,
     task: Arc<tokio::task::JoinHandle<()>>,
+}
+
+/// Reads frames, records them, answers each with `code`.
+async fn serve_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut s: S,
+    code: AckCode,
+    got: Arc<Mutex<Vec<Vec<u8>>>>,
+) {
+    let mut dec = Decoder::new(64 << 20);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        for u in dec.feed(&buf[..n]) {
+            let Decoded::Frame(f) = u else { continue };
+            let prepared = labroute::hl7::message::prepare(&f);
+            let m = Message::parse(&prepared).expect("receiver got an unreadable message");
+            let a = ack::build(&AckHeader::of(&m), code, None, "R", "20250101");
+            got.lock().unwrap().push(f);
+            if s.write_all(&frame(&a)).await.is_err() || s.flush().await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 impl Receiver {
     pub async fn start(addr: &str, code: AckCode) -> Receiver {
+        Receiver::start_inner(addr, code, None).await
+    }
+
+    /// An MLLP-over-TLS receiver requiring a client certificate from `files.ca`.
+    pub async fn start_tls(addr: &str, code: AckCode, files: &labroute::tls::TlsFiles) -> Receiver {
+        let acceptor = tokio_rustls::TlsAcceptor::from(
+            labroute::tls::server_config(files).expect("TLS config"),
+        );
+        Receiver::start_inner(addr, code, Some(acceptor)).await
+    }
+
+    async fn start_inner(
+        addr: &str,
+        code: AckCode,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Receiver {
         let listener = TcpListener::bind(addr).await.expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
         let got = Arc::new(Mutex::new(Vec::new()));
-        let g2 = got.clone();
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let (g2, p2) = (got.clone(), peers.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut s, _)) = listener.accept().await else {
+                let Ok((s, _)) = listener.accept().await else {
                     return;
                 };
-                let g3 = g2.clone();
+                let (g3, p3, tls) = (g2.clone(), p2.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let mut dec = Decoder::new(64 << 20);
-                    let mut buf = vec![0u8; 65536];
-                    loop {
-                        let n = match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => n,
-                        };
-                        for u in dec.feed(&buf[..n]) {
-                            let Decoded::Frame(f) = u else { continue };
-                            let prepared = labroute::hl7::message::prepare(&f);
-                            let m = Message::parse(&prepared)
-                                .expect("receiver got an unreadable message");
-                            let a = ack::build(&AckHeader::of(&m), code, None, "R", "20250101");
-                            g3.lock().unwrap().push(f);
-                            if s.write_all(&frame(&a)).await.is_err() {
+                    match tls {
+                        None => serve_peer(s, code, g3).await,
+                        Some(acceptor) => {
+                            let Ok(t) = acceptor.accept(s).await else {
                                 return;
-                            }
+                            };
+                            let id = t
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(labroute::tls::identity)
+                                .map(|i| i.label())
+                                .unwrap_or_default();
+                            p3.lock().unwrap().push(id);
+                            serve_peer(t, code, g3).await
                         }
                     }
                 });
@@ -58,6 +102,7 @@ impl Receiver {
         Receiver {
             addr,
             got,
+            peers,
             task: Arc::new(task),
         }
     }
