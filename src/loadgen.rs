@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::hl7::Message;
@@ -24,6 +24,21 @@ pub struct LoadSpec {
     pub ack_timeout: Duration,
     /// Makes control ids unique across runs against the same store.
     pub run_id: String,
+    /// MLLP over TLS with a client certificate.
+    pub tls: Option<TlsClient>,
+}
+
+/// What a TLS connection needs.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsClient({:?})", self.server_name)
+    }
 }
 
 /// What came back.
@@ -99,7 +114,7 @@ struct ConnResult {
     bytes: u64,
 }
 
-async fn read_ack(s: &mut TcpStream, timeout: Duration) -> Option<Vec<u8>> {
+async fn read_ack<S: AsyncRead + Unpin>(s: &mut S, timeout: Duration) -> Option<Vec<u8>> {
     let mut dec = Decoder::new(1 << 20);
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + timeout;
@@ -119,20 +134,40 @@ async fn one_connection(
     conn: usize,
     count: usize,
 ) -> Result<ConnResult, LoadError> {
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+    let hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .map_err(|e| LoadError::Histogram(e.to_string()))?;
-    let (mut accepted, mut refused, mut failed, mut bytes) = (0, 0, 0, 0);
-    let mut stream = TcpStream::connect(spec.to)
+    let tcp = TcpStream::connect(spec.to)
         .await
         .map_err(|e| LoadError::Connect(spec.to, e))?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    match spec.tls.clone() {
+        None => drive(tcp, &spec, conn, count, hist).await,
+        Some(t) => {
+            let s = t
+                .connector
+                .connect(t.server_name, tcp)
+                .await
+                .map_err(|e| LoadError::Connect(spec.to, e))?;
+            drive(s, &spec, conn, count, hist).await
+        }
+    }
+}
+
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    spec: &LoadSpec,
+    conn: usize,
+    count: usize,
+    mut hist: Histogram<u64>,
+) -> Result<ConnResult, LoadError> {
+    let (mut accepted, mut refused, mut failed, mut bytes) = (0, 0, 0, 0);
     for i in 0..count {
         let authority = &spec.authorities[(conn + i) % spec.authorities.len().max(1)];
         let id = format!("{}-{conn}-{i}", spec.run_id);
         let msg = result_message(&id, authority, (conn * 1_000_000 + i) as u64, spec.obx);
         let framed = frame(&msg);
         let start = Instant::now();
-        if stream.write_all(&framed).await.is_err() {
+        if stream.write_all(&framed).await.is_err() || stream.flush().await.is_err() {
             failed += (count - i) as u64;
             break;
         }

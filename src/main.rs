@@ -102,6 +102,16 @@ enum Command {
         /// OBX segments per result.
         #[arg(long, default_value_t = 5)]
         obx: usize,
+        /// MLLP over TLS: client certificate (PEM); with --key and --ca.
+        #[arg(long, requires_all = ["key", "ca"])]
+        cert: Option<PathBuf>,
+        #[arg(long)]
+        key: Option<PathBuf>,
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Name the server's certificate must carry (TLS).
+        #[arg(long, default_value = "localhost")]
+        server_name: String,
     },
     /// Development PKI (for development and tests only; see certs/README.md).
     Pki {
@@ -294,7 +304,29 @@ async fn run(cli: Cli) -> Result<()> {
             messages,
             authorities,
             obx,
+            cert,
+            key,
+            ca,
+            server_name,
         } => {
+            let tls = match (cert, key, ca) {
+                (Some(cert), Some(key), Some(ca)) => {
+                    let files = labroute::tls::TlsFiles {
+                        ca,
+                        cert,
+                        key,
+                        min_version: labroute::tls::MinVersion::Tls12,
+                    };
+                    Some(labroute::loadgen::TlsClient {
+                        connector: tokio_rustls::TlsConnector::from(labroute::tls::client_config(
+                            &files,
+                        )?),
+                        server_name: rustls::pki_types::ServerName::try_from(server_name)
+                            .context("--server-name")?,
+                    })
+                }
+                _ => None,
+            };
             let to = tokio::net::lookup_host(&to)
                 .await
                 .with_context(|| format!("resolving {to}"))?
@@ -308,6 +340,7 @@ async fn run(cli: Cli) -> Result<()> {
                 obx,
                 ack_timeout: Duration::from_secs(30),
                 run_id: format!("LG{}", now_ms()),
+                tls,
             };
             let report = labroute::loadgen::run(spec).await?;
             println!("{report}");

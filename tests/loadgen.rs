@@ -20,6 +20,7 @@ async fn loadgen_messages_are_all_acknowledged_and_delivered_to_their_owner() {
         obx: 3,
         ack_timeout: Duration::from_secs(30),
         run_id: "T".into(),
+        tls: None,
     })
     .await
     .expect("load runs");
