@@ -6,6 +6,7 @@ pub mod ingest;
 pub mod loadgen;
 pub mod model;
 pub mod pki;
+pub mod policy;
 pub mod router;
 pub mod server;
 pub mod sinks;

@@ -103,6 +103,7 @@ impl Server {
         for d in &cfg.destinations {
             tasks.push(tokio::spawn(run_destination(
                 d.clone(),
+                cfg.clone(),
                 handle.clone(),
                 connector.clone().filter(|_| d.tls),
                 rx.clone(),

@@ -44,6 +44,7 @@ counters! {
     deliveries: "messages accepted by a destination",
     delivery_retries: "delivery attempts that will be retried",
     dead_letters: "messages dead-lettered",
+    refused_by_policy: "deliveries the delivery policy refused (no permit): dead-lettered",
 }
 
 /// The counters of this process.

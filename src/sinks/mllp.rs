@@ -8,11 +8,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::config::Destination;
+use crate::config::{Config, Destination};
 use crate::hl7::Message;
 use crate::hl7::ack::{AckOutcome, read_peer_ack};
 use crate::hl7::message::prepare;
 use crate::hl7::mllp::{Decoded, Decoder, frame};
+use crate::policy::{self, Permit};
 use crate::stats::{self, STATS};
 use crate::store::writer::DeliveryUpdate;
 use crate::store::{OutboxEntry, StoreHandle};
@@ -40,6 +41,8 @@ pub enum AttemptError {
     AckTooLarge,
     #[error("peer ACK answers another message (MSA-2 is not this message's MSH-10)")]
     AckMismatch,
+    #[error("the permit is for another destination")]
+    WrongPermit,
 }
 
 /// Peer's answer to a delivered message.
@@ -133,9 +136,17 @@ impl Connection {
         }
     }
 
-    /// Sends one message and waits for the peer's ACK, which must answer it (MSA-2 equal to
-    /// its MSH-10). On any error the connection is dropped: the next attempt starts afresh.
-    pub async fn send(&mut self, message: &[u8]) -> Result<PeerAnswer, AttemptError> {
+    /// Sends one message, under its permit, and waits for the peer's ACK, which must answer
+    /// it (MSA-2 equal to its MSH-10). On any error the connection is dropped: the next
+    /// attempt starts afresh.
+    pub async fn send(
+        &mut self,
+        permit: &Permit,
+        message: &[u8],
+    ) -> Result<PeerAnswer, AttemptError> {
+        if permit.destination() != &self.dest.name {
+            return Err(AttemptError::WrongPermit);
+        }
         let r = self.try_send(message).await;
         if r.is_err() || !self.dest.keep_connection_open {
             self.stream = None;
@@ -256,6 +267,7 @@ impl PendingMarks {
 /// Runs the worker of one destination until shutdown.
 pub async fn run_destination(
     dest: Destination,
+    cfg: std::sync::Arc<Config>,
     store: StoreHandle,
     tls: Option<tokio_rustls::TlsConnector>,
     mut shutdown: watch::Receiver<bool>,
@@ -297,6 +309,7 @@ pub async fn run_destination(
         for (n, entry) in batch {
             if !deliver_one(
                 &dest,
+                &cfg,
                 &store,
                 &mut conn,
                 n,
@@ -315,8 +328,10 @@ pub async fn run_destination(
 }
 
 /// Delivers one entry until it is delivered or dead. Returns false on shutdown.
+#[allow(clippy::too_many_arguments)]
 async fn deliver_one(
     dest: &Destination,
+    cfg: &Config,
     store: &StoreHandle,
     conn: &mut Connection,
     n: u64,
@@ -339,10 +354,20 @@ async fn deliver_one(
                     reason: format!("not delivered within max_age ({:?})", dest.max_age),
                 }
             } else {
-                match store.store().raw(entry.seq) {
-                    Ok(Some(raw)) => {
+                match (
+                    store.store().raw(entry.seq),
+                    permit_for(store, &dest.name, cfg, entry.seq),
+                ) {
+                    (_, Err(denied)) => {
+                        stats::add(&STATS.refused_by_policy, 1);
+                        DeliveryUpdate::Dead {
+                            attempts: entry.attempts,
+                            reason: format!("refused by the delivery policy: {denied}"),
+                        }
+                    }
+                    (Ok(Some(raw)), Ok(permit)) => {
                         let attempts = entry.attempts + 1;
-                        match conn.send(&raw).await {
+                        match conn.send(&permit, &raw).await {
                             Ok(PeerAnswer::Accepted) => DeliveryUpdate::Delivered,
                             Ok(PeerAnswer::Rejected(r)) => DeliveryUpdate::Dead {
                                 attempts,
@@ -352,11 +377,11 @@ async fn deliver_one(
                             Err(e) => retry_or_dead(dest, attempts, e.to_string()),
                         }
                     }
-                    Ok(None) => DeliveryUpdate::Dead {
+                    (Ok(None), _) => DeliveryUpdate::Dead {
                         attempts: entry.attempts,
                         reason: "message bytes missing from the store".into(),
                     },
-                    Err(e) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
+                    (Err(e), _) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
                 }
             };
         // Persist the outcome (a restart resumes from the store): a delivered mark commits
@@ -416,6 +441,26 @@ async fn deliver_one(
             }
         }
     }
+}
+
+/// The permit for one outbox entry, from its stored record (and, for an application ACK,
+/// the record of the message it answers).
+fn permit_for(
+    store: &StoreHandle,
+    dest: &crate::model::DestinationName,
+    cfg: &Config,
+    seq: u64,
+) -> Result<Permit, String> {
+    let rec = store
+        .store()
+        .record(seq)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("message {seq} has no record"))?;
+    let answered = match rec.answers {
+        Some(a) => store.store().record(a).map_err(|e| e.to_string())?,
+        None => None,
+    };
+    policy::permit(&rec, dest, cfg, answered.as_ref()).map_err(|d| d.to_string())
 }
 
 fn retry_or_dead(dest: &Destination, attempts: u32, error: String) -> DeliveryUpdate {

@@ -43,6 +43,9 @@ pub struct MessageRecord {
     /// it matched no system.
     #[serde(default)]
     pub sender: Option<String>,
+    /// For an application ACK: the message it answers.
+    #[serde(default)]
+    pub answers: Option<u64>,
 }
 
 /// An application ACK the sender asked for, sent once the message's outcome is final:

@@ -743,6 +743,7 @@ fn ingest(
         destinations: dests,
         app_ack: pending,
         sender: sender_name,
+        answers: None,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
     if no_destination {
@@ -868,6 +869,7 @@ fn reject(
         destinations: Vec::new(),
         app_ack: None,
         sender: req.sender,
+        answers: None,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
     Ok(IngestReply::Rejected {
@@ -1016,6 +1018,7 @@ fn app_ack(
             destinations: vec![pending.to.clone()],
             app_ack: None,
             sender: None,
+            answers: Some(rec.seq),
         };
         store_message(txn, &ack_rec, &bytes, &[])?;
         enqueue(txn, seqs, pending.to.as_str(), seq, None, now)?;

@@ -1,0 +1,222 @@
+//! The one place that decides whether a stored message may go to a destination. A sink
+//! sends only with a [`Permit`], and only [`permit`] makes one: cross-tenant delivery needs
+//! a permit this function refuses to make.
+
+use crate::config::Config;
+use crate::model::DestinationName;
+use crate::store::{MessageRecord, RecordStatus};
+
+/// Leave to send one stored message to one destination. Its fields are private: no other
+/// module can make one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permit {
+    seq: u64,
+    destination: DestinationName,
+}
+
+impl Permit {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    pub fn destination(&self) -> &DestinationName {
+        &self.destination
+    }
+}
+
+/// Why no permit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("message {0} has no owning establishment (quarantined, refused or discarded)")]
+    NotOwned(u64),
+    #[error(
+        "message {seq} belongs to {establishment}; {destination} is not one of its destinations"
+    )]
+    NotItsDestination {
+        seq: u64,
+        establishment: String,
+        destination: String,
+    },
+    #[error(
+        "message {seq} is an application ACK; {destination} is not where its sender's listener sends them"
+    )]
+    NotItsSender { seq: u64, destination: String },
+}
+
+/// Checks (message tenant, destination, recipient) and makes the permit:
+/// - an owned message (routed, or released by an operator) may go only to the destinations
+///   routing gives its class and owner: a result to its owner's record, orders and ADT to
+///   the configured lab destinations;
+/// - an application ACK (`answers` = the message it answers) only to the
+///   `application_acks_to` of the listener that message came in on.
+pub fn permit(
+    rec: &MessageRecord,
+    destination: &DestinationName,
+    cfg: &Config,
+    answered: Option<&MessageRecord>,
+) -> Result<Permit, Denied> {
+    let ok = || {
+        Ok(Permit {
+            seq: rec.seq,
+            destination: destination.clone(),
+        })
+    };
+    if rec.answers.is_some() {
+        let allowed = answered
+            .filter(|a| Some(a.seq) == rec.answers)
+            .and_then(|a| cfg.listener(&a.listener))
+            .and_then(|l| l.application_acks_to.as_ref());
+        return if allowed == Some(destination) {
+            ok()
+        } else {
+            Err(Denied::NotItsSender {
+                seq: rec.seq,
+                destination: destination.to_string(),
+            })
+        };
+    }
+    let owned = matches!(rec.status, RecordStatus::Routed | RecordStatus::Released);
+    let (Some(owner), Some(class), true) = (rec.establishment(), rec.class, owned) else {
+        return Err(Denied::NotOwned(rec.seq));
+    };
+    if crate::router::destinations(class, owner, cfg).contains(destination) {
+        ok()
+    } else {
+        Err(Denied::NotItsDestination {
+            seq: rec.seq,
+            establishment: owner.to_string(),
+            destination: destination.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EstablishmentId, MessageClass};
+    use crate::router::{Decision, QuarantineReason};
+
+    const ROUTES: &str = r#"
+[[listener]]
+name = "sil"
+bind = "127.0.0.1:2575"
+insecure = true
+application_acks_to = "sil"
+[[destination]]
+name = "sil"
+address = "127.0.0.1:3000"
+insecure = true
+[[destination]]
+name = "dpi-es1"
+address = "127.0.0.1:3001"
+insecure = true
+[[destination]]
+name = "dpi-es2"
+address = "127.0.0.1:3002"
+insecure = true
+[routing]
+orders_to = ["sil"]
+adt_to = ["sil"]
+[[establishment]]
+id = "ES1"
+name = "Nord"
+record = "dpi-es1"
+identify.placer_namespaces = ["N"]
+[[establishment]]
+id = "ES2"
+name = "Sud"
+record = "dpi-es2"
+identify.placer_namespaces = ["S"]
+"#;
+
+    fn cfg() -> Config {
+        Config::from_sources(&[("t.toml".into(), ROUTES.to_owned())]).expect("routes")
+    }
+
+    fn record(
+        seq: u64,
+        class: MessageClass,
+        owner: Option<&str>,
+        status: RecordStatus,
+    ) -> MessageRecord {
+        MessageRecord {
+            seq,
+            received_at_ms: 0,
+            listener: "sil".into(),
+            peer: String::new(),
+            control_id: format!("C{seq}"),
+            message_type: "ORU^R01".into(),
+            class: Some(class),
+            sha256: String::new(),
+            status,
+            decision: Some(match owner {
+                Some(o) => Decision::Owned {
+                    establishment: EstablishmentId::new(o),
+                    evidence: vec![],
+                },
+                None => Decision::Quarantined {
+                    reason: QuarantineReason::NoEvidence,
+                    evidence: vec![],
+                },
+            }),
+            rejection: None,
+            destinations: vec![],
+            app_ack: None,
+            sender: None,
+            answers: None,
+        }
+    }
+
+    fn d(n: &str) -> DestinationName {
+        DestinationName::new(n)
+    }
+
+    #[test]
+    fn a_permit_only_for_the_owner_s_destinations() {
+        let cfg = cfg();
+        let result = record(1, MessageClass::Result, Some("ES1"), RecordStatus::Routed);
+        assert_eq!(
+            permit(&result, &d("dpi-es1"), &cfg, None).map(|p| p.seq()),
+            Ok(1)
+        );
+        for other in ["dpi-es2", "sil"] {
+            assert!(matches!(
+                permit(&result, &d(other), &cfg, None),
+                Err(Denied::NotItsDestination { .. })
+            ));
+        }
+        let order = record(2, MessageClass::Order, Some("ES2"), RecordStatus::Released);
+        assert!(permit(&order, &d("sil"), &cfg, None).is_ok());
+        assert!(permit(&order, &d("dpi-es2"), &cfg, None).is_err());
+        for status in [
+            RecordStatus::Quarantined,
+            RecordStatus::Rejected,
+            RecordStatus::Discarded,
+        ] {
+            let r = record(3, MessageClass::Result, Some("ES1"), status);
+            assert_eq!(
+                permit(&r, &d("dpi-es1"), &cfg, None),
+                Err(Denied::NotOwned(3))
+            );
+        }
+        let held = record(4, MessageClass::Result, None, RecordStatus::Routed);
+        assert_eq!(
+            permit(&held, &d("dpi-es1"), &cfg, None),
+            Err(Denied::NotOwned(4))
+        );
+    }
+
+    #[test]
+    fn an_application_ack_only_to_its_sender_s_listener_destination() {
+        let cfg = cfg();
+        let answered = record(5, MessageClass::Result, Some("ES1"), RecordStatus::Routed);
+        let mut ack = record(6, MessageClass::Result, None, RecordStatus::Routed);
+        ack.class = None;
+        ack.decision = None;
+        ack.answers = Some(5);
+        assert!(permit(&ack, &d("sil"), &cfg, Some(&answered)).is_ok());
+        assert!(permit(&ack, &d("dpi-es1"), &cfg, Some(&answered)).is_err());
+        assert!(permit(&ack, &d("sil"), &cfg, None).is_err());
+        let wrong = record(7, MessageClass::Result, Some("ES1"), RecordStatus::Routed);
+        assert!(permit(&ack, &d("sil"), &cfg, Some(&wrong)).is_err());
+    }
+}
