@@ -463,3 +463,110 @@ fn h_es(routes: &str, n: u8) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// Every sender system × claimed establishment × message kind, over real TLS: the exact
+/// answer and where it ends up (lab, ES1's record, ES2's record, or nowhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_sender_by_claimed_establishment_by_destination() {
+    let s = setup().await;
+    let (sil, dpi) = (s.sil(), s.server.addr("dpi").expect("dpi"));
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Outcome {
+        Delivered(&'static str),
+        Held,
+        Refused,
+    }
+    let speaks_for = |sender: &str| -> Option<(&[&str], bool)> {
+        // (establishments, is the lab)
+        match sender {
+            "sil" => Some((&["ES1", "ES2"], true)),
+            "dpi-es1" => Some((&["ES1"], false)),
+            "dpi-es2" => Some((&["ES2"], false)),
+            _ => None,
+        }
+    };
+    let mut expected = Vec::new();
+    let mut n = 0;
+    for sender in ["sil", "dpi-es1", "dpi-es2", "operator"] {
+        for claim in ["ES1", "ES2", "none"] {
+            for kind in ["order", "result"] {
+                n += 1;
+                let id = format!("M{n}");
+                let es = if claim == "none" { "XX" } else { claim };
+                let msg = match kind {
+                    "order" => order(es, &id, &format!("P{n}"), "100001"),
+                    _ => result_by_identifier(es, &id, "100001", "1"),
+                };
+                let want = match speaks_for(sender) {
+                    None => Outcome::Refused,
+                    Some((ests, is_lab)) => {
+                        let role_ok = (kind == "result") == is_lab;
+                        if !role_ok {
+                            Outcome::Refused
+                        } else if claim == "none" {
+                            Outcome::Held
+                        } else if !ests.contains(&claim) {
+                            Outcome::Refused
+                        } else if kind == "order" {
+                            Outcome::Delivered("lab")
+                        } else if claim == "ES1" {
+                            Outcome::Delivered("es1")
+                        } else {
+                            Outcome::Delivered("es2")
+                        }
+                    }
+                };
+                let to = if kind == "order" { dpi } else { sil };
+                let (code, msa2, err) = send_as(to, sender, &msg).await;
+                assert_eq!(msa2, id);
+                let got_code = if want == Outcome::Refused { "AR" } else { "AA" };
+                assert_eq!(
+                    (code.as_str(), err.as_str()),
+                    (got_code, if want == Outcome::Refused { "207" } else { "" }),
+                    "{sender} × {claim} × {kind}"
+                );
+                expected.push((id, want));
+            }
+        }
+    }
+    let want_at = |place: &str| -> Vec<String> {
+        expected
+            .iter()
+            .filter(|(_, w)| {
+                *w == Outcome::Delivered(match place {
+                    "lab" => "lab",
+                    "es1" => "es1",
+                    _ => "es2",
+                })
+            })
+            .map(|(id, _)| id.clone())
+            .collect()
+    };
+    for (place, rx) in [("lab", &s.lab), ("es1", &s.es1), ("es2", &s.es2)] {
+        let want = want_at(place);
+        assert!(
+            rx.wait_for(want.len(), Duration::from_secs(20)).await,
+            "{place}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (place, rx) in [("lab", &s.lab), ("es1", &s.es1), ("es2", &s.es2)] {
+        assert_eq!(rx.control_ids(), want_at(place), "delivered to {place}");
+    }
+    let held = expected.iter().filter(|(_, w)| *w == Outcome::Held).count();
+    assert_eq!(
+        s.server
+            .store
+            .store()
+            .quarantine()
+            .expect("quarantine")
+            .len(),
+        held
+    );
+    let refused = expected
+        .iter()
+        .filter(|(_, w)| *w == Outcome::Refused)
+        .count();
+    assert!(refused >= 12, "the matrix has refusals: {refused}");
+    s.server.shutdown().await;
+}
