@@ -26,6 +26,10 @@ pub enum AdminRequest {
     },
     DeadList,
     OperatorLog,
+    AuditVerify,
+    AuditQuery {
+        filter: crate::store::audit::AuditFilter,
+    },
     Command {
         command: OperatorCommand,
         operator: String,
@@ -42,6 +46,12 @@ pub enum AdminResponse {
 pub async fn execute(req: AdminRequest, store: &StoreHandle) -> AdminResponse {
     let s = store.store();
     let r: Result<Value, String> = match req {
+        AdminRequest::AuditVerify => crate::store::audit::verify(s)
+            .map(|v| json!(v))
+            .map_err(|e| e.to_string()),
+        AdminRequest::AuditQuery { filter } => crate::store::audit::query(s, &filter)
+            .map(|v| json!(v))
+            .map_err(|e| e.to_string()),
         AdminRequest::Status => s
             .counts()
             .map(|c| json!({ "store": c, "since_start": crate::stats::STATS.snapshot() }))

@@ -118,12 +118,38 @@ enum Command {
         #[command(subcommand)]
         action: PkiAction,
     },
+    /// The audit journal.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+        #[arg(long, default_value = "data", global = true)]
+        data: PathBuf,
+        #[arg(long, default_value = "routes", global = true)]
+        routes: PathBuf,
+    },
     /// The operator log.
     Oplog {
         #[arg(long, default_value = "data")]
         data: PathBuf,
         #[arg(long, default_value = "routes")]
         routes: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Checks the hash chain; names the first altered, missing or reordered entry (exit 1).
+    Verify,
+    /// Entries by establishment, time window (Unix ms) and event.
+    Query {
+        #[arg(long = "establishment")]
+        establishments: Vec<String>,
+        #[arg(long)]
+        from_ms: Option<u64>,
+        #[arg(long)]
+        to_ms: Option<u64>,
+        #[arg(long)]
+        event: Option<String>,
     },
 }
 
@@ -274,6 +300,43 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Oplog { data, routes } => {
             admin_call(&data, &routes, AdminRequest::OperatorLog).await
         }
+        Command::Audit {
+            action,
+            data,
+            routes,
+        } => match action {
+            AuditAction::Verify => {
+                let v = admin_value(&data, &routes, AdminRequest::AuditVerify).await?;
+                match v.get("first_bad").filter(|b| !b.is_null()) {
+                    None => {
+                        println!(
+                            "audit journal intact: {} entries",
+                            v.get("entries").cloned().unwrap_or_default()
+                        );
+                        Ok(())
+                    }
+                    Some(b) => bail!(
+                        "audit journal NOT intact: entry {} is {}",
+                        b.get(0).cloned().unwrap_or_default(),
+                        b.get(1).and_then(|x| x.as_str()).unwrap_or_default()
+                    ),
+                }
+            }
+            AuditAction::Query {
+                establishments,
+                from_ms,
+                to_ms,
+                event,
+            } => {
+                let filter = labroute::store::audit::AuditFilter {
+                    establishments,
+                    from_ms,
+                    to_ms,
+                    event,
+                };
+                admin_call(&data, &routes, AdminRequest::AuditQuery { filter }).await
+            }
+        },
         Command::Pki {
             action:
                 PkiAction::Init {
@@ -368,6 +431,23 @@ async fn serve(routes: &Path, data: &Path) -> Result<()> {
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Runs an admin request and returns its value (errors as errors).
+async fn admin_value(data: &Path, routes: &Path, req: AdminRequest) -> Result<serde_json::Value> {
+    let resp = match admin::request(data, &req).await? {
+        Some(r) => r,
+        None => {
+            let cfg = Arc::new(load(routes)?);
+            let store = Store::open(data)?;
+            let handle = StoreHandle::start(store, cfg, WriterConfig { max_batch: 16 });
+            admin::execute(req, &handle).await
+        }
+    };
+    match resp {
+        AdminResponse::Ok(v) => Ok(v),
+        AdminResponse::Error(e) => bail!("{e}"),
+    }
 }
 
 async fn admin_call(data: &Path, routes: &Path, req: AdminRequest) -> Result<()> {

@@ -6,6 +6,7 @@
 //! request only after the commit returned. Readers (`Store`) use redb snapshots and never block
 //! the writer.
 
+pub mod audit;
 pub mod records;
 pub mod writer;
 

@@ -389,6 +389,7 @@ struct Sequences {
     message: u64,
     enqueue: u64,
     oplog: u64,
+    audit: super::audit::Chain,
 }
 
 impl Sequences {
@@ -401,6 +402,8 @@ impl Sequences {
             self.message = get("message_seq")?;
             self.enqueue = get("enqueue_seq")?;
             self.oplog = get("oplog_seq")?;
+            drop(t);
+            self.audit = super::audit::Chain::load(txn)?;
             self.loaded = true;
         }
         Ok(())
@@ -410,8 +413,33 @@ impl Sequences {
         t.insert("message_seq", self.message).map_err(db_err)?;
         t.insert("enqueue_seq", self.enqueue).map_err(db_err)?;
         t.insert("oplog_seq", self.oplog).map_err(db_err)?;
+        drop(t);
+        self.audit.save(txn)?;
         Ok(())
     }
+}
+
+/// Appends an audit entry in this transaction.
+fn audit(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    event: &'static str,
+    message: Option<u64>,
+    establishment: Option<String>,
+    actor: Option<String>,
+    detail: serde_json::Value,
+) -> Result<(), StoreError> {
+    seqs.audit.append(
+        txn,
+        now_ms(),
+        super::audit::AuditEvent {
+            event,
+            message,
+            establishment,
+            actor,
+            detail,
+        },
+    )
 }
 
 /// Order lookups inside the write transaction (sees this batch's earlier orders).
@@ -614,6 +642,20 @@ fn ingest(
                     .map_err(db_err)?
                     .map(|v| v.value().to_vec())
                     .unwrap_or_default();
+                drop(acks);
+                drop(dedup);
+                audit(
+                    txn,
+                    seqs,
+                    "duplicate",
+                    Some(prior_seq),
+                    None,
+                    sender_name,
+                    serde_json::json!({
+                        "listener": req.listener,
+                        "control_id": req.facts.control_id,
+                    }),
+                )?;
                 return Ok(IngestReply::Duplicate {
                     seq: prior_seq,
                     ack,
@@ -746,6 +788,23 @@ fn ingest(
         answers: None,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
+    audit(
+        txn,
+        seqs,
+        "received",
+        Some(seq),
+        rec.establishment().map(|e| e.to_string()),
+        rec.sender.clone(),
+        serde_json::json!({
+            "listener": rec.listener,
+            "peer": rec.peer,
+            "type": rec.message_type,
+            "control_id": rec.control_id,
+            "sha256": rec.sha256,
+            "decision": rec.decision,
+            "destinations": rec.destinations,
+        }),
+    )?;
     if no_destination {
         app_ack(txn, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
     }
@@ -872,6 +931,24 @@ fn reject(
         answers: None,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
+    audit(
+        txn,
+        seqs,
+        "refused",
+        Some(seq),
+        rec.establishment().map(|e| e.to_string()),
+        rec.sender.clone(),
+        serde_json::json!({
+            "listener": rec.listener,
+            "peer": rec.peer,
+            "type": rec.message_type,
+            "control_id": rec.control_id,
+            "sha256": rec.sha256,
+            "code": rec.rejection.as_ref().map(|r| r.code),
+            "reason": rec.rejection.as_ref().map(|r| r.text.clone()),
+            "decision": rec.decision,
+        }),
+    )?;
     Ok(IngestReply::Rejected {
         seq,
         ack,
@@ -900,6 +977,30 @@ fn delivery(
         // Already settled (e.g. by an earlier run): nothing to do.
         return Ok(());
     };
+    let (event, detail) = match update {
+        DeliveryUpdate::Delivered => ("delivered", serde_json::json!({})),
+        DeliveryUpdate::Retry {
+            attempts, error, ..
+        } => (
+            "retry",
+            serde_json::json!({ "attempts": attempts, "error": error }),
+        ),
+        DeliveryUpdate::Dead { attempts, reason } => (
+            "dead",
+            serde_json::json!({ "attempts": attempts, "reason": reason }),
+        ),
+    };
+    let establishment =
+        load_record(txn, seq)?.and_then(|r| r.establishment().map(|e| e.to_string()));
+    audit(
+        txn,
+        seqs,
+        event,
+        Some(seq),
+        establishment,
+        Some(dest.to_owned()),
+        detail,
+    )?;
     match update {
         DeliveryUpdate::Delivered => {
             outbox.remove(key.as_slice()).map_err(db_err)?;
@@ -1023,6 +1124,15 @@ fn app_ack(
         store_message(txn, &ack_rec, &bytes, &[])?;
         enqueue(txn, seqs, pending.to.as_str(), seq, None, now)?;
         touched.insert(pending.to.as_str().to_owned());
+        audit(
+            txn,
+            seqs,
+            "application_ack",
+            Some(rec.seq),
+            rec.establishment().map(|e| e.to_string()),
+            Some(pending.to.to_string()),
+            serde_json::json!({ "code": code.as_str(), "ack_seq": seq }),
+        )?;
     }
     if outcome != AckOutcome::Error {
         rec.app_ack = None;
@@ -1054,6 +1164,17 @@ fn log_operator(
         .map_err(db_err)?
         .insert(seqs.oplog, encode(&r).as_slice())
         .map_err(db_err)?;
+    let establishment =
+        load_record(txn, seq)?.and_then(|rec| rec.establishment().map(|e| e.to_string()));
+    audit(
+        txn,
+        seqs,
+        "operator",
+        Some(seq),
+        establishment,
+        Some(r.operator),
+        serde_json::json!({ "action": r.action, "detail": r.detail }),
+    )?;
     Ok(())
 }
 

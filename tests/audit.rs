@@ -1,0 +1,163 @@
+//! The audit journal after real traffic: intact, queryable by establishment and event, and
+//! `verify` names the first bad entry after one byte is flipped, one entry deleted, or two
+//! entries swapped (on copies of the store, with redb directly).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use labroute::store::Store;
+use labroute::store::audit::{AUDIT, AuditFilter, query, verify};
+use labroute::store::writer::OperatorCommand;
+use redb::ReadableTable;
+
+fn tamper(src: &Path, dst: &Path, f: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
+    std::fs::create_dir_all(dst).expect("dir");
+    std::fs::copy(src.join("labroute.redb"), dst.join("labroute.redb")).expect("copy");
+    let db = redb::Database::open(dst.join("labroute.redb")).expect("redb opens");
+    let txn = db.begin_write().expect("write");
+    {
+        let mut t = txn.open_table(AUDIT).expect("audit table");
+        f(&mut t);
+    }
+    txn.commit().expect("commit");
+}
+
+fn get(t: &redb::Table<u64, &[u8]>, k: u64) -> Vec<u8> {
+    t.get(k).expect("get").expect("present").value().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_records_everything_and_verify_finds_any_tampering() {
+    let h = Harness::start(|r| r).await;
+    let msgs = vec![
+        result_by_identifier("ES1", "J1", "100001", "1"),
+        result_by_identifier("ES2", "J2", "200002", "2"),
+        result_by_identifier("XX", "J3", "9", "3"),
+        result_by_identifier("ES1", "J1", "100001", "1"),
+        b"MSH|^~\\&|SIL|LAB|DPI||x||QRY^Q01|J4|P|2.5\r".to_vec(),
+    ];
+    send_all(h.sil(), &msgs).await.expect("acks");
+    assert!(h.es1.wait_for(1, Duration::from_secs(20)).await);
+    assert!(h.es2.wait_for(1, Duration::from_secs(20)).await);
+    let held = h.server.store.store().quarantine().expect("q")[0].0.seq;
+    h.server
+        .store
+        .operator(
+            OperatorCommand::Release {
+                seq: held,
+                establishment: "ES1".into(),
+            },
+            "alice",
+        )
+        .await
+        .expect("release");
+    assert!(h.es1.wait_for(2, Duration::from_secs(20)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let data = h.dir.path().to_path_buf();
+    let routes = data.join("routes.toml");
+    std::fs::write(
+        &routes,
+        routes_toml(0, 0, h.lab.addr, h.es1.addr, h.es2.addr, 50),
+    )
+    .expect("routes file");
+    h.server.shutdown().await;
+
+    let store = Store::open(&data).expect("store");
+    let v = verify(&store).expect("verify runs");
+    assert_eq!(v.first_bad, None);
+    let all = query(&store, &AuditFilter::default()).expect("query");
+    assert_eq!(all.len() as u64, v.entries);
+    let events: Vec<&str> = all.iter().map(|e| e.event.as_str()).collect();
+    for e in ["received", "duplicate", "refused", "delivered", "operator"] {
+        assert!(events.contains(&e), "no {e} in {events:?}");
+    }
+    let es2 = query(
+        &store,
+        &AuditFilter {
+            establishments: vec!["ES2".into()],
+            ..Default::default()
+        },
+    )
+    .expect("query");
+    assert!(!es2.is_empty());
+    assert!(
+        es2.iter()
+            .all(|e| e.establishment.as_deref() == Some("ES2"))
+    );
+    let op = all
+        .iter()
+        .find(|e| e.event == "operator")
+        .expect("operator entry");
+    assert_eq!(op.actor.as_deref(), Some("alice"));
+    let n = v.entries;
+    assert!(n >= 8, "{n}");
+    drop(store);
+
+    let work = tempfile::tempdir().expect("tempdir");
+    let check = |dir: &Path| {
+        let s = Store::open(dir).expect("copy opens");
+        verify(&s).expect("verify runs").first_bad
+    };
+    // One byte flipped inside entry 3.
+    let flipped = work.path().join("flip");
+    tamper(&data, &flipped, |t| {
+        let mut v = get(t, 3);
+        let i = v.len() - 5;
+        v[i] ^= 0x01;
+        t.insert(3, v.as_slice()).expect("insert");
+    });
+    let bad = check(&flipped).expect("detected");
+    assert_eq!(bad.0, 3, "{bad:?}");
+    assert!(bad.1.contains("altered"), "{bad:?}");
+    // Entry 4 deleted.
+    let deleted = work.path().join("delete");
+    tamper(&data, &deleted, |t| {
+        t.remove(4).expect("remove");
+    });
+    let bad = check(&deleted).expect("detected");
+    assert_eq!(bad.0, 4, "{bad:?}");
+    assert!(bad.1.contains("missing"), "{bad:?}");
+    // Entries 5 and 6 swapped.
+    let swapped = work.path().join("swap");
+    tamper(&data, &swapped, |t| {
+        let (a, b) = (get(t, 5), get(t, 6));
+        t.insert(5, b.as_slice()).expect("insert");
+        t.insert(6, a.as_slice()).expect("insert");
+    });
+    let bad = check(&swapped).expect("detected");
+    assert_eq!(bad.0, 5, "{bad:?}");
+    assert!(bad.1.contains("reordered"), "{bad:?}");
+    // The last entry removed (truncation).
+    let truncated = work.path().join("truncate");
+    tamper(&data, &truncated, |t| {
+        t.remove(n).expect("remove");
+    });
+    let bad = check(&truncated).expect("detected");
+    assert_eq!(bad.0, n, "{bad:?}");
+
+    // The CLI says so and fails; on the intact store it passes.
+    let cli = |dir: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_labroute"))
+            .args(["audit", "verify", "--data"])
+            .arg(dir)
+            .arg("--routes")
+            .arg(&routes)
+            .output()
+            .expect("labroute runs")
+    };
+    let ok = cli(&data);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("intact"));
+    let out = cli(&swapped);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("entry 5"), "{err}");
+}
