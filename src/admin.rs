@@ -46,9 +46,17 @@ pub enum AdminResponse {
 pub async fn execute(req: AdminRequest, store: &StoreHandle) -> AdminResponse {
     let s = store.store();
     let r: Result<Value, String> = match req {
-        AdminRequest::AuditVerify => crate::store::audit::verify(s)
-            .map(|v| json!(v))
-            .map_err(|e| e.to_string()),
+        AdminRequest::AuditVerify => {
+            let cert = store
+                .config()
+                .tls
+                .as_ref()
+                .and_then(|t| crate::tls::load_certs(&t.cert).ok())
+                .and_then(|c| c.into_iter().next());
+            crate::store::audit::verify(s, cert.as_ref())
+                .map(|v| json!(v))
+                .map_err(|e| e.to_string())
+        }
         AdminRequest::AuditQuery { filter } => crate::store::audit::query(s, &filter)
             .map(|v| json!(v))
             .map_err(|e| e.to_string()),

@@ -310,8 +310,10 @@ async fn run(cli: Cli) -> Result<()> {
                 match v.get("first_bad").filter(|b| !b.is_null()) {
                     None => {
                         println!(
-                            "audit journal intact: {} entries",
-                            v.get("entries").cloned().unwrap_or_default()
+                            "audit journal intact: {} entries, {} signed seals verified, {} sealed with another certificate",
+                            v.get("entries").cloned().unwrap_or_default(),
+                            v.get("seals_verified").cloned().unwrap_or_default(),
+                            v.get("seals_other_certificate").cloned().unwrap_or_default()
                         );
                         Ok(())
                     }
@@ -440,7 +442,14 @@ async fn admin_value(data: &Path, routes: &Path, req: AdminRequest) -> Result<se
         None => {
             let cfg = Arc::new(load(routes)?);
             let store = Store::open(data)?;
-            let handle = StoreHandle::start(store, cfg, WriterConfig { max_batch: 16 });
+            let handle = StoreHandle::start(
+                store,
+                cfg,
+                WriterConfig {
+                    max_batch: 16,
+                    sealer: None,
+                },
+            );
             admin::execute(req, &handle).await
         }
     };
@@ -457,7 +466,14 @@ async fn admin_call(data: &Path, routes: &Path, req: AdminRequest) -> Result<()>
             // No running instance: work on the store directly (same code path).
             let cfg = Arc::new(load(routes)?);
             let store = Store::open(data)?;
-            let handle = StoreHandle::start(store, cfg, WriterConfig { max_batch: 16 });
+            let handle = StoreHandle::start(
+                store,
+                cfg,
+                WriterConfig {
+                    max_batch: 16,
+                    sealer: None,
+                },
+            );
             let status = matches!(req, AdminRequest::Status);
             match admin::execute(req, &handle).await {
                 // This process's counters say nothing about an instance: say none runs.

@@ -48,6 +48,13 @@ impl Server {
             cfg.clone(),
             WriterConfig {
                 max_batch: cfg.engine.group_commit_max,
+                sealer: match &cfg.tls {
+                    Some(files) => Some(Arc::new(crate::store::audit::Sealer::new(
+                        files,
+                        cfg.engine.audit_seal_every,
+                    )?)),
+                    None => None,
+                },
             },
         );
         let (shutdown, rx) = watch::channel(false);

@@ -12,7 +12,7 @@ use common::*;
 use labroute::store::Store;
 use labroute::store::audit::{AUDIT, AuditFilter, query, verify};
 use labroute::store::writer::OperatorCommand;
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 
 fn tamper(src: &Path, dst: &Path, f: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
     std::fs::create_dir_all(dst).expect("dir");
@@ -67,7 +67,7 @@ async fn the_journal_records_everything_and_verify_finds_any_tampering() {
     h.server.shutdown().await;
 
     let store = Store::open(&data).expect("store");
-    let v = verify(&store).expect("verify runs");
+    let v = verify(&store, None).expect("verify runs");
     assert_eq!(v.first_bad, None);
     let all = query(&store, &AuditFilter::default()).expect("query");
     assert_eq!(all.len() as u64, v.entries);
@@ -100,7 +100,7 @@ async fn the_journal_records_everything_and_verify_finds_any_tampering() {
     let work = tempfile::tempdir().expect("tempdir");
     let check = |dir: &Path| {
         let s = Store::open(dir).expect("copy opens");
-        verify(&s).expect("verify runs").first_bad
+        verify(&s, None).expect("verify runs").first_bad
     };
     // One byte flipped inside entry 3.
     let flipped = work.path().join("flip");
@@ -160,4 +160,98 @@ async fn the_journal_records_everything_and_verify_finds_any_tampering() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("entry 5"), "{err}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Rewrites the whole chain after changing the first entry that contains `from`, as someone
+/// holding the file could: every hash and link recomputed, the head too. Returns that entry.
+fn rewrite_chain(src: &Path, dst: &Path, from: &str, to: &str) -> u64 {
+    use sha2::Digest;
+    std::fs::create_dir_all(dst).expect("dir");
+    std::fs::copy(src.join("labroute.redb"), dst.join("labroute.redb")).expect("copy");
+    let db = redb::Database::open(dst.join("labroute.redb")).expect("redb opens");
+    let txn = db.begin_write().expect("write");
+    let mut changed = 0;
+    {
+        let mut t = txn.open_table(AUDIT).expect("audit");
+        let n = t.len().expect("len");
+        let mut prev = [0u8; 32];
+        for k in 1..=n {
+            let v = get(&t, k);
+            let mut text = String::from_utf8(v[32..].to_vec()).expect("utf8");
+            let at = text.find("\"prev\":\"").expect("prev") + 8;
+            text.replace_range(at..at + 64, &hex(&prev));
+            if changed == 0 && text.contains(from) {
+                text = text.replace(from, to);
+                changed = k;
+            }
+            let hash: [u8; 32] = sha2::Sha256::digest(text.as_bytes()).into();
+            let mut value = hash.to_vec();
+            value.extend_from_slice(text.as_bytes());
+            t.insert(k, value.as_slice()).expect("insert");
+            prev = hash;
+        }
+        let mut head = txn
+            .open_table(labroute::store::audit::AUDIT_HEAD)
+            .expect("head");
+        head.insert("head", prev.as_slice()).expect("insert");
+    }
+    txn.commit().expect("commit");
+    assert!(changed > 0, "{from} found in no entry");
+    changed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_seals_catch_a_rewritten_chain() {
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let c2 = certs.clone();
+    let h = Harness::start(move |r| {
+        r.replace(
+            "idle_timeout_secs = 60",
+            "idle_timeout_secs = 60\naudit_seal_every = 3",
+        ) + &format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            c2.join("ca.pem").display(),
+            c2.join("server.pem").display(),
+            c2.join("server.key").display()
+        )
+    })
+    .await;
+    let msgs: Vec<Vec<u8>> = (0..6)
+        .map(|i| result_by_identifier("ES1", &format!("S{i}"), "100001", "1"))
+        .collect();
+    send_all(h.sil(), &msgs).await.expect("acks");
+    assert!(h.es1.wait_for(6, Duration::from_secs(20)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let data = h.dir.path().to_path_buf();
+    h.server.shutdown().await;
+
+    let cert = labroute::tls::load_certs(&certs.join("server.pem")).expect("cert")[0].clone();
+    let store = Store::open(&data).expect("store");
+    let v = verify(&store, Some(&cert)).expect("verify");
+    assert_eq!(v.first_bad, None);
+    assert!(v.seals_verified >= 4, "{v:?}");
+    let entries = v.entries;
+    drop(store);
+
+    // The whole chain rewritten after changing one entry: links and head are consistent,
+    // the seals are not.
+    let work = tempfile::tempdir().expect("tempdir");
+    let rewritten = work.path().join("rewritten");
+    let changed = rewrite_chain(&data, &rewritten, "\"S1\"", "\"S9\"");
+    let s = Store::open(&rewritten).expect("copy");
+    let bad = verify(&s, Some(&cert))
+        .expect("verify")
+        .first_bad
+        .expect("detected");
+    assert!(bad.0 >= changed && bad.0 <= entries, "{bad:?}");
+    assert!(bad.1.contains("rewritten"), "{bad:?}");
+    // Unchanged content rewritten the same way is still intact (the check is not vacuous).
+    let same = work.path().join("same");
+    rewrite_chain(&data, &same, "\"S1\"", "\"S1\"");
+    let s2 = Store::open(&same).expect("copy");
+    assert_eq!(verify(&s2, Some(&cert)).expect("verify").first_bad, None);
 }

@@ -58,6 +58,7 @@ pub struct Engine {
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub group_commit_max: usize,
+    pub audit_seal_every: u64,
 }
 
 impl Default for Engine {
@@ -68,6 +69,7 @@ impl Default for Engine {
             idle_timeout: Duration::from_secs(300),
             max_connections: 256,
             group_commit_max: 512,
+            audit_seal_every: 1000,
         }
     }
 }
@@ -482,6 +484,13 @@ impl Validator {
                         d.group_commit_max as u64,
                         65_536,
                     ) as usize,
+                    audit_seal_every: self.positive(
+                        &cx,
+                        &e.audit_seal_every,
+                        "engine.audit_seal_every",
+                        d.audit_seal_every,
+                        1_000_000,
+                    ),
                 };
             }
         }

@@ -68,6 +68,8 @@ pub struct RawEngine {
     pub max_connections: Option<Spanned<u64>>,
     /// Most messages committed in one group commit.
     pub group_commit_max: Option<Spanned<u64>>,
+    /// Audit entries between two signed seals of the journal.
+    pub audit_seal_every: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

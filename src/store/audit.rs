@@ -2,7 +2,9 @@
 //! change it records. Each entry is stored as `SHA-256(body) ‖ body` (body: JSON carrying
 //! the previous entry's hash), and the store keeps the head (last sequence number and hash),
 //! so `verify` finds any altered, deleted, inserted, reordered or truncated entry and names
-//! the first bad one. Signed checkpoints are a later slice (see the issue notes).
+//! the first bad one. Every `seal_every` entries (and when the writer stops) the head is
+//! sealed: signed with the instance's TLS key, so that rewriting the whole chain, which a
+//! person with the file could do, no longer matches the seals.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,96 @@ use super::{META, Store, StoreError, db_err};
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 /// "head" → SHA-256 of the last entry's body.
 pub const AUDIT_HEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_head");
+/// entry seq → JSON `Seal` of the head at that entry.
+pub const AUDIT_SEALS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_seals");
+
+/// A signed checkpoint of the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seal {
+    pub upto: u64,
+    /// Hex SHA-256 of entry `upto`'s body.
+    pub head: String,
+    pub at_ms: u64,
+    /// rustls signature scheme name.
+    pub scheme: String,
+    /// Hex signature of `seal_message(upto, head)`.
+    pub signature: String,
+    /// Hex SHA-256 of the certificate whose key signed.
+    pub cert_sha256: String,
+}
+
+fn seal_message(upto: u64, head: &[u8]) -> Vec<u8> {
+    let mut m = b"labroute audit seal\0".to_vec();
+    m.extend_from_slice(&upto.to_be_bytes());
+    m.extend_from_slice(head);
+    m
+}
+
+const SCHEMES: [rustls::SignatureScheme; 4] = [
+    rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+    rustls::SignatureScheme::ECDSA_NISTP384_SHA384,
+    rustls::SignatureScheme::ED25519,
+    rustls::SignatureScheme::RSA_PSS_SHA256,
+];
+
+fn verifier_for(
+    scheme: &str,
+) -> Option<&'static dyn rustls::pki_types::SignatureVerificationAlgorithm> {
+    Some(match scheme {
+        "ECDSA_NISTP256_SHA256" => webpki::ring::ECDSA_P256_SHA256,
+        "ECDSA_NISTP384_SHA384" => webpki::ring::ECDSA_P384_SHA384,
+        "ED25519" => webpki::ring::ED25519,
+        "RSA_PSS_SHA256" => webpki::ring::RSA_PSS_2048_8192_SHA256_LEGACY_KEY,
+        _ => return None,
+    })
+}
+
+/// Signs seals with the instance's key.
+pub struct Sealer {
+    key: std::sync::Arc<dyn rustls::sign::SigningKey>,
+    cert_sha256: String,
+    /// Entries between two seals.
+    pub every: u64,
+}
+
+impl std::fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sealer(cert {}, every {})", self.cert_sha256, self.every)
+    }
+}
+
+impl Sealer {
+    pub fn new(files: &crate::tls::TlsFiles, every: u64) -> Result<Sealer, crate::tls::TlsError> {
+        let key =
+            rustls::crypto::ring::sign::any_supported_type(&crate::tls::load_key(&files.key)?)
+                .map_err(|e| crate::tls::TlsError::Key(files.key.clone(), e.to_string()))?;
+        let certs = crate::tls::load_certs(&files.cert)?;
+        let cert_sha256 = hex(&Sha256::digest(certs[0].as_ref()));
+        Ok(Sealer {
+            key,
+            cert_sha256,
+            every: every.max(1),
+        })
+    }
+
+    fn seal(&self, upto: u64, head: &[u8; 32], now_ms: u64) -> Result<Seal, StoreError> {
+        let signer = self
+            .key
+            .choose_scheme(&SCHEMES)
+            .ok_or_else(|| StoreError::Commit("the instance key cannot sign seals".into()))?;
+        let sig = signer
+            .sign(&seal_message(upto, head))
+            .map_err(|e| StoreError::Commit(format!("sealing the audit journal: {e}")))?;
+        Ok(Seal {
+            upto,
+            head: hex(head),
+            at_ms: now_ms,
+            scheme: format!("{:?}", signer.scheme()),
+            signature: hex(&sig),
+            cert_sha256: self.cert_sha256.clone(),
+        })
+    }
+}
 
 /// One journal entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,16 +143,22 @@ fn hex(b: &[u8]) -> String {
 pub(crate) struct Chain {
     pub seq: u64,
     pub head: [u8; 32],
+    /// Last sealed entry.
+    pub sealed: u64,
 }
 
 impl Chain {
     pub fn load(txn: &WriteTransaction) -> Result<Chain, StoreError> {
-        let seq = txn
-            .open_table(META)
-            .map_err(db_err)?
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let seq = meta
             .get("audit_seq")
             .map_err(db_err)?
             .map_or(0, |v| v.value());
+        let sealed = meta
+            .get("audit_sealed")
+            .map_err(db_err)?
+            .map_or(0, |v| v.value());
+        drop(meta);
         let mut head = [0u8; 32];
         if let Some(h) = txn
             .open_table(AUDIT_HEAD)
@@ -72,14 +170,38 @@ impl Chain {
                 head.copy_from_slice(h.value());
             }
         }
-        Ok(Chain { seq, head })
+        Ok(Chain { seq, head, sealed })
+    }
+
+    /// Seals the head when `every` entries passed since the last seal (or, with `force`,
+    /// when any did).
+    pub fn maybe_seal(
+        &mut self,
+        txn: &WriteTransaction,
+        sealer: &Sealer,
+        now_ms: u64,
+        force: bool,
+    ) -> Result<(), StoreError> {
+        let due = self.seq >= self.sealed + sealer.every || (force && self.seq > self.sealed);
+        if !due {
+            return Ok(());
+        }
+        let seal = sealer.seal(self.seq, &self.head, now_ms)?;
+        let json = serde_json::to_vec(&seal)
+            .map_err(|e| StoreError::Record("Seal".into(), e.to_string()))?;
+        txn.open_table(AUDIT_SEALS)
+            .map_err(db_err)?
+            .insert(self.seq, json.as_slice())
+            .map_err(db_err)?;
+        self.sealed = self.seq;
+        Ok(())
     }
 
     pub fn save(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
-        txn.open_table(META)
-            .map_err(db_err)?
-            .insert("audit_seq", self.seq)
-            .map_err(db_err)?;
+        let mut meta = txn.open_table(META).map_err(db_err)?;
+        meta.insert("audit_seq", self.seq).map_err(db_err)?;
+        meta.insert("audit_sealed", self.sealed).map_err(db_err)?;
+        drop(meta);
         txn.open_table(AUDIT_HEAD)
             .map_err(db_err)?
             .insert("head", self.head.as_slice())
@@ -124,12 +246,19 @@ impl Chain {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verification {
     pub entries: u64,
+    /// Seals whose signature was checked against the certificate given, and matched.
+    pub seals_verified: u64,
+    /// Seals made with another certificate (a renewed one): their content still matched.
+    pub seals_other_certificate: u64,
     /// The first bad entry and what is wrong with it; `None`: the journal is intact.
     pub first_bad: Option<(u64, String)>,
 }
 
-/// Checks the whole journal.
-pub fn verify(store: &Store) -> Result<Verification, StoreError> {
+/// Checks the whole journal, and its seals against `cert` (the instance certificate).
+pub fn verify(
+    store: &Store,
+    cert: Option<&rustls::pki_types::CertificateDer<'_>>,
+) -> Result<Verification, StoreError> {
     let txn = store.db().begin_read().map_err(db_err)?;
     let head_seq = txn
         .open_table(META)
@@ -149,9 +278,27 @@ pub fn verify(store: &Store) -> Result<Verification, StoreError> {
     let bad = |seq: u64, why: String, n: u64| {
         Ok(Verification {
             entries: n,
+            seals_verified: 0,
+            seals_other_certificate: 0,
             first_bad: Some((seq, why)),
         })
     };
+    let seals: Vec<Seal> = match txn.open_table(AUDIT_SEALS) {
+        Ok(t) => {
+            let mut v = Vec::new();
+            for item in t.iter().map_err(db_err)? {
+                let (k, val) = item.map_err(db_err)?;
+                match serde_json::from_slice::<Seal>(val.value()) {
+                    Ok(s) => v.push(s),
+                    Err(_) => return bad(k.value(), "its seal is unreadable".into(), 0),
+                }
+            }
+            v
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
+        Err(e) => return Err(db_err(e)),
+    };
+    let mut sealed_hashes = std::collections::HashMap::new();
     let table = match txn.open_table(AUDIT) {
         Ok(t) => Some(t),
         Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -201,6 +348,9 @@ pub fn verify(store: &Store) -> Result<Verification, StoreError> {
                 );
             }
             prev = hash;
+            if seals.iter().any(|s| s.upto == key) {
+                sealed_hashes.insert(key, hash);
+            }
             expected += 1;
         }
     }
@@ -212,10 +362,52 @@ pub fn verify(store: &Store) -> Result<Verification, StoreError> {
             count,
         );
     }
+    let (mut verified, mut other) = (0, 0);
+    let cert_hash = cert.map(|c| hex(&Sha256::digest(c.as_ref())));
+    let ee = cert.and_then(|c| webpki::EndEntityCert::try_from(c).ok());
+    for s in &seals {
+        let Some(h) = sealed_hashes.get(&s.upto) else {
+            return bad(
+                s.upto,
+                "sealed, but the journal no longer has it".into(),
+                count,
+            );
+        };
+        if s.head != hex(h) {
+            return bad(
+                s.upto,
+                "differs from what was sealed: the journal was rewritten".into(),
+                count,
+            );
+        }
+        match (&ee, cert_hash.as_deref() == Some(s.cert_sha256.as_str())) {
+            (Some(ee), true) => {
+                let sig = unhex(&s.signature);
+                let ok = verifier_for(&s.scheme).is_some_and(|alg| {
+                    ee.verify_signature(alg, &seal_message(s.upto, h), &sig)
+                        .is_ok()
+                });
+                if !ok {
+                    return bad(s.upto, "its seal's signature is invalid".into(), count);
+                }
+                verified += 1;
+            }
+            _ => other += 1,
+        }
+    }
     Ok(Verification {
         entries: count,
+        seals_verified: verified,
+        seals_other_certificate: other,
         first_bad: None,
     })
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len() / 2)
+        .filter_map(|i| s.get(2 * i..2 * i + 2))
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect()
 }
 
 /// Entries matching a filter, in order.

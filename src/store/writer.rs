@@ -199,6 +199,8 @@ impl Notifiers {
 #[derive(Debug, Clone)]
 pub struct WriterConfig {
     pub max_batch: usize,
+    /// Seals the audit journal (none: no `[tls]` key to sign with).
+    pub sealer: Option<Arc<super::audit::Sealer>>,
 }
 
 /// Async handle to the writer thread.
@@ -208,6 +210,7 @@ pub struct StoreHandle {
     store: Store,
     notifiers: Arc<Notifiers>,
     closed: watch::Receiver<bool>,
+    cfg: Arc<Config>,
 }
 
 impl StoreHandle {
@@ -219,11 +222,12 @@ impl StoreHandle {
         ));
         let n2 = notifiers.clone();
         let s2 = store.clone();
+        let cfg2 = cfg.clone();
         let (closed_tx, closed) = watch::channel(false);
         std::thread::Builder::new()
             .name("labroute-writer".into())
             .spawn(move || {
-                run(s2, cfg, rx, wc.max_batch.max(1), n2);
+                run(s2, cfg2, rx, wc.max_batch.max(1), wc.sealer, n2);
                 // `run` dropped its store: the database is closed once no handle is left.
                 let _ = closed_tx.send(true);
             })
@@ -236,7 +240,13 @@ impl StoreHandle {
             store,
             notifiers,
             closed,
+            cfg,
         }
+    }
+
+    /// The configuration the writer runs with.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.cfg
     }
 
     /// Resolves once the writer thread has stopped, which it does when every handle is
@@ -343,6 +353,7 @@ fn run(
     cfg: Arc<Config>,
     mut rx: mpsc::Receiver<Op>,
     max_batch: usize,
+    sealer: Option<Arc<super::audit::Sealer>>,
     notifiers: Arc<Notifiers>,
 ) {
     let mut seqs = Sequences::default();
@@ -358,7 +369,14 @@ fn run(
         let (requests, replies): (Vec<Request>, Vec<Reply>) =
             batch.into_iter().map(|op| (op.request, op.reply)).unzip();
         let mut touched = BTreeSet::new();
-        match apply(&store, &cfg, requests, &mut seqs, &mut touched) {
+        match apply(
+            &store,
+            &cfg,
+            requests,
+            &mut seqs,
+            sealer.as_deref(),
+            &mut touched,
+        ) {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.answer(answer);
@@ -378,6 +396,11 @@ fn run(
                     reply.fail(&e);
                 }
             }
+        }
+    }
+    if let Some(sealer) = &sealer {
+        if let Err(e) = final_seal(&store, sealer) {
+            tracing::error!(error = %e, "cannot seal the audit journal at shutdown");
         }
     }
 }
@@ -474,6 +497,7 @@ fn apply(
     cfg: &Config,
     requests: Vec<Request>,
     seqs: &mut Sequences,
+    sealer: Option<&super::audit::Sealer>,
     touched: &mut BTreeSet<String>,
 ) -> Result<Vec<Answer>, StoreError> {
     let txn = store.db().begin_write().map_err(db_err)?;
@@ -497,9 +521,22 @@ fn apply(
             }
         });
     }
+    if let Some(sealer) = sealer {
+        seqs.audit.maybe_seal(&txn, sealer, now_ms(), false)?;
+    }
     seqs.save(&txn)?;
     txn.commit().map_err(db_err)?;
     Ok(answers)
+}
+
+/// Seals what is left of the journal when the writer stops.
+fn final_seal(store: &Store, sealer: &super::audit::Sealer) -> Result<(), StoreError> {
+    let txn = store.db().begin_write().map_err(db_err)?;
+    let mut seqs = Sequences::default();
+    seqs.load(&txn)?;
+    seqs.audit.maybe_seal(&txn, sealer, now_ms(), true)?;
+    seqs.save(&txn)?;
+    txn.commit().map_err(db_err)
 }
 
 fn sha256(b: &[u8]) -> [u8; 32] {
