@@ -313,7 +313,9 @@ async fn run(cli: Cli) -> Result<()> {
                             "audit journal intact: {} entries, {} signed seals verified, {} sealed with another certificate",
                             v.get("entries").cloned().unwrap_or_default(),
                             v.get("seals_verified").cloned().unwrap_or_default(),
-                            v.get("seals_other_certificate").cloned().unwrap_or_default()
+                            v.get("seals_other_certificate")
+                                .cloned()
+                                .unwrap_or_default()
                         );
                         Ok(())
                     }
