@@ -54,6 +54,8 @@ enum Command {
         to: String,
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// An MLLP receiver that stores each message in a directory and answers AA.
     Receive {
@@ -102,16 +104,8 @@ enum Command {
         /// OBX segments per result.
         #[arg(long, default_value_t = 5)]
         obx: usize,
-        /// MLLP over TLS: client certificate (PEM); with --key and --ca.
-        #[arg(long, requires_all = ["key", "ca"])]
-        cert: Option<PathBuf>,
-        #[arg(long)]
-        key: Option<PathBuf>,
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Name the server's certificate must carry (TLS).
-        #[arg(long, default_value = "localhost")]
-        server_name: String,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Development PKI (for development and tests only; see certs/README.md).
     Pki {
@@ -134,6 +128,42 @@ enum Command {
         #[arg(long, default_value = "routes")]
         routes: PathBuf,
     },
+}
+
+/// MLLP over TLS for client commands (send, loadgen).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// Client certificate (PEM): MLLP over TLS; with --key and --ca.
+    #[arg(long, requires_all = ["key", "ca"])]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// CA bundle that issued the server's certificate (PEM).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Name the server's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+}
+
+impl TlsArgs {
+    fn client(self) -> Result<Option<labroute::loadgen::TlsClient>> {
+        let (Some(cert), Some(key), Some(ca)) = (self.cert, self.key, self.ca) else {
+            return Ok(None);
+        };
+        let files = labroute::tls::TlsFiles {
+            ca,
+            cert,
+            key,
+            min_version: labroute::tls::MinVersion::Tls12,
+        };
+        Ok(Some(labroute::loadgen::TlsClient {
+            connector: tokio_rustls::TlsConnector::from(labroute::tls::client_config(&files)?),
+            server_name: rustls::pki_types::ServerName::try_from(self.server_name)
+                .context("--server-name")?,
+        }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -258,7 +288,16 @@ async fn run(cli: Cli) -> Result<()> {
             files,
             to,
             timeout_secs,
-        } => send(&files, &to, Duration::from_secs(timeout_secs)).await,
+            tls,
+        } => {
+            send(
+                &files,
+                &to,
+                Duration::from_secs(timeout_secs),
+                tls.client()?,
+            )
+            .await
+        }
         Command::Receive { listen, out } => receive(&listen, &out).await,
         Command::Quarantine {
             action,
@@ -371,29 +410,9 @@ async fn run(cli: Cli) -> Result<()> {
             messages,
             authorities,
             obx,
-            cert,
-            key,
-            ca,
-            server_name,
+            tls,
         } => {
-            let tls = match (cert, key, ca) {
-                (Some(cert), Some(key), Some(ca)) => {
-                    let files = labroute::tls::TlsFiles {
-                        ca,
-                        cert,
-                        key,
-                        min_version: labroute::tls::MinVersion::Tls12,
-                    };
-                    Some(labroute::loadgen::TlsClient {
-                        connector: tokio_rustls::TlsConnector::from(labroute::tls::client_config(
-                            &files,
-                        )?),
-                        server_name: rustls::pki_types::ServerName::try_from(server_name)
-                            .context("--server-name")?,
-                    })
-                }
-                _ => None,
-            };
+            let tls = tls.client()?;
             let to = tokio::net::lookup_host(&to)
                 .await
                 .with_context(|| format!("resolving {to}"))?
@@ -503,7 +522,10 @@ async fn admin_call(data: &Path, routes: &Path, req: AdminRequest) -> Result<()>
     }
 }
 
-async fn read_frame(stream: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>> {
+async fn read_frame<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Result<Vec<u8>> {
     let mut dec = Decoder::new(16 * 1024 * 1024);
     let mut buf = vec![0u8; 8192];
     let deadline = tokio::time::Instant::now() + timeout;
@@ -523,18 +545,44 @@ async fn read_frame(stream: &mut TcpStream, timeout: Duration) -> Result<Vec<u8>
     }
 }
 
-async fn send(files: &[PathBuf], to: &str, timeout: Duration) -> Result<()> {
+async fn send(
+    files: &[PathBuf],
+    to: &str,
+    timeout: Duration,
+    tls: Option<labroute::loadgen::TlsClient>,
+) -> Result<()> {
     if files.is_empty() {
         bail!("no file to send");
     }
-    let mut stream = TcpStream::connect(to)
+    let tcp = TcpStream::connect(to)
         .await
         .with_context(|| format!("cannot connect to {to}"))?;
+    match tls {
+        None => send_over(tcp, files, timeout).await,
+        Some(t) => {
+            let s = t
+                .connector
+                .connect(t.server_name, tcp)
+                .await
+                .with_context(|| format!("TLS handshake with {to}"))?;
+            send_over(s, files, timeout).await
+        }
+    }
+}
+
+async fn send_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    files: &[PathBuf],
+    timeout: Duration,
+) -> Result<()> {
     let mut all_ok = true;
     for f in files {
         let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
         stream.write_all(&frame(&bytes)).await?;
-        let ack = read_frame(&mut stream, timeout).await?;
+        stream.flush().await?;
+        let ack = read_frame(&mut stream, timeout)
+            .await
+            .context("no ACK (over TLS, a refused client certificate shows here)")?;
         let code = ack::read_peer_ack(&ack).map(|(c, _)| c);
         if !matches!(code, Some(AckCode::AA | AckCode::CA)) {
             all_ok = false;

@@ -29,3 +29,72 @@ fn shipped_routes_validate_and_their_test_cases_pass() {
             .join("\n")
     );
 }
+
+/// The README's first command on the embedded defaults: `serve` with routes/ and certs/
+/// answers a result sent by the example lab system over TLS with its certificate, and
+/// refuses the same client without one.
+#[test]
+fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
+    if std::net::TcpListener::bind("127.0.0.1:2575").is_err() {
+        eprintln!("SKIPPED: port 2575 is in use (an instance running here?)");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let data = tempfile::tempdir().expect("tempdir");
+    let bin = env!("CARGO_BIN_EXE_labroute");
+    let mut serve = std::process::Command::new(bin)
+        .current_dir(root)
+        .args(["serve", "--data"])
+        .arg(data.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("serve starts");
+    let mut up = false;
+    for _ in 0..100 {
+        if std::net::TcpStream::connect("127.0.0.1:2575").is_ok() {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let msg = data.path().join("result.hl7");
+    std::fs::write(
+        &msg,
+        "MSH|^~\\&|SIL|LAB|DPI||20250301100000||ORU^R01^ORU_R01|README-1|P|2.5\rPID|||100001^^^CHNORD-IPP^PI\rOBR|1|||K^Potassium^L\rOBX|1|NM|K^Potassium^L||4.1|mmol/L|||||F\r",
+    )
+    .expect("write");
+    let send = |tls: bool| {
+        let mut c = std::process::Command::new(bin);
+        c.current_dir(root)
+            .arg("send")
+            .arg(&msg)
+            .args(["--to", "127.0.0.1:2575"]);
+        if tls {
+            c.args([
+                "--cert",
+                "certs/sil.pem",
+                "--key",
+                "certs/sil.key",
+                "--ca",
+                "certs/ca.pem",
+            ]);
+        }
+        c.output().expect("send runs")
+    };
+    let with_cert = send(true);
+    let without = send(false);
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(up, "serve did not listen on 127.0.0.1:2575");
+    let out = String::from_utf8_lossy(&with_cert.stdout);
+    assert!(
+        with_cert.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&with_cert.stderr)
+    );
+    assert!(out.contains("MSA|AA|README-1"), "{out}");
+    assert!(
+        !without.status.success(),
+        "plain TCP to the TLS listener was answered"
+    );
+}
