@@ -570,3 +570,87 @@ async fn matrix_sender_by_claimed_establishment_by_destination() {
     assert!(refused >= 12, "the matrix has refusals: {refused}");
     s.server.shutdown().await;
 }
+
+/// A client certificate from a CA the server trusts, but expired: refused at the handshake,
+/// counted, audited, nothing delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_client_certificate_is_refused_and_audited() {
+    let day = 86_400_000u64;
+    let old = tempfile::tempdir().expect("tempdir");
+    // Issued 100 days ago for 30 days: the leaves expired 70 days ago, their CA is valid.
+    labroute::pki::generate(&labroute::pki::PkiSpec {
+        out: old.path().to_path_buf(),
+        systems: vec!["sil".into()],
+        server_names: vec!["localhost".into()],
+        days: 30,
+        now_ms: labroute::time::now_ms() - 100 * day,
+        force: false,
+        ca_name: "second CA".into(),
+    })
+    .expect("old PKI");
+    let c = certs();
+    let bundle = old.path().join("bundle.pem");
+    std::fs::write(
+        &bundle,
+        std::fs::read_to_string(c.join("ca.pem")).expect("ca")
+            + &std::fs::read_to_string(old.path().join("ca.pem")).expect("old ca"),
+    )
+    .expect("bundle");
+    let b = bundle.clone();
+    let c2 = c.clone();
+    let h = Harness::start(move |r| {
+        r.replace(
+            "bind = \"127.0.0.1:0\"\ninsecure = true\n",
+            "bind = \"127.0.0.1:0\"\n",
+        ) + &format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            b.display(),
+            c2.join("server.pem").display(),
+            c2.join("server.key").display()
+        ) + SYSTEMS
+    })
+    .await;
+    let before = STATS.snapshot().tls_handshakes_failed;
+    // The expired certificate names system "sil", which is configured: only expiry refuses it.
+    let r = tls_send(
+        h.sil(),
+        Some((
+            &c.join("ca.pem"),
+            &old.path().join("sil.pem"),
+            &old.path().join("sil.key"),
+        )),
+        &result_by_identifier("ES1", "EXP", "100001", "1"),
+    )
+    .await;
+    assert!(r.is_err(), "{r:?}");
+    // The valid certificate still works on the same server.
+    assert_eq!(
+        send_as(
+            h.sil(),
+            "sil",
+            &result_by_identifier("ES1", "OK1", "100001", "1")
+        )
+        .await,
+        ("AA".into(), "OK1".into(), String::new())
+    );
+    assert!(h.es1.wait_for(1, Duration::from_secs(20)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.es1.control_ids(), ["OK1"]);
+    assert!(STATS.snapshot().tls_handshakes_failed > before);
+    let refused = labroute::store::audit::query(
+        h.server.store.store(),
+        &labroute::store::audit::AuditFilter {
+            event: Some("tls_refused".into()),
+            ..Default::default()
+        },
+    )
+    .expect("audit query");
+    assert!(
+        refused.iter().any(|e| e.detail["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("xpired")),
+        "{refused:?}"
+    );
+    h.server.shutdown().await;
+}

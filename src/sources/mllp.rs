@@ -77,13 +77,11 @@ pub async fn run_listener(
                     {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
-                            stats::add(&STATS.tls_handshakes_failed, 1);
-                            tracing::warn!(listener = %origin.listener, peer = %origin.peer, error = %e, "TLS handshake refused");
+                            refused_handshake(&store, &origin, e.to_string()).await;
                             return;
                         }
                         Err(_) => {
-                            stats::add(&STATS.tls_handshakes_failed, 1);
-                            tracing::warn!(listener = %origin.listener, peer = %origin.peer, "TLS handshake timed out");
+                            refused_handshake(&store, &origin, "timed out".into()).await;
                             return;
                         }
                     };
@@ -99,6 +97,23 @@ pub async fn run_listener(
             }
             drop(permit);
         });
+    }
+}
+
+/// A TLS handshake refused (no or bad certificate, old version, plain TCP): counted, logged
+/// and audited (no message exists to store).
+async fn refused_handshake(store: &StoreHandle, origin: &Origin, error: String) {
+    stats::add(&STATS.tls_handshakes_failed, 1);
+    tracing::warn!(listener = %origin.listener, peer = %origin.peer, error = %error, "TLS handshake refused");
+    let event = crate::store::audit::AuditEvent {
+        event: "tls_refused",
+        message: None,
+        establishment: None,
+        actor: Some(origin.peer.clone()),
+        detail: serde_json::json!({ "listener": origin.listener, "error": error }),
+    };
+    if let Err(e) = store.audit(event).await {
+        tracing::error!(error = %e, "cannot audit a refused TLS handshake");
     }
 }
 

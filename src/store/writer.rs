@@ -122,6 +122,8 @@ enum Request {
         cmd: OperatorCommand,
         operator: String,
     },
+    /// An event with no message to store (a refused TLS handshake).
+    Audit(super::audit::AuditEvent),
 }
 
 /// Where the answer to a request goes, once the batch is committed (or has failed).
@@ -326,6 +328,19 @@ impl StoreHandle {
         Ok(rx)
     }
 
+    /// Records an event in the audit journal; resolves once it is durable.
+    pub async fn audit(&self, event: super::audit::AuditEvent) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Op {
+                request: Request::Audit(event),
+                reply: Reply::Unit(reply),
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     pub async fn operator(
         &self,
         cmd: OperatorCommand,
@@ -518,6 +533,10 @@ fn apply(
             }
             Request::Operator { cmd, operator } => {
                 Answer::Operator(operate(&txn, cfg, seqs, &cmd, &operator, touched)?)
+            }
+            Request::Audit(e) => {
+                seqs.audit.append(&txn, now_ms(), e)?;
+                Answer::Unit
             }
         });
     }
