@@ -27,6 +27,8 @@ pub enum AdminRequest {
     DeadList,
     OperatorLog,
     AuditVerify,
+    /// Reads the TLS certificates and keys again.
+    ReloadTls,
     AuditQuery {
         filter: crate::store::audit::AuditFilter,
     },
@@ -43,9 +45,20 @@ pub enum AdminResponse {
 }
 
 /// Runs one request against the store.
-pub async fn execute(req: AdminRequest, store: &StoreHandle) -> AdminResponse {
+pub async fn execute(
+    req: AdminRequest,
+    store: &StoreHandle,
+    tls: Option<&crate::tls::TlsState>,
+) -> AdminResponse {
     let s = store.store();
     let r: Result<Value, String> = match req {
+        AdminRequest::ReloadTls => match tls {
+            None => Err("no running instance with a [tls] section to reload".into()),
+            Some(t) => t
+                .reload()
+                .map(|exp| json!({ "reloaded": true, "cert_not_after_unix": exp }))
+                .map_err(|e| format!("reload failed, the previous certificates stay in use: {e}")),
+        },
         AdminRequest::AuditVerify => {
             let cert = store
                 .config()
@@ -62,7 +75,13 @@ pub async fn execute(req: AdminRequest, store: &StoreHandle) -> AdminResponse {
             .map_err(|e| e.to_string()),
         AdminRequest::Status => s
             .counts()
-            .map(|c| json!({ "store": c, "since_start": crate::stats::STATS.snapshot() }))
+            .map(|c| {
+                json!({
+                    "store": c,
+                    "since_start": crate::stats::STATS.snapshot(),
+                    "tls_cert_not_after_unix": tls.and_then(|t| t.cert_not_after()),
+                })
+            })
             .map_err(|e| e.to_string()),
         AdminRequest::QuarantineList => s
             .quarantine()
@@ -119,7 +138,11 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Serves the admin socket (one JSON request line, one JSON response line per connection).
-pub async fn serve(path: PathBuf, store: StoreHandle) -> std::io::Result<()> {
+pub async fn serve(
+    path: PathBuf,
+    store: StoreHandle,
+    tls: Option<std::sync::Arc<crate::tls::TlsState>>,
+) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     {
@@ -129,6 +152,7 @@ pub async fn serve(path: PathBuf, store: StoreHandle) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let store = store.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -137,7 +161,7 @@ pub async fn serve(path: PathBuf, store: StoreHandle) -> std::io::Result<()> {
                 return;
             }
             let resp = match serde_json::from_str::<AdminRequest>(&line) {
-                Ok(req) => execute(req, &store).await,
+                Ok(req) => execute(req, &store, tls.as_deref()).await,
                 Err(e) => AdminResponse::Error(format!("bad request: {e}")),
             };
             let mut out = serde_json::to_vec(&resp).unwrap_or_default();

@@ -112,6 +112,13 @@ enum Command {
         #[command(subcommand)]
         action: PkiAction,
     },
+    /// Makes the running instance read its TLS certificates and keys again (as SIGHUP does).
+    ReloadTls {
+        #[arg(long, default_value = "data")]
+        data: PathBuf,
+        #[arg(long, default_value = "routes")]
+        routes: PathBuf,
+    },
     /// The audit journal.
     Audit {
         #[command(subcommand)]
@@ -339,6 +346,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Oplog { data, routes } => {
             admin_call(&data, &routes, AdminRequest::OperatorLog).await
         }
+        Command::ReloadTls { data, routes } => {
+            admin_call(&data, &routes, AdminRequest::ReloadTls).await
+        }
         Command::Audit {
             action,
             data,
@@ -447,9 +457,19 @@ async fn serve(routes: &Path, data: &Path) -> Result<()> {
     let server = Server::start(cfg.clone(), data.to_owned()).await?;
     tracing::info!(routes = %routes.display(), data = %data.display(), establishments = cfg.establishments.len(), "labroute started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => match &server.tls {
+                None => tracing::warn!("SIGHUP: no [tls] section, nothing to reload"),
+                Some(t) => match t.reload() {
+                    Ok(_) => tracing::info!("SIGHUP: TLS certificates and keys reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificates stay in use"),
+                },
+            },
+        }
     }
     tracing::info!("shutting down");
     server.shutdown().await;
@@ -471,7 +491,7 @@ async fn admin_value(data: &Path, routes: &Path, req: AdminRequest) -> Result<se
                     sealer: None,
                 },
             );
-            admin::execute(req, &handle).await
+            admin::execute(req, &handle, None).await
         }
     };
     match resp {
@@ -496,7 +516,7 @@ async fn admin_call(data: &Path, routes: &Path, req: AdminRequest) -> Result<()>
                 },
             );
             let status = matches!(req, AdminRequest::Status);
-            match admin::execute(req, &handle).await {
+            match admin::execute(req, &handle, None).await {
                 // This process's counters say nothing about an instance: say none runs.
                 AdminResponse::Ok(serde_json::Value::Object(mut o)) if status => {
                     o.remove("since_start");

@@ -31,6 +31,8 @@ pub enum ServeError {
 
 /// A running instance.
 pub struct Server {
+    /// The instance's TLS configurations (reloadable), when `[tls]` is set.
+    pub tls: Option<Arc<crate::tls::TlsState>>,
     pub store: StoreHandle,
     pub bound: Vec<(String, std::net::SocketAddr)>,
     shutdown: watch::Sender<bool>,
@@ -65,19 +67,16 @@ impl Server {
         };
         let mut tasks = Vec::new();
         let mut bound = Vec::new();
-        let acceptor = match &cfg.tls {
-            Some(files) if cfg.listeners.iter().any(|l| !l.insecure) => Some(
-                tokio_rustls::TlsAcceptor::from(crate::tls::server_config(files)?),
-            ),
-            _ => None,
+        let tls = match &cfg.tls {
+            Some(files) => Some(crate::tls::TlsState::load(files)?),
+            None => None,
         };
         for l in &cfg.listeners {
-            let tls = if l.insecure {
+            let listener_tls = if l.insecure {
                 None
             } else {
                 Some(
-                    acceptor
-                        .clone()
+                    tls.clone()
                         .ok_or_else(|| ServeError::NoTls(l.name.to_string()))?,
                 )
             };
@@ -89,7 +88,7 @@ impl Server {
                     source,
                 })?;
             let addr = listener.local_addr().unwrap_or(l.bind);
-            tracing::info!(listener = %l.name, %addr, tls = tls.is_some(), "listening (MLLP)");
+            tracing::info!(listener = %l.name, %addr, tls = listener_tls.is_some(), "listening (MLLP)");
             bound.push((l.name.to_string(), addr));
             tasks.push(tokio::spawn(run_listener(
                 listener,
@@ -97,31 +96,26 @@ impl Server {
                 limits.clone(),
                 slots.clone(),
                 handle.clone(),
-                tls,
+                listener_tls,
                 rx.clone(),
             )));
         }
-        let connector = match &cfg.tls {
-            Some(files) if cfg.destinations.iter().any(|d| d.tls) => Some(
-                tokio_rustls::TlsConnector::from(crate::tls::client_config(files)?),
-            ),
-            _ => None,
-        };
         for d in &cfg.destinations {
             tasks.push(tokio::spawn(run_destination(
                 d.clone(),
                 cfg.clone(),
                 handle.clone(),
-                connector.clone().filter(|_| d.tls),
+                tls.clone().filter(|_| d.tls),
                 rx.clone(),
             )));
         }
         let admin = crate::admin::socket_path(&data_dir);
         let h2 = handle.clone();
+        let tls2 = tls.clone();
         let mut rx2 = rx.clone();
         tasks.push(tokio::spawn(async move {
             tokio::select! {
-                r = crate::admin::serve(admin.clone(), h2) => {
+                r = crate::admin::serve(admin.clone(), h2, tls2) => {
                     if let Err(e) = r {
                         tracing::error!(path = %admin.display(), error = %e, "admin socket unavailable");
                     }
@@ -131,6 +125,7 @@ impl Server {
             let _ = std::fs::remove_file(&admin);
         }));
         Ok(Server {
+            tls,
             store: handle,
             bound,
             shutdown,

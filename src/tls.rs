@@ -152,3 +152,78 @@ pub fn identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
     }
     Some(id)
 }
+
+/// The instance's TLS configurations, reloadable without a restart (SIGHUP, admin call):
+/// new connections use what was loaded last; open ones keep theirs.
+pub struct TlsState {
+    files: TlsFiles,
+    server: std::sync::RwLock<Arc<ServerConfig>>,
+    client: std::sync::RwLock<Arc<rustls::ClientConfig>>,
+    not_after: std::sync::RwLock<Option<i64>>,
+}
+
+impl std::fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TlsState({})", self.files.cert.display())
+    }
+}
+
+/// Expiry (Unix seconds) of the first certificate of a PEM file.
+pub fn not_after(path: &Path) -> Option<i64> {
+    use x509_parser::prelude::*;
+    let certs = load_certs(path).ok()?;
+    let (_, x) = X509Certificate::from_der(certs.first()?.as_ref()).ok()?;
+    Some(x.validity().not_after.timestamp())
+}
+
+impl TlsState {
+    pub fn load(files: &TlsFiles) -> Result<Arc<TlsState>, TlsError> {
+        Ok(Arc::new(TlsState {
+            files: files.clone(),
+            server: std::sync::RwLock::new(server_config(files)?),
+            client: std::sync::RwLock::new(client_config(files)?),
+            not_after: std::sync::RwLock::new(not_after(&files.cert)),
+        }))
+    }
+
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let cfg = match self.server.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        tokio_rustls::TlsAcceptor::from(cfg)
+    }
+
+    pub fn connector(&self) -> tokio_rustls::TlsConnector {
+        let cfg = match self.client.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        tokio_rustls::TlsConnector::from(cfg)
+    }
+
+    /// Expiry of the instance certificate (Unix seconds).
+    pub fn cert_not_after(&self) -> Option<i64> {
+        match self.not_after.read() {
+            Ok(g) => *g,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    /// Reads the files again. On any error the running configuration is kept.
+    pub fn reload(&self) -> Result<Option<i64>, TlsError> {
+        let server = server_config(&self.files)?;
+        let client = client_config(&self.files)?;
+        let expiry = not_after(&self.files.cert);
+        if let Ok(mut g) = self.server.write() {
+            *g = server;
+        }
+        if let Ok(mut g) = self.client.write() {
+            *g = client;
+        }
+        if let Ok(mut g) = self.not_after.write() {
+            *g = expiry;
+        }
+        Ok(expiry)
+    }
+}

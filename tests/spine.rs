@@ -128,7 +128,8 @@ async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them
         "nothing quarantined reaches anyone"
     );
 
-    let AdminResponse::Ok(list) = execute(AdminRequest::QuarantineList, &s.store).await else {
+    let AdminResponse::Ok(list) = execute(AdminRequest::QuarantineList, &s.store, None).await
+    else {
         panic!()
     };
     let list = list.as_array().unwrap().clone();
@@ -136,8 +137,12 @@ async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them
     let reasons: Vec<&str> = list.iter().map(|q| q["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, vec!["no_evidence", "conflict"]);
     let conflict_seq = list[1]["seq"].as_u64().unwrap();
-    let AdminResponse::Ok(shown) =
-        execute(AdminRequest::QuarantineShow { seq: conflict_seq }, &s.store).await
+    let AdminResponse::Ok(shown) = execute(
+        AdminRequest::QuarantineShow { seq: conflict_seq },
+        &s.store,
+        None,
+    )
+    .await
     else {
         panic!()
     };
@@ -165,6 +170,7 @@ async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them
             operator: "alice".into(),
         },
         &s.store,
+        None,
     )
     .await;
     assert!(matches!(r, AdminResponse::Ok(_)), "{r:?}");
@@ -182,7 +188,8 @@ async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them
                 command: again,
                 operator: "alice".into()
             },
-            &s.store
+            &s.store,
+            None
         )
         .await,
         AdminResponse::Error(_)
@@ -288,7 +295,8 @@ async fn a_peer_ar_is_dead_lettered_with_its_reason_and_can_be_retried() {
                 command: cmd,
                 operator: "bob".into()
             },
-            &s.store
+            &s.store,
+            None
         )
         .await,
         AdminResponse::Ok(_)

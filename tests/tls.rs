@@ -654,3 +654,92 @@ async fn an_expired_client_certificate_is_refused_and_audited() {
     );
     h.server.shutdown().await;
 }
+
+/// New certificate files are taken without a restart (admin call; SIGHUP runs the same
+/// reload), and a broken file leaves the running certificates in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() {
+    let c = certs();
+    let live = tempfile::tempdir().expect("tempdir");
+    for f in ["server.pem", "server.key"] {
+        std::fs::copy(c.join(f), live.path().join(f)).expect("copy");
+    }
+    let next = tempfile::tempdir().expect("tempdir");
+    labroute::pki::generate(&labroute::pki::PkiSpec {
+        out: next.path().to_path_buf(),
+        systems: vec!["sil".into()],
+        server_names: vec!["localhost".into()],
+        days: 30,
+        now_ms: labroute::time::now_ms(),
+        force: false,
+        ca_name: "next CA".into(),
+    })
+    .expect("next PKI");
+    let bundle = live.path().join("ca-bundle.pem");
+    std::fs::write(
+        &bundle,
+        std::fs::read_to_string(c.join("ca.pem")).expect("ca")
+            + &std::fs::read_to_string(next.path().join("ca.pem")).expect("next ca"),
+    )
+    .expect("bundle");
+    let l = live.path().to_path_buf();
+    let h = Harness::start(move |r| {
+        r.replace(
+            "bind = \"127.0.0.1:0\"\ninsecure = true\n",
+            "bind = \"127.0.0.1:0\"\n",
+        ) + &format!(
+            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            l.join("ca-bundle.pem").display(),
+            l.join("server.pem").display(),
+            l.join("server.key").display()
+        ) + SYSTEMS
+    })
+    .await;
+    let next_client = (
+        next.path().join("ca.pem"),
+        next.path().join("sil.pem"),
+        next.path().join("sil.key"),
+    );
+    let try_next = |id: &'static str| {
+        let (ca, cert, key) = next_client.clone();
+        let addr = h.sil();
+        async move {
+            tls_send(
+                addr,
+                Some((&ca, &cert, &key)),
+                &result_by_identifier("ES1", id, "100001", "1"),
+            )
+            .await
+        }
+    };
+    // A client that trusts only the next CA does not accept the current server certificate.
+    assert!(try_next("N1").await.is_err());
+
+    // The next certificate is put in place and reloaded through the admin socket.
+    for f in ["server.pem", "server.key"] {
+        std::fs::copy(next.path().join(f), live.path().join(f)).expect("copy");
+    }
+    let r = labroute::admin::request(h.dir.path(), &labroute::admin::AdminRequest::ReloadTls)
+        .await
+        .expect("admin socket")
+        .expect("an instance answers");
+    assert!(matches!(r, labroute::admin::AdminResponse::Ok(_)), "{r:?}");
+    let ack = try_next("N2").await.expect("the new certificate is served");
+    assert!(String::from_utf8_lossy(&ack).contains("MSA|AA|N2"));
+
+    // A broken key: the reload fails and says so; the running certificates stay.
+    std::fs::write(live.path().join("server.key"), "not a key").expect("write");
+    let r = labroute::admin::request(h.dir.path(), &labroute::admin::AdminRequest::ReloadTls)
+        .await
+        .expect("admin socket")
+        .expect("an instance answers");
+    assert!(
+        matches!(r, labroute::admin::AdminResponse::Error(ref e) if e.contains("previous certificates stay")),
+        "{r:?}"
+    );
+    let ack = try_next("N3").await.expect("still served");
+    assert!(String::from_utf8_lossy(&ack).contains("MSA|AA|N3"));
+    let expiry = h.server.tls.as_ref().and_then(|t| t.cert_not_after());
+    assert!(expiry.is_some_and(|e| e > 0));
+    h.server.shutdown().await;
+}

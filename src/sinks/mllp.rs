@@ -97,13 +97,13 @@ impl Stream {
 /// A connection to one destination, reopened when needed.
 pub struct Connection {
     dest: Destination,
-    tls: Option<tokio_rustls::TlsConnector>,
+    tls: Option<std::sync::Arc<crate::tls::TlsState>>,
     stream: Option<Stream>,
 }
 
 impl Connection {
     /// `tls`: the connector for a TLS destination (the instance's client certificate).
-    pub fn new(dest: Destination, tls: Option<tokio_rustls::TlsConnector>) -> Self {
+    pub fn new(dest: Destination, tls: Option<std::sync::Arc<crate::tls::TlsState>>) -> Self {
         Connection {
             dest,
             tls,
@@ -123,12 +123,13 @@ impl Connection {
         if !self.dest.tls {
             return Ok(Stream::Plain(tcp));
         }
-        let Some(connector) = &self.tls else {
+        let Some(state) = &self.tls else {
             return Err(AttemptError::Connect(addr, "TLS is not configured".into()));
         };
         let name = self.dest.server_name.clone().unwrap_or_default();
         let server_name = rustls::pki_types::ServerName::try_from(name)
             .map_err(|e| AttemptError::Connect(addr.clone(), e.to_string()))?;
+        let connector = state.connector();
         match tokio::time::timeout(timeout, connector.connect(server_name, tcp)).await {
             Err(_) => Err(AttemptError::ConnectTimeout(addr)),
             Ok(Err(e)) => Err(AttemptError::Connect(addr, format!("TLS: {e}"))),
@@ -269,7 +270,7 @@ pub async fn run_destination(
     dest: Destination,
     cfg: std::sync::Arc<Config>,
     store: StoreHandle,
-    tls: Option<tokio_rustls::TlsConnector>,
+    tls: Option<std::sync::Arc<crate::tls::TlsState>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = dest.name.as_str().to_owned();

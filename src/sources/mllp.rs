@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::hl7::mllp::{Decoded, Decoder, frame};
 use crate::ingest::{Handled, Origin, handle_frame, oversized_ack};
@@ -32,7 +31,7 @@ pub async fn run_listener(
     limits: ConnLimits,
     slots: Arc<Semaphore>,
     store: StoreHandle,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<crate::tls::TlsState>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -68,7 +67,8 @@ pub async fn run_listener(
             let _ = stream.set_nodelay(true);
             match tls {
                 None => serve_connection(stream, origin, limits, store, shutdown).await,
-                Some(acceptor) => {
+                Some(state) => {
+                    let acceptor = state.acceptor();
                     let tls_stream = match tokio::time::timeout(
                         HANDSHAKE_TIMEOUT,
                         acceptor.accept(stream),
