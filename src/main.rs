@@ -476,35 +476,12 @@ async fn serve(routes: &Path, data: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs an admin request and returns its value (errors as errors).
+/// Runs an admin request on the running instance (admin.sock) or, when none runs, directly
+/// on the store (same code path); returns its value, errors as errors.
 async fn admin_value(data: &Path, routes: &Path, req: AdminRequest) -> Result<serde_json::Value> {
     let resp = match admin::request(data, &req).await? {
         Some(r) => r,
         None => {
-            let cfg = Arc::new(load(routes)?);
-            let store = Store::open(data)?;
-            let handle = StoreHandle::start(
-                store,
-                cfg,
-                WriterConfig {
-                    max_batch: 16,
-                    sealer: None,
-                },
-            );
-            admin::execute(req, &handle, None).await
-        }
-    };
-    match resp {
-        AdminResponse::Ok(v) => Ok(v),
-        AdminResponse::Error(e) => bail!("{e}"),
-    }
-}
-
-async fn admin_call(data: &Path, routes: &Path, req: AdminRequest) -> Result<()> {
-    let resp = match admin::request(data, &req).await? {
-        Some(r) => r,
-        None => {
-            // No running instance: work on the store directly (same code path).
             let cfg = Arc::new(load(routes)?);
             let store = Store::open(data)?;
             let handle = StoreHandle::start(
@@ -520,6 +497,7 @@ async fn admin_call(data: &Path, routes: &Path, req: AdminRequest) -> Result<()>
                 // This process's counters say nothing about an instance: say none runs.
                 AdminResponse::Ok(serde_json::Value::Object(mut o)) if status => {
                     o.remove("since_start");
+                    o.remove("tls_cert_not_after_unix");
                     o.insert(
                         "instance".into(),
                         "not running (store read directly)".into(),
@@ -531,15 +509,18 @@ async fn admin_call(data: &Path, routes: &Path, req: AdminRequest) -> Result<()>
         }
     };
     match resp {
-        AdminResponse::Ok(v) => {
-            match v {
-                serde_json::Value::String(s) => println!("{s}"),
-                other => println!("{}", serde_json::to_string_pretty(&other)?),
-            }
-            Ok(())
-        }
+        AdminResponse::Ok(v) => Ok(v),
         AdminResponse::Error(e) => bail!("{e}"),
     }
+}
+
+/// Runs an admin request and prints its value.
+async fn admin_call(data: &Path, routes: &Path, req: AdminRequest) -> Result<()> {
+    match admin_value(data, routes, req).await? {
+        serde_json::Value::String(s) => println!("{s}"),
+        other => println!("{}", serde_json::to_string_pretty(&other)?),
+    }
+    Ok(())
 }
 
 async fn read_frame<S: tokio::io::AsyncRead + Unpin>(
