@@ -45,6 +45,29 @@ pub struct RejectRequest {
     pub sender: Option<String>,
 }
 
+impl RejectRequest {
+    /// Refuses a message that was read (and perhaps decided) after all.
+    fn from_ingest(
+        req: IngestRequest,
+        error: AckError,
+        decision: Option<Decision>,
+        sender: Option<String>,
+    ) -> RejectRequest {
+        RejectRequest {
+            listener: req.listener,
+            peer: req.peer,
+            raw: req.raw,
+            control_id: req.facts.control_id.clone(),
+            message_type: format!("{}^{}", req.facts.message_type, req.facts.trigger),
+            error,
+            header: req.header,
+            enhanced: req.enhanced,
+            decision,
+            sender,
+        }
+    }
+}
+
 /// What became of an ingested message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IngestReply {
@@ -480,6 +503,40 @@ fn audit(
     )
 }
 
+/// The audit entry of a stored message (received or refused): who sent what, its content
+/// hash, the decision with its evidence, and where it goes or why it was refused.
+fn audit_message(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    event: &'static str,
+    rec: &MessageRecord,
+) -> Result<(), StoreError> {
+    let mut detail = serde_json::json!({
+        "listener": rec.listener,
+        "peer": rec.peer,
+        "type": rec.message_type,
+        "control_id": rec.control_id,
+        "sha256": rec.sha256,
+        "decision": rec.decision,
+    });
+    match &rec.rejection {
+        Some(r) => {
+            detail["code"] = r.code.into();
+            detail["reason"] = r.text.clone().into();
+        }
+        None => detail["destinations"] = serde_json::json!(rec.destinations),
+    }
+    audit(
+        txn,
+        seqs,
+        event,
+        Some(rec.seq),
+        rec.establishment().map(|e| e.to_string()),
+        rec.sender.clone(),
+        detail,
+    )
+}
+
 /// Order lookups inside the write transaction (sees this batch's earlier orders).
 struct TxnOrders<'t> {
     txn: &'t WriteTransaction,
@@ -724,18 +781,7 @@ fn ingest(
                     .into(),
                 location: Some(("MSH".into(), 10)),
             };
-            let r = RejectRequest {
-                listener: req.listener,
-                peer: req.peer,
-                raw: req.raw,
-                control_id: req.facts.control_id.clone(),
-                message_type: format!("{}^{}", req.facts.message_type, req.facts.trigger),
-                error,
-                header: req.header,
-                enhanced: req.enhanced,
-                decision: None,
-                sender: sender_name.clone(),
-            };
+            let r = RejectRequest::from_ingest(req, error, None, sender_name.clone());
             return match reject(txn, seqs, r)? {
                 IngestReply::Rejected { seq, ack, code, .. } => {
                     Ok(IngestReply::ControlIdReused { seq, ack, code })
@@ -844,23 +890,7 @@ fn ingest(
         answers: None,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
-    audit(
-        txn,
-        seqs,
-        "received",
-        Some(seq),
-        rec.establishment().map(|e| e.to_string()),
-        rec.sender.clone(),
-        serde_json::json!({
-            "listener": rec.listener,
-            "peer": rec.peer,
-            "type": rec.message_type,
-            "control_id": rec.control_id,
-            "sha256": rec.sha256,
-            "decision": rec.decision,
-            "destinations": rec.destinations,
-        }),
-    )?;
+    audit_message(txn, seqs, "received", &rec)?;
     if no_destination {
         app_ack(txn, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
     }
@@ -933,23 +963,16 @@ fn refuse(
         1,
     );
     tracing::warn!(listener = %req.listener, sender = sender.as_deref().unwrap_or("-"), reason = ?why, "message refused: sender not authorised");
-    let r = RejectRequest {
-        listener: req.listener,
-        peer: req.peer,
-        raw: req.raw,
-        control_id: req.facts.control_id.clone(),
-        message_type: format!("{}^{}", req.facts.message_type, req.facts.trigger),
-        error: AckError {
-            code: 207,
-            text,
-            location: None,
-        },
-        header: req.header,
-        enhanced: req.enhanced,
-        decision,
-        sender,
+    let error = AckError {
+        code: 207,
+        text,
+        location: None,
     };
-    reject(txn, seqs, r)
+    reject(
+        txn,
+        seqs,
+        RejectRequest::from_ingest(req, error, decision, sender),
+    )
 }
 
 fn reject(
@@ -987,6 +1010,7 @@ fn reject(
         answers: None,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
+    audit_message(txn, seqs, "refused", &rec)?;
     audit(
         txn,
         seqs,
@@ -1046,14 +1070,16 @@ fn delivery(
             serde_json::json!({ "attempts": attempts, "reason": reason }),
         ),
     };
-    let establishment =
-        load_record(txn, seq)?.and_then(|r| r.establishment().map(|e| e.to_string()));
+    // One read of the record serves the audit entry and the application ACK below.
+    let record = load_record(txn, seq)?;
     audit(
         txn,
         seqs,
         event,
         Some(seq),
-        establishment,
+        record
+            .as_ref()
+            .and_then(|r| r.establishment().map(|e| e.to_string())),
         Some(dest.to_owned()),
         detail,
     )?;
@@ -1065,7 +1091,7 @@ fn delivery(
                 .insert(queue_key(dest, seq).as_slice(), now)
                 .map_err(db_err)?;
             drop(outbox);
-            if let Some(mut rec) = load_record(txn, seq)?.filter(|r| r.app_ack.is_some()) {
+            if let Some(mut rec) = record.filter(|r| r.app_ack.is_some()) {
                 let delivered = txn.open_table(DELIVERED).map_err(db_err)?;
                 let mut all = true;
                 for d in &rec.destinations {
@@ -1107,7 +1133,7 @@ fn delivery(
                 .map_err(db_err)?;
             touched.insert(dest.to_owned());
             drop(outbox);
-            if let Some(mut rec) = load_record(txn, seq)?.filter(|r| r.app_ack.is_some()) {
+            if let Some(mut rec) = record.filter(|r| r.app_ack.is_some()) {
                 let err = AckError {
                     code: 207,
                     text: "not delivered: a destination did not accept it; held as a dead letter"
