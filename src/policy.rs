@@ -12,6 +12,10 @@ use crate::store::{MessageRecord, RecordStatus};
 pub struct Permit {
     seq: u64,
     destination: DestinationName,
+    /// MSH-10 of the message, which the peer's MSA-2 must echo.
+    control_id: String,
+    /// False for our application ACKs, which are not acknowledged.
+    expects_answer: bool,
 }
 
 impl Permit {
@@ -20,6 +24,12 @@ impl Permit {
     }
     pub fn destination(&self) -> &DestinationName {
         &self.destination
+    }
+    pub fn control_id(&self) -> &str {
+        &self.control_id
+    }
+    pub fn expects_answer(&self) -> bool {
+        self.expects_answer
     }
 }
 
@@ -58,6 +68,8 @@ pub fn permit(
         Ok(Permit {
             seq: rec.seq,
             destination: destination.clone(),
+            control_id: rec.control_id.clone(),
+            expects_answer: rec.answers.is_none(),
         })
     };
     if rec.answers.is_some() {

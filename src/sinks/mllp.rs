@@ -9,9 +9,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::{Config, Destination};
-use crate::hl7::Message;
 use crate::hl7::ack::{AckOutcome, read_peer_ack};
-use crate::hl7::message::prepare;
 use crate::hl7::mllp::{Decoded, Decoder, frame};
 use crate::policy::{self, Permit};
 use crate::stats::{self, STATS};
@@ -148,24 +146,18 @@ impl Connection {
         if permit.destination() != &self.dest.name {
             return Err(AttemptError::WrongPermit);
         }
-        let r = self.try_send(message).await;
+        let r = self.try_send(permit, message).await;
         if r.is_err() || !self.dest.keep_connection_open {
             self.stream = None;
         }
         r
     }
 
-    async fn try_send(&mut self, message: &[u8]) -> Result<PeerAnswer, AttemptError> {
-        let (control_id, is_ack) = {
-            let prepared = prepare(message);
-            match Message::parse(&prepared) {
-                Ok(m) => (
-                    Some(m.text("MSH-10").trim().to_owned()),
-                    m.text("MSH-9.1").trim() == "ACK",
-                ),
-                Err(_) => (None, false),
-            }
-        };
+    async fn try_send(
+        &mut self,
+        permit: &Permit,
+        message: &[u8],
+    ) -> Result<PeerAnswer, AttemptError> {
         // A peer that closes after each message (some do) must not make us write into a dead
         // socket and count that as a failed delivery: check first, reconnect if closed.
         if self.stream.as_ref().is_some_and(Stream::stale) {
@@ -181,7 +173,7 @@ impl Connection {
             .write_all(&frame(message))
             .await
             .map_err(|e| AttemptError::Send(e.to_string()))?;
-        if is_ack {
+        if !permit.expects_answer() {
             // An (application) ACK is not acknowledged (HL7 v2 chapter 2). Some peers reply
             // anyway: closing here keeps such a reply from being read as the next message's.
             self.stream = None;
@@ -201,7 +193,7 @@ impl Connection {
                     return Err(AttemptError::AckTooLarge);
                 };
                 let (code, msa2) = read_peer_ack(&ack).ok_or(AttemptError::BadAck)?;
-                if control_id.as_deref().is_some_and(|c| c != msa2.trim()) {
+                if permit.control_id() != msa2.trim() {
                     return Err(AttemptError::AckMismatch);
                 }
                 return Ok(match code.outcome() {
