@@ -206,18 +206,12 @@ fn rewrite_chain(src: &Path, dst: &Path, from: &str, to: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_seals_catch_a_rewritten_chain() {
-    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
-    let c2 = certs.clone();
-    let h = Harness::start(move |r| {
+    let certs = dev_certs();
+    let h = Harness::start(|r| {
         r.replace(
             "idle_timeout_secs = 60",
             "idle_timeout_secs = 60\naudit_seal_every = 3",
-        ) + &format!(
-            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            c2.join("ca.pem").display(),
-            c2.join("server.pem").display(),
-            c2.join("server.key").display()
-        )
+        ) + &dev_tls_section()
     })
     .await;
     let msgs: Vec<Vec<u8>> = (0..6)

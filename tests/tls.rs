@@ -38,24 +38,10 @@ san_uri = ["urn:labroute:system:dpi-es2"]
 establishments = ["ES2"]
 "#;
 
-fn certs() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
-}
-
 async fn setup() -> Harness {
-    let c = certs();
-    Harness::start(move |r| {
-        r.replace(
-            "bind = \"127.0.0.1:0\"\ninsecure = true\n",
-            "bind = \"127.0.0.1:0\"\n",
-        )
-        .replace("idle_timeout_secs = 60", "idle_timeout_secs = 2")
-            + &format!(
-                "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-                c.join("ca.pem").display(),
-                c.join("server.pem").display(),
-                c.join("server.key").display()
-            )
+    Harness::start(|r| {
+        tls_listeners(&r).replace("idle_timeout_secs = 60", "idle_timeout_secs = 2")
+            + &dev_tls_section()
             + SYSTEMS
     })
     .await
@@ -78,7 +64,7 @@ async fn tls_send(
         None => {
             let mut roots = rustls::RootCertStore::empty();
             for c in
-                labroute::tls::load_certs(&certs().join("ca.pem")).map_err(|e| e.to_string())?
+                labroute::tls::load_certs(&dev_certs().join("ca.pem")).map_err(|e| e.to_string())?
             {
                 roots.add(c).map_err(|e| e.to_string())?;
             }
@@ -146,7 +132,7 @@ fn s_client(port: u16, args: &[&str], msg: &[u8]) -> String {
 async fn only_clients_with_a_certificate_from_our_ca_over_tls13_are_answered() {
     let s = setup().await;
     let addr = s.sil();
-    let c = certs();
+    let c = dev_certs();
     let (ca, cert, key) = (c.join("ca.pem"), c.join("sil.pem"), c.join("sil.key"));
 
     // rustls client with the SIL's certificate.
@@ -195,16 +181,13 @@ async fn only_clients_with_a_certificate_from_our_ca_over_tls13_are_answered() {
 
     // A certificate from another CA.
     let other = tempfile::tempdir().expect("tempdir");
-    labroute::pki::generate(&labroute::pki::PkiSpec {
-        out: other.path().to_path_buf(),
-        systems: vec!["sil".into()],
-        server_names: vec!["localhost".into()],
-        days: 30,
-        now_ms: labroute::time::now_ms(),
-        force: false,
-        ca_name: "foreign CA".into(),
-    })
-    .expect("foreign PKI");
+    temp_pki(
+        other.path(),
+        "foreign CA",
+        &["sil"],
+        &["localhost"],
+        labroute::time::now_ms(),
+    );
     let r = tls_send(
         addr,
         Some((
@@ -259,7 +242,7 @@ async fn only_clients_with_a_certificate_from_our_ca_over_tls13_are_answered() {
 }
 
 fn client(name: &str) -> (PathBuf, PathBuf, PathBuf) {
-    let c = certs();
+    let c = dev_certs();
     (
         c.join("ca.pem"),
         c.join(format!("{name}.pem")),
@@ -368,7 +351,7 @@ async fn each_system_speaks_only_for_its_own_establishments_whatever_msh4_says()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_destinations_get_messages_only_when_their_certificate_verifies() {
-    let c = certs();
+    let c = dev_certs();
     let ours = TlsFiles {
         ca: c.join("ca.pem"),
         cert: c.join("server.pem"),
@@ -379,16 +362,13 @@ async fn tls_destinations_get_messages_only_when_their_certificate_verifies() {
     let es1 = Receiver::start_tls("127.0.0.1:0", AckCode::AA, &ours).await;
     // ES2's "record system": a certificate from another CA.
     let other = tempfile::tempdir().expect("tempdir");
-    labroute::pki::generate(&labroute::pki::PkiSpec {
-        out: other.path().to_path_buf(),
-        systems: vec![],
-        server_names: vec!["127.0.0.1".into()],
-        days: 30,
-        now_ms: labroute::time::now_ms(),
-        force: false,
-        ca_name: "foreign CA".into(),
-    })
-    .expect("foreign PKI");
+    temp_pki(
+        other.path(),
+        "foreign CA",
+        &[],
+        &["127.0.0.1"],
+        labroute::time::now_ms(),
+    );
     let es2 = Receiver::start_tls(
         "127.0.0.1:0",
         AckCode::AA,
@@ -410,12 +390,7 @@ async fn tls_destinations_get_messages_only_when_their_certificate_verifies() {
         .replace(
             &format!("address = \"{a2}\"\ninsecure = true"),
             &format!("address = \"{e2}\""),
-        ) + &format!(
-            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            c.join("ca.pem").display(),
-            c.join("server.pem").display(),
-            c.join("server.key").display()
-        )
+        ) + &dev_tls_section()
     })
     .await;
     let acks = send_all(
@@ -578,17 +553,14 @@ async fn an_expired_client_certificate_is_refused_and_audited() {
     let day = 86_400_000u64;
     let old = tempfile::tempdir().expect("tempdir");
     // Issued 100 days ago for 30 days: the leaves expired 70 days ago, their CA is valid.
-    labroute::pki::generate(&labroute::pki::PkiSpec {
-        out: old.path().to_path_buf(),
-        systems: vec!["sil".into()],
-        server_names: vec!["localhost".into()],
-        days: 30,
-        now_ms: labroute::time::now_ms() - 100 * day,
-        force: false,
-        ca_name: "second CA".into(),
-    })
-    .expect("old PKI");
-    let c = certs();
+    temp_pki(
+        old.path(),
+        "second CA",
+        &["sil"],
+        &["localhost"],
+        labroute::time::now_ms() - 100 * day,
+    );
+    let c = dev_certs();
     let bundle = old.path().join("bundle.pem");
     std::fs::write(
         &bundle,
@@ -596,20 +568,8 @@ async fn an_expired_client_certificate_is_refused_and_audited() {
             + &std::fs::read_to_string(old.path().join("ca.pem")).expect("old ca"),
     )
     .expect("bundle");
-    let b = bundle.clone();
-    let c2 = c.clone();
-    let h = Harness::start(move |r| {
-        r.replace(
-            "bind = \"127.0.0.1:0\"\ninsecure = true\n",
-            "bind = \"127.0.0.1:0\"\n",
-        ) + &format!(
-            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            b.display(),
-            c2.join("server.pem").display(),
-            c2.join("server.key").display()
-        ) + SYSTEMS
-    })
-    .await;
+    let tls = tls_section(&bundle, &c.join("server.pem"), &c.join("server.key"));
+    let h = Harness::start(move |r| tls_listeners(&r) + &tls + SYSTEMS).await;
     let before = STATS.snapshot().tls_handshakes_failed;
     // The expired certificate names system "sil", which is configured: only expiry refuses it.
     let r = tls_send(
@@ -659,22 +619,19 @@ async fn an_expired_client_certificate_is_refused_and_audited() {
 /// reload), and a broken file leaves the running certificates in place.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() {
-    let c = certs();
+    let c = dev_certs();
     let live = tempfile::tempdir().expect("tempdir");
     for f in ["server.pem", "server.key"] {
         std::fs::copy(c.join(f), live.path().join(f)).expect("copy");
     }
     let next = tempfile::tempdir().expect("tempdir");
-    labroute::pki::generate(&labroute::pki::PkiSpec {
-        out: next.path().to_path_buf(),
-        systems: vec!["sil".into()],
-        server_names: vec!["localhost".into()],
-        days: 30,
-        now_ms: labroute::time::now_ms(),
-        force: false,
-        ca_name: "next CA".into(),
-    })
-    .expect("next PKI");
+    temp_pki(
+        next.path(),
+        "next CA",
+        &["sil"],
+        &["localhost"],
+        labroute::time::now_ms(),
+    );
     let bundle = live.path().join("ca-bundle.pem");
     std::fs::write(
         &bundle,
@@ -682,19 +639,9 @@ async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() 
             + &std::fs::read_to_string(next.path().join("ca.pem")).expect("next ca"),
     )
     .expect("bundle");
-    let l = live.path().to_path_buf();
-    let h = Harness::start(move |r| {
-        r.replace(
-            "bind = \"127.0.0.1:0\"\ninsecure = true\n",
-            "bind = \"127.0.0.1:0\"\n",
-        ) + &format!(
-            "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            l.join("ca-bundle.pem").display(),
-            l.join("server.pem").display(),
-            l.join("server.key").display()
-        ) + SYSTEMS
-    })
-    .await;
+    let l = live.path();
+    let tls = tls_section(&bundle, &l.join("server.pem"), &l.join("server.key"));
+    let h = Harness::start(move |r| tls_listeners(&r) + &tls + SYSTEMS).await;
     let next_client = (
         next.path().join("ca.pem"),
         next.path().join("sil.pem"),

@@ -314,3 +314,57 @@ impl Harness {
         self.server.addr("sil").expect("listener sil")
     }
 }
+
+/// The committed development PKI.
+pub fn dev_certs() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("certs")
+}
+
+/// A `[tls]` section.
+pub fn tls_section(ca: &std::path::Path, cert: &std::path::Path, key: &std::path::Path) -> String {
+    format!(
+        "[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        ca.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
+/// A `[tls]` section with the development CA and server certificate.
+pub fn dev_tls_section() -> String {
+    let c = dev_certs();
+    tls_section(
+        &c.join("ca.pem"),
+        &c.join("server.pem"),
+        &c.join("server.key"),
+    )
+}
+
+/// `routes_toml` with every listener on TLS (their `insecure = true` removed).
+pub fn tls_listeners(routes: &str) -> String {
+    routes.replace(
+        "bind = \"127.0.0.1:0\"\ninsecure = true\n",
+        "bind = \"127.0.0.1:0\"\n",
+    )
+}
+
+/// Generates a PKI (CA, `server` for `server_names`, one client per system) in `dir`, its
+/// dates computed from `now_ms`, 30 days of validity.
+pub fn temp_pki(
+    dir: &std::path::Path,
+    ca_name: &str,
+    systems: &[&str],
+    server_names: &[&str],
+    now_ms: u64,
+) {
+    labroute::pki::generate(&labroute::pki::PkiSpec {
+        out: dir.to_path_buf(),
+        systems: systems.iter().map(|s| s.to_string()).collect(),
+        server_names: server_names.iter().map(|s| s.to_string()).collect(),
+        days: 30,
+        now_ms,
+        force: false,
+        ca_name: ca_name.into(),
+    })
+    .expect("test PKI");
+}
