@@ -52,6 +52,14 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every `.hl7` file under `dir`, sorted.
+fn hl7_files(dir: &Path) -> Vec<PathBuf> {
+    let mut all = Vec::new();
+    files_under(dir, &mut all);
+    all.retain(|p| p.extension().is_some_and(|e| e == "hl7"));
+    all
+}
+
 fn name_of(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -278,12 +286,7 @@ fn reportstream_messages_are_read_whole_and_agree_with_hl7_parser() {
     let Some(dir) = corpus("reportstream") else {
         return;
     };
-    let mut all = Vec::new();
-    files_under(&dir, &mut all);
-    let files: Vec<_> = all
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
-        .collect();
+    let files = hl7_files(&dir);
     assert!(files.len() >= 299, "{} .hl7 files", files.len());
     let mut unread = Vec::new();
     let mut oracle_unread = Vec::new();
@@ -368,12 +371,7 @@ fn reportstream_messages_agree_with_pypi_hl7() {
         eprintln!("SKIPPED: python3 with PyPI `hl7` not found");
         return;
     }
-    let mut all = Vec::new();
-    files_under(&dir, &mut all);
-    let files: Vec<_> = all
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
-        .collect();
+    let files = hl7_files(&dir);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/dump_hl7.py");
     let out = std::process::Command::new("python3")
         .arg(script)
