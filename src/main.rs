@@ -559,14 +559,26 @@ async fn send(
         .await
         .with_context(|| format!("cannot connect to {to}"))?;
     match tls {
-        None => send_over(tcp, files, timeout).await,
+        None => send_over(
+            tcp,
+            files,
+            timeout,
+            "no ACK: if the listener uses TLS (the default routes do), pass --cert, --key and --ca",
+        )
+        .await,
         Some(t) => {
             let s = t
                 .connector
                 .connect(t.server_name, tcp)
                 .await
                 .with_context(|| format!("TLS handshake with {to}"))?;
-            send_over(s, files, timeout).await
+            send_over(
+                s,
+                files,
+                timeout,
+                "no ACK: the server may have refused this client certificate (see its log)",
+            )
+            .await
         }
     }
 }
@@ -575,15 +587,14 @@ async fn send_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut stream: S,
     files: &[PathBuf],
     timeout: Duration,
+    hint: &'static str,
 ) -> Result<()> {
     let mut all_ok = true;
     for f in files {
         let bytes = std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
         stream.write_all(&frame(&bytes)).await?;
         stream.flush().await?;
-        let ack = read_frame(&mut stream, timeout)
-            .await
-            .context("no ACK (over TLS, a refused client certificate shows here)")?;
+        let ack = read_frame(&mut stream, timeout).await.context(hint)?;
         let code = ack::read_peer_ack(&ack).map(|(c, _)| c);
         if !matches!(code, Some(AckCode::AA | AckCode::CA)) {
             all_ok = false;
