@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use labroute::admin::{self, AdminRequest, AdminResponse};
+use labroute::admin::http::{AdminClient, ClientError};
+use labroute::admin::{self, AdminRequest};
 use labroute::config::Config;
 use labroute::hl7::ack::{self, AckCode, AckHeader};
 use labroute::hl7::mllp::{Decoded, Decoder, frame};
@@ -38,7 +39,7 @@ enum Command {
         /// Routes directory (every *.toml) or file.
         #[arg(long, default_value = "routes")]
         routes: PathBuf,
-        /// Data directory (the store and the admin socket).
+        /// Data directory (the store).
         #[arg(long, default_value = "data")]
         data: PathBuf,
     },
@@ -68,26 +69,20 @@ enum Command {
     Quarantine {
         #[command(subcommand)]
         action: QuarantineAction,
-        #[arg(long, default_value = "data", global = true)]
-        data: PathBuf,
-        #[arg(long, default_value = "routes", global = true)]
-        routes: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Dead letters.
     Dead {
         #[command(subcommand)]
         action: DeadAction,
-        #[arg(long, default_value = "data", global = true)]
-        data: PathBuf,
-        #[arg(long, default_value = "routes", global = true)]
-        routes: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
-    /// Store counts.
+    /// Store counts, counters since start, certificate expiry.
     Status {
-        #[arg(long, default_value = "data")]
-        data: PathBuf,
-        #[arg(long, default_value = "routes")]
-        routes: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Load generator: results over N MLLP connections, each waiting for every ACK; prints
     /// messages/s and ACK latency p50/p99.
@@ -114,27 +109,43 @@ enum Command {
     },
     /// Makes the running instance read its TLS certificates and keys again (as SIGHUP does).
     ReloadTls {
-        #[arg(long, default_value = "data")]
-        data: PathBuf,
-        #[arg(long, default_value = "routes")]
-        routes: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// The audit journal.
     Audit {
         #[command(subcommand)]
         action: AuditAction,
-        #[arg(long, default_value = "data", global = true)]
-        data: PathBuf,
-        #[arg(long, default_value = "routes", global = true)]
-        routes: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// The operator log.
     Oplog {
-        #[arg(long, default_value = "data")]
-        data: PathBuf,
-        #[arg(long, default_value = "routes")]
-        routes: PathBuf,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
+}
+
+/// Operator commands: through a running instance's admin endpoint (HTTPS, with an operator
+/// certificate) when the routes configure one and it answers; else on the store directly,
+/// as the host's administrator.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Data directory of the instance.
+    #[arg(long, default_value = "data", global = true)]
+    data: PathBuf,
+    /// Its routes (for the admin address and the CA).
+    #[arg(long, default_value = "routes", global = true)]
+    routes: PathBuf,
+    /// Operator certificate (PEM) for the admin endpoint.
+    #[arg(long, env = "LABROUTE_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "LABROUTE_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// Name the instance's certificate must carry (default: the admin address's IP).
+    #[arg(long, global = true)]
+    server_name: Option<String>,
 }
 
 /// MLLP over TLS for client commands (send, loadgen).
@@ -241,7 +252,7 @@ enum DeadAction {
     },
 }
 
-fn operator() -> String {
+fn local_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())
@@ -306,11 +317,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Receive { listen, out } => receive(&listen, &out).await,
-        Command::Quarantine {
-            action,
-            data,
-            routes,
-        } => {
+        Command::Quarantine { action, admin } => {
             let req = match action {
                 QuarantineAction::List => AdminRequest::QuarantineList,
                 QuarantineAction::Show { seq } => AdminRequest::QuarantineShow { seq },
@@ -319,43 +326,28 @@ async fn run(cli: Cli) -> Result<()> {
                         seq,
                         establishment: to,
                     },
-                    operator: operator(),
                 },
                 QuarantineAction::Discard { seq, reason } => AdminRequest::Command {
                     command: OperatorCommand::Discard { seq, reason },
-                    operator: operator(),
                 },
             };
-            admin_call(&data, &routes, req).await
+            admin_call(&admin, req).await
         }
-        Command::Dead {
-            action,
-            data,
-            routes,
-        } => {
+        Command::Dead { action, admin } => {
             let req = match action {
                 DeadAction::List => AdminRequest::DeadList,
                 DeadAction::Retry { destination, seq } => AdminRequest::Command {
                     command: OperatorCommand::RetryDead { destination, seq },
-                    operator: operator(),
                 },
             };
-            admin_call(&data, &routes, req).await
+            admin_call(&admin, req).await
         }
-        Command::Status { data, routes } => admin_call(&data, &routes, AdminRequest::Status).await,
-        Command::Oplog { data, routes } => {
-            admin_call(&data, &routes, AdminRequest::OperatorLog).await
-        }
-        Command::ReloadTls { data, routes } => {
-            admin_call(&data, &routes, AdminRequest::ReloadTls).await
-        }
-        Command::Audit {
-            action,
-            data,
-            routes,
-        } => match action {
+        Command::Status { admin } => admin_call(&admin, AdminRequest::Status).await,
+        Command::Oplog { admin } => admin_call(&admin, AdminRequest::OperatorLog).await,
+        Command::ReloadTls { admin } => admin_call(&admin, AdminRequest::ReloadTls).await,
+        Command::Audit { action, admin } => match action {
             AuditAction::Verify => {
-                let v = admin_value(&data, &routes, AdminRequest::AuditVerify).await?;
+                let v = admin_value(&admin, AdminRequest::AuditVerify).await?;
                 match v.get("first_bad").filter(|b| !b.is_null()) {
                     None => {
                         println!(
@@ -387,7 +379,7 @@ async fn run(cli: Cli) -> Result<()> {
                     to_ms,
                     event,
                 };
-                admin_call(&data, &routes, AdminRequest::AuditQuery { filter }).await
+                admin_call(&admin, AdminRequest::AuditQuery { filter }).await
             }
         },
         Command::Pki {
@@ -476,47 +468,92 @@ async fn serve(routes: &Path, data: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs an admin request on the running instance (admin.sock) or, when none runs, directly
-/// on the store (same code path); returns its value, errors as errors.
-async fn admin_value(data: &Path, routes: &Path, req: AdminRequest) -> Result<serde_json::Value> {
-    let resp = match admin::request(data, &req).await? {
-        Some(r) => r,
-        None => {
-            let cfg = Arc::new(load(routes)?);
-            let store = Store::open(data)?;
-            let handle = StoreHandle::start(
-                store,
-                cfg,
-                WriterConfig {
-                    max_batch: 16,
-                    sealer: None,
-                },
-            );
-            let status = matches!(req, AdminRequest::Status);
-            match admin::execute(req, &handle, None).await {
-                // This process's counters say nothing about an instance: say none runs.
-                AdminResponse::Ok(serde_json::Value::Object(mut o)) if status => {
-                    o.remove("since_start");
-                    o.remove("tls_cert_not_after_unix");
-                    o.insert(
-                        "instance".into(),
-                        "not running (store read directly)".into(),
+/// Runs an admin request on the running instance's admin endpoint or, when the routes
+/// configure none or nothing answers there, directly on the store as the host's
+/// administrator (the store is locked while an instance runs, so this cannot race one).
+async fn admin_value(a: &AdminArgs, req: AdminRequest) -> Result<serde_json::Value> {
+    let cfg = Arc::new(load(&a.routes)?);
+    if let (Some(endpoint), Some(tls)) = (&cfg.admin, &cfg.tls) {
+        let ip = if endpoint.bind.ip().is_unspecified() {
+            std::net::IpAddr::from([127, 0, 0, 1])
+        } else {
+            endpoint.bind.ip()
+        };
+        let address = std::net::SocketAddr::new(ip, endpoint.bind.port()).to_string();
+        let server_name = match &a.server_name {
+            Some(n) => {
+                rustls::pki_types::ServerName::try_from(n.clone()).context("--server-name")?
+            }
+            None => rustls::pki_types::ServerName::IpAddress(ip.into()),
+        };
+        let client = match (&a.cert, &a.key) {
+            (Some(cert), Some(key)) => {
+                let files = labroute::tls::TlsFiles {
+                    ca: tls.ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    min_version: tls.min_version,
+                };
+                Some(AdminClient {
+                    address: address.clone(),
+                    connector: tokio_rustls::TlsConnector::from(labroute::tls::client_config(
+                        &files,
+                    )?),
+                    server_name,
+                })
+            }
+            _ => None,
+        };
+        match client {
+            Some(c) => match c.call(&req).await {
+                Ok(v) => return Ok(v),
+                Err(ClientError::NotRunning(..)) => {}
+                Err(e) => bail!("{e}"),
+            },
+            None => {
+                if TcpStream::connect(&address).await.is_ok() {
+                    bail!(
+                        "an instance runs with its admin endpoint on {address}: pass an operator certificate with --cert and --key (or LABROUTE_CERT and LABROUTE_KEY); the development one is certs/operator.pem"
                     );
-                    AdminResponse::Ok(serde_json::Value::Object(o))
                 }
-                other => other,
             }
         }
-    };
-    match resp {
-        AdminResponse::Ok(v) => Ok(v),
-        AdminResponse::Error(e) => bail!("{e}"),
     }
+    let store = Store::open(&a.data).map_err(|e| match e {
+        labroute::store::StoreError::InUse(_) if cfg.admin.is_none() => {
+            anyhow::anyhow!("{e}; these routes configure no [admin] endpoint")
+        }
+        e => e.into(),
+    })?;
+    let handle = StoreHandle::start(
+        store,
+        cfg,
+        WriterConfig {
+            max_batch: 16,
+            sealer: None,
+        },
+    );
+    let who = labroute::policy::Operator {
+        name: format!("local:{}", local_user()),
+        scope: labroute::policy::OperatorScope::Instance,
+    };
+    let status = matches!(req, AdminRequest::Status);
+    let mut v = admin::execute(req, &handle, None, &who).await?;
+    // This process's counters say nothing about an instance: say none runs.
+    if let (true, serde_json::Value::Object(o)) = (status, &mut v) {
+        o.remove("since_start");
+        o.remove("tls_cert_not_after_unix");
+        o.insert(
+            "instance".into(),
+            "not running (store read directly)".into(),
+        );
+    }
+    Ok(v)
 }
 
 /// Runs an admin request and prints its value.
-async fn admin_call(data: &Path, routes: &Path, req: AdminRequest) -> Result<()> {
-    match admin_value(data, routes, req).await? {
+async fn admin_call(a: &AdminArgs, req: AdminRequest) -> Result<()> {
+    match admin_value(a, req).await? {
         serde_json::Value::String(s) => println!("{s}"),
         other => println!("{}", serde_json::to_string_pretty(&other)?),
     }

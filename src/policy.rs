@@ -1,9 +1,15 @@
-//! The one place that decides whether a stored message may go to a destination. A sink
-//! sends only with a [`Permit`], and only [`permit`] makes one: cross-tenant delivery needs
-//! a permit this function refuses to make.
+//! The one place that decides whether a stored message may go to a destination, and what an
+//! operator may see and act on. A sink sends only with a [`Permit`], and only [`permit`]
+//! makes one: cross-tenant delivery needs a permit this function refuses to make. An operator
+//! acts through an [`OperatorScope`], and [`OperatorScope::sees`] is the one test of whether
+//! a stored message is within it.
 
-use crate::config::Config;
-use crate::model::DestinationName;
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, System};
+use crate::model::{DestinationName, EstablishmentId};
 use crate::store::{MessageRecord, RecordStatus};
 
 /// Leave to send one stored message to one destination. Its fields are private: no other
@@ -99,6 +105,101 @@ pub fn permit(
             destination: destination.to_string(),
         })
     }
+}
+
+/// Who runs an operator command, and within what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operator {
+    /// The operator system's name (from its certificate), or `local:<user>` at the store.
+    pub name: String,
+    pub scope: OperatorScope,
+}
+
+/// What an operator may see and act on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperatorScope {
+    /// Every establishment, and what belongs to none (refused handshakes, messages that name
+    /// no establishment): an operator certificate allowed every configured establishment, or
+    /// the host's administrator working on the store of a stopped instance.
+    Instance,
+    /// Only these establishments.
+    Establishments(BTreeSet<EstablishmentId>),
+}
+
+impl OperatorScope {
+    /// The scope of an operator system: the whole instance when its certificate is allowed
+    /// every configured establishment, else its establishments.
+    pub fn of_system(system: &System, cfg: &Config) -> OperatorScope {
+        let set: BTreeSet<EstablishmentId> = system.establishments.iter().cloned().collect();
+        if !cfg.establishments.is_empty() && cfg.establishments.iter().all(|e| set.contains(&e.id))
+        {
+            OperatorScope::Instance
+        } else {
+            OperatorScope::Establishments(set)
+        }
+    }
+
+    pub fn is_instance(&self) -> bool {
+        matches!(self, OperatorScope::Instance)
+    }
+
+    pub fn covers(&self, e: &EstablishmentId) -> bool {
+        match self {
+            OperatorScope::Instance => true,
+            OperatorScope::Establishments(set) => set.contains(e),
+        }
+    }
+
+    /// Whether a stored message is within the scope: every establishment it could belong to
+    /// ([`implicated`]) is covered. A message that implicates none belongs to the instance.
+    pub fn sees(&self, rec: &MessageRecord, cfg: &Config) -> bool {
+        match self {
+            OperatorScope::Instance => true,
+            OperatorScope::Establishments(set) => {
+                let imp = implicated(rec, cfg);
+                !imp.is_empty() && imp.is_subset(set)
+            }
+        }
+    }
+
+    /// For messages: the establishments, or "instance".
+    pub fn describe(&self) -> String {
+        match self {
+            OperatorScope::Instance => "the whole instance".into(),
+            OperatorScope::Establishments(set) => {
+                let v: Vec<&str> = set.iter().map(|e| e.as_str()).collect();
+                v.join(", ")
+            }
+        }
+    }
+}
+
+/// The establishments a stored message could belong to. An owned message (routed or
+/// released): its owner. Any other (quarantined, refused, discarded): every establishment its
+/// evidence names, its owner if one was resolved, and every establishment its sending system
+/// speaks for, so that a message in doubt between ES1 and ES2 is seen by neither ES1's nor
+/// ES2's operator alone.
+pub fn implicated(rec: &MessageRecord, cfg: &Config) -> BTreeSet<EstablishmentId> {
+    let mut out = BTreeSet::new();
+    let owner = rec.establishment().cloned();
+    if matches!(rec.status, RecordStatus::Routed | RecordStatus::Released) {
+        if let Some(o) = owner {
+            out.insert(o);
+            return out;
+        }
+    }
+    out.extend(owner);
+    if let Some(d) = &rec.decision {
+        out.extend(d.evidence().iter().filter_map(|e| e.establishment.clone()));
+    }
+    if let Some(sys) = rec
+        .sender
+        .as_ref()
+        .and_then(|s| cfg.systems.iter().find(|x| &x.name == s))
+    {
+        out.extend(sys.establishments.iter().cloned());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -230,5 +331,48 @@ identify.placer_namespaces = ["S"]
         assert!(permit(&ack, &d("sil"), &cfg, None).is_err());
         let wrong = record(7, MessageClass::Result, Some("ES1"), RecordStatus::Routed);
         assert!(permit(&ack, &d("sil"), &cfg, Some(&wrong)).is_err());
+    }
+
+    #[test]
+    fn an_operator_scope_covers_a_message_only_if_it_covers_every_establishment_it_implicates() {
+        use crate::router::{Evidence, Rule};
+        let cfg = cfg();
+        let es1 = OperatorScope::Establishments([EstablishmentId::new("ES1")].into());
+        let ev = |e: &str| Evidence {
+            rule: Rule::OrderPlacer,
+            field: "OBR-2".into(),
+            value: "x".into(),
+            establishment: Some(EstablishmentId::new(e)),
+        };
+        // Owned: its owner only, whatever the sender speaks for.
+        let mut owned = record(1, MessageClass::Result, Some("ES1"), RecordStatus::Routed);
+        owned.sender = Some("lab".into());
+        assert!(es1.sees(&owned, &cfg));
+        let es2_owned = record(2, MessageClass::Result, Some("ES2"), RecordStatus::Released);
+        assert!(!es1.sees(&es2_owned, &cfg));
+        // A conflict between ES1 and ES2: neither alone.
+        let mut conflict = record(3, MessageClass::Result, None, RecordStatus::Quarantined);
+        conflict.decision = Some(Decision::Quarantined {
+            reason: QuarantineReason::Conflict,
+            evidence: vec![ev("ES1"), ev("ES2")],
+        });
+        assert!(!es1.sees(&conflict, &cfg));
+        assert!(OperatorScope::Instance.sees(&conflict, &cfg));
+        // No evidence, no known sender: the instance's only.
+        let none = record(4, MessageClass::Result, None, RecordStatus::Quarantined);
+        assert!(implicated(&none, &cfg).is_empty());
+        assert!(!es1.sees(&none, &cfg));
+        // A refused message: its resolved owner and its sender's establishments.
+        let mut refused = record(5, MessageClass::Result, Some("ES1"), RecordStatus::Rejected);
+        refused.decision = Some(Decision::Owned {
+            establishment: EstablishmentId::new("ES1"),
+            evidence: vec![ev("ES1")],
+        });
+        assert!(es1.sees(&refused, &cfg));
+        refused.decision = Some(Decision::Owned {
+            establishment: EstablishmentId::new("ES2"),
+            evidence: vec![ev("ES2")],
+        });
+        assert!(!es1.sees(&refused, &cfg));
     }
 }

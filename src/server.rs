@@ -1,5 +1,5 @@
 //! `labroute serve`: wires listeners, the store writer, destination workers and the admin
-//! socket, and shuts them down in order.
+//! endpoint, and shuts them down in order.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +35,8 @@ pub struct Server {
     pub tls: Option<Arc<crate::tls::TlsState>>,
     pub store: StoreHandle,
     pub bound: Vec<(String, std::net::SocketAddr)>,
+    /// Where the admin endpoint listens, when `[admin]` is set.
+    pub admin: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     slots: Arc<Semaphore>,
     max_connections: usize,
@@ -109,25 +111,33 @@ impl Server {
                 rx.clone(),
             )));
         }
-        let admin = crate::admin::socket_path(&data_dir);
-        let h2 = handle.clone();
-        let tls2 = tls.clone();
-        let mut rx2 = rx.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::select! {
-                r = crate::admin::serve(admin.clone(), h2, tls2) => {
-                    if let Err(e) = r {
-                        tracing::error!(path = %admin.display(), error = %e, "admin socket unavailable");
-                    }
-                }
-                _ = rx2.changed() => {}
-            }
-            let _ = std::fs::remove_file(&admin);
-        }));
+        let mut admin = None;
+        if let Some(a) = &cfg.admin {
+            let state = tls
+                .clone()
+                .ok_or_else(|| ServeError::NoTls(crate::admin::http::LISTENER.into()))?;
+            let listener = TcpListener::bind(a.bind)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    name: crate::admin::http::LISTENER.into(),
+                    addr: a.bind,
+                    source,
+                })?;
+            let addr = listener.local_addr().unwrap_or(a.bind);
+            tracing::info!(%addr, "listening (admin, HTTPS)");
+            admin = Some(addr);
+            tasks.push(tokio::spawn(crate::admin::http::serve(
+                listener,
+                handle.clone(),
+                state,
+                rx.clone(),
+            )));
+        }
         Ok(Server {
             tls,
             store: handle,
             bound,
+            admin,
             shutdown,
             slots,
             max_connections: cfg.engine.max_connections,

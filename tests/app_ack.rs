@@ -66,7 +66,7 @@ async fn application_acks_follow_the_final_outcome_as_msh16_asks() {
                 seq: quarantined[0].0.seq,
                 reason: "test".into(),
             },
-            "tester",
+            &common::local_operator("tester"),
         )
         .await
         .expect("discard");

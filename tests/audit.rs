@@ -51,7 +51,7 @@ async fn the_journal_records_everything_and_verify_finds_any_tampering() {
                 seq: held,
                 establishment: "ES1".into(),
             },
-            "alice",
+            &local_operator("alice"),
         )
         .await
         .expect("release");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use labroute::admin::{AdminRequest, AdminResponse, execute};
+use labroute::admin::{AdminRequest, execute};
 use labroute::config::Config;
 use labroute::hl7::ack::AckCode;
 use labroute::server::Server;
@@ -128,7 +128,13 @@ async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them
         "nothing quarantined reaches anyone"
     );
 
-    let AdminResponse::Ok(list) = execute(AdminRequest::QuarantineList, &s.store, None).await
+    let Ok(list) = execute(
+        AdminRequest::QuarantineList,
+        &s.store,
+        None,
+        &common::local_operator("alice"),
+    )
+    .await
     else {
         panic!()
     };
@@ -137,10 +143,11 @@ async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them
     let reasons: Vec<&str> = list.iter().map(|q| q["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons, vec!["no_evidence", "conflict"]);
     let conflict_seq = list[1]["seq"].as_u64().unwrap();
-    let AdminResponse::Ok(shown) = execute(
+    let Ok(shown) = execute(
         AdminRequest::QuarantineShow { seq: conflict_seq },
         &s.store,
         None,
+        &common::local_operator("alice"),
     )
     .await
     else {
@@ -165,15 +172,13 @@ async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them
         establishment: "ES2".into(),
     };
     let r = execute(
-        AdminRequest::Command {
-            command: cmd,
-            operator: "alice".into(),
-        },
+        AdminRequest::Command { command: cmd },
         &s.store,
         None,
+        &common::local_operator("alice"),
     )
     .await;
-    assert!(matches!(r, AdminResponse::Ok(_)), "{r:?}");
+    assert!(r.is_ok(), "{r:?}");
     assert!(p.es2.wait_for(1, Duration::from_secs(10)).await);
     assert_eq!(p.es2.control_ids(), vec!["RC"]);
     assert_eq!(p.es1.count(), 0);
@@ -182,18 +187,17 @@ async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them
         seq: conflict_seq,
         establishment: "ES1".into(),
     };
-    assert!(matches!(
-        execute(
-            AdminRequest::Command {
-                command: again,
-                operator: "alice".into()
-            },
-            &s.store,
-            None
-        )
-        .await,
-        AdminResponse::Error(_)
-    ));
+    let r = execute(
+        AdminRequest::Command { command: again },
+        &s.store,
+        None,
+        &common::local_operator("alice"),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(labroute::admin::AdminError::Conflict(_))),
+        "{r:?}"
+    );
     let log = s.store.store().operator_log().unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!(
@@ -289,18 +293,14 @@ async fn a_peer_ar_is_dead_lettered_with_its_reason_and_can_be_retried() {
         destination: "dpi-es1".into(),
         seq: dead[0].1.seq,
     };
-    assert!(matches!(
-        execute(
-            AdminRequest::Command {
-                command: cmd,
-                operator: "bob".into()
-            },
-            &s.store,
-            None
-        )
-        .await,
-        AdminResponse::Ok(_)
-    ));
+    let r = execute(
+        AdminRequest::Command { command: cmd },
+        &s.store,
+        None,
+        &common::local_operator("bob"),
+    )
+    .await;
+    assert!(r.is_ok(), "{r:?}");
     assert!(refusing.wait_for(3, Duration::from_secs(10)).await);
     s.shutdown().await;
 }

@@ -6,17 +6,16 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use labroute::hl7::ack::AckCode;
 use labroute::hl7::mllp::frame;
 use labroute::stats::STATS;
-use labroute::tls::{MinVersion, TlsFiles, client_config};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use labroute::tls::{MinVersion, TlsFiles};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// The example systems; `operator`'s certificate names no system here.
@@ -45,62 +44,6 @@ async fn setup() -> Harness {
             + SYSTEMS
     })
     .await
-}
-
-/// Sends one frame over TLS with a client certificate (or none); returns what came back.
-async fn tls_send(
-    addr: std::net::SocketAddr,
-    client: Option<(&Path, &Path, &Path)>,
-    msg: &[u8],
-) -> Result<Vec<u8>, String> {
-    let cfg = match client {
-        Some((ca, cert, key)) => client_config(&TlsFiles {
-            ca: ca.to_path_buf(),
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-            min_version: MinVersion::Tls13,
-        })
-        .map_err(|e| e.to_string())?,
-        None => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in
-                labroute::tls::load_certs(&dev_certs().join("ca.pem")).map_err(|e| e.to_string())?
-            {
-                roots.add(c).map_err(|e| e.to_string())?;
-            }
-            Arc::new(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-            )
-        }
-    };
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-    let mut s = tokio_rustls::TlsConnector::from(cfg)
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    s.write_all(&frame(msg)).await.map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
-            Ok(Ok(0)) => return Err("closed without an answer".into()),
-            Ok(Ok(n)) => {
-                out.extend_from_slice(&buf[..n]);
-                if out.ends_with(b"\x1c\r") {
-                    return Ok(out);
-                }
-            }
-            Ok(Err(e)) => return Err(format!("read: {e}")),
-            Err(_) => return Err("timeout".into()),
-        }
-    }
 }
 
 fn s_client(port: u16, args: &[&str], msg: &[u8]) -> String {
@@ -641,7 +584,16 @@ async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() 
     .expect("bundle");
     let l = live.path();
     let tls = tls_section(&bundle, &l.join("server.pem"), &l.join("server.key"));
-    let h = Harness::start(move |r| tls_listeners(&r) + &tls + SYSTEMS).await;
+    let h = Harness::start(move |r| {
+        tls_listeners(&r) + &tls + SYSTEMS + &admin_section("operator", &["ES1", "ES2"])
+    })
+    .await;
+    let admin = admin_client(
+        &h.server,
+        &bundle,
+        &c.join("operator.pem"),
+        &c.join("operator.key"),
+    );
     let next_client = (
         next.path().join("ca.pem"),
         next.path().join("sil.pem"),
@@ -662,26 +614,20 @@ async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() 
     // A client that trusts only the next CA does not accept the current server certificate.
     assert!(try_next("N1").await.is_err());
 
-    // The next certificate is put in place and reloaded through the admin socket.
+    // The next certificate is put in place and reloaded through the admin endpoint.
     for f in ["server.pem", "server.key"] {
         std::fs::copy(next.path().join(f), live.path().join(f)).expect("copy");
     }
-    let r = labroute::admin::request(h.dir.path(), &labroute::admin::AdminRequest::ReloadTls)
-        .await
-        .expect("admin socket")
-        .expect("an instance answers");
-    assert!(matches!(r, labroute::admin::AdminResponse::Ok(_)), "{r:?}");
+    let r = admin.call(&labroute::admin::AdminRequest::ReloadTls).await;
+    assert!(r.is_ok(), "{r:?}");
     let ack = try_next("N2").await.expect("the new certificate is served");
     assert!(String::from_utf8_lossy(&ack).contains("MSA|AA|N2"));
 
     // A broken key: the reload fails and says so; the running certificates stay.
     std::fs::write(live.path().join("server.key"), "not a key").expect("write");
-    let r = labroute::admin::request(h.dir.path(), &labroute::admin::AdminRequest::ReloadTls)
-        .await
-        .expect("admin socket")
-        .expect("an instance answers");
+    let r = admin.call(&labroute::admin::AdminRequest::ReloadTls).await;
     assert!(
-        matches!(r, labroute::admin::AdminResponse::Error(ref e) if e.contains("previous certificates stay")),
+        matches!(r, Err(labroute::admin::http::ClientError::Refused { status: 503, ref message }) if message.contains("previous certificates stay")),
         "{r:?}"
     );
     let ack = try_next("N3").await.expect("still served");

@@ -101,6 +101,12 @@ pub struct Destination {
     pub server_name: Option<String>,
 }
 
+/// The admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub bind: SocketAddr,
+}
+
 /// What a peer system does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Role {
@@ -222,6 +228,8 @@ pub struct Config {
     pub destinations: Vec<Destination>,
     /// The instance's TLS material (`[tls]`), required by TLS listeners.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// The admin endpoint (`[admin]`): HTTPS for operator certificates.
+    pub admin: Option<Admin>,
     /// Peer systems, recognised by their certificates (`[[system]]`).
     pub systems: Vec<System>,
     pub establishments: Vec<Establishment>,
@@ -363,6 +371,7 @@ struct Validator {
     /// TLS listeners, which need `[tls]` (checked once every file is read).
     tls_users: Vec<(PathBuf, usize, String)>,
     tls_seen: Option<(PathBuf, usize)>,
+    admin_seen: Option<(PathBuf, usize)>,
     /// "kind=value" of each system's certificate matcher → the system.
     system_matchers: HashMap<String, String>,
     establishment_refs: Vec<(PathBuf, usize, String, String)>,
@@ -496,6 +505,9 @@ impl Validator {
         }
         if let Some(t) = &raw.tls {
             self.tls(&cx, t);
+        }
+        if let Some(a) = &raw.admin {
+            self.admin(&cx, a);
         }
         for (i, l) in raw.listener.iter().enumerate() {
             self.listener(&cx, i, l);
@@ -1080,7 +1092,35 @@ impl Validator {
         self.cfg.tls = Some(files);
     }
 
+    fn admin(&mut self, cx: &Ctx<'_>, a: &Spanned<RawAdmin>) {
+        let line = cx.line(a);
+        if let Some((f, l)) = &self.admin_seen {
+            let msg = format!("[admin] is already set in {}:{l}", f.display());
+            self.err(cx, line, "admin", msg);
+            return;
+        }
+        self.admin_seen = Some((cx.file.to_owned(), line));
+        let a = a.get_ref();
+        match a.bind.get_ref().parse::<SocketAddr>() {
+            Ok(bind) => self.cfg.admin = Some(Admin { bind }),
+            Err(_) => self.err(
+                cx,
+                cx.line(&a.bind),
+                "admin.bind",
+                format!("{:?} is not an IP:port address", a.bind.get_ref()),
+            ),
+        }
+    }
+
     fn finish(mut self) -> Result<Config, ConfigErrors> {
+        if let (Some((file, line)), None) = (&self.admin_seen, &self.tls_seen) {
+            self.errors.push(ConfigError {
+                file: file.clone(),
+                line: *line,
+                field: "admin".into(),
+                message: "the admin endpoint needs a [tls] section: operators are known by their certificates, so it has no plain-TCP form".into(),
+            });
+        }
         if self.tls_seen.is_none() {
             for (file, line, field) in std::mem::take(&mut self.tls_users) {
                 self.errors.push(ConfigError {

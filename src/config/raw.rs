@@ -17,6 +17,7 @@ pub struct RawFile {
     pub establishment: Vec<Spanned<RawEstablishment>>,
     pub routing: Option<Spanned<RawRouting>>,
     pub tls: Option<Spanned<RawTls>>,
+    pub admin: Option<Spanned<RawAdmin>>,
     #[serde(default)]
     pub system: Vec<Spanned<RawSystem>>,
     #[serde(default)]
@@ -41,6 +42,14 @@ pub struct RawSystem {
     pub sha256: Vec<S>,
     /// Establishment ids it may speak for.
     pub establishments: Vec<S>,
+}
+
+/// The admin endpoint (HTTPS, operator certificates).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `IP:port` to bind.
+    pub bind: S,
 }
 
 /// The instance's TLS material; paths are relative to the routes file.

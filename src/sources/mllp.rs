@@ -77,11 +77,23 @@ pub async fn run_listener(
                     {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
-                            refused_handshake(&store, &origin, e.to_string()).await;
+                            refused_handshake(
+                                &store,
+                                &origin.listener,
+                                &origin.peer,
+                                e.to_string(),
+                            )
+                            .await;
                             return;
                         }
                         Err(_) => {
-                            refused_handshake(&store, &origin, "timed out".into()).await;
+                            refused_handshake(
+                                &store,
+                                &origin.listener,
+                                &origin.peer,
+                                "timed out".into(),
+                            )
+                            .await;
                             return;
                         }
                     };
@@ -101,16 +113,21 @@ pub async fn run_listener(
 }
 
 /// A TLS handshake refused (no or bad certificate, old version, plain TCP): counted, logged
-/// and audited (no message exists to store).
-async fn refused_handshake(store: &StoreHandle, origin: &Origin, error: String) {
+/// and audited (no message exists to store). Also used by the admin endpoint.
+pub(crate) async fn refused_handshake(
+    store: &StoreHandle,
+    listener: &str,
+    peer: &str,
+    error: String,
+) {
     stats::add(&STATS.tls_handshakes_failed, 1);
-    tracing::warn!(listener = %origin.listener, peer = %origin.peer, error = %error, "TLS handshake refused");
+    tracing::warn!(%listener, %peer, error = %error, "TLS handshake refused");
     let event = crate::store::audit::AuditEvent {
         event: "tls_refused",
         message: None,
         establishment: None,
-        actor: Some(origin.peer.clone()),
-        detail: serde_json::json!({ "listener": origin.listener, "error": error }),
+        actor: Some(peer.to_owned()),
+        detail: serde_json::json!({ "listener": listener, "error": error }),
     };
     if let Err(e) = store.audit(event).await {
         tracing::error!(error = %e, "cannot audit a refused TLS handshake");

@@ -411,7 +411,7 @@ fn unhex(s: &str) -> Vec<u8> {
 }
 
 /// Entries matching a filter, in order.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditFilter {
     /// Only these establishments (empty: all).
     pub establishments: Vec<String>,

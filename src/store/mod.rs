@@ -50,7 +50,7 @@ pub enum StoreError {
         source: Box<redb::Error>,
     },
     #[error(
-        "the store {0} is in use by another labroute process: stop it, or point --data at another directory (operator commands reach a running instance through its admin.sock)"
+        "the store {0} is in use by another labroute process: stop it, or point --data at another directory (operator commands reach a running instance through its [admin] endpoint)"
     )]
     InUse(PathBuf),
     #[error("cannot create the data directory {path}: {source}")]

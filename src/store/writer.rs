@@ -112,7 +112,7 @@ pub enum DeliveryUpdate {
 }
 
 /// Operator commands that change the store.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OperatorCommand {
     Release { seq: u64, establishment: String },
     Discard { seq: u64, reason: String },
@@ -127,6 +127,10 @@ pub enum OperatorError {
     UnknownEstablishment(String),
     #[error("no dead letter for message {1} on destination {0:?}")]
     NotDead(String, u64),
+    /// The message implicates an establishment outside the operator's scope (or the target
+    /// establishment is outside it). Audited.
+    #[error("message {seq} is not within your establishments ({scope})")]
+    Forbidden { seq: u64, scope: String },
     #[error("{0}")]
     Store(String),
 }
@@ -143,7 +147,7 @@ enum Request {
     },
     Operator {
         cmd: OperatorCommand,
-        operator: String,
+        operator: crate::policy::Operator,
     },
     /// An event with no message to store (a refused TLS handshake).
     Audit(super::audit::AuditEvent),
@@ -364,16 +368,18 @@ impl StoreHandle {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Runs an operator command. The operator's scope is checked inside the transaction that
+    /// reads the message, so the check and the change see the same record.
     pub async fn operator(
         &self,
         cmd: OperatorCommand,
-        operator: &str,
+        operator: &crate::policy::Operator,
     ) -> Result<String, OperatorError> {
         let (reply, rx) = oneshot::channel();
         let op = Op {
             request: Request::Operator {
                 cmd,
-                operator: operator.to_owned(),
+                operator: operator.clone(),
             },
             reply: Reply::Operator(reply),
         };
@@ -1266,15 +1272,39 @@ fn load_record(txn: &WriteTransaction, seq: u64) -> Result<Option<MessageRecord>
     v.map(|b| decode(&b)).transpose()
 }
 
+/// An operator command refused for scope: audited in the same transaction.
+fn forbidden(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    who: &crate::policy::Operator,
+    cmd: &OperatorCommand,
+    seq: u64,
+) -> Result<Result<String, OperatorError>, StoreError> {
+    audit(
+        txn,
+        seqs,
+        "operator_refused",
+        Some(seq),
+        None,
+        Some(who.name.clone()),
+        serde_json::json!({ "command": cmd, "scope": who.scope }),
+    )?;
+    Ok(Err(OperatorError::Forbidden {
+        seq,
+        scope: who.scope.describe(),
+    }))
+}
+
 fn operate(
     txn: &WriteTransaction,
     cfg: &Config,
     seqs: &mut Sequences,
     cmd: &OperatorCommand,
-    operator: &str,
+    who: &crate::policy::Operator,
     touched: &mut BTreeSet<String>,
 ) -> Result<Result<String, OperatorError>, StoreError> {
     let now = now_ms();
+    let operator = who.name.as_str();
     match cmd {
         OperatorCommand::Release { seq, establishment } => {
             let in_q = txn
@@ -1291,6 +1321,9 @@ fn operate(
                     establishment.clone(),
                 )));
             };
+            if !who.scope.sees(&rec, cfg) || !who.scope.covers(&est.id) {
+                return forbidden(txn, seqs, who, cmd, *seq);
+            }
             let Some(class) = rec.class else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
             };
@@ -1363,6 +1396,9 @@ fn operate(
             let Some(mut rec) = load_record(txn, *seq)?.filter(|_| in_q) else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
             };
+            if !who.scope.sees(&rec, cfg) {
+                return forbidden(txn, seqs, who, cmd, *seq);
+            }
             txn.open_table(QUARANTINE)
                 .map_err(db_err)?
                 .remove(*seq)
@@ -1399,6 +1435,16 @@ fn operate(
         }
         OperatorCommand::RetryDead { destination, seq } => {
             let key = queue_key(destination, *seq);
+            let visible = load_record(txn, *seq)?.is_some_and(|r| who.scope.sees(&r, cfg));
+            let dead = txn
+                .open_table(DEAD)
+                .map_err(db_err)?
+                .get(key.as_slice())
+                .map_err(db_err)?
+                .is_some();
+            if dead && !visible {
+                return forbidden(txn, seqs, who, cmd, *seq);
+            }
             let existed = txn
                 .open_table(DEAD)
                 .map_err(db_err)?

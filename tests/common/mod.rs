@@ -368,3 +368,96 @@ pub fn temp_pki(
     })
     .expect("test PKI");
 }
+
+/// The host's administrator, as the CLI acts on a stopped instance's store.
+pub fn local_operator(name: &str) -> labroute::policy::Operator {
+    labroute::policy::Operator {
+        name: name.to_owned(),
+        scope: labroute::policy::OperatorScope::Instance,
+    }
+}
+
+/// An `[admin]` endpoint on a free loopback port, and an operator system allowed `ests`.
+pub fn admin_section(operator: &str, ests: &[&str]) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n[[system]]\nname = \"{operator}\"\nrole = \"operator\"\nsan_uri = [\"urn:labroute:system:{operator}\"]\nestablishments = {ests:?}\n"
+    )
+}
+
+/// A client of an instance's admin endpoint with this CA and client certificate.
+pub fn admin_client(
+    server: &labroute::server::Server,
+    ca: &std::path::Path,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> labroute::admin::http::AdminClient {
+    let files = labroute::tls::TlsFiles {
+        ca: ca.to_path_buf(),
+        cert: cert.to_path_buf(),
+        key: key.to_path_buf(),
+        min_version: labroute::tls::MinVersion::Tls13,
+    };
+    labroute::admin::http::AdminClient {
+        address: server.admin.expect("an [admin] endpoint").to_string(),
+        connector: tokio_rustls::TlsConnector::from(
+            labroute::tls::client_config(&files).expect("client TLS"),
+        ),
+        server_name: rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+    }
+}
+
+/// Sends one frame over TLS with a client certificate (or none); returns what came back.
+pub async fn tls_send(
+    addr: std::net::SocketAddr,
+    client: Option<(&std::path::Path, &std::path::Path, &std::path::Path)>,
+    msg: &[u8],
+) -> Result<Vec<u8>, String> {
+    let cfg = match client {
+        Some((ca, cert, key)) => labroute::tls::client_config(&labroute::tls::TlsFiles {
+            ca: ca.to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            min_version: labroute::tls::MinVersion::Tls13,
+        })
+        .map_err(|e| e.to_string())?,
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in
+                labroute::tls::load_certs(&dev_certs().join("ca.pem")).map_err(|e| e.to_string())?
+            {
+                roots.add(c).map_err(|e| e.to_string())?;
+            }
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+            )
+        }
+    };
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut s = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    s.write_all(&frame(msg)).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            Ok(Ok(0)) => return Err("closed without an answer".into()),
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.ends_with(b"\x1c\r") {
+                    return Ok(out);
+                }
+            }
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Err(_) => return Err("timeout".into()),
+        }
+    }
+}

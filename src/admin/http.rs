@@ -1,0 +1,572 @@
+//! The admin endpoint: HTTPS with mutual TLS. The client certificate must name a configured
+//! system whose role is `operator`; its establishments are the caller's scope. JSON in and
+//! out; errors are `{"error": "..."}` with the status of [`AdminError::status`].
+//!
+//! | method | path | request |
+//! |---|---|---|
+//! | GET | `/status` | counts, counters since start, certificate expiry |
+//! | GET | `/quarantine` | quarantined messages in scope |
+//! | GET | `/quarantine/{seq}` | one message, with its bytes (journalled as a read) |
+//! | POST | `/quarantine/{seq}/release` | body `{"establishment": "ES1"}` |
+//! | POST | `/quarantine/{seq}/discard` | body `{"reason": "..."}` |
+//! | GET | `/dead` | dead letters in scope |
+//! | POST | `/dead/{destination}/{seq}/retry` | queue a dead letter again |
+//! | GET | `/operator-log` | operator actions in scope |
+//! | GET | `/audit?establishment=ES1&from_ms=&to_ms=&event=` | journal entries in scope |
+//! | GET | `/audit/verify` | checks the journal's chain and seals |
+//! | POST | `/reload-tls` | reads certificates and keys again (whole-instance operators) |
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use super::{AdminError, AdminRequest, execute};
+use crate::policy::{Operator, OperatorScope};
+use crate::store::StoreHandle;
+use crate::store::audit::AuditFilter;
+use crate::store::writer::OperatorCommand;
+use crate::tls::TlsState;
+
+/// Largest request body.
+const MAX_BODY: usize = 64 * 1024;
+/// Concurrent admin connections.
+const MAX_CONNECTIONS: usize = 32;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Name the refused handshakes and the journal give this endpoint.
+pub const LISTENER: &str = "admin";
+
+impl AdminRequest {
+    /// The method, path (with query) and JSON body that carry this request.
+    pub fn to_http(&self) -> (Method, String, Option<Value>) {
+        match self {
+            AdminRequest::Status => (Method::GET, "/status".into(), None),
+            AdminRequest::QuarantineList => (Method::GET, "/quarantine".into(), None),
+            AdminRequest::QuarantineShow { seq } => {
+                (Method::GET, format!("/quarantine/{seq}"), None)
+            }
+            AdminRequest::DeadList => (Method::GET, "/dead".into(), None),
+            AdminRequest::OperatorLog => (Method::GET, "/operator-log".into(), None),
+            AdminRequest::AuditVerify => (Method::GET, "/audit/verify".into(), None),
+            AdminRequest::ReloadTls => (Method::POST, "/reload-tls".into(), None),
+            AdminRequest::AuditQuery { filter } => {
+                let mut q: Vec<String> = filter
+                    .establishments
+                    .iter()
+                    .map(|e| format!("establishment={}", encode(e)))
+                    .collect();
+                if let Some(t) = filter.from_ms {
+                    q.push(format!("from_ms={t}"));
+                }
+                if let Some(t) = filter.to_ms {
+                    q.push(format!("to_ms={t}"));
+                }
+                if let Some(e) = &filter.event {
+                    q.push(format!("event={}", encode(e)));
+                }
+                let path = if q.is_empty() {
+                    "/audit".to_owned()
+                } else {
+                    format!("/audit?{}", q.join("&"))
+                };
+                (Method::GET, path, None)
+            }
+            AdminRequest::Command { command } => match command {
+                OperatorCommand::Release { seq, establishment } => (
+                    Method::POST,
+                    format!("/quarantine/{seq}/release"),
+                    Some(json!({ "establishment": establishment })),
+                ),
+                OperatorCommand::Discard { seq, reason } => (
+                    Method::POST,
+                    format!("/quarantine/{seq}/discard"),
+                    Some(json!({ "reason": reason })),
+                ),
+                OperatorCommand::RetryDead { destination, seq } => (
+                    Method::POST,
+                    format!("/dead/{}/{seq}/retry", encode(destination)),
+                    None,
+                ),
+            },
+        }
+    }
+
+    /// Reads a request from its method, path, query and body.
+    pub fn from_http(
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<AdminRequest, AdminError> {
+        let segs: Vec<String> = path
+            .trim_matches('/')
+            .split('/')
+            .map(decode)
+            .collect::<Result<_, _>>()?;
+        let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+        let get = method == Method::GET;
+        let post = method == Method::POST;
+        let seq = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| AdminError::BadRequest(format!("{s:?} is not a message number")))
+        };
+        let field = |name: &str| -> Result<String, AdminError> {
+            let v: Value = serde_json::from_slice(body).map_err(|e| {
+                AdminError::BadRequest(format!("the body must be a JSON object: {e}"))
+            })?;
+            v.get(name)
+                .and_then(Value::as_str)
+                .filter(|s| !s.trim().is_empty())
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    AdminError::BadRequest(format!("the body needs a non-empty string {name:?}"))
+                })
+        };
+        let wrong = || AdminError::MethodNotAllowed(format!("{method} is not allowed on {path}"));
+        let req = match segs.as_slice() {
+            ["status"] if get => AdminRequest::Status,
+            ["quarantine"] if get => AdminRequest::QuarantineList,
+            ["quarantine", n] if get => AdminRequest::QuarantineShow { seq: seq(n)? },
+            ["quarantine", n, "release"] if post => AdminRequest::Command {
+                command: OperatorCommand::Release {
+                    seq: seq(n)?,
+                    establishment: field("establishment")?,
+                },
+            },
+            ["quarantine", n, "discard"] if post => AdminRequest::Command {
+                command: OperatorCommand::Discard {
+                    seq: seq(n)?,
+                    reason: field("reason")?,
+                },
+            },
+            ["dead"] if get => AdminRequest::DeadList,
+            ["dead", d, n, "retry"] if post => AdminRequest::Command {
+                command: OperatorCommand::RetryDead {
+                    destination: (*d).to_owned(),
+                    seq: seq(n)?,
+                },
+            },
+            ["operator-log"] if get => AdminRequest::OperatorLog,
+            ["audit", "verify"] if get => AdminRequest::AuditVerify,
+            ["audit"] if get => AdminRequest::AuditQuery {
+                filter: audit_filter(query.unwrap_or(""))?,
+            },
+            ["reload-tls"] if post => AdminRequest::ReloadTls,
+            ["status"]
+            | ["quarantine"]
+            | ["quarantine", _]
+            | ["quarantine", _, "release" | "discard"]
+            | ["dead"]
+            | ["dead", _, _, "retry"]
+            | ["operator-log"]
+            | ["audit"]
+            | ["audit", "verify"]
+            | ["reload-tls"] => return Err(wrong()),
+            _ => return Err(AdminError::NotFound(format!("no such path: {path}"))),
+        };
+        Ok(req)
+    }
+}
+
+fn audit_filter(query: &str) -> Result<AuditFilter, AdminError> {
+    let mut f = AuditFilter::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = decode(v)?;
+        let ms = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| AdminError::BadRequest(format!("{k}: {v:?} is not Unix milliseconds")))
+        };
+        match k {
+            "establishment" => f.establishments.push(v),
+            "from_ms" => f.from_ms = Some(ms(&v)?),
+            "to_ms" => f.to_ms = Some(ms(&v)?),
+            "event" => f.event = Some(v),
+            other => {
+                return Err(AdminError::BadRequest(format!(
+                    "unknown query parameter {other:?} (establishment, from_ms, to_ms, event)"
+                )));
+            }
+        }
+    }
+    Ok(f)
+}
+
+/// Percent-encodes everything but unreserved characters (RFC 3986).
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Decodes `%XX` (and `+` as a space, as forms send it).
+fn decode(s: &str) -> Result<String, AdminError> {
+    let bad = || AdminError::BadRequest(format!("{s:?} is not well percent-encoded"));
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
+                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad())
+}
+
+/// Who is calling, from the client certificate.
+fn caller(
+    store: &StoreHandle,
+    cert: Option<&rustls::pki_types::CertificateDer<'_>>,
+) -> Result<Operator, String> {
+    let cfg = store.config();
+    let id = cert
+        .and_then(crate::tls::identity)
+        .ok_or_else(|| "no readable client certificate".to_owned())?;
+    let sys = cfg
+        .system_of(&id)
+        .ok_or_else(|| format!("certificate {} names no configured system", id.label()))?;
+    if sys.role != crate::config::Role::Operator {
+        return Err(format!(
+            "system {:?} has role {}, not operator",
+            sys.name,
+            sys.role.as_str()
+        ));
+    }
+    Ok(Operator {
+        name: sys.name.clone(),
+        scope: OperatorScope::of_system(sys, cfg),
+    })
+}
+
+/// Serves the admin endpoint until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    store: StoreHandle,
+    tls: Arc<TlsState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "admin connection limit reached; connection refused");
+            continue;
+        };
+        let store = store.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            connection(stream, peer, store, tls, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    store: StoreHandle,
+    tls: Arc<TlsState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer = peer.to_string();
+    let acceptor = tls.acceptor();
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            crate::sources::mllp::refused_handshake(&store, LISTENER, &peer, e.to_string()).await;
+            return;
+        }
+        Err(_) => {
+            crate::sources::mllp::refused_handshake(&store, LISTENER, &peer, "timed out".into())
+                .await;
+            return;
+        }
+    };
+    let who = caller(
+        &store,
+        stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first()),
+    );
+    let who = Arc::new(who);
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let store = store.clone();
+        let tls = tls.clone();
+        let who = who.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(respond(req, &store, &tls, &who, &peer).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        }
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
+}
+
+async fn respond(
+    req: Request<Incoming>,
+    store: &StoreHandle,
+    tls: &TlsState,
+    who: &Result<Operator, String>,
+    peer: &str,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().map(str::to_owned);
+    let result = async {
+        let body = Limited::new(req.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|_| {
+                AdminError::BadRequest(format!("the body is unreadable or over {MAX_BODY} bytes"))
+            })?
+            .to_bytes();
+        let who = match who {
+            Ok(w) => w,
+            Err(why) => {
+                let event = crate::store::audit::AuditEvent {
+                    event: "operator_refused",
+                    message: None,
+                    establishment: None,
+                    actor: Some(peer.to_owned()),
+                    detail: json!({ "request": format!("{method} {path}"), "why": why }),
+                };
+                if let Err(e) = store.audit(event).await {
+                    tracing::error!(error = %e, "cannot audit a refused admin request");
+                }
+                tracing::warn!(%peer, %path, why = %why, "admin request refused: not an operator");
+                return Err(AdminError::Forbidden(format!(
+                    "the admin endpoint needs an operator certificate: {why}"
+                )));
+            }
+        };
+        let req = AdminRequest::from_http(&method, &path, query.as_deref(), &body)?;
+        tracing::info!(operator = %who.name, %method, %path, "admin request");
+        execute(req, store, Some(tls), who).await
+    }
+    .await;
+    let (status, body) = match result {
+        Ok(v) => (StatusCode::OK, v),
+        Err(e) => (
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            json!({ "error": e.to_string() }),
+        ),
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Why a call to the admin endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens there: no instance runs.
+    #[error("cannot connect to the admin endpoint {0}: {1}")]
+    NotRunning(String, std::io::Error),
+    #[error("TLS with the admin endpoint {0} failed: {1}")]
+    Tls(String, std::io::Error),
+    #[error("HTTP with the admin endpoint failed: {0}")]
+    Http(String),
+    /// The endpoint answered with an error.
+    #[error("{message} (HTTP {status})")]
+    Refused { status: u16, message: String },
+}
+
+/// A client of the admin endpoint (the CLI, tests).
+#[derive(Clone)]
+pub struct AdminClient {
+    pub address: String,
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl AdminClient {
+    pub async fn call(&self, req: &AdminRequest) -> Result<Value, ClientError> {
+        let tcp = TcpStream::connect(&self.address)
+            .await
+            .map_err(|e| ClientError::NotRunning(self.address.clone(), e))?;
+        let tls = self
+            .connector
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|e| ClientError::Tls(self.address.clone(), e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let (method, path, body) = req.to_http();
+        let body = body
+            .map(|b| serde_json::to_vec(&b).unwrap_or_default())
+            .unwrap_or_default();
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, self.address.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(request)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Http(format!("the answer is not JSON: {e}")))?;
+        if status == 200 {
+            Ok(v)
+        } else {
+            Err(ClientError::Refused {
+                status,
+                message: v
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no error message")
+                    .to_owned(),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_survives_its_http_form() {
+        let reqs = [
+            AdminRequest::Status,
+            AdminRequest::QuarantineList,
+            AdminRequest::QuarantineShow { seq: 42 },
+            AdminRequest::DeadList,
+            AdminRequest::OperatorLog,
+            AdminRequest::AuditVerify,
+            AdminRequest::ReloadTls,
+            AdminRequest::AuditQuery {
+                filter: AuditFilter::default(),
+            },
+            AdminRequest::AuditQuery {
+                filter: AuditFilter {
+                    establishments: vec!["ES1".into(), "ÉS 2&x".into()],
+                    from_ms: Some(1),
+                    to_ms: Some(2),
+                    event: Some("operator".into()),
+                },
+            },
+            AdminRequest::Command {
+                command: OperatorCommand::Release {
+                    seq: 7,
+                    establishment: "ES1".into(),
+                },
+            },
+            AdminRequest::Command {
+                command: OperatorCommand::Discard {
+                    seq: 8,
+                    reason: "test message, «doublon»".into(),
+                },
+            },
+            AdminRequest::Command {
+                command: OperatorCommand::RetryDead {
+                    destination: "dpi-es1".into(),
+                    seq: 9,
+                },
+            },
+        ];
+        for r in reqs {
+            let (m, target, body) = r.to_http();
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (target.as_str(), None),
+            };
+            let body = body.map(|b| b.to_string()).unwrap_or_default();
+            assert_eq!(
+                AdminRequest::from_http(&m, path, query, body.as_bytes()),
+                Ok(r.clone()),
+                "{target}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_requests_get_the_right_status() {
+        let cases: [(Method, &str, Option<&str>, &str, u16); 8] = [
+            (Method::GET, "/nope", None, "", 404),
+            (Method::DELETE, "/status", None, "", 405),
+            (Method::GET, "/quarantine/1/release", None, "", 405),
+            (Method::GET, "/quarantine/x", None, "", 400),
+            (Method::POST, "/quarantine/1/release", None, "{}", 400),
+            (Method::POST, "/quarantine/1/release", None, "not json", 400),
+            (Method::GET, "/audit", Some("from_ms=yesterday"), "", 400),
+            (Method::GET, "/audit", Some("patient=1"), "", 400),
+        ];
+        for (m, p, q, b, status) in cases {
+            let r = AdminRequest::from_http(&m, p, q, b.as_bytes());
+            assert_eq!(r.map_err(|e| e.status()), Err(status), "{m} {p}");
+        }
+    }
+}

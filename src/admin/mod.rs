@@ -1,0 +1,276 @@
+//! Operator commands: status, quarantine, dead letters, the operator log and the audit
+//! journal. A running instance serves them over HTTPS with mutual TLS ([`http`]): the caller
+//! is the operator system its certificate names, and sees and acts only within that
+//! system's establishments ([`crate::policy::OperatorScope`]). When no instance runs, the CLI
+//! opens the store itself and acts as the host's administrator. Both paths run [`execute`];
+//! every change and every refusal is in the audit journal.
+
+pub mod http;
+
+use serde_json::{Value, json};
+
+use crate::policy::{Operator, OperatorScope};
+use crate::store::StoreHandle;
+use crate::store::audit::{AuditEvent, AuditFilter};
+use crate::store::writer::{OperatorCommand, OperatorError};
+use crate::time::rfc3339;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRequest {
+    Status,
+    QuarantineList,
+    QuarantineShow {
+        seq: u64,
+    },
+    DeadList,
+    OperatorLog,
+    AuditVerify,
+    /// Reads the TLS certificates and keys again.
+    ReloadTls,
+    AuditQuery {
+        filter: AuditFilter,
+    },
+    Command {
+        command: OperatorCommand,
+    },
+}
+
+/// Why a request was not carried out; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// 400: the request is malformed.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 403: outside the caller's scope, or the caller is not an operator.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no such path or message.
+    #[error("{0}")]
+    NotFound(String),
+    /// 405: the path exists with another method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// 409: the message is not in the state the command needs.
+    #[error("{0}")]
+    Conflict(String),
+    /// 503: the instance cannot do it now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// 500: the store failed.
+    #[error("{0}")]
+    Store(String),
+}
+
+impl AdminError {
+    pub fn status(&self) -> u16 {
+        match self {
+            AdminError::BadRequest(_) => 400,
+            AdminError::Forbidden(_) => 403,
+            AdminError::NotFound(_) => 404,
+            AdminError::MethodNotAllowed(_) => 405,
+            AdminError::Conflict(_) => 409,
+            AdminError::Unavailable(_) => 503,
+            AdminError::Store(_) => 500,
+        }
+    }
+}
+
+impl From<OperatorError> for AdminError {
+    fn from(e: OperatorError) -> Self {
+        let m = e.to_string();
+        match e {
+            OperatorError::NotQuarantined(_) | OperatorError::NotDead(..) => {
+                AdminError::Conflict(m)
+            }
+            OperatorError::UnknownEstablishment(_) => AdminError::BadRequest(m),
+            OperatorError::Forbidden { .. } => AdminError::Forbidden(m),
+            OperatorError::Store(_) => AdminError::Store(m),
+        }
+    }
+}
+
+fn store_err(e: impl std::fmt::Display) -> AdminError {
+    AdminError::Store(e.to_string())
+}
+
+/// Journals a request refused for scope, then returns the refusal.
+async fn refuse(
+    store: &StoreHandle,
+    who: &Operator,
+    what: &str,
+    message: Option<u64>,
+) -> AdminError {
+    let event = AuditEvent {
+        event: "operator_refused",
+        message,
+        establishment: None,
+        actor: Some(who.name.clone()),
+        detail: json!({ "request": what, "scope": who.scope }),
+    };
+    if let Err(e) = store.audit(event).await {
+        tracing::error!(error = %e, "cannot audit a refused operator request");
+    }
+    AdminError::Forbidden(format!(
+        "{what} is not within your establishments ({})",
+        who.scope.describe()
+    ))
+}
+
+/// Runs one request for one operator.
+pub async fn execute(
+    req: AdminRequest,
+    store: &StoreHandle,
+    tls: Option<&crate::tls::TlsState>,
+    who: &Operator,
+) -> Result<Value, AdminError> {
+    let s = store.store();
+    let cfg = store.config();
+    let sees = |seq: u64| -> bool {
+        matches!(who.scope, OperatorScope::Instance)
+            || s.record(seq)
+                .ok()
+                .flatten()
+                .is_some_and(|r| who.scope.sees(&r, cfg))
+    };
+    match req {
+        AdminRequest::ReloadTls => {
+            if !who.scope.is_instance() {
+                return Err(refuse(store, who, "reloading the instance's certificates", None).await);
+            }
+            let t = tls.ok_or_else(|| {
+                AdminError::Unavailable("no running instance with a [tls] section to reload".into())
+            })?;
+            let exp = t.reload().map_err(|e| {
+                AdminError::Unavailable(format!(
+                    "reload failed, the previous certificates stay in use: {e}"
+                ))
+            })?;
+            audit_action(store, who, "tls.reload", None).await;
+            Ok(json!({ "reloaded": true, "cert_not_after_unix": exp }))
+        }
+        AdminRequest::AuditVerify => {
+            let cert = cfg
+                .tls
+                .as_ref()
+                .and_then(|t| crate::tls::load_certs(&t.cert).ok())
+                .and_then(|c| c.into_iter().next());
+            crate::store::audit::verify(s, cert.as_ref())
+                .map(|v| json!(v))
+                .map_err(store_err)
+        }
+        AdminRequest::AuditQuery { mut filter } => {
+            if let OperatorScope::Establishments(mine) = &who.scope {
+                let asked = std::mem::take(&mut filter.establishments);
+                let outside: Vec<&String> = asked
+                    .iter()
+                    .filter(|e| !mine.iter().any(|m| m.as_str() == e.as_str()))
+                    .collect();
+                if !outside.is_empty() {
+                    let what = format!("the audit journal of {outside:?}");
+                    return Err(refuse(store, who, &what, None).await);
+                }
+                filter.establishments = if asked.is_empty() {
+                    mine.iter().map(|e| e.to_string()).collect()
+                } else {
+                    asked
+                };
+                if filter.establishments.is_empty() {
+                    return Ok(json!([]));
+                }
+            }
+            crate::store::audit::query(s, &filter)
+                .map(|v| json!(v))
+                .map_err(store_err)
+        }
+        AdminRequest::Status => s
+            .counts()
+            .map(|c| {
+                json!({
+                    "store": c,
+                    "since_start": crate::stats::STATS.snapshot(),
+                    "tls_cert_not_after_unix": tls.and_then(|t| t.cert_not_after()),
+                    "operator": who.name,
+                    "scope": who.scope.describe(),
+                })
+            })
+            .map_err(store_err),
+        AdminRequest::QuarantineList => s
+            .quarantine()
+            .map(|items| {
+                json!(items
+                    .iter()
+                    .filter(|(r, _)| who.scope.sees(r, cfg))
+                    .map(|(r, q)| json!({
+                        "seq": r.seq,
+                        "received": rfc3339(r.received_at_ms),
+                        "listener": r.listener,
+                        "type": r.message_type,
+                        "reason": q.reason.as_str(),
+                        "implicated": crate::policy::implicated(r, cfg),
+                    }))
+                    .collect::<Vec<_>>())
+            })
+            .map_err(store_err),
+        AdminRequest::QuarantineShow { seq } => {
+            let rec = s
+                .record(seq)
+                .map_err(store_err)?
+                .ok_or_else(|| AdminError::NotFound(format!("no message {seq}")))?;
+            if !who.scope.sees(&rec, cfg) {
+                return Err(refuse(store, who, &format!("message {seq}"), Some(seq)).await);
+            }
+            let raw = s.raw(seq).map_err(store_err)?;
+            // Reading a message shows patient data: the journal says who read it.
+            audit_action(store, who, "message.read", Some(&rec)).await;
+            Ok(json!({
+                "record": rec,
+                "received": rfc3339(rec.received_at_ms),
+                "message": raw.map(|b| String::from_utf8_lossy(&b).replace('\r', "\n")),
+            }))
+        }
+        AdminRequest::DeadList => s
+            .dead_letters()
+            .map(|items| {
+                json!(items
+                    .iter()
+                    .filter(|(_, e)| sees(e.seq))
+                    .map(|(d, e)| json!({"destination": d, "seq": e.seq, "at": rfc3339(e.at_ms), "attempts": e.attempts, "reason": e.reason}))
+                    .collect::<Vec<_>>())
+            })
+            .map_err(store_err),
+        AdminRequest::OperatorLog => s
+            .operator_log()
+            .map(|items| {
+                json!(items
+                    .iter()
+                    .filter(|r| sees(r.seq))
+                    .map(|r| json!({"at": rfc3339(r.at_ms), "operator": r.operator, "action": r.action, "seq": r.seq, "detail": r.detail}))
+                    .collect::<Vec<_>>())
+            })
+            .map_err(store_err),
+        AdminRequest::Command { command } => store
+            .operator(command, who)
+            .await
+            .map(Value::String)
+            .map_err(AdminError::from),
+    }
+}
+
+/// Journals an operator action that the writer does not journal itself (reads, reloads).
+async fn audit_action(
+    store: &StoreHandle,
+    who: &Operator,
+    action: &str,
+    rec: Option<&crate::store::MessageRecord>,
+) {
+    let event = AuditEvent {
+        event: "operator",
+        message: rec.map(|r| r.seq),
+        establishment: rec.and_then(|r| r.establishment().map(|e| e.to_string())),
+        actor: Some(who.name.clone()),
+        detail: json!({ "action": action }),
+    };
+    if let Err(e) = store.audit(event).await {
+        tracing::error!(error = %e, action, "cannot audit an operator action");
+    }
+}
