@@ -46,19 +46,22 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds every listener and starts every worker.
     pub async fn start(cfg: Arc<Config>, data_dir: PathBuf) -> Result<Server, ServeError> {
+        let tls = match &cfg.tls {
+            Some(files) => Some(crate::tls::TlsState::load(files)?),
+            None => None,
+        };
         let store = Store::open(&data_dir)?;
         let handle = StoreHandle::start(
             store,
             cfg.clone(),
             WriterConfig {
                 max_batch: cfg.engine.group_commit_max,
-                sealer: match &cfg.tls {
-                    Some(files) => Some(Arc::new(crate::store::audit::Sealer::new(
-                        files,
+                sealer: tls.as_ref().map(|t| {
+                    Arc::new(crate::store::audit::Sealer::new(
+                        t.clone(),
                         cfg.engine.audit_seal_every,
-                    )?)),
-                    None => None,
-                },
+                    ))
+                }),
             },
         );
         let (shutdown, rx) = watch::channel(false);
@@ -69,10 +72,6 @@ impl Server {
         };
         let mut tasks = Vec::new();
         let mut bound = Vec::new();
-        let tls = match &cfg.tls {
-            Some(files) => Some(crate::tls::TlsState::load(files)?),
-            None => None,
-        };
         for l in &cfg.listeners {
             let listener_tls = if l.insecure {
                 None

@@ -153,13 +153,40 @@ pub fn identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
     Some(id)
 }
 
-/// The instance's TLS configurations, reloadable without a restart (SIGHUP, admin call):
-/// new connections use what was loaded last; open ones keep theirs.
+/// The instance's signing key and the SHA-256 of its certificate (seals of the audit
+/// journal).
+pub struct InstanceKey {
+    pub key: Arc<dyn rustls::sign::SigningKey>,
+    pub cert_sha256: String,
+}
+
+impl InstanceKey {
+    pub fn load(files: &TlsFiles) -> Result<InstanceKey, TlsError> {
+        let key = rustls::crypto::ring::sign::any_supported_type(&load_key(&files.key)?)
+            .map_err(|e| TlsError::Key(files.key.clone(), e.to_string()))?;
+        let certs = load_certs(&files.cert)?;
+        let first = certs
+            .first()
+            .ok_or_else(|| TlsError::NoCert(files.cert.clone()))?;
+        Ok(InstanceKey {
+            key,
+            cert_sha256: sha2::Sha256::digest(first.as_ref())
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        })
+    }
+}
+
+/// The instance's TLS configurations and signing key, reloadable without a restart (SIGHUP,
+/// admin call): new connections and new seals use what was loaded last; open connections
+/// keep theirs.
 pub struct TlsState {
     files: TlsFiles,
     server: std::sync::RwLock<Arc<ServerConfig>>,
     client: std::sync::RwLock<Arc<rustls::ClientConfig>>,
     not_after: std::sync::RwLock<Option<i64>>,
+    instance_key: std::sync::RwLock<Arc<InstanceKey>>,
 }
 
 impl std::fmt::Debug for TlsState {
@@ -183,7 +210,16 @@ impl TlsState {
             server: std::sync::RwLock::new(server_config(files)?),
             client: std::sync::RwLock::new(client_config(files)?),
             not_after: std::sync::RwLock::new(not_after(&files.cert)),
+            instance_key: std::sync::RwLock::new(Arc::new(InstanceKey::load(files)?)),
         }))
+    }
+
+    /// The signing key loaded last.
+    pub fn instance_key(&self) -> Arc<InstanceKey> {
+        match self.instance_key.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
@@ -215,6 +251,10 @@ impl TlsState {
         let server = server_config(&self.files)?;
         let client = client_config(&self.files)?;
         let expiry = not_after(&self.files.cert);
+        let key = Arc::new(InstanceKey::load(&self.files)?);
+        if let Ok(mut g) = self.instance_key.write() {
+            *g = key;
+        }
         if let Ok(mut g) = self.server.write() {
             *g = server;
         }

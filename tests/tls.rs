@@ -584,8 +584,12 @@ async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() 
     .expect("bundle");
     let l = live.path();
     let tls = tls_section(&bundle, &l.join("server.pem"), &l.join("server.key"));
+    // A seal every 2 journal entries: seals before and after the reload.
     let h = Harness::start(move |r| {
-        tls_listeners(&r) + &tls + SYSTEMS + &admin_section("operator", &["ES1", "ES2"])
+        tls_listeners(&r).replace("[engine]\n", "[engine]\naudit_seal_every = 2\n")
+            + &tls
+            + SYSTEMS
+            + &admin_section("operator", &["ES1", "ES2"])
     })
     .await;
     let admin = admin_client(
@@ -613,6 +617,15 @@ async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() 
     };
     // A client that trusts only the next CA does not accept the current server certificate.
     assert!(try_next("N1").await.is_err());
+    // The current one serves the example lab system (journal entries sealed with it).
+    let ack = tls_send(
+        h.sil(),
+        Some((&c.join("ca.pem"), &c.join("sil.pem"), &c.join("sil.key"))),
+        &result_by_identifier("ES1", "O1", "100001", "1"),
+    )
+    .await
+    .expect("served with the current certificate");
+    assert!(String::from_utf8_lossy(&ack).contains("MSA|AA|O1"));
 
     // The next certificate is put in place and reloaded through the admin endpoint.
     for f in ["server.pem", "server.key"] {
@@ -635,4 +648,13 @@ async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() 
     let expiry = h.server.tls.as_ref().and_then(|t| t.cert_not_after());
     assert!(expiry.is_some_and(|e| e > 0));
     h.server.shutdown().await;
+
+    // Seals after the reload are signed with the new key: they verify against the new
+    // certificate; the earlier ones are counted as made with another certificate.
+    let store = labroute::store::Store::open(h.dir.path()).expect("store");
+    let new_cert = labroute::tls::load_certs(&next.path().join("server.pem")).expect("cert");
+    let v = labroute::store::audit::verify(&store, new_cert.first()).expect("verify");
+    assert_eq!(v.first_bad, None);
+    assert!(v.seals_verified >= 1, "{v:?}");
+    assert!(v.seals_other_certificate >= 1, "{v:?}");
 }

@@ -62,34 +62,30 @@ fn verifier_for(
 
 /// Signs seals with the instance's key.
 pub struct Sealer {
-    key: std::sync::Arc<dyn rustls::sign::SigningKey>,
-    cert_sha256: String,
+    /// The instance's key, as last (re)loaded: a seal after a certificate reload is signed
+    /// with the new key and names the new certificate.
+    tls: std::sync::Arc<crate::tls::TlsState>,
     /// Entries between two seals.
     pub every: u64,
 }
 
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Sealer(cert {}, every {})", self.cert_sha256, self.every)
+        write!(f, "Sealer(every {})", self.every)
     }
 }
 
 impl Sealer {
-    pub fn new(files: &crate::tls::TlsFiles, every: u64) -> Result<Sealer, crate::tls::TlsError> {
-        let key =
-            rustls::crypto::ring::sign::any_supported_type(&crate::tls::load_key(&files.key)?)
-                .map_err(|e| crate::tls::TlsError::Key(files.key.clone(), e.to_string()))?;
-        let certs = crate::tls::load_certs(&files.cert)?;
-        let cert_sha256 = hex(&Sha256::digest(certs[0].as_ref()));
-        Ok(Sealer {
-            key,
-            cert_sha256,
+    pub fn new(tls: std::sync::Arc<crate::tls::TlsState>, every: u64) -> Sealer {
+        Sealer {
+            tls,
             every: every.max(1),
-        })
+        }
     }
 
     fn seal(&self, upto: u64, head: &[u8; 32], now_ms: u64) -> Result<Seal, StoreError> {
-        let signer = self
+        let key = self.tls.instance_key();
+        let signer = key
             .key
             .choose_scheme(&SCHEMES)
             .ok_or_else(|| StoreError::Commit("the instance key cannot sign seals".into()))?;
@@ -102,7 +98,7 @@ impl Sealer {
             at_ms: now_ms,
             scheme: format!("{:?}", signer.scheme()),
             signature: hex(&sig),
-            cert_sha256: self.cert_sha256.clone(),
+            cert_sha256: key.cert_sha256.clone(),
         })
     }
 }
