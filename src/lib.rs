@@ -13,5 +13,6 @@ pub mod sinks;
 pub mod sources;
 pub mod stats;
 pub mod store;
+pub mod telemetry;
 pub mod time;
 pub mod tls;

@@ -1,5 +1,5 @@
 //! Counters of this process since it started (no patient data: counts only), shown by
-//! `labroute status`. Issue 6 exports them to Prometheus.
+//! `labroute status` and exported to Prometheus (`telemetry`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -23,6 +23,16 @@ macro_rules! counters {
                 Snapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
             }
         }
+
+        impl Snapshot {
+            /// (name, value) of every counter.
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+
+        /// (name, description) of every counter.
+        pub const DESCRIPTIONS: &[(&str, &str)] = &[$((stringify!($name), $doc),)*];
     };
 }
 

@@ -205,6 +205,7 @@ pub fn not_after(path: &Path) -> Option<i64> {
 
 impl TlsState {
     pub fn load(files: &TlsFiles) -> Result<Arc<TlsState>, TlsError> {
+        crate::telemetry::set_cert_expiry(not_after(&files.cert));
         Ok(Arc::new(TlsState {
             files: files.clone(),
             server: std::sync::RwLock::new(server_config(files)?),
@@ -264,6 +265,7 @@ impl TlsState {
         if let Ok(mut g) = self.not_after.write() {
             *g = expiry;
         }
+        crate::telemetry::set_cert_expiry(expiry);
         Ok(expiry)
     }
 }

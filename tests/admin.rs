@@ -32,6 +32,11 @@ role = "operator"
 san_uri = ["urn:labroute:system:operator-es2"]
 establishments = ["ES2"]
 [[system]]
+name = "prometheus"
+role = "monitor"
+san_uri = ["urn:labroute:system:prometheus"]
+establishments = []
+[[system]]
 name = "operator-gcs"
 role = "operator"
 san_uri = ["urn:labroute:system:operator-gcs"]
@@ -83,6 +88,7 @@ async fn setup() -> Setup {
             "operator-es2",
             "operator-gcs",
             "intruder",
+            "prometheus",
         ],
         &["localhost"],
         labroute::time::now_ms(),
@@ -451,4 +457,46 @@ async fn plain_http(addr: std::net::SocketAddr) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `/metrics` answers a monitor system and operators, with the certificate's expiry and the
+/// process counters; a monitor may read nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_for_monitors_with_the_certificate_expiry() {
+    let s = setup().await;
+    assert_eq!(
+        s.send("sil", &result_by_identifier("ES1", "M1", "100001", "1"))
+            .await,
+        "AA"
+    );
+    let prom = s.client("prometheus");
+    let text = prom.metrics().await.expect("metrics");
+    let expiry = labroute::tls::not_after(&s.pki.path().join("server.pem")).expect("expiry");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("labroute_tls_certificate_expiry_timestamp_seconds "))
+        .unwrap_or_else(|| panic!("no expiry gauge in:\n{text}"));
+    let value: f64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a number");
+    // The recorder is per process and the tests of this file run side by side, each with a
+    // PKI made the same minute: the gauge holds the certificate loaded last.
+    assert!((value as i64 - expiry).abs() <= 120, "{line} vs {expiry}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("labroute_messages_accepted_total ")),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE labroute_messages_accepted_total counter"));
+    assert!(s.client("operator-es1").metrics().await.is_ok());
+    let r = prom.call(&AdminRequest::Status).await;
+    assert_eq!(status(&r), 403, "{r:?}");
+    let r = s.client("dpi-es1").metrics().await;
+    assert!(
+        matches!(r, Err(ClientError::Refused { status: 403, .. })),
+        "{r:?}"
+    );
+    s.h.server.shutdown().await;
 }

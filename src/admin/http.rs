@@ -15,6 +15,7 @@
 //! | GET | `/audit?establishment=ES1&from_ms=&to_ms=&event=` | journal entries in scope |
 //! | GET | `/audit/verify` | checks the journal's chain and seals |
 //! | POST | `/reload-tls` | reads certificates and keys again (whole-instance operators) |
+//! | GET | `/metrics` | Prometheus text; operators and `monitor` systems |
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -241,11 +242,18 @@ fn decode(s: &str) -> Result<String, AdminError> {
     String::from_utf8(out).map_err(|_| bad())
 }
 
+/// Who is calling: an operator, or a monitor (metrics only).
+#[derive(Debug, Clone)]
+enum Caller {
+    Operator(Operator),
+    Monitor(String),
+}
+
 /// Who is calling, from the client certificate.
 fn caller(
     store: &StoreHandle,
     cert: Option<&rustls::pki_types::CertificateDer<'_>>,
-) -> Result<Operator, String> {
+) -> Result<Caller, String> {
     let cfg = store.config();
     let id = cert
         .and_then(crate::tls::identity)
@@ -253,17 +261,18 @@ fn caller(
     let sys = cfg
         .system_of(&id)
         .ok_or_else(|| format!("certificate {} names no configured system", id.label()))?;
-    if sys.role != crate::config::Role::Operator {
-        return Err(format!(
-            "system {:?} has role {}, not operator",
+    match sys.role {
+        crate::config::Role::Operator => Ok(Caller::Operator(Operator {
+            name: sys.name.clone(),
+            scope: OperatorScope::of_system(sys, cfg),
+        })),
+        crate::config::Role::Monitor => Ok(Caller::Monitor(sys.name.clone())),
+        other => Err(format!(
+            "system {:?} has role {}, not operator or monitor",
             sys.name,
-            sys.role.as_str()
-        ));
+            other.as_str()
+        )),
     }
-    Ok(Operator {
-        name: sys.name.clone(),
-        scope: OperatorScope::of_system(sys, cfg),
-    })
 }
 
 /// Serves the admin endpoint until `shutdown` turns true.
@@ -360,12 +369,35 @@ async fn respond(
     req: Request<Incoming>,
     store: &StoreHandle,
     tls: &TlsState,
-    who: &Result<Operator, String>,
+    who: &Result<Caller, String>,
     peer: &str,
 ) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
+    if path == "/metrics" && method == Method::GET && who.is_ok() {
+        return match crate::telemetry::render() {
+            Some(text) => {
+                let mut resp = Response::new(Full::new(Bytes::from(text)));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                resp
+            }
+            None => json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({ "error": "no metrics recorder in this process" }),
+            ),
+        };
+    }
+    let who = match who {
+        Ok(Caller::Operator(o)) => Ok(o),
+        Ok(Caller::Monitor(name)) => Err(format!(
+            "system {name:?} has role monitor: it may read /metrics only"
+        )),
+        Err(e) => Err(e.clone()),
+    };
     let result = async {
         let body = Limited::new(req.into_body(), MAX_BODY)
             .collect()
@@ -374,8 +406,8 @@ async fn respond(
                 AdminError::BadRequest(format!("the body is unreadable or over {MAX_BODY} bytes"))
             })?
             .to_bytes();
-        let who = match who {
-            Ok(w) => w,
+        let who = match &who {
+            Ok(w) => *w,
             Err(why) => {
                 let event = crate::store::audit::AuditEvent {
                     event: "operator_refused",
@@ -405,7 +437,11 @@ async fn respond(
             json!({ "error": e.to_string() }),
         ),
     };
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    json_response(status, &body)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(bytes)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -439,7 +475,49 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
+    /// Runs one request; the JSON answer, or the endpoint's error.
     pub async fn call(&self, req: &AdminRequest) -> Result<Value, ClientError> {
+        let (method, path, body) = req.to_http();
+        let body = body
+            .map(|b| serde_json::to_vec(&b).unwrap_or_default())
+            .unwrap_or_default();
+        let (status, bytes) = self.send(method, &path, body).await?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Http(format!("the answer is not JSON: {e}")))?;
+        if status == 200 {
+            Ok(v)
+        } else {
+            Err(ClientError::Refused {
+                status,
+                message: v
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no error message")
+                    .to_owned(),
+            })
+        }
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let (status, bytes) = self.send(Method::GET, "/metrics", Vec::new()).await?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        if status == 200 {
+            Ok(text)
+        } else {
+            Err(ClientError::Refused {
+                status,
+                message: text,
+            })
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, Bytes), ClientError> {
         let tcp = TcpStream::connect(&self.address)
             .await
             .map_err(|e| ClientError::NotRunning(self.address.clone(), e))?;
@@ -454,10 +532,6 @@ impl AdminClient {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let (method, path, body) = req.to_http();
-        let body = body
-            .map(|b| serde_json::to_vec(&b).unwrap_or_default())
-            .unwrap_or_default();
         let request = Request::builder()
             .method(method)
             .uri(path)
@@ -476,20 +550,7 @@ impl AdminClient {
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?
             .to_bytes();
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Http(format!("the answer is not JSON: {e}")))?;
-        if status == 200 {
-            Ok(v)
-        } else {
-            Err(ClientError::Refused {
-                status,
-                message: v
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no error message")
-                    .to_owned(),
-            })
-        }
+        Ok((status, bytes))
     }
 }
 

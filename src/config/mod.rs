@@ -116,6 +116,8 @@ pub enum Role {
     ResultProducer,
     /// A person at the admin endpoint: sends no messages.
     Operator,
+    /// A metrics scraper (Prometheus): may read `/metrics` on the admin endpoint, nothing else.
+    Monitor,
 }
 
 impl Role {
@@ -124,6 +126,7 @@ impl Role {
             Role::OrderPlacer => "order_placer",
             Role::ResultProducer => "result_producer",
             Role::Operator => "operator",
+            Role::Monitor => "monitor",
         }
     }
     /// Whether a system in this role may send a message of this class.
@@ -132,7 +135,7 @@ impl Role {
         match self {
             Role::OrderPlacer => matches!(class, C::Order | C::Admin),
             Role::ResultProducer => matches!(class, C::Result | C::Document),
-            Role::Operator => false,
+            Role::Operator | Role::Monitor => false,
         }
     }
 }
@@ -960,13 +963,14 @@ impl Validator {
             "order_placer" => Role::OrderPlacer,
             "result_producer" => Role::ResultProducer,
             "operator" => Role::Operator,
+            "monitor" => Role::Monitor,
             other => {
                 self.err(
                     cx,
                     cx.line(&s.role),
                     field("role"),
                     format!(
-                        "{other:?}: one of \"order_placer\", \"result_producer\", \"operator\""
+                        "{other:?}: one of \"order_placer\", \"result_producer\", \"operator\", \"monitor\""
                     ),
                 );
                 Role::Operator
