@@ -73,6 +73,7 @@ impl Server {
         };
         let mut tasks = Vec::new();
         let mut bound = Vec::new();
+        let refusals = Arc::new(crate::sources::mllp::RefusalLimiter::default());
         for l in &cfg.listeners {
             let listener_tls = if l.insecure {
                 None
@@ -98,7 +99,10 @@ impl Server {
                 limits.clone(),
                 slots.clone(),
                 handle.clone(),
-                listener_tls,
+                listener_tls.map(|state| crate::sources::mllp::TlsListener {
+                    state,
+                    refusals: refusals.clone(),
+                }),
                 rx.clone(),
             )));
         }
@@ -130,6 +134,7 @@ impl Server {
                 listener,
                 handle.clone(),
                 state,
+                refusals.clone(),
                 rx.clone(),
             )));
         }

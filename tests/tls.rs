@@ -658,3 +658,32 @@ async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() 
     assert!(v.seals_verified >= 1, "{v:?}");
     assert!(v.seals_other_certificate >= 1, "{v:?}");
 }
+
+/// A peer failing its handshake in a loop is counted every time but journalled once per
+/// kind and minute, so it cannot fill the journal (nor sync the store once per attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_failing_in_a_loop_is_counted_each_time_and_journalled_once() {
+    let h = setup().await;
+    let before = STATS.snapshot().tls_handshakes_failed;
+    for _ in 0..20 {
+        let mut plain = TcpStream::connect(h.sil()).await.expect("connect");
+        plain
+            .write_all(&frame(b"MSH|^~\\&|SIL|LAB|||x||ORU^R01|P|P|2.5\r"))
+            .await
+            .expect("write");
+        assert!(read_frame(&mut plain).await.is_err(), "plain TCP answered");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(STATS.snapshot().tls_handshakes_failed >= before + 20);
+    let refused = labroute::store::audit::query(
+        h.server.store.store(),
+        &labroute::store::audit::AuditFilter {
+            event: Some("tls_refused".into()),
+            ..Default::default()
+        },
+    )
+    .expect("audit query");
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0].detail["listener"], "sil");
+    h.server.shutdown().await;
+}

@@ -280,6 +280,7 @@ pub async fn serve(
     listener: TcpListener,
     store: StoreHandle,
     tls: Arc<TlsState>,
+    refusals: Arc<crate::sources::mllp::RefusalLimiter>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -303,8 +304,9 @@ pub async fn serve(
         let store = store.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
-            connection(stream, peer, store, tls, shutdown).await;
+            connection(stream, peer, store, tls, &refusals, shutdown).await;
             drop(permit);
         });
     }
@@ -315,6 +317,7 @@ async fn connection(
     peer: SocketAddr,
     store: StoreHandle,
     tls: Arc<TlsState>,
+    refusals: &crate::sources::mllp::RefusalLimiter,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let peer = peer.to_string();
@@ -322,12 +325,25 @@ async fn connection(
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            crate::sources::mllp::refused_handshake(&store, LISTENER, &peer, e.to_string()).await;
+            crate::sources::mllp::refused_handshake(
+                &store,
+                refusals,
+                LISTENER,
+                &peer,
+                e.to_string(),
+            )
+            .await;
             return;
         }
         Err(_) => {
-            crate::sources::mllp::refused_handshake(&store, LISTENER, &peer, "timed out".into())
-                .await;
+            crate::sources::mllp::refused_handshake(
+                &store,
+                refusals,
+                LISTENER,
+                &peer,
+                "timed out".into(),
+            )
+            .await;
             return;
         }
     };
