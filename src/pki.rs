@@ -148,9 +148,24 @@ pub fn generate(spec: &PkiSpec) -> Result<Vec<PathBuf>, PkiError> {
     )?;
     write("server.pem".into(), cert)?;
     write("server.key".into(), key)?;
+    // A system's certificate is its identity both ways: as a client (a DPI sending orders)
+    // and as a server (the same DPI receiving results), so it also carries the host names.
     for s in &spec.systems {
-        let sans = vec![SanType::URI(system_uri(s).try_into()?)];
-        let (cert, key) = leaf(s, sans, &[ExtendedKeyUsagePurpose::ClientAuth])?;
+        let mut sans = vec![SanType::URI(system_uri(s).try_into()?)];
+        for n in &spec.server_names {
+            sans.push(match n.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => SanType::DnsName(n.as_str().try_into()?),
+            });
+        }
+        let (cert, key) = leaf(
+            s,
+            sans,
+            &[
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+        )?;
         write(format!("{s}.pem"), cert)?;
         write(format!("{s}.key"), key)?;
     }

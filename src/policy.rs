@@ -56,12 +56,21 @@ pub enum Denied {
         "message {seq} is an application ACK; {destination} is not where its sender's listener sends them"
     )]
     NotItsSender { seq: u64, destination: String },
+    #[error(
+        "message {seq} belongs to {establishment}; the system receiving for {destination} does not speak for it"
+    )]
+    RecipientNotForTenant {
+        seq: u64,
+        establishment: String,
+        destination: String,
+    },
 }
 
 /// Checks (message tenant, destination, recipient) and makes the permit:
 /// - an owned message (routed, or released by an operator) may go only to the destinations
 ///   routing gives its class and owner: a result to its owner's record, orders and ADT to
-///   the configured lab destinations;
+///   the configured lab destinations; and when the destination is known by its certificate
+///   (`system`), only if that system speaks for the owner;
 /// - an application ACK (`answers` = the message it answers) only to the
 ///   `application_acks_to` of the listener that message came in on.
 pub fn permit(
@@ -97,7 +106,20 @@ pub fn permit(
         return Err(Denied::NotOwned(rec.seq));
     };
     if crate::router::destinations(class, owner, cfg).contains(destination) {
-        ok()
+        let recipient = cfg
+            .destination(destination)
+            .and_then(|d| d.system.as_ref())
+            .map(|n| cfg.systems.iter().find(|s| &s.name == n));
+        match recipient {
+            // No system configured: the destination is known by its address (and name).
+            None => ok(),
+            Some(Some(sys)) if sys.speaks_for(owner) => ok(),
+            Some(_) => Err(Denied::RecipientNotForTenant {
+                seq: rec.seq,
+                establishment: owner.to_string(),
+                destination: destination.to_string(),
+            }),
+        }
     } else {
         Err(Denied::NotItsDestination {
             seq: rec.seq,
@@ -374,5 +396,35 @@ identify.placer_namespaces = ["S"]
             evidence: vec![ev("ES2")],
         });
         assert!(!es1.sees(&refused, &cfg));
+    }
+
+    #[test]
+    fn a_permit_only_for_a_recipient_system_that_speaks_for_the_owner() {
+        // Validation refuses such a configuration; the permit refuses it again at send time.
+        let mut cfg = cfg();
+        cfg.systems.push(System {
+            name: "dpi".into(),
+            role: crate::config::Role::RecordReceiver,
+            san_uris: vec![],
+            san_dns: vec![],
+            sha256: vec![],
+            establishments: vec![EstablishmentId::new("ES2")],
+        });
+        if let Some(d) = cfg
+            .destinations
+            .iter_mut()
+            .find(|d| d.name == self::d("dpi-es1"))
+        {
+            d.system = Some("dpi".into());
+        }
+        let result = record(1, MessageClass::Result, Some("ES1"), RecordStatus::Routed);
+        assert!(matches!(
+            permit(&result, &d("dpi-es1"), &cfg, None),
+            Err(Denied::RecipientNotForTenant { .. })
+        ));
+        cfg.systems[0]
+            .establishments
+            .push(EstablishmentId::new("ES1"));
+        assert!(permit(&result, &d("dpi-es1"), &cfg, None).is_ok());
     }
 }

@@ -371,6 +371,76 @@ async fn tls_destinations_get_messages_only_when_their_certificate_verifies() {
     h.server.shutdown().await;
 }
 
+/// A destination known by its certificate (`system`): ES1's record system, presenting the
+/// dpi-es1 certificate, gets ES1's results; a peer at ES2's record address presenting ES1's
+/// certificate (swapped addresses, a port taken over) gets nothing of ES2's, though its
+/// certificate is valid and carries the right host name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_known_by_its_certificate_gets_messages_only_if_it_is_that_system() {
+    let pki = tempfile::tempdir().expect("tempdir");
+    temp_pki(
+        pki.path(),
+        "destinations CA",
+        &["dpi-es1", "dpi-es2"],
+        &["localhost", "127.0.0.1"],
+        labroute::time::now_ms(),
+    );
+    let p = pki.path().to_path_buf();
+    let as_system = |name: &str| TlsFiles {
+        ca: p.join("ca.pem"),
+        cert: p.join(format!("{name}.pem")),
+        key: p.join(format!("{name}.key")),
+        min_version: MinVersion::Tls13,
+    };
+    let es1 = Receiver::start_tls("127.0.0.1:0", AckCode::AA, &as_system("dpi-es1")).await;
+    let imposter = Receiver::start_tls("127.0.0.1:0", AckCode::AA, &as_system("dpi-es1")).await;
+    let (e1, e2) = (es1.addr, imposter.addr);
+    let tls = tls_section(
+        &p.join("ca.pem"),
+        &p.join("server.pem"),
+        &p.join("server.key"),
+    );
+    let before = STATS.snapshot().destination_identity_refused;
+    let h = Harness::start(move |r| {
+        let (a1, a2) = (h_es(&r, 1), h_es(&r, 2));
+        r.replace(
+            &format!("address = \"{a1}\"\ninsecure = true"),
+            &format!("address = \"{e1}\"\nsystem = \"dpi-es1\""),
+        )
+        .replace(
+            &format!("address = \"{a2}\"\ninsecure = true"),
+            &format!("address = \"{e2}\"\nsystem = \"dpi-es2\""),
+        ) + &tls
+            + SYSTEMS
+    })
+    .await;
+    let acks = send_all(
+        h.sil(),
+        &[
+            result_by_identifier("ES1", "S1", "100001", "1"),
+            result_by_identifier("ES2", "S2", "200002", "2"),
+        ],
+    )
+    .await
+    .expect("acks");
+    assert!(acks.iter().all(|a| msa(a).0 == "AA"));
+    assert!(es1.wait_for(1, Duration::from_secs(20)).await);
+    assert_eq!(es1.control_ids(), ["S1"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(imposter.count(), 0, "ES2's result reached another system");
+    let waiting = h
+        .server
+        .store
+        .store()
+        .outbox_after("dpi-es2", None, 10)
+        .expect("outbox");
+    assert_eq!(waiting.len(), 1, "ES2's result waits for ES2's system");
+    let err = waiting[0].1.last_error.clone().unwrap_or_default();
+    assert!(err.contains("does not name system \"dpi-es2\""), "{err}");
+    assert!(STATS.snapshot().destination_identity_refused > before);
+    h.server.shutdown().await;
+}
+
 /// The address the harness gave destination `dpi-es<n>` (its own receiver).
 fn h_es(routes: &str, n: u8) -> String {
     let key = format!("name = \"dpi-es{n}\"\naddress = \"");

@@ -99,6 +99,8 @@ pub struct Destination {
     pub tls: bool,
     /// Name the destination's certificate must carry.
     pub server_name: Option<String>,
+    /// The system the destination's certificate must name.
+    pub system: Option<String>,
 }
 
 /// The admin endpoint.
@@ -118,6 +120,8 @@ pub enum Role {
     Operator,
     /// A metrics scraper (Prometheus): may read `/metrics` on the admin endpoint, nothing else.
     Monitor,
+    /// A system that only receives (a results interface of a DPI): sends no messages.
+    RecordReceiver,
 }
 
 impl Role {
@@ -127,6 +131,7 @@ impl Role {
             Role::ResultProducer => "result_producer",
             Role::Operator => "operator",
             Role::Monitor => "monitor",
+            Role::RecordReceiver => "record_receiver",
         }
     }
     /// Whether a system in this role may send a message of this class.
@@ -135,7 +140,7 @@ impl Role {
         match self {
             Role::OrderPlacer => matches!(class, C::Order | C::Admin),
             Role::ResultProducer => matches!(class, C::Result | C::Document),
-            Role::Operator | Role::Monitor => false,
+            Role::Operator | Role::Monitor | Role::RecordReceiver => false,
         }
     }
 }
@@ -378,6 +383,8 @@ struct Validator {
     /// "kind=value" of each system's certificate matcher → the system.
     system_matchers: HashMap<String, String>,
     establishment_refs: Vec<(PathBuf, usize, String, String)>,
+    /// (file, line, field, destination, system) of destinations known by their certificate.
+    destination_systems: Vec<(PathBuf, usize, String, String, String)>,
     raw_tests: Vec<PendingTest>,
 }
 
@@ -749,7 +756,25 @@ impl Validator {
                     addr.rsplit_once(':')
                         .map(|(h, _)| h.trim_matches(['[', ']']).to_owned())
                 }),
+            system: d.system.as_ref().map(|n| n.get_ref().clone()),
         });
+        if let Some(sys) = &d.system {
+            if d.insecure {
+                self.err(
+                    cx,
+                    cx.line(sys),
+                    field("system"),
+                    "a destination known by its certificate needs TLS: remove `insecure = true`",
+                );
+            }
+            self.destination_systems.push((
+                cx.file.to_owned(),
+                cx.line(sys),
+                field("system"),
+                d.name.get_ref().clone(),
+                sys.get_ref().clone(),
+            ));
+        }
     }
 
     fn establishment(&mut self, cx: &Ctx<'_>, i: usize, e: &Spanned<RawEstablishment>) {
@@ -964,13 +989,14 @@ impl Validator {
             "result_producer" => Role::ResultProducer,
             "operator" => Role::Operator,
             "monitor" => Role::Monitor,
+            "record_receiver" => Role::RecordReceiver,
             other => {
                 self.err(
                     cx,
                     cx.line(&s.role),
                     field("role"),
                     format!(
-                        "{other:?}: one of \"order_placer\", \"result_producer\", \"operator\", \"monitor\""
+                        "{other:?}: one of \"order_placer\", \"result_producer\", \"record_receiver\", \"operator\", \"monitor\""
                     ),
                 );
                 Role::Operator
@@ -1152,6 +1178,44 @@ impl Validator {
                     line,
                     field,
                     message: format!("no establishment has id {name:?}"),
+                });
+            }
+        }
+        for (file, line, field, dest, system) in std::mem::take(&mut self.destination_systems) {
+            let Some(sys) = self.cfg.systems.iter().find(|s| s.name == system) else {
+                self.errors.push(ConfigError {
+                    file,
+                    line,
+                    field,
+                    message: format!("no [[system]] is named {system:?}"),
+                });
+                continue;
+            };
+            let d = DestinationName::new(&dest);
+            let lab =
+                self.cfg.routing.orders_to.contains(&d) || self.cfg.routing.adt_to.contains(&d);
+            let must: Vec<&EstablishmentId> = self
+                .cfg
+                .establishments
+                .iter()
+                .filter(|e| lab || e.record == d)
+                .map(|e| &e.id)
+                .collect();
+            let missing: Vec<&str> = must
+                .iter()
+                .filter(|e| !sys.speaks_for(e))
+                .map(|e| e.as_str())
+                .collect();
+            if !missing.is_empty() {
+                self.errors.push(ConfigError {
+                    file,
+                    line,
+                    field,
+                    message: format!(
+                        "system {system:?} does not speak for {} but destination {dest:?} receives their messages ({})",
+                        missing.join(", "),
+                        if lab { "orders or ADT of every establishment" } else { "their record" }
+                    ),
                 });
             }
         }

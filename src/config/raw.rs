@@ -113,6 +113,9 @@ pub struct RawDestination {
     pub keep_connection_open: Option<bool>,
     /// Name the destination's certificate must carry (TLS); default: the address's host.
     pub server_name: Option<S>,
+    /// The `[[system]]` the destination's certificate must name (TLS): it receives only
+    /// what that system's establishments own.
+    pub system: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -153,3 +153,60 @@ bind = "127.0.0.1:2590"
         assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
     }
 }
+
+#[test]
+fn a_destination_s_system_must_speak_for_what_it_receives() {
+    let certs = Path::new(env!("CARGO_MANIFEST_DIR")).join("certs");
+    let tls = format!(
+        "[tls]\nca = \"{0}/ca.pem\"\ncert = \"{0}/server.pem\"\nkey = \"{0}/server.key\"\n",
+        certs.display()
+    );
+    let systems = r#"
+[[system]]
+name = "dpi-es1"
+role = "order_placer"
+san_uri = ["urn:labroute:system:dpi-es1"]
+establishments = ["ES1"]
+[[system]]
+name = "dpi-es2"
+role = "record_receiver"
+san_uri = ["urn:labroute:system:dpi-es2"]
+establishments = ["ES2"]
+"#;
+    let ok =
+        GOOD.replace(
+            "address = \"127.0.0.1:3001\"\ninsecure = true",
+            "address = \"127.0.0.1:3001\"\nsystem = \"dpi-es1\"",
+        )
+        .replace(
+            "address = \"127.0.0.1:3002\"\ninsecure = true",
+            "address = \"127.0.0.1:3002\"\nsystem = \"dpi-es2\"",
+        ) + &tls
+            + systems;
+    let c = load(&ok).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.destinations[0].system.as_deref(), Some("dpi-es1"));
+    // Swapped: each destination's system speaks for the other establishment.
+    let swapped = ok
+        .replace("system = \"dpi-es1\"", "system = \"X\"")
+        .replace("system = \"dpi-es2\"", "system = \"dpi-es1\"")
+        .replace("system = \"X\"", "system = \"dpi-es2\"");
+    let e = load(&swapped).unwrap_err().to_string();
+    assert!(
+        e.contains("destination[0].system: system \"dpi-es2\" does not speak for ES1"),
+        "{e}"
+    );
+    assert!(
+        e.contains("destination[1].system: system \"dpi-es1\" does not speak for ES2"),
+        "{e}"
+    );
+    // Unknown system; a system on a plain-TCP destination.
+    let bad = ok
+        .replace("system = \"dpi-es1\"", "system = \"nobody\"")
+        .replace(
+            "address = \"127.0.0.1:3002\"\nsystem",
+            "address = \"127.0.0.1:3002\"\ninsecure = true\nsystem",
+        );
+    let e = load(&bad).unwrap_err().to_string();
+    assert!(e.contains("no [[system]] is named \"nobody\""), "{e}");
+    assert!(e.contains("needs TLS"), "{e}");
+}

@@ -96,15 +96,23 @@ impl Stream {
 pub struct Connection {
     dest: Destination,
     tls: Option<std::sync::Arc<crate::tls::TlsState>>,
+    /// The system the peer's certificate must name (`destination.system`).
+    expected: Option<crate::config::System>,
     stream: Option<Stream>,
 }
 
 impl Connection {
     /// `tls`: the connector for a TLS destination (the instance's client certificate).
-    pub fn new(dest: Destination, tls: Option<std::sync::Arc<crate::tls::TlsState>>) -> Self {
+    /// `expected`: the system the peer's certificate must name.
+    pub fn new(
+        dest: Destination,
+        tls: Option<std::sync::Arc<crate::tls::TlsState>>,
+        expected: Option<crate::config::System>,
+    ) -> Self {
         Connection {
             dest,
             tls,
+            expected,
             stream: None,
         }
     }
@@ -131,7 +139,29 @@ impl Connection {
         match tokio::time::timeout(timeout, connector.connect(server_name, tcp)).await {
             Err(_) => Err(AttemptError::ConnectTimeout(addr)),
             Ok(Err(e)) => Err(AttemptError::Connect(addr, format!("TLS: {e}"))),
-            Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
+            Ok(Ok(s)) => {
+                if let Some(sys) = &self.expected {
+                    let id = s
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(crate::tls::identity);
+                    if !id.as_ref().is_some_and(|i| sys.matches(i)) {
+                        crate::stats::add(&crate::stats::STATS.destination_identity_refused, 1);
+                        let label = id.map(|i| i.label()).unwrap_or_else(|| "unreadable".into());
+                        tracing::warn!(destination = %self.dest.name, peer = %label, expected = %sys.name, "destination's certificate names another system; not sending");
+                        return Err(AttemptError::Connect(
+                            addr,
+                            format!(
+                                "TLS: the peer's certificate ({label}) does not name system {:?}",
+                                sys.name
+                            ),
+                        ));
+                    }
+                }
+                Ok(Stream::Tls(Box::new(s)))
+            }
         }
     }
 
@@ -269,7 +299,12 @@ pub async fn run_destination(
     let Some(notify) = store.notifier(&name) else {
         return;
     };
-    let mut conn = Connection::new(dest.clone(), tls);
+    let expected = dest
+        .system
+        .as_ref()
+        .and_then(|n| cfg.systems.iter().find(|s| &s.name == n))
+        .cloned();
+    let mut conn = Connection::new(dest.clone(), tls, expected);
     let mut cursor: Option<u64> = None;
     let mut pending = PendingMarks {
         dest: name.clone(),
