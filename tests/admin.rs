@@ -15,33 +15,13 @@ use labroute::store::audit::AuditFilter;
 use labroute::store::writer::OperatorCommand;
 use serde_json::Value;
 
-const SYSTEMS: &str = r#"
-[[system]]
-name = "sil"
-role = "result_producer"
-san_uri = ["urn:labroute:system:sil"]
-establishments = ["ES1", "ES2"]
-[[system]]
-name = "dpi-es1"
-role = "order_placer"
-san_uri = ["urn:labroute:system:dpi-es1"]
-establishments = ["ES1"]
-[[system]]
-name = "operator-es2"
-role = "operator"
-san_uri = ["urn:labroute:system:operator-es2"]
-establishments = ["ES2"]
-[[system]]
-name = "prometheus"
-role = "monitor"
-san_uri = ["urn:labroute:system:prometheus"]
-establishments = []
-[[system]]
-name = "operator-gcs"
-role = "operator"
-san_uri = ["urn:labroute:system:operator-gcs"]
-establishments = ["ES1", "ES2"]
-"#;
+fn systems() -> String {
+    system_toml("sil", "result_producer", &["ES1", "ES2"])
+        + &system_toml("dpi-es1", "order_placer", &["ES1"])
+        + &system_toml("operator-es2", "operator", &["ES2"])
+        + &system_toml("prometheus", "monitor", &[])
+        + &system_toml("operator-gcs", "operator", &["ES1", "ES2"])
+}
 
 struct Setup {
     h: Harness,
@@ -101,7 +81,7 @@ async fn setup() -> Setup {
                 &p.join("server.pem"),
                 &p.join("server.key"),
             )
-            + SYSTEMS
+            + &systems()
             + &admin_section("operator-es1", &["ES1"])
     })
     .await;

@@ -10,14 +10,6 @@ use std::time::Duration;
 use common::*;
 use labroute::loadgen::{LoadSpec, TlsClient, run};
 
-const SIL: &str = r#"
-[[system]]
-name = "sil"
-role = "result_producer"
-san_uri = ["urn:labroute:system:sil"]
-establishments = ["ES1", "ES2"]
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_messages_are_all_acknowledged_and_delivered_to_their_owner() {
     let routes = Arc::new(Mutex::new(String::new()));
@@ -25,7 +17,7 @@ async fn loadgen_messages_are_all_acknowledged_and_delivered_to_their_owner() {
     let h = Harness::start(move |r| {
         let r = tls_listeners(&r).replace("[engine]\n", "[engine]\naudit_seal_every = 50\n")
             + &dev_tls_section()
-            + SIL;
+            + &system_toml("sil", "result_producer", &["ES1", "ES2"]);
         *kept.lock().expect("lock") = r.clone();
         r
     })

@@ -18,30 +18,11 @@ use labroute::tls::{MinVersion, TlsFiles};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-/// The example systems; `operator`'s certificate names no system here.
-const SYSTEMS: &str = r#"
-[[system]]
-name = "sil"
-role = "result_producer"
-san_uri = ["urn:labroute:system:sil"]
-establishments = ["ES1", "ES2"]
-[[system]]
-name = "dpi-es1"
-role = "order_placer"
-san_uri = ["urn:labroute:system:dpi-es1"]
-establishments = ["ES1"]
-[[system]]
-name = "dpi-es2"
-role = "order_placer"
-san_uri = ["urn:labroute:system:dpi-es2"]
-establishments = ["ES2"]
-"#;
-
 async fn setup() -> Harness {
     Harness::start(|r| {
         tls_listeners(&r).replace("idle_timeout_secs = 60", "idle_timeout_secs = 2")
             + &dev_tls_section()
-            + SYSTEMS
+            + &example_systems()
     })
     .await
 }
@@ -411,7 +392,7 @@ async fn a_destination_known_by_its_certificate_gets_messages_only_if_it_is_that
             &format!("address = \"{a2}\"\ninsecure = true"),
             &format!("address = \"{e2}\"\nsystem = \"dpi-es2\""),
         ) + &tls
-            + SYSTEMS
+            + &example_systems()
     })
     .await;
     let acks = send_all(
@@ -582,7 +563,7 @@ async fn an_expired_client_certificate_is_refused_and_audited() {
     )
     .expect("bundle");
     let tls = tls_section(&bundle, &c.join("server.pem"), &c.join("server.key"));
-    let h = Harness::start(move |r| tls_listeners(&r) + &tls + SYSTEMS).await;
+    let h = Harness::start(move |r| tls_listeners(&r) + &tls + &example_systems()).await;
     let before = STATS.snapshot().tls_handshakes_failed;
     // The expired certificate names system "sil", which is configured: only expiry refuses it.
     let r = tls_send(
@@ -658,7 +639,7 @@ async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() 
     let h = Harness::start(move |r| {
         tls_listeners(&r).replace("[engine]\n", "[engine]\naudit_seal_every = 2\n")
             + &tls
-            + SYSTEMS
+            + &example_systems()
             + &admin_section("operator", &["ES1", "ES2"])
     })
     .await;

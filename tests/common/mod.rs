@@ -377,11 +377,23 @@ pub fn local_operator(name: &str) -> labroute::policy::Operator {
     }
 }
 
+/// A `[[system]]` known by the SAN URI `labroute pki init` gives it.
+pub fn system_toml(name: &str, role: &str, ests: &[&str]) -> String {
+    format!(
+        "[[system]]\nname = \"{name}\"\nrole = \"{role}\"\nsan_uri = [\"urn:labroute:system:{name}\"]\nestablishments = {ests:?}\n"
+    )
+}
+
+/// The example systems: the lab (ES1 and ES2) and each establishment's DPI.
+pub fn example_systems() -> String {
+    system_toml("sil", "result_producer", &["ES1", "ES2"])
+        + &system_toml("dpi-es1", "order_placer", &["ES1"])
+        + &system_toml("dpi-es2", "order_placer", &["ES2"])
+}
+
 /// An `[admin]` endpoint on a free loopback port, and an operator system allowed `ests`.
 pub fn admin_section(operator: &str, ests: &[&str]) -> String {
-    format!(
-        "[admin]\nbind = \"127.0.0.1:0\"\n[[system]]\nname = \"{operator}\"\nrole = \"operator\"\nsan_uri = [\"urn:labroute:system:{operator}\"]\nestablishments = {ests:?}\n"
-    )
+    "[admin]\nbind = \"127.0.0.1:0\"\n".to_owned() + &system_toml(operator, "operator", ests)
 }
 
 /// A client of an instance's admin endpoint with this CA and client certificate.
