@@ -415,6 +415,11 @@ async fn run(cli: Cli) -> Result<()> {
             tls,
         } => {
             let tls = tls.client()?;
+            let hint = if tls.is_none() {
+                NO_ACK_PLAIN
+            } else {
+                NO_ACK_TLS
+            };
             let to = tokio::net::lookup_host(&to)
                 .await
                 .with_context(|| format!("resolving {to}"))?
@@ -434,15 +439,27 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{report}");
             if report.failed > 0 || report.refused > 0 {
                 anyhow::bail!(
-                    "{} refused, {} without an ACK",
+                    "{} refused, {} without an ACK{}",
                     report.refused,
-                    report.failed
+                    report.failed,
+                    if report.failed > 0 {
+                        format!(" ({hint})")
+                    } else {
+                        String::new()
+                    }
                 );
             }
             Ok(())
         }
     }
 }
+
+/// What to say when a plain-TCP client gets no ACK.
+const NO_ACK_PLAIN: &str =
+    "no ACK: if the listener uses TLS (the default routes do), pass --cert, --key and --ca";
+/// What to say when a TLS client gets no ACK.
+const NO_ACK_TLS: &str =
+    "no ACK: the server may have refused this client certificate (see its log)";
 
 async fn serve(routes: &Path, data: &Path) -> Result<()> {
     let cfg = Arc::new(load(routes)?);
@@ -518,6 +535,14 @@ async fn admin_value(a: &AdminArgs, req: AdminRequest) -> Result<serde_json::Val
                 }
             }
         }
+    }
+    // Never create a store here: a command run from the wrong directory would show an empty
+    // one instead of saying where the data is.
+    if !a.data.join(labroute::store::STORE_FILE).is_file() {
+        bail!(
+            "no store in {}: pass --data with the instance's data directory (and --routes with its routes)",
+            a.data.display()
+        );
     }
     let store = Store::open(&a.data).map_err(|e| match e {
         labroute::store::StoreError::InUse(_) if cfg.admin.is_none() => {
@@ -596,26 +621,14 @@ async fn send(
         .await
         .with_context(|| format!("cannot connect to {to}"))?;
     match tls {
-        None => send_over(
-            tcp,
-            files,
-            timeout,
-            "no ACK: if the listener uses TLS (the default routes do), pass --cert, --key and --ca",
-        )
-        .await,
+        None => send_over(tcp, files, timeout, NO_ACK_PLAIN).await,
         Some(t) => {
             let s = t
                 .connector
                 .connect(t.server_name, tcp)
                 .await
                 .with_context(|| format!("TLS handshake with {to}"))?;
-            send_over(
-                s,
-                files,
-                timeout,
-                "no ACK: the server may have refused this client certificate (see its log)",
-            )
-            .await
+            send_over(s, files, timeout, NO_ACK_TLS).await
         }
     }
 }

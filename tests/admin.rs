@@ -201,6 +201,17 @@ PID|||1^^^CHSUD-IPP^PI\rOBR|1|P-1^DPI-CHNORD||K^Potassium^L\rOBX|1|NM|K^Potassiu
     let other = es2.call(&AdminRequest::QuarantineShow { seq: q_es1 }).await;
     assert_eq!(status(&other), 403);
 
+    // Not even the whole-instance operator releases ES1's DPI's order to ES2.
+    let foreign = gcs
+        .call(&AdminRequest::Command {
+            command: OperatorCommand::Release {
+                seq: q_es1,
+                establishment: "ES2".into(),
+            },
+        })
+        .await;
+    assert_eq!(status(&foreign), 403, "{foreign:?}");
+
     // Its own message, to its own establishment: released, and the order reaches the lab.
     let shown = es1
         .call(&AdminRequest::QuarantineShow { seq: q_es1 })
@@ -295,6 +306,7 @@ PID|||1^^^CHSUD-IPP^PI\rOBR|1|P-1^DPI-CHNORD||K^Potassium^L\rOBX|1|NM|K^Potassiu
     };
     assert_eq!(by("operator-es1"), 2 * 3 + 1 + 1 + 1, "{refused:#?}");
     assert_eq!(by("operator-es2"), 1);
+    assert_eq!(by("operator-gcs"), 1);
     let reads = labroute::store::audit::query(
         s.h.server.store.store(),
         &AuditFilter {
@@ -359,7 +371,7 @@ async fn non_operators_no_certificate_and_other_cas_are_refused() {
 
     // Plain HTTP on the HTTPS port: no answer.
     let r = plain_http(s.h.server.admin.expect("admin")).await;
-    assert!(!r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(!r.contains("HTTP/"), "plain HTTP was answered: {r}");
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let journal = labroute::store::audit::query(s.h.server.store.store(), &AuditFilter::default())

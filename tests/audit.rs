@@ -75,6 +75,10 @@ async fn the_journal_records_everything_and_verify_finds_any_tampering() {
     for e in ["received", "duplicate", "refused", "delivered", "operator"] {
         assert!(events.contains(&e), "no {e} in {events:?}");
     }
+    // One refused message (J4, unsupported type): one journal entry, with its code.
+    let refused: Vec<_> = all.iter().filter(|e| e.event == "refused").collect();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert_eq!(refused[0].detail["code"], 200);
     let es2 = query(
         &store,
         &AuditFilter {

@@ -259,6 +259,10 @@ impl Config {
     pub fn system_of(&self, id: &crate::tls::PeerIdentity) -> Option<&System> {
         self.systems.iter().find(|s| s.matches(id))
     }
+    /// The system with this name.
+    pub fn system(&self, name: &str) -> Option<&System> {
+        self.systems.iter().find(|s| s.name == name)
+    }
     pub fn listener(&self, name: &str) -> Option<&Listener> {
         self.listeners.iter().find(|l| l.name.as_str() == name)
     }

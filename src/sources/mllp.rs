@@ -112,6 +112,19 @@ pub async fn run_listener(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(crate::tls::identity);
+                    // Verified but unreadable (x509-parser refused what webpki accepted):
+                    // without an identity the sender checks could not run, so no session.
+                    if origin.identity.is_none() {
+                        refused_handshake(
+                            &store,
+                            &refusals,
+                            &origin.listener,
+                            &origin.peer,
+                            "client certificate verified but unreadable: no identity".into(),
+                        )
+                        .await;
+                        return;
+                    }
                     tracing::debug!(listener = %origin.listener, peer = %origin.peer, identity = %origin.identity.as_ref().map(|i| i.label()).unwrap_or_default(), "TLS peer");
                     serve_connection(tls_stream, origin, limits, store, shutdown).await
                 }
@@ -220,6 +233,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 ) {
     let mut decoder = Decoder::new(limits.max_frame);
     let mut buf = vec![0u8; 64 * 1024];
+    let mut answered = false;
     tracing::debug!(listener = %origin.listener, peer = %origin.peer, "connection opened");
     loop {
         let read = tokio::select! {
@@ -262,6 +276,15 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                     tracing::debug!(listener = %origin.listener, error = %e, "cannot write ACK; closing");
                     return;
                 }
+                answered = true;
+            }
+        }
+        // TLS buffers what `write_all` accepted: push the ACKs out before reading again.
+        if answered {
+            answered = false;
+            if let Err(e) = stream.flush().await {
+                tracing::debug!(listener = %origin.listener, error = %e, "cannot write ACK; closing");
+                return;
             }
         }
     }

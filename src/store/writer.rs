@@ -131,6 +131,13 @@ pub enum OperatorError {
     /// establishment is outside it). Audited.
     #[error("message {seq} is not within your establishments ({scope})")]
     Forbidden { seq: u64, scope: String },
+    /// A release to an establishment the sending system may not speak for.
+    #[error("message {seq} was sent by system {system:?}, which may not speak for {establishment}")]
+    SenderNotFor {
+        seq: u64,
+        system: String,
+        establishment: String,
+    },
     #[error("{0}")]
     Store(String),
 }
@@ -1017,24 +1024,6 @@ fn reject(
     };
     store_message(txn, &rec, &req.raw, &ack)?;
     audit_message(txn, seqs, "refused", &rec)?;
-    audit(
-        txn,
-        seqs,
-        "refused",
-        Some(seq),
-        rec.establishment().map(|e| e.to_string()),
-        rec.sender.clone(),
-        serde_json::json!({
-            "listener": rec.listener,
-            "peer": rec.peer,
-            "type": rec.message_type,
-            "control_id": rec.control_id,
-            "sha256": rec.sha256,
-            "code": rec.rejection.as_ref().map(|r| r.code),
-            "reason": rec.rejection.as_ref().map(|r| r.text.clone()),
-            "decision": rec.decision,
-        }),
-    )?;
     Ok(IngestReply::Rejected {
         seq,
         ack,
@@ -1280,6 +1269,23 @@ fn forbidden(
     cmd: &OperatorCommand,
     seq: u64,
 ) -> Result<Result<String, OperatorError>, StoreError> {
+    let err = OperatorError::Forbidden {
+        seq,
+        scope: who.scope.describe(),
+    };
+    refused(txn, seqs, who, cmd, seq, err)
+}
+
+/// An operator command refused (scope, or a release the sender may not speak for):
+/// audited in the same transaction.
+fn refused(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    who: &crate::policy::Operator,
+    cmd: &OperatorCommand,
+    seq: u64,
+    err: OperatorError,
+) -> Result<Result<String, OperatorError>, StoreError> {
     audit(
         txn,
         seqs,
@@ -1287,12 +1293,9 @@ fn forbidden(
         Some(seq),
         None,
         Some(who.name.clone()),
-        serde_json::json!({ "command": cmd, "scope": who.scope }),
+        serde_json::json!({ "command": cmd, "scope": who.scope, "reason": err.to_string() }),
     )?;
-    Ok(Err(OperatorError::Forbidden {
-        seq,
-        scope: who.scope.describe(),
-    }))
+    Ok(Err(err))
 }
 
 fn operate(
@@ -1323,6 +1326,17 @@ fn operate(
             };
             if !who.scope.sees(&rec, cfg) || !who.scope.covers(&est.id) {
                 return forbidden(txn, seqs, who, cmd, *seq);
+            }
+            // A system never speaks for another establishment, not even through quarantine.
+            if let Some(sys) = rec.sender.as_deref().and_then(|n| cfg.system(n)) {
+                if !sys.speaks_for(&est.id) {
+                    let err = OperatorError::SenderNotFor {
+                        seq: *seq,
+                        system: sys.name.clone(),
+                        establishment: est.id.to_string(),
+                    };
+                    return refused(txn, seqs, who, cmd, *seq, err);
+                }
             }
             let Some(class) = rec.class else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
