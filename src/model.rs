@@ -108,6 +108,23 @@ impl MessageClass {
     }
 }
 
+/// Lower-case hex of bytes (digests, fingerprints).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0x0f)] as char);
+    }
+    out
+}
+
+/// Lower-case hex SHA-256 of bytes (message content, a certificate's DER).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(bytes))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +138,14 @@ mod tests {
         assert_eq!(MessageClass::of("ADT", "A40"), Ok(MessageClass::Admin));
         assert_eq!(MessageClass::of("ADT", "A03"), Ok(MessageClass::Admin));
         assert_eq!(MessageClass::of("ADT", "A99"), Err(201));
+    }
+
+    #[test]
+    fn hex_is_lower_case_two_digits_per_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 }

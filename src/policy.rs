@@ -109,7 +109,7 @@ pub fn permit(
         let recipient = cfg
             .destination(destination)
             .and_then(|d| d.system.as_ref())
-            .map(|n| cfg.systems.iter().find(|s| &s.name == n));
+            .map(|n| cfg.system(n));
         match recipient {
             // No system configured: the destination is known by its address (and name).
             None => ok(),
@@ -214,11 +214,7 @@ pub fn implicated(rec: &MessageRecord, cfg: &Config) -> BTreeSet<EstablishmentId
     if let Some(d) = &rec.decision {
         out.extend(d.evidence().iter().filter_map(|e| e.establishment.clone()));
     }
-    if let Some(sys) = rec
-        .sender
-        .as_ref()
-        .and_then(|s| cfg.systems.iter().find(|x| &x.name == s))
-    {
+    if let Some(sys) = rec.sender.as_ref().and_then(|s| cfg.system(s)) {
         out.extend(sys.establishments.iter().cloned());
     }
     out

@@ -73,7 +73,7 @@ impl Server {
         };
         let mut tasks = Vec::new();
         let mut bound = Vec::new();
-        let refusals = Arc::new(crate::sources::mllp::RefusalLimiter::default());
+        let refusals = Arc::new(crate::sources::accept::RefusalLimiter::default());
         for l in &cfg.listeners {
             let listener_tls = if l.insecure {
                 None
@@ -99,7 +99,7 @@ impl Server {
                 limits.clone(),
                 slots.clone(),
                 handle.clone(),
-                listener_tls.map(|state| crate::sources::mllp::TlsListener {
+                listener_tls.map(|state| crate::sources::accept::TlsListener {
                     state,
                     refusals: refusals.clone(),
                 }),
@@ -133,8 +133,10 @@ impl Server {
             tasks.push(tokio::spawn(crate::admin::http::serve(
                 listener,
                 handle.clone(),
-                state,
-                refusals.clone(),
+                crate::sources::accept::TlsListener {
+                    state,
+                    refusals: refusals.clone(),
+                },
                 rx.clone(),
             )));
         }

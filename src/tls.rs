@@ -8,7 +8,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use sha2::Digest;
 
 /// Lowest TLS version accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,10 +135,7 @@ pub fn identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
     let mut id = PeerIdentity {
         uris: Vec::new(),
         dns: Vec::new(),
-        sha256: sha2::Sha256::digest(cert.as_ref())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect(),
+        sha256: crate::model::sha256_hex(cert.as_ref()),
     };
     if let Ok(Some(san)) = x.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -170,23 +166,36 @@ impl InstanceKey {
             .ok_or_else(|| TlsError::NoCert(files.cert.clone()))?;
         Ok(InstanceKey {
             key,
-            cert_sha256: sha2::Sha256::digest(first.as_ref())
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            cert_sha256: crate::model::sha256_hex(first.as_ref()),
         })
     }
 }
 
 /// The instance's TLS configurations and signing key, reloadable without a restart (SIGHUP,
 /// admin call): new connections and new seals use what was loaded last; open connections
-/// keep theirs.
+/// keep theirs. A reload swaps everything at once.
 pub struct TlsState {
     files: TlsFiles,
-    server: std::sync::RwLock<Arc<ServerConfig>>,
-    client: std::sync::RwLock<Arc<rustls::ClientConfig>>,
-    not_after: std::sync::RwLock<Option<i64>>,
-    instance_key: std::sync::RwLock<Arc<InstanceKey>>,
+    current: std::sync::RwLock<Arc<Loaded>>,
+}
+
+/// What one read of the `[tls]` files gives.
+struct Loaded {
+    server: Arc<ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
+    not_after: Option<i64>,
+    instance_key: Arc<InstanceKey>,
+}
+
+impl Loaded {
+    fn read(files: &TlsFiles) -> Result<Loaded, TlsError> {
+        Ok(Loaded {
+            server: server_config(files)?,
+            client: client_config(files)?,
+            not_after: not_after(&files.cert),
+            instance_key: Arc::new(InstanceKey::load(files)?),
+        })
+    }
 }
 
 impl std::fmt::Debug for TlsState {
@@ -205,65 +214,46 @@ pub fn not_after(path: &Path) -> Option<i64> {
 
 impl TlsState {
     pub fn load(files: &TlsFiles) -> Result<Arc<TlsState>, TlsError> {
-        crate::telemetry::set_cert_expiry(not_after(&files.cert));
+        let loaded = Loaded::read(files)?;
+        crate::telemetry::set_cert_expiry(loaded.not_after);
         Ok(Arc::new(TlsState {
             files: files.clone(),
-            server: std::sync::RwLock::new(server_config(files)?),
-            client: std::sync::RwLock::new(client_config(files)?),
-            not_after: std::sync::RwLock::new(not_after(&files.cert)),
-            instance_key: std::sync::RwLock::new(Arc::new(InstanceKey::load(files)?)),
+            current: std::sync::RwLock::new(Arc::new(loaded)),
         }))
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// The signing key loaded last.
     pub fn instance_key(&self) -> Arc<InstanceKey> {
-        match self.instance_key.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        self.current().instance_key.clone()
     }
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
-        let cfg = match self.server.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        tokio_rustls::TlsAcceptor::from(cfg)
+        tokio_rustls::TlsAcceptor::from(self.current().server.clone())
     }
 
     pub fn connector(&self) -> tokio_rustls::TlsConnector {
-        let cfg = match self.client.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
-        tokio_rustls::TlsConnector::from(cfg)
+        tokio_rustls::TlsConnector::from(self.current().client.clone())
     }
 
     /// Expiry of the instance certificate (Unix seconds).
     pub fn cert_not_after(&self) -> Option<i64> {
-        match self.not_after.read() {
-            Ok(g) => *g,
-            Err(p) => *p.into_inner(),
-        }
+        self.current().not_after
     }
 
     /// Reads the files again. On any error the running configuration is kept.
     pub fn reload(&self) -> Result<Option<i64>, TlsError> {
-        let server = server_config(&self.files)?;
-        let client = client_config(&self.files)?;
-        let expiry = not_after(&self.files.cert);
-        let key = Arc::new(InstanceKey::load(&self.files)?);
-        if let Ok(mut g) = self.instance_key.write() {
-            *g = key;
-        }
-        if let Ok(mut g) = self.server.write() {
-            *g = server;
-        }
-        if let Ok(mut g) = self.client.write() {
-            *g = client;
-        }
-        if let Ok(mut g) = self.not_after.write() {
-            *g = expiry;
+        let loaded = Arc::new(Loaded::read(&self.files)?);
+        let expiry = loaded.not_after;
+        match self.current.write() {
+            Ok(mut g) => *g = loaded,
+            Err(p) => *p.into_inner() = loaded,
         }
         crate::telemetry::set_cert_expiry(expiry);
         Ok(expiry)

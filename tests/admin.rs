@@ -51,8 +51,7 @@ impl Setup {
         )
         .await
         .expect("ACK");
-        // Without the MLLP frame (VT ... FS CR).
-        msa(&ack[1..ack.len() - 2]).0
+        msa(&ack).0
     }
 }
 

@@ -59,11 +59,7 @@ async fn the_journal_records_everything_and_verify_finds_any_tampering() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let data = h.dir.path().to_path_buf();
     let routes = data.join("routes.toml");
-    std::fs::write(
-        &routes,
-        routes_toml(0, 0, h.lab.addr, h.es1.addr, h.es2.addr, 50),
-    )
-    .expect("routes file");
+    std::fs::write(&routes, &h.routes).expect("routes file");
     h.server.shutdown().await;
 
     let store = Store::open(&data).expect("store");

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -12,14 +11,10 @@ use labroute::loadgen::{LoadSpec, TlsClient, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_messages_are_all_acknowledged_and_delivered_to_their_owner() {
-    let routes = Arc::new(Mutex::new(String::new()));
-    let kept = routes.clone();
-    let h = Harness::start(move |r| {
-        let r = tls_listeners(&r).replace("[engine]\n", "[engine]\naudit_seal_every = 50\n")
+    let h = Harness::start(|r| {
+        tls_listeners(&r).replace("[engine]\n", "[engine]\naudit_seal_every = 50\n")
             + &dev_tls_section()
-            + &system_toml("sil", "result_producer", &["ES1", "ES2"]);
-        *kept.lock().expect("lock") = r.clone();
-        r
+            + &system_toml("sil", "result_producer", &["ES1", "ES2"])
     })
     .await;
     let c = dev_certs();
@@ -55,12 +50,8 @@ async fn loadgen_messages_are_all_acknowledged_and_delivered_to_their_owner() {
         report.p50_us > 0 && report.p99_us >= report.p50_us,
         "{report}"
     );
-    for _ in 0..400 {
-        if es1.count() + es2.count() >= 202 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(es1.wait_for(101, Duration::from_secs(20)).await);
+    assert!(es2.wait_for(101, Duration::from_secs(20)).await);
     assert_eq!((es1.count(), es2.count()), (101, 101));
     let owned_by = |r: &Receiver, auth: &str| {
         r.got
@@ -72,11 +63,12 @@ async fn loadgen_messages_are_all_acknowledged_and_delivered_to_their_owner() {
     assert!(owned_by(es1, "CHNORD-IPP") && owned_by(es2, "CHSUD-IPP"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let data = h.dir.path().to_path_buf();
+    let routes = h.routes.clone();
     h.server.shutdown().await;
 
     // The journal of the run: intact, and sealed with the instance's key.
     let routes_file = data.join("routes.toml");
-    std::fs::write(&routes_file, routes.lock().expect("lock").as_str()).expect("routes");
+    std::fs::write(&routes_file, routes).expect("routes");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_labroute"))
         .args(["audit", "verify", "--data"])
         .arg(&data)

@@ -32,16 +32,16 @@ use tokio::sync::{Semaphore, watch};
 
 use super::{AdminError, AdminRequest, execute};
 use crate::policy::{Operator, OperatorScope};
+use crate::sources::accept::{TlsListener, next_connection};
 use crate::store::StoreHandle;
 use crate::store::audit::AuditFilter;
 use crate::store::writer::OperatorCommand;
-use crate::tls::TlsState;
+use crate::tls::{PeerIdentity, TlsState};
 
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
 /// Concurrent admin connections.
 const MAX_CONNECTIONS: usize = 32;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Name the refused handshakes and the journal give this endpoint.
 pub const LISTENER: &str = "admin";
@@ -249,15 +249,10 @@ enum Caller {
     Monitor(String),
 }
 
-/// Who is calling, from the client certificate.
-fn caller(
-    store: &StoreHandle,
-    cert: Option<&rustls::pki_types::CertificateDer<'_>>,
-) -> Result<Caller, String> {
+/// Who is calling, from the client certificate's identity.
+fn caller(store: &StoreHandle, identity: Option<PeerIdentity>) -> Result<Caller, String> {
     let cfg = store.config();
-    let id = cert
-        .and_then(crate::tls::identity)
-        .ok_or_else(|| "no readable client certificate".to_owned())?;
+    let id = identity.ok_or_else(|| "no readable client certificate".to_owned())?;
     let sys = cfg
         .system_of(&id)
         .ok_or_else(|| format!("certificate {} names no configured system", id.label()))?;
@@ -279,24 +274,11 @@ fn caller(
 pub async fn serve(
     listener: TcpListener,
     store: StoreHandle,
-    tls: Arc<TlsState>,
-    refusals: Arc<crate::sources::mllp::RefusalLimiter>,
+    tls: TlsListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "admin accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = next_connection(&listener, LISTENER, &mut shutdown).await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, "admin connection limit reached; connection refused");
             continue;
@@ -304,9 +286,8 @@ pub async fn serve(
         let store = store.clone();
         let tls = tls.clone();
         let shutdown = shutdown.clone();
-        let refusals = refusals.clone();
         tokio::spawn(async move {
-            connection(stream, peer, store, tls, &refusals, shutdown).await;
+            connection(stream, peer, store, tls, shutdown).await;
             drop(permit);
         });
     }
@@ -316,49 +297,18 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     store: StoreHandle,
-    tls: Arc<TlsState>,
-    refusals: &crate::sources::mllp::RefusalLimiter,
+    tls: TlsListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let peer = peer.to_string();
-    let acceptor = tls.acceptor();
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            crate::sources::mllp::refused_handshake(
-                &store,
-                refusals,
-                LISTENER,
-                &peer,
-                e.to_string(),
-            )
-            .await;
-            return;
-        }
-        Err(_) => {
-            crate::sources::mllp::refused_handshake(
-                &store,
-                refusals,
-                LISTENER,
-                &peer,
-                "timed out".into(),
-            )
-            .await;
-            return;
-        }
+    let Some((stream, identity)) = tls.handshake(stream, &store, LISTENER, &peer).await else {
+        return;
     };
-    let who = caller(
-        &store,
-        stream
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first()),
-    );
+    let who = caller(&store, identity);
     let who = Arc::new(who);
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let store = store.clone();
-        let tls = tls.clone();
+        let tls = tls.state.clone();
         let who = who.clone();
         let peer = peer.clone();
         async move { Ok::<_, Infallible>(respond(req, &store, &tls, &who, &peer).await) }

@@ -1186,7 +1186,7 @@ impl Validator {
             }
         }
         for (file, line, field, dest, system) in std::mem::take(&mut self.destination_systems) {
-            let Some(sys) = self.cfg.systems.iter().find(|s| s.name == system) else {
+            let Some(sys) = self.cfg.system(&system) else {
                 self.errors.push(ConfigError {
                     file,
                     line,

@@ -29,7 +29,8 @@ pub struct RawFile {
 #[serde(deny_unknown_fields)]
 pub struct RawSystem {
     pub name: S,
-    /// "order_placer" (a DPI), "result_producer" (the lab, a middleware), "operator".
+    /// "order_placer" (a DPI), "result_producer" (the lab, a middleware), "record_receiver",
+    /// "operator", "monitor".
     pub role: S,
     /// Certificate SAN URIs that identify it.
     #[serde(default)]

@@ -299,11 +299,7 @@ pub async fn run_destination(
     let Some(notify) = store.notifier(&name) else {
         return;
     };
-    let expected = dest
-        .system
-        .as_ref()
-        .and_then(|n| cfg.systems.iter().find(|s| &s.name == n))
-        .cloned();
+    let expected = dest.system.as_ref().and_then(|n| cfg.system(n)).cloned();
     let mut conn = Connection::new(dest.clone(), tls, expected);
     let mut cursor: Option<u64> = None;
     let mut pending = PendingMarks {

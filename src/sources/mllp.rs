@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use super::accept::{TlsListener, next_connection, refused_handshake};
 use crate::hl7::mllp::{Decoded, Decoder, frame};
 use crate::ingest::{Handled, Origin, handle_frame, oversized_ack};
 use crate::stats::{self, STATS};
@@ -18,16 +19,6 @@ use crate::store::StoreHandle;
 pub struct ConnLimits {
     pub max_frame: usize,
     pub idle_timeout: Duration,
-}
-
-/// Longest a TLS handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What a TLS listener needs: the instance's TLS state and its refusal limiter.
-#[derive(Debug, Clone)]
-pub struct TlsListener {
-    pub state: Arc<crate::tls::TlsState>,
-    pub refusals: Arc<RefusalLimiter>,
 }
 
 /// Runs a listener until `shutdown` turns true. With `tls`, every connection must complete
@@ -41,19 +32,7 @@ pub async fn run_listener(
     tls: Option<TlsListener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.changed() => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(listener = %name, error = %e, "accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = next_connection(&listener, &name, &mut shutdown).await {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             stats::add(&STATS.connections_refused, 1);
             tracing::warn!(listener = %name, peer = %peer, "connection limit reached; connection refused");
@@ -74,50 +53,19 @@ pub async fn run_listener(
             let _ = stream.set_nodelay(true);
             match tls {
                 None => serve_connection(stream, origin, limits, store, shutdown).await,
-                Some(TlsListener { state, refusals }) => {
-                    let acceptor = state.acceptor();
-                    let tls_stream = match tokio::time::timeout(
-                        HANDSHAKE_TIMEOUT,
-                        acceptor.accept(stream),
-                    )
-                    .await
-                    {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            refused_handshake(
-                                &store,
-                                &refusals,
-                                &origin.listener,
-                                &origin.peer,
-                                e.to_string(),
-                            )
-                            .await;
-                            return;
-                        }
-                        Err(_) => {
-                            refused_handshake(
-                                &store,
-                                &refusals,
-                                &origin.listener,
-                                &origin.peer,
-                                "timed out".into(),
-                            )
-                            .await;
-                            return;
-                        }
+                Some(tls) => {
+                    let Some((tls_stream, identity)) = tls
+                        .handshake(stream, &store, &origin.listener, &origin.peer)
+                        .await
+                    else {
+                        return;
                     };
-                    origin.identity = tls_stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .and_then(crate::tls::identity);
                     // Verified but unreadable (x509-parser refused what webpki accepted):
                     // without an identity the sender checks could not run, so no session.
-                    if origin.identity.is_none() {
+                    if identity.is_none() {
                         refused_handshake(
                             &store,
-                            &refusals,
+                            &tls.refusals,
                             &origin.listener,
                             &origin.peer,
                             "client certificate verified but unreadable: no identity".into(),
@@ -125,102 +73,13 @@ pub async fn run_listener(
                         .await;
                         return;
                     }
+                    origin.identity = identity;
                     tracing::debug!(listener = %origin.listener, peer = %origin.peer, identity = %origin.identity.as_ref().map(|i| i.label()).unwrap_or_default(), "TLS peer");
                     serve_connection(tls_stream, origin, limits, store, shutdown).await
                 }
             }
             drop(permit);
         });
-    }
-}
-
-/// How often one kind of refused handshake (same listener, peer address and error) is
-/// journalled and logged; the ones in between are counted and reported with the next entry.
-pub const REFUSAL_JOURNAL_INTERVAL: Duration = Duration::from_secs(60);
-/// Kinds tracked at once; beyond, the oldest window is forgotten (journalled again).
-const REFUSAL_KINDS: usize = 4096;
-
-/// (listener, peer IP, error).
-type RefusalKind = (String, String, String);
-
-/// Keeps a peer that fails its handshake in a loop (a scanner, a client with a broken
-/// certificate) from writing, and syncing, one journal entry per attempt: one entry per kind
-/// and interval, with the number suppressed since the previous one. Every attempt is
-/// counted in `tls_handshakes_failed`. One per instance.
-#[derive(Debug, Default)]
-pub struct RefusalLimiter {
-    /// (listener, peer IP, error) → (start of the window, refusals suppressed in it).
-    seen: std::sync::Mutex<std::collections::HashMap<RefusalKind, (std::time::Instant, u64)>>,
-}
-
-impl RefusalLimiter {
-    /// `Some(suppressed since the last entry)` when this refusal is to be journalled.
-    pub fn admit(&self, listener: &str, peer_ip: &str, error: &str) -> Option<u64> {
-        let now = std::time::Instant::now();
-        let mut seen = match self.seen.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let key = (listener.to_owned(), peer_ip.to_owned(), error.to_owned());
-        match seen.get_mut(&key) {
-            Some((start, suppressed)) if now.duration_since(*start) < REFUSAL_JOURNAL_INTERVAL => {
-                *suppressed += 1;
-                None
-            }
-            Some((start, suppressed)) => {
-                let n = *suppressed;
-                *start = now;
-                *suppressed = 0;
-                Some(n)
-            }
-            None => {
-                if seen.len() >= REFUSAL_KINDS {
-                    seen.retain(|_, (start, _)| {
-                        now.duration_since(*start) < REFUSAL_JOURNAL_INTERVAL
-                    });
-                    if seen.len() >= REFUSAL_KINDS {
-                        seen.clear();
-                    }
-                }
-                seen.insert(key, (now, 0));
-                Some(0)
-            }
-        }
-    }
-}
-
-/// A TLS handshake refused (no or bad certificate, old version, plain TCP): counted, logged
-/// and audited (no message exists to store), the log and journal at most once per kind and
-/// interval ([`RefusalLimiter`]). Also used by the admin endpoint.
-pub(crate) async fn refused_handshake(
-    store: &StoreHandle,
-    limiter: &RefusalLimiter,
-    listener: &str,
-    peer: &str,
-    error: String,
-) {
-    stats::add(&STATS.tls_handshakes_failed, 1);
-    let ip = peer
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|_| peer.to_owned());
-    let Some(suppressed) = limiter.admit(listener, &ip, &error) else {
-        return;
-    };
-    tracing::warn!(%listener, %peer, error = %error, suppressed, "TLS handshake refused");
-    let event = crate::store::audit::AuditEvent {
-        event: "tls_refused",
-        message: None,
-        establishment: None,
-        actor: Some(peer.to_owned()),
-        detail: serde_json::json!({
-            "listener": listener,
-            "error": error,
-            "suppressed_since_last": suppressed,
-        }),
-    };
-    if let Err(e) = store.audit(event).await {
-        tracing::error!(error = %e, "cannot audit a refused TLS handshake");
     }
 }
 
@@ -318,22 +177,5 @@ fn log_handled(o: &Origin, h: &Handled) {
         }
         Handled::StoreFailed => tracing::error!(listener = %o.listener, "not stored (AE)"),
         Handled::Oversized => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_journal_entry_per_kind_and_interval() {
-        let l = RefusalLimiter::default();
-        assert_eq!(l.admit("sil", "10.0.0.1", "no certificate"), Some(0));
-        for _ in 0..5 {
-            assert_eq!(l.admit("sil", "10.0.0.1", "no certificate"), None);
-        }
-        assert_eq!(l.admit("sil", "10.0.0.2", "no certificate"), Some(0));
-        assert_eq!(l.admit("sil", "10.0.0.1", "expired"), Some(0));
-        assert_eq!(l.admit("dpi", "10.0.0.1", "no certificate"), Some(0));
     }
 }

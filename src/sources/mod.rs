@@ -1,2 +1,3 @@
 //! Inbound listeners.
+pub mod accept;
 pub mod mllp;

@@ -130,9 +130,7 @@ pub struct AuditEvent {
     pub detail: serde_json::Value,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+use crate::model::hex;
 
 /// The journal's position, kept by the writer between batches.
 #[derive(Debug, Default, Clone)]
@@ -294,6 +292,7 @@ pub fn verify(
         Err(redb::TableError::TableDoesNotExist(_)) => Vec::new(),
         Err(e) => return Err(db_err(e)),
     };
+    let sealed_at: std::collections::HashSet<u64> = seals.iter().map(|s| s.upto).collect();
     let mut sealed_hashes = std::collections::HashMap::new();
     let table = match txn.open_table(AUDIT) {
         Ok(t) => Some(t),
@@ -344,7 +343,7 @@ pub fn verify(
                 );
             }
             prev = hash;
-            if seals.iter().any(|s| s.upto == key) {
+            if sealed_at.contains(&key) {
                 sealed_hashes.insert(key, hash);
             }
             expected += 1;
@@ -359,7 +358,7 @@ pub fn verify(
         );
     }
     let (mut verified, mut other) = (0, 0);
-    let cert_hash = cert.map(|c| hex(&Sha256::digest(c.as_ref())));
+    let cert_hash = cert.map(|c| crate::model::sha256_hex(c.as_ref()));
     let ee = cert.and_then(|c| webpki::EndEntityCert::try_from(c).ok());
     for s in &seals {
         let Some(h) = sealed_hashes.get(&s.upto) else {

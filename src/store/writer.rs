@@ -301,27 +301,34 @@ impl StoreHandle {
         self.notifiers.get(dest)
     }
 
-    pub async fn ingest(&self, req: IngestRequest) -> Result<IngestReply, StoreError> {
-        let (reply, rx) = oneshot::channel();
+    /// Queues a request for the writer; what resolves once it is durable.
+    async fn submit<T>(
+        &self,
+        request: Request,
+        reply: impl FnOnce(oneshot::Sender<T>) -> Reply,
+    ) -> Result<oneshot::Receiver<T>, StoreError> {
+        let (tx, rx) = oneshot::channel();
         self.tx
             .send(Op {
-                request: Request::Ingest(Box::new(req)),
-                reply: Reply::Ingest(reply),
+                request,
+                reply: reply(tx),
             })
             .await
             .map_err(|_| StoreError::Closed)?;
+        Ok(rx)
+    }
+
+    pub async fn ingest(&self, req: IngestRequest) -> Result<IngestReply, StoreError> {
+        let rx = self
+            .submit(Request::Ingest(Box::new(req)), Reply::Ingest)
+            .await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
     pub async fn reject(&self, req: RejectRequest) -> Result<IngestReply, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Op {
-                request: Request::Reject(Box::new(req)),
-                reply: Reply::Ingest(reply),
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let rx = self
+            .submit(Request::Reject(Box::new(req)), Reply::Ingest)
+            .await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -348,30 +355,18 @@ impl StoreHandle {
         seq: u64,
         update: DeliveryUpdate,
     ) -> Result<oneshot::Receiver<Result<(), StoreError>>, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let op = Op {
-            request: Request::Delivery {
-                dest: dest.to_owned(),
-                n,
-                seq,
-                update,
-            },
-            reply: Reply::Unit(reply),
+        let request = Request::Delivery {
+            dest: dest.to_owned(),
+            n,
+            seq,
+            update,
         };
-        self.tx.send(op).await.map_err(|_| StoreError::Closed)?;
-        Ok(rx)
+        self.submit(request, Reply::Unit).await
     }
 
     /// Records an event in the audit journal; resolves once it is durable.
     pub async fn audit(&self, event: super::audit::AuditEvent) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Op {
-                request: Request::Audit(event),
-                reply: Reply::Unit(reply),
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let rx = self.submit(Request::Audit(event), Reply::Unit).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -382,20 +377,16 @@ impl StoreHandle {
         cmd: OperatorCommand,
         operator: &crate::policy::Operator,
     ) -> Result<String, OperatorError> {
-        let (reply, rx) = oneshot::channel();
-        let op = Op {
-            request: Request::Operator {
-                cmd,
-                operator: operator.clone(),
-            },
-            reply: Reply::Operator(reply),
+        let closed = || OperatorError::Store(StoreError::Closed.to_string());
+        let request = Request::Operator {
+            cmd,
+            operator: operator.clone(),
         };
-        self.tx
-            .send(op)
+        let rx = self
+            .submit(request, Reply::Operator)
             .await
-            .map_err(|_| OperatorError::Store(StoreError::Closed.to_string()))?;
-        rx.await
-            .map_err(|_| OperatorError::Store(StoreError::Closed.to_string()))?
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
     }
 }
 
@@ -632,10 +623,6 @@ fn sha256(b: &[u8]) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update(b);
     h.finalize().into()
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn ack_for(
@@ -893,7 +880,7 @@ fn ingest(
         control_id: req.facts.control_id.clone(),
         message_type: format!("{}^{}", req.facts.message_type, req.facts.trigger),
         class: Some(req.facts.class),
-        sha256: hex(&digest),
+        sha256: crate::model::hex(&digest),
         status,
         decision: Some(decision),
         rejection: None,
@@ -1013,7 +1000,7 @@ fn reject(
         control_id: req.control_id,
         message_type: req.message_type,
         class: None,
-        sha256: hex(&sha256(&req.raw)),
+        sha256: crate::model::sha256_hex(&req.raw),
         status: RecordStatus::Rejected,
         decision: req.decision,
         rejection: Some(req.error),
@@ -1189,7 +1176,7 @@ fn app_ack(
             control_id,
             message_type: "ACK".into(),
             class: None,
-            sha256: hex(&sha256(&bytes)),
+            sha256: crate::model::sha256_hex(&bytes),
             status: RecordStatus::Routed,
             decision: None,
             rejection: None,

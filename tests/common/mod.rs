@@ -162,7 +162,8 @@ pub async fn send_all(addr: SocketAddr, msgs: &[Vec<u8>]) -> std::io::Result<Vec
     Ok(out)
 }
 
-pub async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+/// Reads one MLLP frame (its payload), within 20 s.
+pub async fn read_frame<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Vec<u8>> {
     let mut dec = Decoder::new(1 << 20);
     let mut buf = vec![0u8; 8192];
     loop {
@@ -282,6 +283,8 @@ pub struct Harness {
     pub es1: Receiver,
     pub es2: Receiver,
     pub dir: tempfile::TempDir,
+    /// The routes it runs on.
+    pub routes: String,
 }
 
 impl Harness {
@@ -292,7 +295,7 @@ impl Harness {
         let es1 = Receiver::start("127.0.0.1:0", codes[1]).await;
         let es2 = Receiver::start("127.0.0.1:0", codes[2]).await;
         let routes = edit(routes_toml(0, 0, lab.addr, es1.addr, es2.addr, 50));
-        let cfg = labroute::config::Config::from_sources(&[("t.toml".into(), routes)])
+        let cfg = labroute::config::Config::from_sources(&[("t.toml".into(), routes.clone())])
             .unwrap_or_else(|e| panic!("routes:\n{e}"));
         let server = labroute::server::Server::start(Arc::new(cfg), dir.path().to_path_buf())
             .await
@@ -303,6 +306,7 @@ impl Harness {
             es1,
             es2,
             dir,
+            routes,
         }
     }
 
@@ -418,7 +422,8 @@ pub fn admin_client(
     }
 }
 
-/// Sends one frame over TLS with a client certificate (or none); returns what came back.
+/// Sends one frame over TLS with a client certificate (or none); returns the answer's
+/// payload.
 pub async fn tls_send(
     addr: std::net::SocketAddr,
     client: Option<(&std::path::Path, &std::path::Path, &std::path::Path)>,
@@ -457,19 +462,5 @@ pub async fn tls_send(
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     s.write_all(&frame(msg)).await.map_err(|e| e.to_string())?;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
-            Ok(Ok(0)) => return Err("closed without an answer".into()),
-            Ok(Ok(n)) => {
-                out.extend_from_slice(&buf[..n]);
-                if out.ends_with(b"\x1c\r") {
-                    return Ok(out);
-                }
-            }
-            Ok(Err(e)) => return Err(format!("read: {e}")),
-            Err(_) => return Err("timeout".into()),
-        }
-    }
+    read_frame(&mut s).await.map_err(|e| format!("read: {e}"))
 }
