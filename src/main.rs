@@ -79,6 +79,18 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Map an ORU^R01 / OUL^R22 file to a FHIR R4 message Bundle (HL7 v2-to-FHIR IG) and
+    /// print it; a message the mapping cannot express fully is an error naming the segment
+    /// and field.
+    Fhir {
+        file: PathBuf,
+        /// Time zone of timestamps that carry none: Europe/Paris, UTC, or +HH:MM.
+        #[arg(long, default_value = "Europe/Paris")]
+        zone: String,
+        /// One line instead of indented JSON.
+        #[arg(long)]
+        compact: bool,
+    },
     /// Store counts, counters since start, certificate expiry.
     Status {
         #[command(flatten)]
@@ -382,6 +394,28 @@ async fn run(cli: Cli) -> Result<()> {
                 admin_call(&admin, AdminRequest::AuditQuery { filter }).await
             }
         },
+        Command::Fhir {
+            file,
+            zone,
+            compact,
+        } => {
+            let zone = labroute::fhir::Zone::parse(&zone).ok_or_else(|| {
+                anyhow::anyhow!("--zone {zone}: expected Europe/Paris, UTC or +HH:MM")
+            })?;
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let frame = labroute::hl7::message::prepare(&bytes);
+            match labroute::fhir::result_bundle_json(&frame, zone, !compact) {
+                Ok(json) => {
+                    println!("{json}");
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", file.display());
+                    std::process::exit(2);
+                }
+            }
+        }
         Command::Pki {
             action:
                 PkiAction::Init {
