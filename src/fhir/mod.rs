@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+pub use labroute_fhir_json as json;
 pub use labroute_fhir_json::r4;
 
 pub mod report;
