@@ -942,3 +942,214 @@ fn every_corpus_result_maps_and_validates_or_fails_on_a_value_that_is_really_bad
         );
     }
 }
+
+// ---------------------------------------------------------------- FHIR in: back to HL7 v2
+
+fn as_transaction(json: &str) -> Vec<u8> {
+    let mut b: Json = serde_json::from_str(json).expect("json");
+    b["type"] = Json::String("transaction".into());
+    if let Some(entries) = b["entry"].as_array_mut() {
+        entries.retain(|e| e["resource"]["resourceType"] != "MessageHeader");
+        for e in entries.iter_mut() {
+            let ty = e["resource"]["resourceType"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            e["request"] = serde_json::json!({"method": "POST", "url": ty});
+        }
+    }
+    b.to_string().into_bytes()
+}
+
+fn values_of(entries: &[Json]) -> Vec<Json> {
+    resources(entries, "Observation")
+        .into_iter()
+        .map(|o| {
+            let m: serde_json::Map<String, Json> = o
+                .as_object()
+                .expect("object")
+                .iter()
+                .filter(|(k, _)| k.starts_with("value") || *k == "extension" || *k == "code")
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Json::Object(m)
+        })
+        .collect()
+}
+
+#[test]
+fn a_result_bundle_posted_back_is_its_hl7_twin_for_routing_and_keeps_every_value() {
+    for fixture in ["oru_bio_fr.hl7", "oru_value_types.hl7"] {
+        let raw = std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/fhir")
+                .join(fixture),
+        )
+        .expect("fixture");
+        let (json, _) = map(&raw).expect("maps");
+        let posted = as_transaction(&json);
+        let twin = fhir::inbound::to_v2(&posted, "SIL-LAB", "20250101120000")
+            .unwrap_or_else(|e| panic!("{fixture}: {e:?}"));
+        assert_eq!(twin.kind, fhir::inbound::Kind::Result);
+        assert_eq!(
+            count_segments(&twin.v2, b"OBX"),
+            count_segments(&raw, b"OBX"),
+            "{fixture}"
+        );
+        let original = Message::parse(&raw).expect("original");
+        let again = Message::parse(&twin.v2).expect("the twin is HL7 v2 our reader accepts");
+        let (a, b) = (
+            labroute::router::extract(&original).expect("facts"),
+            labroute::router::extract(&again).expect("twin facts"),
+        );
+        assert_eq!(b.message_type, "ORU");
+        assert_eq!(
+            a.patient_authorities, b.patient_authorities,
+            "{fixture}: tenant evidence"
+        );
+        assert_eq!(a.patient_key, b.patient_key, "{fixture}");
+        assert_eq!(a.placer_orders, b.placer_orders, "{fixture}");
+        assert_eq!(a.filler_orders, b.filler_orders, "{fixture}");
+        // And the twin maps back to the same Observation codes and values.
+        let (json2, _) = map(&twin.v2).expect("the twin maps");
+        let (e1, e2) = (check_references(&json), check_references(&json2));
+        assert_eq!(values_of(&e1), values_of(&e2), "{fixture}");
+    }
+}
+
+fn order_bundle() -> Json {
+    serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "identifier": {"value": "FHIR-ORDER-1"},
+        "entry": [
+            {"fullUrl": "urn:uuid:8b0c4f4e-0000-4000-8000-000000000001",
+             "resource": {"resourceType": "Patient",
+                          "identifier": [{"system": "urn:oid:1.2.250.1.999.1.1", "value": "IPP0009",
+                                          "assigner": {"display": "CHN"},
+                                          "type": {"coding": [{"code": "PI"}]}}],
+                          "name": [{"family": "FICTIF", "given": ["Ana"]}],
+                          "birthDate": "1990-05-06", "gender": "female"},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"fullUrl": "urn:uuid:8b0c4f4e-0000-4000-8000-000000000002",
+             "resource": {"resourceType": "ServiceRequest", "status": "active", "intent": "order",
+                          "identifier": [{"type": {"coding": [{"code": "PLAC"}]}, "value": "CMD-F1",
+                                          "assigner": {"display": "DPI-CHN"}}],
+                          "code": {"coding": [{"system": "http://loinc.org", "code": "718-7", "display": "Hémoglobine"}]},
+                          "subject": {"reference": "urn:uuid:8b0c4f4e-0000-4000-8000-000000000001"},
+                          "authoredOn": "2025-03-14T08:00:00+01:00"},
+             "request": {"method": "POST", "url": "ServiceRequest"}},
+            {"fullUrl": "urn:uuid:8b0c4f4e-0000-4000-8000-000000000003",
+             "resource": {"resourceType": "Specimen",
+                          "identifier": [{"value": "TUBE-F1"}],
+                          "type": {"coding": [{"system": "http://snomed.info/sct", "code": "119297000"}]},
+                          "collection": {"collectedDateTime": "2025-03-14T07:30:00+01:00"}},
+             "request": {"method": "POST", "url": "Specimen"}}
+        ]
+    })
+}
+
+#[test]
+fn an_order_bundle_becomes_an_oml_o33_with_its_placer_number_and_patient() {
+    let posted = order_bundle().to_string();
+    let twin =
+        fhir::inbound::to_v2(posted.as_bytes(), "DPI-ES1", "20250314080100").expect("converts");
+    assert_eq!(twin.kind, fhir::inbound::Kind::Order);
+    assert_eq!(twin.control_id, "FHIR-ORDER-1");
+    let msg = Message::parse(&twin.v2).expect("HL7 v2");
+    assert_eq!(msg.text("MSH-9.1"), "OML");
+    assert_eq!(msg.text("MSH-9.2"), "O33");
+    assert_eq!(msg.text("MSH-3"), "DPI-ES1");
+    assert_eq!(msg.text("PID-3.1"), "IPP0009");
+    assert_eq!(msg.text("PID-3.4.1"), "CHN");
+    assert_eq!(msg.text("PID-3.4.2"), "1.2.250.1.999.1.1");
+    assert_eq!(msg.text("PID-7"), "19900506");
+    assert_eq!(msg.text("ORC-2.1"), "CMD-F1");
+    assert_eq!(msg.text("ORC-2.2"), "DPI-CHN");
+    assert_eq!(msg.text("OBR-4.1"), "718-7");
+    assert_eq!(msg.text("OBR-4.2"), "Hémoglobine");
+    assert_eq!(msg.text("SPM-17"), "20250314073000+0100");
+    let facts = labroute::router::extract(&msg).expect("routable");
+    assert_eq!(facts.class, labroute::model::MessageClass::Order);
+    assert_eq!(facts.placer_orders[0].id, "CMD-F1");
+}
+
+#[test]
+fn a_bundle_we_cannot_carry_is_refused_with_issues_naming_the_element_never_the_value() {
+    let cases: Vec<(Json, &str)> = vec![
+        (
+            {
+                let mut b = order_bundle();
+                b["type"] = "collection".into();
+                b
+            },
+            "Bundle.type",
+        ),
+        (
+            {
+                let mut b = order_bundle();
+                b["entry"].as_array_mut().expect("entries").remove(0);
+                b
+            },
+            "Bundle.entry",
+        ),
+        (
+            {
+                let mut b = order_bundle();
+                b["entry"][1]["resource"]["identifier"] = serde_json::json!([{"type": {"coding": [{"code": "FILL"}]}, "value": "SECRET-FILL"}]);
+                b
+            },
+            "Bundle.entry[1].resource.identifier",
+        ),
+        (
+            {
+                let mut b = order_bundle();
+                b["entry"]
+                    .as_array_mut()
+                    .expect("entries")
+                    .push(serde_json::json!({"resource": {
+                "resourceType": "DiagnosticReport", "status": "final",
+                "code": {"text": "x"}, "identifier": [{"value": "F1"}]}}));
+                b["entry"]
+                    .as_array_mut()
+                    .expect("entries")
+                    .push(serde_json::json!({"resource": {
+                "resourceType": "Observation", "status": "final", "code": {"text": "SECRET-CODE"},
+                "valueString": "SECRET-VALUE"}}));
+                b
+            },
+            "Bundle.entry[4].resource",
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    for (bundle, path) in cases {
+        let issues =
+            fhir::inbound::to_v2(bundle.to_string().as_bytes(), "DPI-ES1", "20250101000000")
+                .expect_err(path);
+        assert!(
+            issues.iter().any(|i| i.expression == path),
+            "{path}: {issues:?}"
+        );
+        let oo = fhir::inbound::outcome_json(&issues);
+        assert!(!oo.contains("SECRET"), "{oo}");
+        outcomes.push(oo);
+    }
+    let not_json = fhir::inbound::to_v2(b"{not json", "x", "2025").expect_err("not JSON");
+    assert_eq!(not_json[0].code, "structure");
+    let Some(python) = validator() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let files: Vec<PathBuf> = outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, oo)| {
+            let p = tmp.path().join(format!("oo-{i}.json"));
+            std::fs::write(&p, oo).expect("write");
+            p
+        })
+        .collect();
+    for (file, r) in validate(&python, &files) {
+        r.unwrap_or_else(|e| panic!("{}: OperationOutcome rejected: {e}", file.display()));
+    }
+}

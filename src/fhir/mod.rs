@@ -17,6 +17,7 @@ use std::fmt;
 pub use labroute_fhir_json as json;
 pub use labroute_fhir_json::r4;
 
+pub mod inbound;
 pub mod report;
 pub mod v2;
 

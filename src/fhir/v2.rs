@@ -187,14 +187,23 @@ pub fn hd_system(
 ) -> (Option<String>, Option<Reference>) {
     if let Some(id) = &hd_id {
         let ty = hd_type.as_deref().unwrap_or("");
-        if is_oid(id) {
-            return (Some(format!("urn:oid:{id}")), None);
-        }
-        if ty.eq_ignore_ascii_case("UUID") {
-            return (Some(format!("urn:uuid:{}", id.to_ascii_lowercase())), None);
-        }
-        if is_uri(id) {
-            return (Some(id.clone()), None);
+        let system = if is_oid(id) {
+            Some(format!("urn:oid:{id}"))
+        } else if ty.eq_ignore_ascii_case("UUID") {
+            Some(format!("urn:uuid:{}", id.to_ascii_lowercase()))
+        } else if is_uri(id) {
+            Some(id.clone())
+        } else {
+            None
+        };
+        if let Some(system) = system {
+            // The namespace (`CHN` in `CHN&1.2.3&ISO`) is kept as the assigner's name:
+            // routing rules may name either.
+            let assigner = hd_ns.map(|ns| Reference {
+                display: Some(ns.into()),
+                ..Default::default()
+            });
+            return (Some(system), assigner);
         }
     }
     if hd_ns.is_none() && hd_id.is_none() {
