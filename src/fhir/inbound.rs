@@ -301,6 +301,14 @@ fn id_of_type<'a>(ids: &'a [Identifier], ty: &str) -> Option<&'a Identifier> {
     })
 }
 
+/// A quantity's value as written (decimal text), empty when absent.
+fn quantity_value(q: &Option<Box<Quantity>>) -> String {
+    q.as_ref()
+        .and_then(|q| pv!(q.value))
+        .unwrap_or("")
+        .to_string()
+}
+
 fn quantity_units(q: &Quantity) -> String {
     let code = pv!(q.code).or(pv!(q.unit)).unwrap_or("");
     let unit = pv!(q.unit).unwrap_or(code);
@@ -909,18 +917,8 @@ fn obx(o: &Observation, i: usize, n: usize, issues: &mut Vec<Issue>) -> Vec<Stri
             String::new(),
         ),
         Some(ObservationValue::Range(r)) => {
-            let lo = r
-                .low
-                .as_ref()
-                .and_then(|q| pv!(q.value))
-                .unwrap_or("")
-                .to_string();
-            let hi = r
-                .high
-                .as_ref()
-                .and_then(|q| pv!(q.value))
-                .unwrap_or("")
-                .to_string();
+            let lo = quantity_value(&r.low);
+            let hi = quantity_value(&r.high);
             let units = r
                 .low
                 .as_ref()
@@ -930,18 +928,8 @@ fn obx(o: &Observation, i: usize, n: usize, issues: &mut Vec<Issue>) -> Vec<Stri
             ("SN", comps(&[String::new(), lo, "-".into(), hi]), units)
         }
         Some(ObservationValue::Ratio(r)) => {
-            let a = r
-                .numerator
-                .as_ref()
-                .and_then(|q| pv!(q.value))
-                .unwrap_or("")
-                .to_string();
-            let b = r
-                .denominator
-                .as_ref()
-                .and_then(|q| pv!(q.value))
-                .unwrap_or("")
-                .to_string();
+            let a = quantity_value(&r.numerator);
+            let b = quantity_value(&r.denominator);
             (
                 "SN",
                 comps(&[String::new(), a, ":".into(), b]),
