@@ -31,6 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use super::{AdminError, AdminRequest, execute};
+use crate::model::percent_encode;
 use crate::policy::{Operator, OperatorScope};
 use crate::sources::accept::{TlsListener, next_connection};
 use crate::store::StoreHandle;
@@ -63,7 +64,7 @@ impl AdminRequest {
                 let mut q: Vec<String> = filter
                     .establishments
                     .iter()
-                    .map(|e| format!("establishment={}", encode(e)))
+                    .map(|e| format!("establishment={}", percent_encode(e)))
                     .collect();
                 if let Some(t) = filter.from_ms {
                     q.push(format!("from_ms={t}"));
@@ -72,7 +73,7 @@ impl AdminRequest {
                     q.push(format!("to_ms={t}"));
                 }
                 if let Some(e) = &filter.event {
-                    q.push(format!("event={}", encode(e)));
+                    q.push(format!("event={}", percent_encode(e)));
                 }
                 let path = if q.is_empty() {
                     "/audit".to_owned()
@@ -94,7 +95,7 @@ impl AdminRequest {
                 ),
                 OperatorCommand::RetryDead { destination, seq } => (
                     Method::POST,
-                    format!("/dead/{}/{seq}/retry", encode(destination)),
+                    format!("/dead/{}/{seq}/retry", percent_encode(destination)),
                     None,
                 ),
             },
@@ -200,19 +201,6 @@ fn audit_filter(query: &str) -> Result<AuditFilter, AdminError> {
         }
     }
     Ok(f)
-}
-
-/// Percent-encodes everything but unreserved characters (RFC 3986).
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Decodes `%XX` (and `+` as a space, as forms send it).

@@ -83,20 +83,6 @@ pub fn outcome_json(issues: &[Issue]) -> String {
     outcome_resource_json(oo)
 }
 
-/// An OperationOutcome with one information issue (what happened to an accepted Bundle).
-pub fn information_json(code: &'static str, text: &str) -> String {
-    let oo = OperationOutcome {
-        issue: vec![OperationOutcomeIssue {
-            severity: "information".into(),
-            code: code.into(),
-            diagnostics: Some(text.to_string().into()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    outcome_resource_json(oo)
-}
-
 fn outcome_resource_json(oo: OperationOutcome) -> String {
     super::json::to_json(&Resource::OperationOutcome(Box::new(oo)))
         .unwrap_or_else(|_| r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"exception"}]}"#.into())
@@ -114,22 +100,18 @@ fn esc(s: &str) -> String {
     escape(s, &D)
 }
 
-/// Components (already escaped) joined by `^`, trailing empties dropped.
-fn comps(parts: &[String]) -> String {
+/// Parts (already escaped) joined by `sep`, trailing empties dropped.
+fn join_trimmed(parts: &[String], sep: &str) -> String {
     let n = parts
         .iter()
         .rposition(|p| !p.is_empty())
         .map_or(0, |i| i + 1);
-    parts[..n].join("^")
+    parts[..n].join(sep)
 }
 
-/// Subcomponents joined by `&`, trailing empties dropped.
-fn subs(parts: &[String]) -> String {
-    let n = parts
-        .iter()
-        .rposition(|p| !p.is_empty())
-        .map_or(0, |i| i + 1);
-    parts[..n].join("&")
+/// Components joined by `^`.
+fn comps(parts: &[String]) -> String {
+    join_trimmed(parts, "^")
 }
 
 struct Seg(Vec<String>);
@@ -236,21 +218,43 @@ fn cwe(cc: &CodeableConcept) -> String {
     comps(&[a1, a2, a3, b1, b2, b3, String::new(), String::new(), text])
 }
 
-/// Identifier → CX (value, assigning authority from the system or the assigner, type).
-fn cx(i: &Identifier) -> Option<String> {
-    let value = pv!(i.value)?;
+/// An identifier's assigning authority as HD parts (namespace, universal id, its type),
+/// escaped: from the system URI (`urn:oid:` → ISO, `urn:uuid:` → UUID, any other URI) and the
+/// assigner (its name; its identifier when there is no system).
+fn authority(i: &Identifier) -> [String; 3] {
     let ns = i
         .assigner
         .as_ref()
         .and_then(|a| pv!(a.display))
         .unwrap_or("");
-    let auth = hd(pv!(i.system), ns, i.assigner.as_deref());
+    let (uid, ty) = match pv!(i.system) {
+        Some(s) => match (s.strip_prefix("urn:oid:"), s.strip_prefix("urn:uuid:")) {
+            (Some(oid), _) => (oid, "ISO"),
+            (_, Some(uuid)) => (uuid, "UUID"),
+            _ => (s, "URI"),
+        },
+        None => (
+            i.assigner
+                .as_ref()
+                .and_then(|a| a.identifier.as_ref())
+                .and_then(|i| pv!(i.value))
+                .unwrap_or(""),
+            "",
+        ),
+    };
+    [esc(ns), esc(uid), ty.to_string()]
+}
+
+/// Identifier → CX (value, assigning authority in subcomponents, type).
+fn cx(i: &Identifier) -> Option<String> {
+    let value = pv!(i.value)?;
     let ty = i
         .r#type
         .as_ref()
         .and_then(|t| t.coding.first())
         .and_then(|c| pv!(c.code))
         .unwrap_or("");
+    let auth = join_trimmed(&authority(i), "&");
     Some(comps(&[
         esc(value),
         String::new(),
@@ -260,37 +264,11 @@ fn cx(i: &Identifier) -> Option<String> {
     ]))
 }
 
-/// An assigning authority (HD in subcomponents) from a system URI and assigner.
-fn hd(system: Option<&str>, ns: &str, assigner: Option<&Reference>) -> String {
-    match system {
-        Some(s) if s.starts_with("urn:oid:") => subs(&[esc(ns), esc(&s[8..]), "ISO".into()]),
-        Some(s) if s.starts_with("urn:uuid:") => subs(&[esc(ns), esc(&s[9..]), "UUID".into()]),
-        Some(s) => subs(&[esc(ns), esc(s), "URI".into()]),
-        None => {
-            let id = assigner
-                .and_then(|a| a.identifier.as_ref())
-                .and_then(|i| pv!(i.value))
-                .unwrap_or("");
-            subs(&[esc(ns), esc(id)])
-        }
-    }
-}
-
-/// Identifier → EI (entity id, namespace, universal id, type).
+/// Identifier → EI (entity id, then the authority's namespace, universal id, type).
 fn ei(i: &Identifier) -> Option<String> {
     let value = pv!(i.value)?;
-    let ns = i
-        .assigner
-        .as_ref()
-        .and_then(|a| pv!(a.display))
-        .unwrap_or("");
-    let (uid, ty) = match pv!(i.system) {
-        Some(s) if s.starts_with("urn:oid:") => (s[8..].to_string(), "ISO"),
-        Some(s) => (s.to_string(), "URI"),
-        None => (String::new(), ""),
-    };
-    let ty = if uid.is_empty() { "" } else { ty };
-    Some(comps(&[esc(value), esc(ns), esc(&uid), ty.to_string()]))
+    let [ns, uid, ty] = authority(i);
+    Some(comps(&[esc(value), ns, uid, ty]))
 }
 
 fn id_of_type<'a>(ids: &'a [Identifier], ty: &str) -> Option<&'a Identifier> {
@@ -435,11 +413,7 @@ pub fn to_v2(body: &[u8], sender: &str, now: &str) -> Result<Inbound, Vec<Issue>
         .and_then(|i| pv!(i.value))
         .map(str::to_string)
         .or_else(|| bundle.id.as_ref().and_then(|i| i.value.clone()))
-        .unwrap_or_else(|| {
-            use sha2::Digest;
-            let d = sha2::Sha256::digest(body);
-            format!("F{}", &crate::model::hex(&d)[..19])
-        });
+        .unwrap_or_else(|| format!("F{}", &crate::model::sha256_hex(body)[..19]));
     if control_id.len() > 199 {
         return Err(vec![issue(
             "value",
@@ -764,7 +738,7 @@ fn order_segments(
     obr.set(4, code);
     segs.push(obr.line());
     for note in &sr.note {
-        if let Some(t) = pv!(Some(&note.text)) {
+        if let Some(t) = note.text.value.as_deref() {
             segs.push(format!("NTE|1|L|{}", esc(t)));
         }
     }
@@ -822,7 +796,7 @@ fn result_order(
     if let Some(d) = pv!(dr.issued).and_then(dtm) {
         obr.set(22, d);
     }
-    let status = match pv!(Some(&dr.status)) {
+    let status = match dr.status.value.as_deref() {
         Some("registered") => "I",
         Some("partial") => "A",
         Some("preliminary") => "P",
@@ -963,7 +937,7 @@ fn obx(o: &Observation, i: usize, n: usize, issues: &mut Vec<Issue>) -> Vec<Stri
         .map(esc)
         .collect();
     s.set(8, interp.join("~"));
-    let status = match pv!(Some(&o.status)) {
+    let status = match o.status.value.as_deref() {
         Some("registered") => "I",
         Some("preliminary") => "P",
         Some("final") => "F",
@@ -989,7 +963,7 @@ fn obx(o: &Observation, i: usize, n: usize, issues: &mut Vec<Issue>) -> Vec<Stri
     }
     let mut out = vec![s.line()];
     for note in &o.note {
-        if let Some(t) = pv!(Some(&note.text)) {
+        if let Some(t) = note.text.value.as_deref() {
             let lines: Vec<String> = t.split('\n').map(esc).collect();
             out.push(format!("NTE|1|L|{}", lines.join("~")));
         }

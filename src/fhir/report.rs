@@ -85,10 +85,12 @@ pub fn map_result(msg: &Message<'_>, zone: Zone) -> Result<Mapped, MapError> {
         let n = occurrences.entry(id).or_insert(0);
         *n += 1;
         let occurrence = *n;
-        let name = String::from_utf8_lossy(&id).into_owned();
+        let Ok(name) = std::str::from_utf8(&id) else {
+            continue;
+        };
         let cx = Cx {
             seg,
-            name: &name,
+            name,
             occurrence,
         };
         match &id {
@@ -210,25 +212,7 @@ fn absent_reference() -> Reference {
 }
 
 fn null_concept() -> CodeableConcept {
-    CodeableConcept {
-        coding: vec![Coding {
-            system: Some(NULL_FLAVOR.into()),
-            code: Some(code("UNK")),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-fn concept(code_v: &str, system: &str) -> CodeableConcept {
-    CodeableConcept {
-        coding: vec![Coding {
-            system: Some(system.into()),
-            code: Some(code(code_v)),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    v2::concept(NULL_FLAVOR, "UNK")
 }
 
 /// An application (HD) as a URI: `urn:oid:` / URI from HD.2, else a
@@ -239,31 +223,24 @@ fn app_uri(hd: Value<'_>) -> String {
         text(hd.component(2)),
         text(hd.component(3)),
     );
-    system.unwrap_or_else(|| format!("urn:labroute:application:{}", pct(&app_name(hd))))
+    system.unwrap_or_else(|| {
+        format!(
+            "urn:labroute:application:{}",
+            crate::model::percent_encode(&app_name(hd))
+        )
+    })
 }
 
 /// An application (HD) as the URL MessageHeader endpoints require: an HL7 v2 application is
 /// reached over MLLP, so `mllp:` and its name (HD.1, else HD.2).
 fn app_url(hd: Value<'_>) -> String {
-    format!("mllp:{}", pct(&app_name(hd)))
+    format!("mllp:{}", crate::model::percent_encode(&app_name(hd)))
 }
 
 fn app_name(hd: Value<'_>) -> String {
     text(hd.component(1))
         .or_else(|| text(hd.component(2)))
         .unwrap_or_else(|| "unknown".into())
-}
-
-fn pct(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 impl<'m> Builder<'m> {
@@ -403,7 +380,7 @@ impl<'m> Builder<'m> {
             .into_iter()
             .filter_map(|r| text(r.component(1)))
             .map(|c| Coding {
-                system: Some(format!("{}0445", v2::V2_TABLE).into()),
+                system: Some(v2::table_uri("0445").into()),
                 code: Some(code(c)),
                 ..Default::default()
             })
@@ -434,7 +411,7 @@ impl<'m> Builder<'m> {
         let zone = self.zone;
         let class = match s.text(2) {
             Some(c) => Coding {
-                system: Some(format!("{}0004", v2::V2_TABLE).into()),
+                system: Some(v2::table_uri("0004").into()),
                 code: Some(code(c)),
                 ..Default::default()
             },
@@ -709,7 +686,7 @@ impl<'m> Builder<'m> {
                     text(ei.subcomponent(4)),
                 );
                 sp.identifier.push(Identifier {
-                    r#type: Some(Box::new(concept(ty, &format!("{}0203", v2::V2_TABLE)))),
+                    r#type: Some(Box::new(v2::concept(v2::table_uri("0203"), ty))),
                     system: system.map(Into::into),
                     value: Some(value.into()),
                     assigner: assigner.map(Box::new),
@@ -826,9 +803,9 @@ impl<'m> Builder<'m> {
         o.value = value;
         o.extension.extend(value_ext);
         if o.value.is_none() && o.extension.is_empty() && s.text(11).as_deref() == Some("N") {
-            o.data_absent_reason = Some(Box::new(concept(
-                "not-asked",
+            o.data_absent_reason = Some(Box::new(v2::concept(
                 "http://terminology.hl7.org/CodeSystem/data-absent-reason",
+                "not-asked",
             )));
         }
         if let Some(range) = text(s.f(7)) {
@@ -923,7 +900,7 @@ impl<'m> Builder<'m> {
         let source_uri = app_uri(msh.field(3).repetition(1));
         let mut header = MessageHeader {
             event: MessageHeaderEvent::Coding(Box::new(Coding {
-                system: Some(format!("{}0003", v2::V2_TABLE).into()),
+                system: Some(v2::table_uri("0003").into()),
                 code: Some(code(event)),
                 ..Default::default()
             })),

@@ -25,6 +25,14 @@ pub const EXT_VALUE_ATTACHMENT: &str =
 
 pub const V2_TABLE: &str = "http://terminology.hl7.org/CodeSystem/v2-";
 
+/// The code system URI of HL7 v2 table `table` (`0203` → `…/CodeSystem/v2-0203`).
+pub fn table_uri(table: &str) -> String {
+    let mut s = String::with_capacity(V2_TABLE.len() + table.len());
+    s.push_str(V2_TABLE);
+    s.push_str(table);
+    s
+}
+
 pub fn text(v: Value<'_>) -> Option<String> {
     let t = v.text();
     let t = t.trim();
@@ -81,7 +89,7 @@ pub fn coding_system(name: Option<&str>, oid: Option<&str>) -> (Option<String>, 
             && name.starts_with("HL7")
             && name[3..].bytes().all(|b| b.is_ascii_digit()) =>
         {
-            Some(format!("{V2_TABLE}{}", &name[3..]))
+            Some(table_uri(&name[3..]))
         }
         _ if is_oid(name) => Some(format!("urn:oid:{name}")),
         _ if is_uri(name) => Some(name.to_string()),
@@ -123,7 +131,11 @@ fn coding_from(
 /// CWE / CE / CNE / CF (identifier, text, system, alternate triplet, versions, original text,
 /// OIDs) → CodeableConcept. `None` when the value is empty.
 pub fn codeable_concept(v: Value<'_>) -> Option<CodeableConcept> {
-    let c = |n| text(v.component(n));
+    if v.is_empty() {
+        return None;
+    }
+    let parts = v.components();
+    let c = |n: usize| parts.get(n - 1).and_then(|p| text(*p));
     let id = c(1);
     let display = c(2);
     let original = c(9);
@@ -165,17 +177,21 @@ pub fn codeable_concept(v: Value<'_>) -> Option<CodeableConcept> {
     })
 }
 
-/// A code from a v2 table (ID / IS) as a CodeableConcept of that table's code system.
-pub fn table_concept(table: &str, v: Value<'_>) -> Option<CodeableConcept> {
-    let c = text(v.component(1))?;
-    Some(CodeableConcept {
+/// One code of one code system.
+pub fn concept(system: impl Into<String>, code_v: impl Into<String>) -> CodeableConcept {
+    CodeableConcept {
         coding: vec![Coding {
-            system: Some(format!("{V2_TABLE}{table}").into()),
-            code: Some(code(c)),
+            system: Some(system.into().into()),
+            code: Some(code(code_v)),
             ..Default::default()
         }],
         ..Default::default()
-    })
+    }
+}
+
+/// A code from a v2 table (ID / IS) as a CodeableConcept of that table's code system.
+pub fn table_concept(table: &str, v: Value<'_>) -> Option<CodeableConcept> {
+    Some(concept(table_uri(table), text(v.component(1))?))
 }
 
 /// HD (namespace, universal id, universal id type) → an identifier system, or an assigner
@@ -225,16 +241,7 @@ pub fn hd_system(
 }
 
 fn type_concept(table: &str, c: Option<String>) -> Option<Box<CodeableConcept>> {
-    c.map(|c| {
-        Box::new(CodeableConcept {
-            coding: vec![Coding {
-                system: Some(format!("{V2_TABLE}{table}").into()),
-                code: Some(code(c)),
-                ..Default::default()
-            }],
-            ..Default::default()
-        })
-    })
+    c.map(|c| Box::new(concept(table_uri(table), c)))
 }
 
 /// CX → Identifier (value, assigning authority, type, effective/expiry dates).

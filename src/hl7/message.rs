@@ -610,6 +610,25 @@ impl<'a> Value<'a> {
         )
     }
 
+    /// Every component of a repetition, in one scan (`components()[n - 1]` is
+    /// `component(n)`): for readers of many components of one value.
+    pub fn components(&self) -> Vec<Value<'a>> {
+        match self.level {
+            Level::Repetition => self
+                .raw
+                .split(|b| *b == self.delims.component)
+                .map(|raw| Value {
+                    raw,
+                    delims: self.delims,
+                    charset: self.charset,
+                    level: Level::Component,
+                })
+                .collect(),
+            Level::Opaque => vec![*self],
+            Level::Component | Level::Subcomponent => Vec::new(),
+        }
+    }
+
     /// Subcomponent `n` (1-based) of a component.
     pub fn subcomponent(&self, n: usize) -> Value<'a> {
         self.split(
@@ -694,6 +713,12 @@ OBX|1|ST|X^y||éé\\S\\é||||||F\r";
         assert_eq!(m.text("OBX-5"), "éé^é");
         assert_eq!(m.text("OBR-2.2"), "DPI-CHN");
         assert_eq!(m.text("PID-99"), "");
+        let pid3 = m.segment("PID").expect("PID").field(3).repetition(2);
+        let all = pid3.components();
+        assert_eq!(all.len(), 5);
+        for (i, c) in all.iter().enumerate() {
+            assert_eq!(c.raw(), pid3.component(i + 1).raw());
+        }
         assert_eq!(m.msh().field(18).text(), "UNICODE UTF-8");
         assert_eq!(m.charset(), Charset::Utf8);
     }

@@ -1242,6 +1242,21 @@ fn log_operator(
     Ok(())
 }
 
+/// The record of a message that is in quarantine, `None` when it is not.
+fn load_quarantined(txn: &WriteTransaction, seq: u64) -> Result<Option<MessageRecord>, StoreError> {
+    let in_q = txn
+        .open_table(QUARANTINE)
+        .map_err(db_err)?
+        .get(seq)
+        .map_err(db_err)?
+        .is_some();
+    if in_q {
+        load_record(txn, seq)
+    } else {
+        Ok(None)
+    }
+}
+
 fn load_record(txn: &WriteTransaction, seq: u64) -> Result<Option<MessageRecord>, StoreError> {
     let t = txn.open_table(RECORDS).map_err(db_err)?;
     let v = t.get(seq).map_err(db_err)?.map(|v| v.value().to_vec());
@@ -1297,13 +1312,7 @@ fn operate(
     let operator = who.name.as_str();
     match cmd {
         OperatorCommand::Release { seq, establishment } => {
-            let in_q = txn
-                .open_table(QUARANTINE)
-                .map_err(db_err)?
-                .get(*seq)
-                .map_err(db_err)?
-                .is_some();
-            let Some(mut rec) = load_record(txn, *seq)?.filter(|_| in_q) else {
+            let Some(mut rec) = load_quarantined(txn, *seq)? else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
             };
             let Some(est) = cfg.establishment_by_name(establishment) else {
@@ -1388,13 +1397,7 @@ fn operate(
             Ok(Ok(detail))
         }
         OperatorCommand::Discard { seq, reason } => {
-            let in_q = txn
-                .open_table(QUARANTINE)
-                .map_err(db_err)?
-                .get(*seq)
-                .map_err(db_err)?
-                .is_some();
-            let Some(mut rec) = load_record(txn, *seq)?.filter(|_| in_q) else {
+            let Some(mut rec) = load_quarantined(txn, *seq)? else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
             };
             if !who.scope.sees(&rec, cfg) {
