@@ -33,7 +33,10 @@ pub enum Handled {
     },
     Rejected {
         seq: u64,
+        /// HL7 table 0357 error code.
         code: u16,
+        /// What was wrong (names fields, never values).
+        text: String,
     },
     /// Not stored (store unavailable): answered AE so the sender retries.
     StoreFailed,
@@ -72,6 +75,17 @@ pub async fn handle_frame(
     origin: &Origin,
     store: &StoreHandle,
 ) -> (Option<Vec<u8>>, Handled) {
+    handle_message(frame, None, origin, store).await
+}
+
+/// [`handle_frame`] for a message made here (a FHIR Bundle's HL7 twin), with the
+/// fingerprint that tells its retransmissions (see `IngestRequest::fingerprint`).
+pub async fn handle_message(
+    frame: Vec<u8>,
+    fingerprint: Option<[u8; 32]>,
+    origin: &Origin,
+    store: &StoreHandle,
+) -> (Option<Vec<u8>>, Handled) {
     let body = prepare(&frame);
     let parsed = Message::parse(&body);
     let (header, accept) = match &parsed {
@@ -105,6 +119,7 @@ pub async fn handle_frame(
                 enhanced,
                 app_ack,
                 identity: origin.identity.clone(),
+                fingerprint,
             };
             store.ingest(req).await
         }
@@ -149,19 +164,27 @@ pub async fn handle_frame(
                 }
                 IngestReply::ControlIdReused { seq, ack, .. } => (
                     ack,
-                    Handled::Rejected { seq, code: 205 },
+                    Handled::Rejected {
+                        seq,
+                        code: 205,
+                        text:
+                            "message control id already used by this sender for a different message"
+                                .into(),
+                    },
                     AckOutcome::Rejected,
                 ),
                 IngestReply::Rejected {
                     seq,
                     ack,
                     error_code,
+                    text,
                     ..
                 } => (
                     ack,
                     Handled::Rejected {
                         seq,
                         code: error_code,
+                        text,
                     },
                     AckOutcome::Rejected,
                 ),
@@ -177,6 +200,38 @@ pub async fn handle_frame(
                 Handled::StoreFailed,
             )
         }
+    }
+}
+
+/// Counts what happened to a message and logs it (numbers and names, never content).
+pub fn count_and_log(o: &Origin, h: &Handled) {
+    use crate::stats::{self, STATS};
+    let counter = match h {
+        Handled::Accepted { .. } => &STATS.messages_accepted,
+        Handled::Quarantined { .. } => &STATS.messages_quarantined,
+        Handled::Duplicate { .. } => &STATS.messages_duplicate,
+        Handled::Rejected { .. } => &STATS.messages_rejected,
+        Handled::StoreFailed => &STATS.messages_store_failed,
+        Handled::Oversized => &STATS.frames_oversized,
+    };
+    stats::add(counter, 1);
+    match h {
+        Handled::Accepted { seq, establishment } => {
+            tracing::info!(listener = %o.listener, seq, establishment = establishment.as_deref().unwrap_or("-"), "accepted")
+        }
+        Handled::Quarantined { seq } => {
+            tracing::warn!(listener = %o.listener, seq, "accepted into quarantine")
+        }
+        Handled::Duplicate { seq } => {
+            tracing::info!(listener = %o.listener, seq, "retransmission; original answer replayed")
+        }
+        Handled::Rejected { seq, code, .. } => {
+            tracing::warn!(listener = %o.listener, seq, code, "rejected, kept for review")
+        }
+        Handled::StoreFailed => {
+            tracing::error!(listener = %o.listener, "not stored; the sender is told to retry")
+        }
+        Handled::Oversized => {}
     }
 }
 

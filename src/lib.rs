@@ -3,6 +3,7 @@ pub mod admin;
 pub mod config;
 pub mod fhir;
 pub mod hl7;
+pub mod https;
 pub mod ingest;
 pub mod loadgen;
 pub mod model;

@@ -119,7 +119,6 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
-/// Lower-case hex SHA-256 of bytes (message content, a certificate's DER).
 /// Percent-encodes everything but unreserved characters (RFC 3986).
 pub fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -133,9 +132,15 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
+/// SHA-256 of bytes.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     use sha2::Digest;
-    hex(&sha2::Sha256::digest(bytes))
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Lower-case hex SHA-256 of bytes (message content, a certificate's DER).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&sha256(bytes))
 }
 
 #[cfg(test)]

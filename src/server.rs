@@ -37,6 +37,8 @@ pub struct Server {
     pub bound: Vec<(String, std::net::SocketAddr)>,
     /// Where the admin endpoint listens, when `[admin]` is set.
     pub admin: Option<std::net::SocketAddr>,
+    /// Where the FHIR endpoint listens, when `[fhir] bind` is set.
+    pub fhir: Option<std::net::SocketAddr>,
     shutdown: watch::Sender<bool>,
     slots: Arc<Semaphore>,
     max_connections: usize,
@@ -140,11 +142,36 @@ impl Server {
                 rx.clone(),
             )));
         }
+        let mut fhir = None;
+        if let Some(bind) = cfg.fhir.bind {
+            let name = crate::sources::fhir::LISTENER;
+            let state = tls.clone().ok_or_else(|| ServeError::NoTls(name.into()))?;
+            let listener = TcpListener::bind(bind)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    name: name.into(),
+                    addr: bind,
+                    source,
+                })?;
+            let addr = listener.local_addr().unwrap_or(bind);
+            tracing::info!(%addr, "listening (FHIR, HTTPS)");
+            fhir = Some(addr);
+            tasks.push(tokio::spawn(crate::sources::fhir::serve(
+                listener,
+                handle.clone(),
+                crate::sources::accept::TlsListener {
+                    state,
+                    refusals: refusals.clone(),
+                },
+                rx.clone(),
+            )));
+        }
         Ok(Server {
             tls,
             store: handle,
             bound,
             admin,
+            fhir,
             shutdown,
             slots,
             max_connections: cfg.engine.max_connections,

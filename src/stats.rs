@@ -41,6 +41,7 @@ counters! {
     connections_refused: "MLLP connections closed at once: connection limit reached",
     connections_idle_closed: "MLLP connections closed by the idle timeout",
     tls_handshakes_failed: "TLS handshakes refused or timed out (no or bad client certificate, old version, plain TCP)",
+    fhir_requests_refused: "FHIR endpoint requests refused before a Bundle was read (path, method, media type)",
     bytes_skipped: "bytes received outside an MLLP frame, skipped",
     frames_oversized: "frames above max_frame_bytes, answered AR 104, not stored",
     messages_accepted: "messages stored and routed",

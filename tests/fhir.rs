@@ -11,80 +11,16 @@
 //!   or fails with a reviewed error whose offending value the test re-reads and confirms bad;
 //! - errors name the segment and field and never carry the value.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use common::fhir::{validate, validate_texts, validator};
 
 use labroute::fhir::{self, MapError, Zone};
 use labroute::hl7::message::{Message, prepare};
 use serde_json::Value as Json;
-
-fn validator() -> Option<PathBuf> {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/fhir/bin/python");
-    let ok = Command::new(&python)
-        .args([
-            "-c",
-            "import fhir.resources; assert fhir.resources.__fhir_version__ == '4.0.1'",
-        ])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must have the FHIR validator in .venv/fhir (see .ci/run)"
-        );
-        eprintln!(
-            "SKIPPED: {} with fhir.resources 6.4.0 not found (python3 -m venv .venv/fhir && \
-             .venv/fhir/bin/pip install -r tests/fhir-requirements.txt)",
-            python.display()
-        );
-        return None;
-    }
-    Some(python)
-}
-
-/// Validates JSON files in one run: file → resource counts, or the validator's complaint.
-fn validate(
-    python: &Path,
-    files: &[PathBuf],
-) -> HashMap<PathBuf, Result<HashMap<String, usize>, String>> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/validate_fhir.py");
-    let mut out = HashMap::new();
-    for chunk in files.chunks(200) {
-        let run = Command::new(python)
-            .arg(&script)
-            .args(chunk)
-            .output()
-            .expect("run the validator");
-        assert!(
-            run.status.success(),
-            "validator crashed: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        for line in String::from_utf8_lossy(&run.stdout).lines() {
-            let v: Json = serde_json::from_str(line).expect("validator output is JSON");
-            let file = PathBuf::from(v["file"].as_str().expect("file"));
-            let r = if v["ok"] == Json::Bool(true) {
-                let counts = v["counts"]
-                    .as_object()
-                    .expect("counts")
-                    .iter()
-                    .map(|(k, n)| (k.clone(), n.as_u64().expect("count") as usize))
-                    .collect();
-                Ok(counts)
-            } else {
-                Err(v["error"].as_str().unwrap_or("").to_string())
-            };
-            out.insert(file, r);
-        }
-    }
-    assert_eq!(
-        out.len(),
-        files.len(),
-        "the validator answered for every file"
-    );
-    out
-}
 
 /// Segments with this id, counted on the raw bytes (not through our reader).
 fn count_segments(raw: &[u8], id: &[u8; 3]) -> usize {
@@ -1139,17 +1075,7 @@ fn a_bundle_we_cannot_carry_is_refused_with_issues_naming_the_element_never_the_
     let Some(python) = validator() else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let files: Vec<PathBuf> = outcomes
-        .iter()
-        .enumerate()
-        .map(|(i, oo)| {
-            let p = tmp.path().join(format!("oo-{i}.json"));
-            std::fs::write(&p, oo).expect("write");
-            p
-        })
-        .collect();
-    for (file, r) in validate(&python, &files) {
-        r.unwrap_or_else(|e| panic!("{}: OperationOutcome rejected: {e}", file.display()));
+    for (i, r) in validate_texts(&python, &outcomes).into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("{}: OperationOutcome rejected: {e}", outcomes[i]));
     }
 }

@@ -34,7 +34,7 @@ fn shipped_routes_validate_and_their_test_cases_pass() {
 /// answers a result sent by the example lab system over TLS with its certificate, and
 /// refuses the same client without one; its admin endpoint answers `labroute status` and
 /// curl (an HTTPS client nobody here wrote) with the operator certificate, and neither
-/// without one.
+/// without one; its FHIR endpoint answers curl with a DPI's certificate.
 #[test]
 fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
     if std::net::TcpListener::bind("127.0.0.1:2575").is_err() {
@@ -55,6 +55,7 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
     for _ in 0..100 {
         if std::net::TcpStream::connect("127.0.0.1:2575").is_ok()
             && std::net::TcpStream::connect("127.0.0.1:2580").is_ok()
+            && std::net::TcpStream::connect("127.0.0.1:2581").is_ok()
         {
             up = true;
             break;
@@ -103,22 +104,21 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
     };
     let status_ok = status(true);
     let status_no_cert = status(false);
-    let curl = |cert: bool| {
+    let curl = |system: Option<&str>, url: &str| {
         let mut c = std::process::Command::new("curl");
         c.current_dir(root)
             .args(["-sS", "--max-time", "10", "--cacert", "certs/ca.pem"]);
-        if cert {
-            c.args([
-                "--cert",
-                "certs/operator.pem",
-                "--key",
-                "certs/operator.key",
-            ]);
+        if let Some(s) = system {
+            c.arg("--cert")
+                .arg(format!("certs/{s}.pem"))
+                .arg("--key")
+                .arg(format!("certs/{s}.key"));
         }
-        c.arg("https://127.0.0.1:2580/status").output()
+        c.arg(url).output()
     };
-    let curl_ok = curl(true);
-    let curl_no_cert = curl(false);
+    let curl_ok = curl(Some("operator"), "https://127.0.0.1:2580/status");
+    let curl_no_cert = curl(None, "https://127.0.0.1:2580/status");
+    let curl_fhir = curl(Some("dpi-es1"), "https://127.0.0.1:2581/metadata");
     let _ = serve.kill();
     let _ = serve.wait();
     assert!(up, "serve did not listen on 127.0.0.1:2575");
@@ -146,8 +146,12 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
     let err = String::from_utf8_lossy(&status_no_cert.stderr);
     assert!(!status_no_cert.status.success());
     assert!(err.contains("--cert"), "{err}");
-    match (curl_ok, curl_no_cert) {
-        (Ok(ok), Ok(no)) => {
+    match (curl_ok, curl_no_cert, curl_fhir) {
+        (Ok(ok), Ok(no), Ok(fhir)) => {
+            let body = String::from_utf8_lossy(&fhir.stdout);
+            assert!(fhir.status.success(), "{body}");
+            let v: serde_json::Value = serde_json::from_str(&body).expect("curl gets JSON");
+            assert_eq!(v["resourceType"], "CapabilityStatement", "{v}");
             let body = String::from_utf8_lossy(&ok.stdout);
             assert!(ok.status.success(), "{body}");
             let v: serde_json::Value = serde_json::from_str(&body).expect("curl gets JSON");

@@ -17,23 +17,20 @@
 //! | POST | `/reload-tls` | reads certificates and keys again (whole-instance operators) |
 //! | GET | `/metrics` | Prometheus text; operators and `monitor` systems |
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use super::{AdminError, AdminRequest, execute};
+use crate::https::Peer;
 use crate::model::percent_encode;
 use crate::policy::{Operator, OperatorScope};
-use crate::sources::accept::{TlsListener, next_connection};
+use crate::sources::accept::TlsListener;
 use crate::store::StoreHandle;
 use crate::store::audit::AuditFilter;
 use crate::store::writer::OperatorCommand;
@@ -43,7 +40,6 @@ use crate::tls::{PeerIdentity, TlsState};
 const MAX_BODY: usize = 64 * 1024;
 /// Concurrent admin connections.
 const MAX_CONNECTIONS: usize = 32;
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Name the refused handshakes and the journal give this endpoint.
 pub const LISTENER: &str = "admin";
 
@@ -238,11 +234,10 @@ enum Caller {
 }
 
 /// Who is calling, from the client certificate's identity.
-fn caller(store: &StoreHandle, identity: Option<PeerIdentity>) -> Result<Caller, String> {
+fn caller(store: &StoreHandle, id: &PeerIdentity) -> Result<Caller, String> {
     let cfg = store.config();
-    let id = identity.ok_or_else(|| "no readable client certificate".to_owned())?;
     let sys = cfg
-        .system_of(&id)
+        .system_of(id)
         .ok_or_else(|| format!("certificate {} names no configured system", id.label()))?;
     match sys.role {
         crate::config::Role::Operator => Ok(Caller::Operator(Operator {
@@ -263,60 +258,27 @@ pub async fn serve(
     listener: TcpListener,
     store: StoreHandle,
     tls: TlsListener,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    while let Some((stream, peer)) = next_connection(&listener, LISTENER, &mut shutdown).await {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "admin connection limit reached; connection refused");
-            continue;
-        };
-        let store = store.clone();
-        let tls = tls.clone();
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            connection(stream, peer, store, tls, shutdown).await;
-            drop(permit);
-        });
-    }
-}
-
-async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    store: StoreHandle,
-    tls: TlsListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let peer = peer.to_string();
-    let Some((stream, identity)) = tls.handshake(stream, &store, LISTENER, &peer).await else {
-        return;
-    };
-    let who = caller(&store, identity);
-    let who = Arc::new(who);
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let store = store.clone();
-        let tls = tls.state.clone();
-        let who = who.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, Infallible>(respond(req, &store, &tls, &who, &peer).await) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "admin connection ended with an error");
+    let state = tls.state.clone();
+    let handler_store = store.clone();
+    crate::https::serve(
+        listener,
+        LISTENER,
+        MAX_CONNECTIONS,
+        store,
+        tls,
+        shutdown,
+        move |req: Request<Incoming>, peer: Arc<Peer>| {
+            let store = handler_store.clone();
+            let state = state.clone();
+            async move {
+                let who = caller(&store, &peer.identity);
+                respond(req, &store, &state, &who, &peer.address).await
             }
-        }
-        _ = shutdown.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-        }
-    }
+        },
+    )
+    .await;
 }
 
 async fn respond(
@@ -396,29 +358,10 @@ async fn respond(
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let mut resp = Response::new(Full::new(Bytes::from(bytes)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
+    crate::https::response(status, "application/json", bytes)
 }
 
-/// Why a call to the admin endpoint failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Nothing listens there: no instance runs.
-    #[error("cannot connect to the admin endpoint {0}: {1}")]
-    NotRunning(String, std::io::Error),
-    #[error("TLS with the admin endpoint {0} failed: {1}")]
-    Tls(String, std::io::Error),
-    #[error("HTTP with the admin endpoint failed: {0}")]
-    Http(String),
-    /// The endpoint answered with an error.
-    #[error("{message} (HTTP {status})")]
-    Refused { status: u16, message: String },
-}
+pub use crate::https::ClientError;
 
 /// A client of the admin endpoint (the CLI, tests).
 #[derive(Clone)]
@@ -472,39 +415,13 @@ impl AdminClient {
         path: &str,
         body: Vec<u8>,
     ) -> Result<(u16, Bytes), ClientError> {
-        let tcp = TcpStream::connect(&self.address)
-            .await
-            .map_err(|e| ClientError::NotRunning(self.address.clone(), e))?;
-        let tls = self
-            .connector
-            .connect(self.server_name.clone(), tcp)
-            .await
-            .map_err(|e| ClientError::Tls(self.address.clone(), e))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, self.address.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(request)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?
-            .to_bytes();
-        Ok((status, bytes))
+        let client = crate::https::Client {
+            address: self.address.clone(),
+            connector: self.connector.clone(),
+            server_name: self.server_name.clone(),
+        };
+        let answer = client.send(method, path, "application/json", body).await?;
+        Ok((answer.status, answer.body))
     }
 }
 

@@ -109,6 +109,18 @@ pub struct Admin {
     pub bind: SocketAddr,
 }
 
+/// The FHIR endpoint and mapping settings (`[fhir]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fhir {
+    /// Where the HTTPS FHIR endpoint listens; `None`: no endpoint.
+    pub bind: Option<SocketAddr>,
+    /// Zone of HL7 times that carry none.
+    pub zone: crate::fhir::Zone,
+}
+
+/// Listener names the journal gives the HTTPS endpoints (a `[[listener]]` may not take them).
+pub const RESERVED_LISTENER_NAMES: [&str; 2] = ["admin", "fhir"];
+
 /// What a peer system does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Role {
@@ -238,6 +250,8 @@ pub struct Config {
     pub tls: Option<crate::tls::TlsFiles>,
     /// The admin endpoint (`[admin]`): HTTPS for operator certificates.
     pub admin: Option<Admin>,
+    /// `[fhir]`: the FHIR endpoint and the mapping's zone.
+    pub fhir: Fhir,
     /// Peer systems, recognised by their certificates (`[[system]]`).
     pub systems: Vec<System>,
     pub establishments: Vec<Establishment>,
@@ -384,6 +398,9 @@ struct Validator {
     tls_users: Vec<(PathBuf, usize, String)>,
     tls_seen: Option<(PathBuf, usize)>,
     admin_seen: Option<(PathBuf, usize)>,
+    fhir_seen: Option<(PathBuf, usize)>,
+    /// Where `[fhir] bind` is set (it needs `[tls]`).
+    fhir_bind_at: Option<(PathBuf, usize)>,
     /// "kind=value" of each system's certificate matcher → the system.
     system_matchers: HashMap<String, String>,
     establishment_refs: Vec<(PathBuf, usize, String, String)>,
@@ -523,6 +540,9 @@ impl Validator {
         if let Some(a) = &raw.admin {
             self.admin(&cx, a);
         }
+        if let Some(f) = &raw.fhir {
+            self.fhir(&cx, f);
+        }
         for (i, l) in raw.listener.iter().enumerate() {
             self.listener(&cx, i, l);
         }
@@ -577,7 +597,13 @@ impl Validator {
         let l = l.get_ref();
         let field = |f: &str| format!("listener[{i}].{f}");
         if self.name(cx, &l.name, &field("name")) {
-            if let Some((f, at)) = self.listener_names.get(l.name.get_ref()) {
+            if RESERVED_LISTENER_NAMES.contains(&l.name.get_ref().as_str()) {
+                let msg = format!(
+                    "{:?} is the name of an HTTPS endpoint in the journal; choose another",
+                    l.name.get_ref()
+                );
+                self.err(cx, cx.line(&l.name), field("name"), msg);
+            } else if let Some((f, at)) = self.listener_names.get(l.name.get_ref()) {
                 let msg = format!(
                     "listener {:?} is already defined at {}:{at}",
                     l.name.get_ref(),
@@ -1146,7 +1172,54 @@ impl Validator {
         }
     }
 
+    fn fhir(&mut self, cx: &Ctx<'_>, f: &Spanned<RawFhir>) {
+        let line = cx.line(f);
+        if let Some((file, l)) = &self.fhir_seen {
+            let msg = format!("[fhir] is already set in {}:{l}", file.display());
+            self.err(cx, line, "fhir", msg);
+            return;
+        }
+        self.fhir_seen = Some((cx.file.to_owned(), line));
+        let f = f.get_ref();
+        if let Some(bind) = &f.bind {
+            match bind.get_ref().parse::<SocketAddr>() {
+                Ok(addr) => {
+                    self.cfg.fhir.bind = Some(addr);
+                    self.fhir_bind_at = Some((cx.file.to_owned(), cx.line(bind)));
+                }
+                Err(_) => self.err(
+                    cx,
+                    cx.line(bind),
+                    "fhir.bind",
+                    format!("{:?} is not an IP:port address", bind.get_ref()),
+                ),
+            }
+        }
+        if let Some(zone) = &f.zone {
+            match crate::fhir::Zone::parse(zone.get_ref()) {
+                Some(z) => self.cfg.fhir.zone = z,
+                None => self.err(
+                    cx,
+                    cx.line(zone),
+                    "fhir.zone",
+                    format!(
+                        "{:?} is not a zone: \"Europe/Paris\", \"UTC\" or an offset such as \"+04:00\"",
+                        zone.get_ref()
+                    ),
+                ),
+            }
+        }
+    }
+
     fn finish(mut self) -> Result<Config, ConfigErrors> {
+        if let (Some((file, line)), None) = (&self.fhir_bind_at, &self.tls_seen) {
+            self.errors.push(ConfigError {
+                file: file.clone(),
+                line: *line,
+                field: "fhir.bind".into(),
+                message: "the FHIR endpoint needs a [tls] section: its clients are known by their certificates, so it has no plain-TCP form".into(),
+            });
+        }
         if let (Some((file, line)), None) = (&self.admin_seen, &self.tls_seen) {
             self.errors.push(ConfigError {
                 file: file.clone(),

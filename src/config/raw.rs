@@ -18,6 +18,7 @@ pub struct RawFile {
     pub routing: Option<Spanned<RawRouting>>,
     pub tls: Option<Spanned<RawTls>>,
     pub admin: Option<Spanned<RawAdmin>>,
+    pub fhir: Option<Spanned<RawFhir>>,
     #[serde(default)]
     pub system: Vec<Spanned<RawSystem>>,
     #[serde(default)]
@@ -51,6 +52,17 @@ pub struct RawSystem {
 pub struct RawAdmin {
     /// `IP:port` to bind.
     pub bind: S,
+}
+
+/// FHIR: the HTTPS endpoint (mutual TLS, the systems' certificates) and the zone of HL7
+/// times.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFhir {
+    /// `IP:port` of the FHIR endpoint; none: no endpoint.
+    pub bind: Option<S>,
+    /// Zone of HL7 times that carry none: "Europe/Paris" (default), "UTC", "+04:00".
+    pub zone: Option<S>,
 }
 
 /// The instance's TLS material; paths are relative to the routes file.

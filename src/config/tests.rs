@@ -210,3 +210,31 @@ establishments = ["ES2"]
     assert!(e.contains("no [[system]] is named \"nobody\""), "{e}");
     assert!(e.contains("needs TLS"), "{e}");
 }
+
+#[test]
+fn the_fhir_section_is_checked_field_by_field() {
+    let c = load(&format!("{GOOD}[fhir]\nzone = \"+04:00\"\n")).unwrap();
+    assert_eq!(c.fhir.zone, crate::fhir::Zone::Fixed(240));
+    assert_eq!(c.fhir.bind, None);
+    let bad = GOOD.replace("name = \"sil\"", "name = \"fhir\"")
+        + "[fhir]\nbind = \"127.0.0.1:2581\"\nzone = \"Paris\"\n";
+    let errs = load(&bad).unwrap_err().0;
+    let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    assert_eq!(errs.len(), 3, "{text:#?}");
+    assert!(
+        text.iter().any(|t| t.starts_with(
+            "routes/t.toml:3: listener[0].name: \"fhir\" is the name of an HTTPS endpoint"
+        )),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|t| t.starts_with("routes/t.toml:32: fhir.zone: \"Paris\" is not a zone")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter().any(|t| t
+            .starts_with("routes/t.toml:31: fhir.bind: the FHIR endpoint needs a [tls] section")),
+        "{text:#?}"
+    );
+}

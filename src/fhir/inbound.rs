@@ -63,6 +63,10 @@ pub struct Inbound {
     pub kind: Kind,
     pub v2: Vec<u8>,
     pub control_id: String,
+    /// Tells a retransmission of this Bundle from another one under the same identifier:
+    /// the SHA-256 of the twin without its receipt time (MSH-7 is `Bundle.timestamp` when
+    /// there is one, else the time of receipt).
+    pub fingerprint: [u8; 32],
 }
 
 /// An OperationOutcome for these issues (severity error), as JSON.
@@ -81,6 +85,20 @@ pub fn outcome_json(issues: &[Issue]) -> String {
         ..Default::default()
     };
     outcome_resource_json(oo)
+}
+
+/// An OperationOutcome with one issue that names no element (`severity`: `information`,
+/// `warning`, `error`; `code`: a FHIR issue type), as JSON.
+pub fn outcome_one(severity: &str, code: &str, diagnostics: &str) -> String {
+    outcome_resource_json(OperationOutcome {
+        issue: vec![OperationOutcomeIssue {
+            severity: severity.into(),
+            code: code.into(),
+            diagnostics: Some(diagnostics.into()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
 }
 
 fn outcome_resource_json(oo: OperationOutcome) -> String {
@@ -330,14 +348,19 @@ fn entry_path(i: usize) -> String {
 }
 
 /// Reads a posted transaction Bundle and writes its HL7 v2 twin. `sender` (the system its
-/// certificate names) becomes MSH-3; `now` is MSH-7.
+/// certificate names) becomes MSH-3; MSH-7 is `Bundle.timestamp`, or `now` without one.
 pub fn to_v2(body: &[u8], sender: &str, now: &str) -> Result<Inbound, Vec<Issue>> {
-    let resource = super::json::from_json(body).map_err(|_| {
-        vec![issue(
-            "structure",
-            "Bundle",
-            "not a FHIR R4 resource in JSON",
-        )]
+    let resource = super::json::from_json(body).map_err(|e| {
+        vec![match e {
+            super::json::Error::EmptyArray(path) => issue(
+                "structure",
+                path,
+                "an empty array is not allowed in FHIR JSON",
+            ),
+            super::json::Error::Unreadable(_) => {
+                issue("structure", "Bundle", "not a FHIR R4 resource in JSON")
+            }
+        }]
     })?;
     let Resource::Bundle(bundle) = resource else {
         return Err(vec![issue(
@@ -426,11 +449,20 @@ pub fn to_v2(body: &[u8], sender: &str, now: &str) -> Result<Inbound, Vec<Issue>
         Kind::Order => "OML^O33^OML_O33",
         Kind::Result => "ORU^R01^ORU_R01",
     };
-    segs.push(format!(
-        "MSH|^~\\&|{}||LABROUTE||{now}||{message_type}|{}|P|2.5|||||FRA|UNICODE UTF-8",
-        esc(sender),
-        esc(&control_id)
-    ));
+    // MSH-7 goes in last: the fingerprint leaves it out when it is the receipt time.
+    let sent = bundle
+        .timestamp
+        .as_ref()
+        .and_then(|t| t.value.as_deref())
+        .and_then(dtm);
+    let msh = |time: &str| {
+        format!(
+            "MSH|^~\\&|{}||LABROUTE||{time}||{message_type}|{}|P|2.5|||||FRA|UNICODE UTF-8",
+            esc(sender),
+            esc(&control_id)
+        )
+    };
+    segs.push(String::new());
     segs.push(pid(patient, patient_i, &mut issues));
     if let Some(&enc_i) = of("Encounter").first() {
         if let Resource::Encounter(e) = entries.resources[enc_i].0 {
@@ -485,7 +517,7 @@ pub fn to_v2(body: &[u8], sender: &str, now: &str) -> Result<Inbound, Vec<Issue>
             for i in of("Observation") {
                 if !used[i] {
                     issues.push(issue(
-                        "structure",
+                        "business-rule",
                         entry_path(i),
                         "an Observation that no DiagnosticReport.result names would be lost",
                     ));
@@ -496,12 +528,20 @@ pub fn to_v2(body: &[u8], sender: &str, now: &str) -> Result<Inbound, Vec<Issue>
     if !issues.is_empty() {
         return Err(issues);
     }
+    segs[0] = msh(sent.as_deref().unwrap_or(""));
     let mut v2 = segs.join("\r");
     v2.push('\r');
+    let fingerprint = crate::model::sha256(v2.as_bytes());
+    if sent.is_none() {
+        segs[0] = msh(now);
+        v2 = segs.join("\r");
+        v2.push('\r');
+    }
     Ok(Inbound {
         kind,
         v2: v2.into_bytes(),
         control_id,
+        fingerprint,
     })
 }
 

@@ -23,6 +23,52 @@ pub mod v2;
 
 pub use report::{Mapped, map_result};
 
+/// The FHIR endpoint's CapabilityStatement (`GET /metadata`), as JSON: transactions of
+/// orders and results, mutual TLS. `date`: when this instance started (FHIR dateTime).
+pub fn capability_json(date: &str) -> Result<String, ToJsonError> {
+    use r4::resources::{
+        CapabilityStatement, CapabilityStatementRest, CapabilityStatementRestInteraction,
+        CapabilityStatementRestSecurity, CapabilityStatementSoftware,
+    };
+    let cs = CapabilityStatement {
+        status: "active".into(),
+        date: date.into(),
+        kind: "instance".into(),
+        fhir_version: "4.0.1".into(),
+        format: vec!["application/fhir+json".into()],
+        software: Some(CapabilityStatementSoftware {
+            name: "labroute".into(),
+            version: Some(env!("CARGO_PKG_VERSION").into()),
+            ..Default::default()
+        }),
+        rest: vec![CapabilityStatementRest {
+            mode: "server".into(),
+            documentation: Some(
+                "POST [base] a transaction Bundle: an order (Patient, ServiceRequest, Specimen) \
+                 or a result (Patient, DiagnosticReport, its Observations). It is acknowledged \
+                 once stored and routed like its HL7 v2 twin (OML^O33, ORU^R01)."
+                    .into(),
+            ),
+            security: Some(CapabilityStatementRestSecurity {
+                description: Some(
+                    "Mutual TLS: the client certificate names a configured system, which \
+                     speaks only for its own establishments."
+                        .into(),
+                ),
+                ..Default::default()
+            }),
+            interaction: vec![CapabilityStatementRestInteraction {
+                code: "transaction".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    json::to_json(&r4::Resource::CapabilityStatement(Box::new(cs)))
+        .map_err(|e| ToJsonError::Json(e.to_string()))
+}
+
 /// The time zone of HL7 timestamps that carry none (FHIR wants one as soon as a time is
 /// given).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

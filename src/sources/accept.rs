@@ -48,14 +48,16 @@ pub struct TlsListener {
 impl TlsListener {
     /// Completes the handshake (client certificate required) within [`HANDSHAKE_TIMEOUT`];
     /// the stream and the identity its certificate carries. A failure is refused and
-    /// journalled ([`refused_handshake`]) and gives `None`.
+    /// journalled ([`refused_handshake`]) and gives `None`; so does a certificate verified
+    /// but unreadable (x509-parser refusing what webpki accepted): without an identity the
+    /// sender checks could not run.
     pub async fn handshake(
         &self,
         stream: TcpStream,
         store: &StoreHandle,
         listener: &str,
         peer: &str,
-    ) -> Option<(TlsStream<TcpStream>, Option<PeerIdentity>)> {
+    ) -> Option<(TlsStream<TcpStream>, PeerIdentity)> {
         let acceptor = self.state.acceptor();
         let error = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(s)) => {
@@ -65,7 +67,10 @@ impl TlsListener {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .and_then(crate::tls::identity);
-                return Some((s, identity));
+                match identity {
+                    Some(id) => return Some((s, id)),
+                    None => "client certificate verified but unreadable: no identity".to_owned(),
+                }
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "timed out".to_owned(),

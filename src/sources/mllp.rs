@@ -8,9 +8,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use super::accept::{TlsListener, next_connection, refused_handshake};
+use super::accept::{TlsListener, next_connection};
 use crate::hl7::mllp::{Decoded, Decoder, frame};
-use crate::ingest::{Handled, Origin, handle_frame, oversized_ack};
+use crate::ingest::{Handled, Origin, count_and_log, handle_frame, oversized_ack};
 use crate::stats::{self, STATS};
 use crate::store::StoreHandle;
 
@@ -60,20 +60,7 @@ pub async fn run_listener(
                     else {
                         return;
                     };
-                    // Verified but unreadable (x509-parser refused what webpki accepted):
-                    // without an identity the sender checks could not run, so no session.
-                    if identity.is_none() {
-                        refused_handshake(
-                            &store,
-                            &tls.refusals,
-                            &origin.listener,
-                            &origin.peer,
-                            "client certificate verified but unreadable: no identity".into(),
-                        )
-                        .await;
-                        return;
-                    }
-                    origin.identity = identity;
+                    origin.identity = Some(identity);
                     tracing::debug!(listener = %origin.listener, peer = %origin.peer, identity = %origin.identity.as_ref().map(|i| i.label()).unwrap_or_default(), "TLS peer");
                     serve_connection(tls_stream, origin, limits, store, shutdown).await
                 }
@@ -129,7 +116,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                     )
                 }
             };
-            log_handled(&origin, &handled);
+            count_and_log(&origin, &handled);
             if let Some(ack) = ack {
                 if let Err(e) = stream.write_all(&frame(&ack)).await {
                     tracing::debug!(listener = %origin.listener, error = %e, "cannot write ACK; closing");
@@ -149,33 +136,5 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     }
     if !decoder.is_idle() {
         tracing::warn!(listener = %origin.listener, peer = %origin.peer, "connection closed inside a frame; partial frame dropped (never acknowledged)");
-    }
-}
-
-fn log_handled(o: &Origin, h: &Handled) {
-    let counter = match h {
-        Handled::Accepted { .. } => &STATS.messages_accepted,
-        Handled::Quarantined { .. } => &STATS.messages_quarantined,
-        Handled::Duplicate { .. } => &STATS.messages_duplicate,
-        Handled::Rejected { .. } => &STATS.messages_rejected,
-        Handled::StoreFailed => &STATS.messages_store_failed,
-        Handled::Oversized => &STATS.frames_oversized,
-    };
-    stats::add(counter, 1);
-    match h {
-        Handled::Accepted { seq, establishment } => {
-            tracing::info!(listener = %o.listener, seq, establishment = establishment.as_deref().unwrap_or("-"), "accepted")
-        }
-        Handled::Quarantined { seq } => {
-            tracing::warn!(listener = %o.listener, seq, "accepted into quarantine")
-        }
-        Handled::Duplicate { seq } => {
-            tracing::info!(listener = %o.listener, seq, "retransmission; original ACK replayed")
-        }
-        Handled::Rejected { seq, code } => {
-            tracing::warn!(listener = %o.listener, seq, code, "rejected (AR), kept for review")
-        }
-        Handled::StoreFailed => tracing::error!(listener = %o.listener, "not stored (AE)"),
-        Handled::Oversized => {}
     }
 }

@@ -1,3 +1,4 @@
 //! Inbound listeners.
 pub mod accept;
+pub mod fhir;
 pub mod mllp;

@@ -4,7 +4,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
-use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::*;
@@ -27,6 +26,10 @@ pub struct IngestRequest {
     pub app_ack: Option<AppAckType>,
     /// The peer's certificate identity (TLS listeners).
     pub identity: Option<crate::tls::PeerIdentity>,
+    /// What tells a retransmission from a different message under the same control id;
+    /// `None`: the SHA-256 of `raw`. A FHIR Bundle's HL7 twin carries its receipt time
+    /// when the Bundle has no timestamp, so its fingerprint leaves that time out.
+    pub fingerprint: Option<[u8; 32]>,
 }
 
 /// A message refused before routing, to be kept for review.
@@ -87,12 +90,14 @@ pub enum IngestReply {
         ack: Vec<u8>,
         code: AckCode,
     },
-    /// Stored as rejected, with the HL7 table 0357 error code.
+    /// Stored as rejected, with the HL7 table 0357 error code and the error's text (which
+    /// names fields, never their values).
     Rejected {
         seq: u64,
         ack: Vec<u8>,
         code: AckCode,
         error_code: u16,
+        text: String,
     },
 }
 
@@ -619,12 +624,6 @@ fn final_seal(store: &Store, sealer: &super::audit::Sealer) -> Result<(), StoreE
     txn.commit().map_err(db_err)
 }
 
-fn sha256(b: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b);
-    h.finalize().into()
-}
-
 fn ack_for(
     header: &AckHeader,
     enhanced: bool,
@@ -734,7 +733,8 @@ fn ingest(
         },
     };
     let sender_name = system.map(|s| s.name.clone());
-    let digest = sha256(&req.raw);
+    let digest = crate::model::sha256(&req.raw);
+    let fingerprint = req.fingerprint.unwrap_or(digest);
     let dkey = dedup_key(&req.listener, sender_name.as_deref(), &req.facts);
     {
         let dedup = txn.open_table(DEDUP).map_err(db_err)?;
@@ -748,7 +748,7 @@ fn ingest(
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
-            if prior.get(8..40) == Some(&digest[..]) {
+            if prior.get(8..40) == Some(&fingerprint[..]) {
                 let acks = txn.open_table(ACKS).map_err(db_err)?;
                 let ack = acks
                     .get(prior_seq)
@@ -896,7 +896,7 @@ fn ingest(
     }
     let mut dv = Vec::with_capacity(40);
     dv.extend_from_slice(&seq.to_be_bytes());
-    dv.extend_from_slice(&digest);
+    dv.extend_from_slice(&fingerprint);
     txn.open_table(DEDUP)
         .map_err(db_err)?
         .insert(dkey.as_str(), dv.as_slice())
@@ -992,6 +992,7 @@ fn reject(
         now,
     );
     let error_code = req.error.code;
+    let text = req.error.text.clone();
     let rec = MessageRecord {
         seq,
         received_at_ms: now,
@@ -1016,6 +1017,7 @@ fn reject(
         ack,
         code,
         error_code,
+        text,
     })
 }
 

@@ -2,6 +2,8 @@
 //! message builders and a routes file for two establishments on loopback ports.
 #![allow(dead_code)]
 
+pub mod fhir;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -113,6 +115,11 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.got.lock().unwrap().len()
+    }
+
+    /// Every message received, in order.
+    pub fn messages(&self) -> Vec<Vec<u8>> {
+        self.got.lock().unwrap().clone()
     }
 
     /// MSH-10 of every message received, in order.
