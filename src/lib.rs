@@ -1,6 +1,7 @@
 #![forbid(unsafe_code)]
 pub mod admin;
 pub mod config;
+pub mod dmp;
 pub mod fhir;
 pub mod hl7;
 pub mod https;

@@ -55,6 +55,7 @@ counters! {
     deliveries: "messages accepted by a destination",
     delivery_retries: "delivery attempts that will be retried",
     dead_letters: "messages dead-lettered",
+    withheld: "messages a destination's rule withheld (the DMP gate), journalled with the reason",
     refused_by_policy: "deliveries the delivery policy refused (no permit): dead-lettered",
     destination_identity_refused: "connections to a destination whose certificate names another system than its configured one: not used",
 }

@@ -10,6 +10,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 pub mod names {
     /// Expiry of the instance's TLS certificate (Unix seconds), as last (re)loaded.
     pub const TLS_CERT_EXPIRY: &str = "labroute_tls_certificate_expiry_timestamp_seconds";
+    /// Results the DMP gate withheld, by `reason` (`not_enabled`, `destdmp_no`,
+    /// `identity_not_qualified`, `opposition`, `dmp_closed`).
+    pub const DMP_WITHHELD: &str = "labroute_dmp_withheld_total";
     /// Prefix of the process counters (`stats::STATS`), exported as `<prefix><name>_total`.
     pub const STATS_PREFIX: &str = "labroute_";
 }
@@ -41,6 +44,10 @@ fn describe() {
         names::TLS_CERT_EXPIRY,
         metrics::Unit::Seconds,
         "Expiry of the instance's TLS certificate (Unix time), as last loaded"
+    );
+    metrics::describe_counter!(
+        names::DMP_WITHHELD,
+        "Results the DMP gate withheld (not sent, journalled), by reason"
     );
     for (name, help) in crate::stats::DESCRIPTIONS {
         metrics::describe_counter!(format!("{}{name}_total", names::STATS_PREFIX), *help);

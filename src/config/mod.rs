@@ -83,9 +83,24 @@ pub struct Listener {
     pub application_acks_to: Option<DestinationName>,
 }
 
+/// The name of the DMP feed's destination (`[dmp]`): its outbox, retries and dead letters.
+pub const DMP_DESTINATION: &str = "dmp";
+
+/// How a destination is reached.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum DestinationKind {
+    /// HL7 v2 over MLLP (TCP or TLS).
+    #[default]
+    Mllp,
+    /// The DMP: IHE MHD ITI-65 over HTTPS, POSTed to `path`, each establishment with its own
+    /// client certificate; `ca` verifies the server (default `[tls].ca`).
+    Dmp { path: String, ca: Option<PathBuf> },
+}
+
 #[derive(Debug, Clone)]
 pub struct Destination {
     pub name: DestinationName,
+    pub kind: DestinationKind,
     pub address: String,
     pub connect_timeout: Duration,
     pub ack_timeout: Duration,
@@ -212,6 +227,15 @@ pub struct Establishment {
     pub name: String,
     pub finess: Vec<String>,
     pub record: DestinationName,
+    /// Its DMP feed (enabled when set): the client certificate it publishes with.
+    pub dmp: Option<EstablishmentDmp>,
+}
+
+/// An establishment's DMP client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EstablishmentDmp {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -399,6 +423,9 @@ struct Validator {
     tls_seen: Option<(PathBuf, usize)>,
     admin_seen: Option<(PathBuf, usize)>,
     fhir_seen: Option<(PathBuf, usize)>,
+    dmp_seen: Option<(PathBuf, usize)>,
+    /// Establishments that feed the DMP: (file, line, field), checked against `[dmp]`.
+    dmp_users: Vec<(PathBuf, usize, String)>,
     /// Where `[fhir] bind` is set (it needs `[tls]`).
     fhir_bind_at: Option<(PathBuf, usize)>,
     /// "kind=value" of each system's certificate matcher → the system.
@@ -407,6 +434,46 @@ struct Validator {
     /// (file, line, field, destination, system) of destinations known by their certificate.
     destination_systems: Vec<(PathBuf, usize, String, String, String)>,
     raw_tests: Vec<PendingTest>,
+}
+
+/// The timing fields of a destination, as written.
+struct TimingFields<'a> {
+    connect: &'a Option<Spanned<u64>>,
+    answer: &'a Option<Spanned<u64>>,
+    attempts: &'a Option<Spanned<u64>>,
+    age: &'a Option<Spanned<u64>>,
+    backoff_initial: &'a Option<Spanned<u64>>,
+    backoff_max: &'a Option<Spanned<u64>>,
+}
+
+/// A destination's timing, validated.
+struct Timing {
+    connect: Duration,
+    answer: Duration,
+    max_attempts: u32,
+    max_age: Duration,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+}
+
+/// `https://host[:port]/path` → (host, port, path); IPv6 hosts in brackets.
+fn split_https_url(url: &str) -> Option<(String, u16, String)> {
+    let rest = url.strip_prefix("https://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && (h.starts_with('[') == h.ends_with(']')) => {
+            (h, p.parse::<u16>().ok().filter(|p| *p > 0)?)
+        }
+        _ => (authority, 443),
+    };
+    let host = host.trim_matches(['[', ']']);
+    if host.is_empty() || path.contains(char::is_whitespace) {
+        return None;
+    }
+    Some((host.to_owned(), port, path.to_owned()))
 }
 
 struct Ctx<'a> {
@@ -542,6 +609,9 @@ impl Validator {
         }
         if let Some(f) = &raw.fhir {
             self.fhir(&cx, f);
+        }
+        if let Some(d) = &raw.dmp {
+            self.dmp(&cx, d);
         }
         for (i, l) in raw.listener.iter().enumerate() {
             self.listener(&cx, i, l);
@@ -723,59 +793,30 @@ impl Validator {
                 format!("{addr:?} is not a host:port address"),
             ),
         }
-        let connect = self.positive(
+        let t = self.timing(
             cx,
-            &d.connect_timeout_secs,
-            &field("connect_timeout_secs"),
-            10,
-            3600,
+            line,
+            TimingFields {
+                connect: &d.connect_timeout_secs,
+                answer: &d.ack_timeout_secs,
+                attempts: &d.max_attempts,
+                age: &d.max_age_secs,
+                backoff_initial: &d.backoff_initial_ms,
+                backoff_max: &d.backoff_max_ms,
+            },
+            &field(""),
+            "ack_timeout_secs",
         );
-        let ack = self.positive(
-            cx,
-            &d.ack_timeout_secs,
-            &field("ack_timeout_secs"),
-            30,
-            3600,
-        );
-        let attempts = self.positive(cx, &d.max_attempts, &field("max_attempts"), 1000, 1_000_000);
-        let age = self.positive(
-            cx,
-            &d.max_age_secs,
-            &field("max_age_secs"),
-            7 * 86_400,
-            365 * 86_400,
-        );
-        let b0 = self.positive(
-            cx,
-            &d.backoff_initial_ms,
-            &field("backoff_initial_ms"),
-            500,
-            3_600_000,
-        );
-        let b1 = self.positive(
-            cx,
-            &d.backoff_max_ms,
-            &field("backoff_max_ms"),
-            60_000,
-            3_600_000,
-        );
-        if b1 < b0 {
-            self.err(
-                cx,
-                line,
-                field("backoff_max_ms"),
-                format!("must be at least backoff_initial_ms ({b0})"),
-            );
-        }
         self.cfg.destinations.push(Destination {
             name: DestinationName::new(d.name.get_ref()),
+            kind: DestinationKind::Mllp,
             address: addr.clone(),
-            connect_timeout: Duration::from_secs(connect),
-            ack_timeout: Duration::from_secs(ack),
-            max_attempts: attempts as u32,
-            max_age: Duration::from_secs(age),
-            backoff_initial: Duration::from_millis(b0),
-            backoff_max: Duration::from_millis(b1.max(b0)),
+            connect_timeout: t.connect,
+            ack_timeout: t.answer,
+            max_attempts: t.max_attempts,
+            max_age: t.max_age,
+            backoff_initial: t.backoff_initial,
+            backoff_max: t.backoff_max,
             keep_connection_open: d.keep_connection_open.unwrap_or(true),
             tls: !d.insecure,
             server_name: d
@@ -805,6 +846,139 @@ impl Validator {
                 sys.get_ref().clone(),
             ));
         }
+    }
+
+    /// Timeouts, attempts, age and backoff of a destination (`prefix` names its fields,
+    /// `answer_field` its answer timeout).
+    fn timing(
+        &mut self,
+        cx: &Ctx<'_>,
+        line: usize,
+        f: TimingFields<'_>,
+        prefix: &str,
+        answer_field: &str,
+    ) -> Timing {
+        let name = |n: &str| format!("{prefix}{n}");
+        let connect = self.positive(cx, f.connect, &name("connect_timeout_secs"), 10, 3600);
+        let answer = self.positive(cx, f.answer, &name(answer_field), 30, 3600);
+        let attempts = self.positive(cx, f.attempts, &name("max_attempts"), 1000, 1_000_000);
+        let age = self.positive(cx, f.age, &name("max_age_secs"), 7 * 86_400, 365 * 86_400);
+        let b0 = self.positive(
+            cx,
+            f.backoff_initial,
+            &name("backoff_initial_ms"),
+            500,
+            3_600_000,
+        );
+        let b1 = self.positive(
+            cx,
+            f.backoff_max,
+            &name("backoff_max_ms"),
+            60_000,
+            3_600_000,
+        );
+        if b1 < b0 {
+            self.err(
+                cx,
+                line,
+                name("backoff_max_ms"),
+                format!("must be at least backoff_initial_ms ({b0})"),
+            );
+        }
+        Timing {
+            connect: Duration::from_secs(connect),
+            answer: Duration::from_secs(answer),
+            max_attempts: attempts as u32,
+            max_age: Duration::from_secs(age),
+            backoff_initial: Duration::from_millis(b0),
+            backoff_max: Duration::from_millis(b1.max(b0)),
+        }
+    }
+
+    fn dmp(&mut self, cx: &Ctx<'_>, d: &Spanned<RawDmp>) {
+        let line = cx.line(d);
+        if let Some((f, l)) = &self.dmp_seen {
+            let msg = format!("[dmp] is already set in {}:{l}", f.display());
+            self.err(cx, line, "dmp", msg);
+            return;
+        }
+        self.dmp_seen = Some((cx.file.to_owned(), line));
+        if let Some((f, at)) = self.destination_names.get(DMP_DESTINATION) {
+            let msg = format!(
+                "[dmp] is the destination {DMP_DESTINATION:?}, already defined at {}:{at}",
+                f.display()
+            );
+            self.err(cx, line, "dmp", msg);
+            return;
+        }
+        self.destination_names
+            .insert(DMP_DESTINATION.to_owned(), (cx.file.to_owned(), line));
+        let d = d.get_ref();
+        let url = d.url.get_ref();
+        let Some((host, port, path)) = split_https_url(url) else {
+            self.err(
+                cx,
+                cx.line(&d.url),
+                "dmp.url",
+                format!("{url:?} is not an https://host[:port]/path URL"),
+            );
+            return;
+        };
+        let server_name = d
+            .server_name
+            .as_ref()
+            .map_or_else(|| host.clone(), |n| n.get_ref().clone());
+        if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+            let at = d
+                .server_name
+                .as_ref()
+                .map_or(cx.line(&d.url), |n| cx.line(n));
+            self.err(
+                cx,
+                at,
+                "dmp.server_name",
+                format!("{server_name:?} is not a DNS name or IP address"),
+            );
+        }
+        let base = cx.file.parent().unwrap_or(Path::new("."));
+        let ca = d.ca.as_ref().map(|c| {
+            let path = base.join(c.get_ref());
+            if let Err(e) = crate::tls::load_certs(&path) {
+                self.err(cx, cx.line(c), "dmp.ca", e.to_string());
+            }
+            path
+        });
+        let t = self.timing(
+            cx,
+            line,
+            TimingFields {
+                connect: &d.connect_timeout_secs,
+                answer: &d.timeout_secs,
+                attempts: &d.max_attempts,
+                age: &d.max_age_secs,
+                backoff_initial: &d.backoff_initial_ms,
+                backoff_max: &d.backoff_max_ms,
+            },
+            "dmp.",
+            "timeout_secs",
+        );
+        self.tls_users
+            .push((cx.file.to_owned(), cx.line(&d.url), "dmp.url".into()));
+        self.cfg.destinations.push(Destination {
+            name: DestinationName::new(DMP_DESTINATION),
+            kind: DestinationKind::Dmp { path, ca },
+            address: format!("{host}:{port}"),
+            connect_timeout: t.connect,
+            ack_timeout: t.answer,
+            max_attempts: t.max_attempts,
+            max_age: t.max_age,
+            backoff_initial: t.backoff_initial,
+            backoff_max: t.backoff_max,
+            keep_connection_open: false,
+            tls: true,
+            server_name: Some(server_name),
+            system: None,
+        });
     }
 
     fn establishment(&mut self, cx: &Ctx<'_>, i: usize, e: &Spanned<RawEstablishment>) {
@@ -907,11 +1081,26 @@ impl Validator {
                 "no identifier: nothing could ever be tagged to this establishment",
             );
         }
+        let dmp = e.dmp.as_ref().map(|d| {
+            self.dmp_users
+                .push((cx.file.to_owned(), cx.line(d), field("dmp")));
+            let d = d.get_ref();
+            let base = cx.file.parent().unwrap_or(Path::new("."));
+            let (cert, key) = (base.join(d.cert.get_ref()), base.join(d.key.get_ref()));
+            if let Err(err) = crate::tls::load_certs(&cert) {
+                self.err(cx, cx.line(&d.cert), field("dmp.cert"), err.to_string());
+            }
+            if let Err(err) = crate::tls::load_key(&key) {
+                self.err(cx, cx.line(&d.key), field("dmp.key"), err.to_string());
+            }
+            EstablishmentDmp { cert, key }
+        });
         self.cfg.establishments.push(Establishment {
             id,
             name: e.name.get_ref().clone(),
             finess: e.finess.iter().map(|f| f.get_ref().clone()).collect(),
             record: DestinationName::new(e.record.get_ref()),
+            dmp,
         });
     }
 
@@ -1212,6 +1401,16 @@ impl Validator {
     }
 
     fn finish(mut self) -> Result<Config, ConfigErrors> {
+        if self.dmp_seen.is_none() {
+            for (file, line, field) in std::mem::take(&mut self.dmp_users) {
+                self.errors.push(ConfigError {
+                    file,
+                    line,
+                    field,
+                    message: "feeding the DMP needs a [dmp] section (its url)".into(),
+                });
+            }
+        }
         if let (Some((file, line)), None) = (&self.fhir_bind_at, &self.tls_seen) {
             self.errors.push(ConfigError {
                 file: file.clone(),

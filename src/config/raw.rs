@@ -19,6 +19,7 @@ pub struct RawFile {
     pub tls: Option<Spanned<RawTls>>,
     pub admin: Option<Spanned<RawAdmin>>,
     pub fhir: Option<Spanned<RawFhir>>,
+    pub dmp: Option<Spanned<RawDmp>>,
     #[serde(default)]
     pub system: Vec<Spanned<RawSystem>>,
     #[serde(default)]
@@ -52,6 +53,34 @@ pub struct RawSystem {
 pub struct RawAdmin {
     /// `IP:port` to bind.
     pub bind: S,
+}
+
+/// The DMP feed: an IHE MHD Document Recipient (ITI-65, ANS PDSm) over HTTPS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDmp {
+    /// `https://host:port/path`: the Bundle is POSTed there.
+    pub url: S,
+    /// Name the DMP's certificate must carry; default: the URL's host.
+    pub server_name: Option<S>,
+    /// PEM bundle of the CAs that issue the DMP's server certificate; default `[tls].ca`.
+    pub ca: Option<S>,
+    pub connect_timeout_secs: Option<Spanned<u64>>,
+    /// Longest wait for the answer.
+    pub timeout_secs: Option<Spanned<u64>>,
+    pub max_attempts: Option<Spanned<u64>>,
+    pub max_age_secs: Option<Spanned<u64>>,
+    pub backoff_initial_ms: Option<Spanned<u64>>,
+    pub backoff_max_ms: Option<Spanned<u64>>,
+}
+
+/// An establishment's DMP feed: present means enabled.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEstablishmentDmp {
+    /// The establishment's client certificate toward the DMP (PEM), relative to the file.
+    pub cert: S,
+    pub key: S,
 }
 
 /// FHIR: the HTTPS endpoint (mutual TLS, the systems' certificates) and the zone of HL7
@@ -140,6 +169,8 @@ pub struct RawEstablishment {
     pub finess: Vec<S>,
     /// Destination name of this establishment's patient record system.
     pub record: S,
+    /// Feed the DMP (needs `[dmp]`), with the establishment's certificate.
+    pub dmp: Option<Spanned<RawEstablishmentDmp>>,
     #[serde(default)]
     pub identify: RawIdentify,
 }

@@ -18,6 +18,7 @@ pub use labroute_fhir_json as json;
 pub use labroute_fhir_json::r4;
 
 pub mod inbound;
+pub mod mhd;
 pub mod report;
 pub mod v2;
 

@@ -551,8 +551,9 @@ const LENIENT_BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPu
         .with_decode_allow_trailing_bits(true),
 );
 
-/// ED (source, type of data, subtype, encoding, data) → Attachment with base64 data.
-pub fn ed_attachment(v: Value<'_>, at: At<'_>) -> Result<Attachment, MapError> {
+/// ED (source, type of data, subtype, encoding, data) → the bytes it carries and their MIME
+/// type.
+pub fn ed_bytes(v: Value<'_>, at: At<'_>) -> Result<(Vec<u8>, Option<String>), MapError> {
     let c = |n| text(v.component(n));
     let data = v.component(5);
     let encoding = c(4).unwrap_or_default();
@@ -588,8 +589,14 @@ pub fn ed_attachment(v: Value<'_>, at: At<'_>) -> Result<Attachment, MapError> {
         "A" | "" => data.text().into_owned().into_bytes(),
         _ => return Err(at.err_component(4, "ED encoding is not A, Hex or Base64")),
     };
+    Ok((bytes, mime_type(c(2).as_deref(), c(3).as_deref())))
+}
+
+/// ED → Attachment with base64 data.
+pub fn ed_attachment(v: Value<'_>, at: At<'_>) -> Result<Attachment, MapError> {
+    let (bytes, mime) = ed_bytes(v, at)?;
     Ok(Attachment {
-        content_type: mime_type(c(2).as_deref(), c(3).as_deref()).map(code),
+        content_type: mime.map(code),
         data: Some(Base64Binary::from(
             base64::engine::general_purpose::STANDARD.encode(&bytes),
         )),

@@ -220,9 +220,21 @@ pub fn destinations(
     match class {
         MessageClass::Order => cfg.routing.orders_to.clone(),
         MessageClass::Admin => cfg.routing.adt_to.clone(),
-        MessageClass::Result | MessageClass::Document => cfg
-            .establishment(owner)
-            .map(|e| vec![e.record.clone()])
-            .unwrap_or_default(),
+        MessageClass::Result | MessageClass::Document => {
+            let mut d: Vec<DestinationName> = cfg
+                .establishment(owner)
+                .map(|e| vec![e.record.clone()])
+                .unwrap_or_default();
+            // The DMP feed sees every result when `[dmp]` is set; its gate (at send time,
+            // journalled) withholds those of establishments that do not enable it.
+            if cfg
+                .destinations
+                .iter()
+                .any(|x| x.name.as_str() == crate::config::DMP_DESTINATION)
+            {
+                d.push(DestinationName::new(crate::config::DMP_DESTINATION));
+            }
+            d
+        }
     }
 }

@@ -51,6 +51,23 @@ pub enum PeerAnswer {
     Error(String),
     /// AR/CR: never accepted.
     Rejected(String),
+    /// Not to be sent, by rule (the DMP gate): settled as withheld with this reason.
+    Withheld(&'static str),
+}
+
+/// How a destination is reached: MLLP, or the DMP's HTTPS.
+pub enum Transport {
+    Mllp(Box<Connection>),
+    Dmp(Box<super::dmp::DmpSink>),
+}
+
+impl Transport {
+    async fn send(&mut self, permit: &Permit, raw: &[u8]) -> Result<PeerAnswer, AttemptError> {
+        match self {
+            Transport::Mllp(c) => c.send(permit, raw).await,
+            Transport::Dmp(d) => Ok(d.send(permit, raw).await),
+        }
+    }
 }
 
 /// An open connection: plain TCP (loopback only) or TLS.
@@ -299,8 +316,15 @@ pub async fn run_destination(
     let Some(notify) = store.notifier(&name) else {
         return;
     };
-    let expected = dest.system.as_ref().and_then(|n| cfg.system(n)).cloned();
-    let mut conn = Connection::new(dest.clone(), tls, expected);
+    let mut conn = match dest.kind {
+        crate::config::DestinationKind::Mllp => {
+            let expected = dest.system.as_ref().and_then(|n| cfg.system(n)).cloned();
+            Transport::Mllp(Box::new(Connection::new(dest.clone(), tls, expected)))
+        }
+        crate::config::DestinationKind::Dmp { .. } => Transport::Dmp(Box::new(
+            super::dmp::DmpSink::new(dest.clone(), cfg.clone(), store.clone()),
+        )),
+    };
     let mut cursor: Option<u64> = None;
     let mut pending = PendingMarks {
         dest: name.clone(),
@@ -357,7 +381,7 @@ async fn deliver_one(
     dest: &Destination,
     cfg: &Config,
     store: &StoreHandle,
-    conn: &mut Connection,
+    conn: &mut Transport,
     n: u64,
     mut entry: OutboxEntry,
     pending: &mut PendingMarks,
@@ -398,6 +422,16 @@ async fn deliver_one(
                                 reason: r,
                             },
                             Ok(PeerAnswer::Error(e)) => retry_or_dead(dest, attempts, e),
+                            Ok(PeerAnswer::Withheld(reason)) => {
+                                metrics::counter!(
+                                    crate::telemetry::names::DMP_WITHHELD,
+                                    "reason" => reason
+                                )
+                                .increment(1);
+                                DeliveryUpdate::Withheld {
+                                    reason: reason.to_owned(),
+                                }
+                            }
                             Err(e) => retry_or_dead(dest, attempts, e.to_string()),
                         }
                     }
@@ -443,6 +477,7 @@ async fn deliver_one(
             DeliveryUpdate::Delivered => &STATS.deliveries,
             DeliveryUpdate::Retry { .. } => &STATS.delivery_retries,
             DeliveryUpdate::Dead { .. } => &STATS.dead_letters,
+            DeliveryUpdate::Withheld { .. } => &STATS.withheld,
         };
         stats::add(counter, 1);
         match update {
@@ -452,6 +487,10 @@ async fn deliver_one(
             }
             DeliveryUpdate::Dead { reason, .. } => {
                 tracing::warn!(destination = %name, seq = entry.seq, reason = %reason, "dead letter");
+                return true;
+            }
+            DeliveryUpdate::Withheld { reason } => {
+                tracing::info!(destination = %name, seq = entry.seq, reason = %reason, "withheld by rule; not sent");
                 return true;
             }
             DeliveryUpdate::Retry {

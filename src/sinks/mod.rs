@@ -1,2 +1,3 @@
 //! Outbound destinations.
+pub mod dmp;
 pub mod mllp;

@@ -114,6 +114,11 @@ pub enum DeliveryUpdate {
         attempts: u32,
         reason: String,
     },
+    /// Not sent, by a rule of the destination (the DMP gate): settled, journalled with the
+    /// reason, not a dead letter.
+    Withheld {
+        reason: String,
+    },
 }
 
 /// Operator commands that change the store.
@@ -1053,6 +1058,9 @@ fn delivery(
             "dead",
             serde_json::json!({ "attempts": attempts, "reason": reason }),
         ),
+        DeliveryUpdate::Withheld { reason } => {
+            ("withheld", serde_json::json!({ "reason": reason }))
+        }
     };
     // One read of the record serves the audit entry and the application ACK below.
     let record = load_record(txn, seq)?;
@@ -1078,7 +1086,13 @@ fn delivery(
             if let Some(mut rec) = record.filter(|r| r.app_ack.is_some()) {
                 let delivered = txn.open_table(DELIVERED).map_err(db_err)?;
                 let mut all = true;
-                for d in &rec.destinations {
+                // The DMP feed is not the receiving application: its outcome goes back as
+                // a business acknowledgement, not in the application ACK.
+                for d in rec
+                    .destinations
+                    .iter()
+                    .filter(|d| d.as_str() != crate::config::DMP_DESTINATION)
+                {
                     all &= delivered
                         .get(queue_key(d.as_str(), seq).as_slice())
                         .map_err(db_err)?
@@ -1102,6 +1116,9 @@ fn delivery(
             outbox
                 .insert(key.as_slice(), encode(&e).as_slice())
                 .map_err(db_err)?;
+        }
+        DeliveryUpdate::Withheld { .. } => {
+            outbox.remove(key.as_slice()).map_err(db_err)?;
         }
         DeliveryUpdate::Dead { attempts, reason } => {
             outbox.remove(key.as_slice()).map_err(db_err)?;

@@ -1,0 +1,451 @@
+//! A result → an IHE MHD ITI-65 "Provide Document Bundle" as ANS PDSm profiles it, for the
+//! DMP feed (DECISIONS D13): a transaction Bundle with a SubmissionSet `List`, and per
+//! document a `DocumentReference` and its `Binary`.
+//!
+//! The documents are the message's ED OBX (the CDA the French CDA-in-HL7 profile carries,
+//! `OBX|n|ED|11502-2^…^LN||^TEXT^XML^Base64^…`), MetaDMPMSS metadata excepted; a result that
+//! carries none is published as its FHIR report (the v2-to-FHIR Bundle, `report`).
+
+use super::r4::Resource;
+use super::r4::resources::{
+    Binary, Bundle, BundleEntry, BundleEntryRequest, DocumentReference, DocumentReferenceContent,
+    DocumentReferenceContext, List, ListEntry, Organization, Patient,
+};
+use super::r4::types::{
+    Attachment, CodeableConcept, Coding, Extension, ExtensionValue, Identifier, Meta, Period,
+    Reference,
+};
+use super::v2::{self, Dtm, code};
+use super::{At, MapError, Zone};
+use crate::hl7::Message;
+
+const PDSM: &str = "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/";
+const MHD_EXT: &str = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/";
+const RFC3986: &str = "urn:ietf:rfc:3986";
+const LOINC: &str = "http://loinc.org";
+/// TRE_A07 StatutVisibiliteDocument (OID 1.2.250.1.213.1.1.4.13).
+pub const VISIBILITY: &str = "https://mos.esante.gouv.fr/NOS/TRE_A07-StatutVisibiliteDocument/FHIR/TRE-A07-StatutVisibiliteDocument";
+/// TRE_A08 HL7Confidentiality (N, R, V).
+pub const CONFIDENTIALITY: &str =
+    "https://mos.esante.gouv.fr/NOS/TRE_A08-HL7Confidentiality/FHIR/TRE-A08-HL7Confidentiality";
+const FORMAT: &str =
+    "https://mos.esante.gouv.fr/NOS/TRE_A11-IheFormatCode/FHIR/TRE-A11-IheFormatCode";
+const CLASS: &str =
+    "https://mos.esante.gouv.fr/NOS/TRE_A03-ClasseDocument/FHIR/TRE-A03-ClasseDocument";
+const SECTOR: &str =
+    "https://mos.esante.gouv.fr/NOS/TRE_R02-SecteurActivite/FHIR/TRE-R02-SecteurActivite";
+const PRACTICE: &str =
+    "https://mos.esante.gouv.fr/NOS/TRE_A01-CadreExercice/FHIR/TRE-A01-CadreExercice";
+/// OID of FINESS identifiers.
+const FINESS_OID: &str = "urn:oid:1.2.250.1.71.4.2.2";
+
+/// MetaDMPMSS flags → TRE_A07 visibility codes (the HL7 flag `INVISIBLE_REP_LEGAUX` is the
+/// A07 code `INVISIBLE_REPRESENTANTS_LEGAUX`).
+pub const VISIBILITY_FLAGS: [(&str, &str); 3] = [
+    ("MASQUE_PS", "MASQUE_PS"),
+    ("INVISIBLE_PATIENT", "INVISIBLE_PATIENT"),
+    ("INVISIBLE_REP_LEGAUX", "INVISIBLE_REPRESENTANTS_LEGAUX"),
+];
+
+/// Who publishes: the owning establishment.
+#[derive(Debug, Clone)]
+pub struct Publisher<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    pub finess: Option<&'a str>,
+}
+
+/// The Bundle to POST, as JSON.
+#[derive(Debug)]
+pub struct Provide {
+    pub json: String,
+    /// DocumentReferences in it.
+    pub documents: usize,
+}
+
+/// One document to publish.
+struct Document {
+    bytes: Vec<u8>,
+    mime: String,
+    /// LOINC type (OBX-3.1 when coded in LN, else 11502-2).
+    type_code: String,
+    type_display: String,
+    cda: bool,
+}
+
+/// An OID under `2.25` (ISO/IEC 9834-8: from a UUID): an XDS uniqueId for what we create.
+fn oid_of(uuid: &str) -> String {
+    let hex: String = uuid.chars().filter(|c| *c != '-').collect();
+    let n = u128::from_str_radix(&hex, 16).unwrap_or(0);
+    format!("urn:oid:2.25.{n}")
+}
+
+fn uri_identifier(use_: &str, value: String) -> Identifier {
+    Identifier {
+        r#use: Some(code(use_)),
+        system: Some(RFC3986.into()),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn coding(system: &str, c: &str, display: Option<&str>) -> Coding {
+    Coding {
+        system: Some(system.into()),
+        code: Some(code(c)),
+        display: display.map(Into::into),
+        ..Default::default()
+    }
+}
+
+fn concept(system: &str, c: &str, display: Option<&str>) -> CodeableConcept {
+    CodeableConcept {
+        coding: vec![coding(system, c, display)],
+        ..Default::default()
+    }
+}
+
+fn local(id: &str) -> Box<Reference> {
+    Box::new(Reference {
+        reference: Some(format!("#{id}").into()),
+        ..Default::default()
+    })
+}
+
+fn meta(profile: &str) -> Option<Box<Meta>> {
+    Some(Box::new(Meta {
+        profile: vec![format!("{PDSM}{profile}").into()],
+        ..Default::default()
+    }))
+}
+
+/// The INS (value, OID) of PID-3, when there is one.
+fn ins(msg: &Message<'_>) -> Option<(String, String)> {
+    let pid = msg.segments_named("PID").next()?;
+    pid.field(3).repetitions().find_map(|r| {
+        let oid = r.component(4).subcomponent(2).text();
+        let value = r.component(1).text();
+        (!value.is_empty() && crate::dmp::INS_OIDS.contains(&oid.as_ref()))
+            .then(|| (value.into_owned(), oid.into_owned()))
+    })
+}
+
+/// The patient as the DocumentReference's `sourcePatientInfo` (contained): INS, name,
+/// birth date, sex.
+fn patient(msg: &Message<'_>, ins_id: &Identifier) -> Patient {
+    let mut p = Patient {
+        id: Some("patient".into()),
+        identifier: vec![ins_id.clone()],
+        ..Default::default()
+    };
+    if let Some(pid) = msg.segments_named("PID").next() {
+        p.name = pid
+            .field(5)
+            .repetitions()
+            .filter_map(v2::xpn_name)
+            .collect();
+        p.birth_date = Dtm::parse(&pid.field(7).text()).map(|d| d.date().into());
+        p.gender = match pid.field(8).text().as_ref() {
+            "M" => Some(code("male")),
+            "F" => Some(code("female")),
+            "O" | "A" => Some(code("other")),
+            "U" => Some(code("unknown")),
+            _ => None,
+        };
+    }
+    p
+}
+
+/// The ED OBX that are documents (MetaDMPMSS metadata, such as the mail bodies, are not).
+fn documents(msg: &Message<'_>) -> Result<Vec<Document>, MapError> {
+    let mut out = Vec::new();
+    for (i, obx) in msg.segments_named("OBX").enumerate() {
+        if obx.field(2).text() != "ED" {
+            continue;
+        }
+        let id = obx.field(3);
+        if id.component(3).text() == "MetaDMPMSS" {
+            continue;
+        }
+        let at = At {
+            segment: "OBX",
+            occurrence: i + 1,
+            field: 5,
+        };
+        let (bytes, mime) = v2::ed_bytes(obx.field(5).repetition(1), at)?;
+        let mime = mime.unwrap_or_else(|| "application/octet-stream".into());
+        let cda = mime == "text/xml" || mime == "application/xml";
+        let loinc = id.component(3).text() == "LN";
+        out.push(Document {
+            bytes,
+            mime,
+            type_code: if loinc {
+                id.component(1).text().into_owned()
+            } else {
+                "11502-2".into()
+            },
+            type_display: if loinc {
+                id.component(2).text().into_owned()
+            } else {
+                "CR d'examens biologiques".into()
+            },
+            cda,
+        });
+    }
+    Ok(out)
+}
+
+/// Builds the ITI-65 Bundle for a stored message (`raw`, its store sequence `seq`).
+pub fn provide_bundle(
+    raw: &[u8],
+    seq: u64,
+    publisher: &Publisher<'_>,
+    zone: Zone,
+    now_ms: u64,
+) -> Result<Provide, MapError> {
+    let msg = Message::parse(raw).map_err(|_| whole("message unreadable"))?;
+    let mut seed = crate::model::sha256(raw);
+    seed[..8].copy_from_slice(&seq.to_be_bytes());
+    let id = |kind: &str, n: usize| v2::uuid(&seed, kind, n);
+    let (ins_value, ins_oid) = ins(&msg).ok_or_else(|| {
+        At {
+            segment: "PID",
+            occurrence: 1,
+            field: 3,
+        }
+        .err("no INS to publish under")
+    })?;
+    let ins_id = Identifier {
+        system: Some(format!("urn:oid:{ins_oid}").into()),
+        value: Some(ins_value.into()),
+        ..Default::default()
+    };
+    let subject = Box::new(Reference {
+        identifier: Some(Box::new(ins_id.clone())),
+        ..Default::default()
+    });
+    let now = crate::time::rfc3339(now_ms);
+    let org = Organization {
+        id: Some("org".into()),
+        name: Some(publisher.name.into()),
+        identifier: publisher
+            .finess
+            .map(|f| Identifier {
+                system: Some(FINESS_OID.into()),
+                value: Some(f.into()),
+                ..Default::default()
+            })
+            .into_iter()
+            .collect(),
+        ..Default::default()
+    };
+    let mut docs = documents(&msg)?;
+    if docs.is_empty() {
+        let mapped = super::map_result(&msg, zone)?;
+        let json = super::json::to_json(&mapped.bundle)
+            .map_err(|_| whole("the FHIR report could not be written"))?;
+        docs.push(Document {
+            bytes: json.into_bytes(),
+            mime: "application/fhir+json".into(),
+            type_code: "11502-2".into(),
+            type_display: "CR d'examens biologiques".into(),
+            cda: false,
+        });
+    }
+    let mut labels = Vec::new();
+    for (flag, a07) in VISIBILITY_FLAGS {
+        if crate::dmp::flag(&msg, flag) == Some(true) {
+            labels.push(concept(VISIBILITY, a07, None));
+        }
+    }
+    labels.push(concept(CONFIDENTIALITY, "N", Some("Normal")));
+    let period_start = msg
+        .segments_named("OBR")
+        .next()
+        .and_then(|obr| Dtm::parse(&obr.field(7).text()))
+        .map(|d| d.date_time(zone))
+        .unwrap_or_else(|| now.clone());
+    let list_url = format!("urn:uuid:{}", id("List", 0));
+    let mut entries = Vec::new();
+    let mut list_entries = Vec::new();
+    let mut doc_entries = Vec::new();
+    for (n, d) in docs.iter().enumerate() {
+        let dr_uuid = id("DocumentReference", n);
+        let bin_url = format!("urn:uuid:{}", id("Binary", n));
+        let dr_url = format!("urn:uuid:{dr_uuid}");
+        let sha1: [u8; 20] = {
+            use sha1::Digest;
+            sha1::Sha1::digest(&d.bytes).into()
+        };
+        let dr = DocumentReference {
+            meta: meta("pdsm-comprehensive-document-reference"),
+            contained: vec![
+                Resource::Patient(Box::new(patient(&msg, &ins_id))),
+                Resource::Organization(Box::new(org.clone())),
+            ],
+            master_identifier: Some(Box::new(uri_identifier(
+                "usual",
+                oid_of(&id("Document", n)),
+            ))),
+            identifier: vec![uri_identifier("official", dr_url.clone())],
+            status: code("current"),
+            r#type: Some(Box::new(concept(
+                LOINC,
+                &d.type_code,
+                Some(&d.type_display)
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.as_str()),
+            ))),
+            category: vec![concept(CLASS, "10", Some("Compte rendu"))],
+            subject: Some(subject.clone()),
+            date: Some(now.clone().into()),
+            author: vec![*local("org")],
+            security_label: labels.clone(),
+            content: vec![DocumentReferenceContent {
+                attachment: Box::new(Attachment {
+                    content_type: Some(code(d.mime.as_str())),
+                    language: Some(code("fr-FR")),
+                    url: Some(bin_url.clone().into()),
+                    size: u32::try_from(d.bytes.len()).ok().map(Into::into),
+                    hash: Some(base64_of(&sha1).into()),
+                    title: Some(d.type_display.clone().into()),
+                    creation: Some(now.clone().into()),
+                    ..Default::default()
+                }),
+                format: d
+                    .cda
+                    .then(|| Box::new(coding(FORMAT, "urn:ihe:lab:xd-lab:2008", Some("CR-BIO")))),
+                ..Default::default()
+            }],
+            context: Some(DocumentReferenceContext {
+                period: Some(Box::new(Period {
+                    start: Some(period_start.clone().into()),
+                    ..Default::default()
+                })),
+                facility_type: Some(Box::new(concept(SECTOR, "SA01", None))),
+                practice_setting: Some(Box::new(concept(PRACTICE, "ETABLISSEMENT", None))),
+                source_patient_info: Some(local("patient")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        list_entries.push(ListEntry {
+            item: Box::new(Reference {
+                reference: Some(dr_url.clone().into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        doc_entries.push(entry(
+            dr_url,
+            Resource::DocumentReference(Box::new(dr)),
+            "DocumentReference",
+        ));
+        doc_entries.push(entry(
+            bin_url,
+            Resource::Binary(Box::new(Binary {
+                content_type: code(d.mime.as_str()),
+                data: Some(base64_of(&d.bytes).into()),
+                ..Default::default()
+            })),
+            "Binary",
+        ));
+    }
+    let list = List {
+        meta: meta("pdsm-submissionset-comprehensive"),
+        contained: vec![Resource::Organization(Box::new(org))],
+        extension: vec![
+            Extension {
+                url: format!("{MHD_EXT}ihe-sourceId"),
+                value: Some(ExtensionValue::Identifier(Box::new(Identifier {
+                    value: Some(source_oid(publisher.id).into()),
+                    ..Default::default()
+                }))),
+                ..Default::default()
+            },
+            Extension {
+                url: format!("{MHD_EXT}ihe-designationType"),
+                value: Some(ExtensionValue::CodeableConcept(Box::new(concept(
+                    LOINC,
+                    "11502-2",
+                    Some("CR d'examens biologiques"),
+                )))),
+                ..Default::default()
+            },
+        ],
+        identifier: vec![
+            uri_identifier("usual", oid_of(&id("SubmissionSet", 0))),
+            uri_identifier("official", list_url.clone()),
+        ],
+        status: code("current"),
+        mode: code("working"),
+        code: Some(Box::new(concept(
+            "https://profiles.ihe.net/ITI/MHD/CodeSystem/MHDlistTypes",
+            "submissionset",
+            Some("SubmissionSet as a FHIR List"),
+        ))),
+        subject: Some(subject),
+        date: Some(now.into()),
+        source: Some(Box::new(Reference {
+            extension: vec![Extension {
+                url: format!("{MHD_EXT}ihe-authorOrg"),
+                value: Some(ExtensionValue::Reference(local("org"))),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        entry: list_entries,
+        ..Default::default()
+    };
+    entries.push(entry(list_url, Resource::List(Box::new(list)), "List"));
+    entries.extend(doc_entries);
+    let documents = docs.len();
+    let bundle = Bundle {
+        meta: meta("pdsm-comprehensive-provide-document-bundle"),
+        r#type: code("transaction"),
+        entry: entries,
+        ..Default::default()
+    };
+    let json = super::json::to_json(&Resource::Bundle(Box::new(bundle)))
+        .map_err(|_| whole("the Bundle could not be written"))?;
+    Ok(Provide { json, documents })
+}
+
+fn entry(url: String, resource: Resource, ty: &str) -> BundleEntry {
+    BundleEntry {
+        full_url: Some(url.into()),
+        resource: Some(resource),
+        request: Some(BundleEntryRequest {
+            method: code("POST"),
+            url: ty.into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A problem with the message as a whole (reported at MSH).
+fn whole(problem: &'static str) -> MapError {
+    MapError {
+        segment: "MSH".into(),
+        occurrence: 1,
+        field: None,
+        component: None,
+        problem: problem.into(),
+    }
+}
+
+fn base64_of(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// The SubmissionSet's sourceId: an OID under `2.25` derived from the establishment id, the
+/// same for every submission of that establishment.
+fn source_oid(establishment: &str) -> String {
+    oid_of(&v2::uuid(
+        &crate::model::sha256(b"labroute:dmp:source"),
+        establishment,
+        0,
+    ))
+}

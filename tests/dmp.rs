@@ -1,0 +1,294 @@
+//! The DMP feed against a real HTTPS receiver (`tests/py/mhd_receiver.py`: client
+//! certificate required, every Bundle validated by PyPI `fhir.resources`): a result is
+//! published when everything allows it, with the establishment's certificate and its
+//! confidentiality flags as security labels; for each reason not to (opposition, unqualified
+//! identity, closed DMP, `DESTDMP=N`, establishment not enabled) it is not sent, and the
+//! reason is journalled and counted. The establishment's own record gets every result
+//! regardless.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::fhir::validator;
+use common::*;
+use labroute::store::audit::AuditFilter;
+use serde_json::Value as Json;
+
+/// The receiver, killed on drop.
+struct Recipient {
+    child: std::process::Child,
+    port: u16,
+    out: std::path::PathBuf,
+}
+
+impl Drop for Recipient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Recipient {
+    fn start(python: &Path, pki: &Path, out: std::path::PathBuf) -> Recipient {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mhd_receiver.py");
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .arg("--ca")
+            .arg(pki.join("ca.pem"))
+            .arg("--cert")
+            .arg(pki.join("server.pem"))
+            .arg("--key")
+            .arg(pki.join("server.key"))
+            .arg("--out")
+            .arg(&out)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the receiver starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("PORT line");
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("receiver said {line:?}"));
+        Recipient { child, port, out }
+    }
+
+    fn received(&self) -> Vec<Json> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    }
+}
+
+const CDA: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ClinicalDocument xmlns=\"urn:hl7-org:v3\"><title>CR de biologie (fictif)</title></ClinicalDocument>";
+
+/// A CR-BIO result for ES1 (or ES2) in the French CDA-in-HL7 form: INS and IPP, PID-32,
+/// the CDA in an ED OBX, the MetaDMPMSS flags given.
+fn cr_bio(es: &str, ctrl: &str, ipp: &str, pid32: &str, flags: &[(&str, &str)]) -> Vec<u8> {
+    use base64::Engine;
+    let auth = if es == "ES1" {
+        "CHNORD-IPP"
+    } else {
+        "CHSUD-IPP"
+    };
+    let mut pid = vec![String::new(); 33];
+    pid[0] = "PID".into();
+    pid[3] = format!(
+        "248098765432112^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS~{ipp}^^^{auth}^PI"
+    );
+    pid[5] = "FICTIF^CAMILLE^^^^^L".into();
+    pid[7] = "19800101".into();
+    pid[8] = "F".into();
+    pid[32] = pid32.into();
+    let doc = base64::engine::general_purpose::STANDARD.encode(CDA);
+    let mut m = format!(
+        "MSH|^~\\&|SIL|LAB|DPI||20250301100000||ORU^R01^ORU_R01|{ctrl}|P|2.5|||||FRA|UNICODE UTF-8|||2.1^CISIS_CDA_HL7_V2\r{}\r\
+OBR|1||F-{ctrl}^LAB|11502-2^CR d'examens biologiques^LN|||20250301080000||||||||||||||||F\r\
+OBX|1|ED|11502-2^CR d'examens biologiques^LN||^TEXT^XML^Base64^{doc}||||||F\r",
+        pid.join("|")
+    );
+    for (i, (flag, v)) in flags.iter().enumerate() {
+        m.push_str(&format!(
+            "OBX|{}|CE|{flag}^{flag}^MetaDMPMSS||{v}^^expandedYes-NoIndicator||||||F\r",
+            i + 2
+        ));
+    }
+    m.into_bytes()
+}
+
+/// Patient administration from ES1's DPI with a ZFA (DMP status, opposition).
+fn adt(ctrl: &str, ipp: &str, zfa1: &str, zfa9: &str) -> Vec<u8> {
+    format!(
+        "MSH|^~\\&|DPI|CHNORD|SIL|LAB|20250301070000||ADT^A31^ADT_A05|{ctrl}|P|2.5|||||FRA|UNICODE UTF-8\r\
+EVN|A31|20250301070000\rPID|||{ipp}^^^CHNORD-IPP^PI||FICTIF^CAMILLE\rPV1|1|N\r\
+ZFA|{zfa1}|20240101|||||||{zfa9}|20240101\r"
+    )
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journalled() {
+    let Some(python) = validator() else {
+        return;
+    };
+    let pki = tempfile::tempdir().expect("tempdir");
+    temp_pki(
+        pki.path(),
+        "dmp test CA",
+        &["es1-dmp", "es2-dmp"],
+        &["localhost"],
+        labroute::time::now_ms(),
+    );
+    let recipient = Recipient::start(&python, pki.path(), pki.path().join("received.jsonl"));
+    let p = pki.path().to_path_buf();
+    let port = recipient.port;
+    let h = Harness::start(move |r| {
+        r.replace(
+            "record = \"dpi-es1\"\n",
+            &format!(
+                "record = \"dpi-es1\"\ndmp = {{ cert = \"{}\", key = \"{}\" }}\n",
+                p.join("es1-dmp.pem").display(),
+                p.join("es1-dmp.key").display()
+            ),
+        ) + &tls_section(
+            &p.join("ca.pem"),
+            &p.join("server.pem"),
+            &p.join("server.key"),
+        ) + &format!(
+            "[dmp]\nurl = \"https://127.0.0.1:{port}/fhir\"\nserver_name = \"localhost\"\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n"
+        )
+    })
+    .await;
+
+    let flags_yes = [("DESTDMP", "Y"), ("MASQUE_PS", "N")];
+    let msgs: Vec<(&str, Vec<u8>)> = vec![
+        ("ADT-OPP", adt("ADT-OPP", "P-OPP", "ACTIF", "IO")),
+        ("ADT-CLOSED", adt("ADT-CLOSED", "P-CLOSED", "FERME", "INO")),
+        ("ADT-OK", adt("ADT-OK", "P-OK", "ACTIF", "INO")),
+        ("R-OK", cr_bio("ES1", "R-OK", "P-OK", "VALI", &flags_yes)),
+        (
+            "R-MASKED",
+            cr_bio(
+                "ES1",
+                "R-MASKED",
+                "P-OK",
+                "VALI",
+                &[("DESTDMP", "Y"), ("MASQUE_PS", "Y")],
+            ),
+        ),
+        ("R-OPP", cr_bio("ES1", "R-OPP", "P-OPP", "VALI", &flags_yes)),
+        (
+            "R-CLOSED",
+            cr_bio("ES1", "R-CLOSED", "P-CLOSED", "VALI", &flags_yes),
+        ),
+        (
+            "R-PROV",
+            cr_bio("ES1", "R-PROV", "P-OK", "PROV", &flags_yes),
+        ),
+        (
+            "R-NODMP",
+            cr_bio("ES1", "R-NODMP", "P-OK", "VALI", &[("DESTDMP", "N")]),
+        ),
+        ("R-ES2", cr_bio("ES2", "R-ES2", "P-ES2", "VALI", &flags_yes)),
+    ];
+    for (ctrl, m) in &msgs {
+        let acks = send_all(h.sil(), std::slice::from_ref(m))
+            .await
+            .expect("ACK");
+        assert_eq!(msa(&acks[0]).0, "AA", "{ctrl}");
+    }
+
+    // Every result settles at the DMP destination: delivered or withheld.
+    let store = h.server.store.store();
+    let settled = |event: &str| {
+        labroute::store::audit::query(
+            store,
+            &AuditFilter {
+                event: Some(event.into()),
+                ..Default::default()
+            },
+        )
+        .expect("journal")
+        .into_iter()
+        .filter(|e| e.actor.as_deref() == Some("dmp"))
+        .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while settled("delivered").len() + settled("withheld").len() < 7 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let control_of = |seq: u64| {
+        store
+            .record(seq)
+            .expect("record")
+            .expect("exists")
+            .control_id
+    };
+    let mut delivered: Vec<String> = settled("delivered")
+        .iter()
+        .map(|e| control_of(e.message.expect("seq")))
+        .collect();
+    delivered.sort();
+    assert_eq!(delivered, ["R-MASKED", "R-OK"]);
+    let mut withheld: Vec<(String, String)> = settled("withheld")
+        .iter()
+        .map(|e| {
+            (
+                control_of(e.message.expect("seq")),
+                e.detail["reason"].as_str().expect("reason").to_owned(),
+            )
+        })
+        .collect();
+    withheld.sort();
+    assert_eq!(
+        withheld,
+        [
+            ("R-CLOSED".to_owned(), "dmp_closed".to_owned()),
+            ("R-ES2".into(), "not_enabled".into()),
+            ("R-NODMP".into(), "destdmp_no".into()),
+            ("R-OPP".into(), "opposition".into()),
+            ("R-PROV".into(), "identity_not_qualified".into()),
+        ]
+    );
+    assert!(settled("dead").is_empty(), "{:?}", settled("dead"));
+
+    // What the receiver got: valid ITI-65 Bundles, sent with ES1's certificate.
+    let got = recipient.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    for g in &got {
+        assert_eq!(g["ok"], true, "{g}");
+        assert_eq!(g["client"][0], "urn:labroute:system:es1-dmp", "{g}");
+        assert_eq!(g["path"], "/fhir");
+        assert_eq!(g["formats"][0], "text/xml", "the CDA is the document: {g}");
+        assert!(
+            g["profiles"].as_array().expect("profiles").iter().any(|p| p
+                .as_str()
+                .unwrap_or("")
+                .ends_with("pdsm-comprehensive-document-reference")),
+            "{g}"
+        );
+    }
+    let labels: Vec<Vec<&str>> = got
+        .iter()
+        .map(|g| {
+            g["labels"]
+                .as_array()
+                .expect("labels")
+                .iter()
+                .filter_map(Json::as_str)
+                .collect()
+        })
+        .collect();
+    assert!(labels.contains(&vec!["N"]), "{labels:?}");
+    assert!(labels.contains(&vec!["MASQUE_PS", "N"]), "{labels:?}");
+
+    // The record systems get every result: the DMP gate is the DMP's alone.
+    assert!(h.es1.wait_for(6, Duration::from_secs(10)).await);
+    assert!(h.es2.wait_for(1, Duration::from_secs(10)).await);
+
+    // Counted by reason, for Prometheus.
+    let text = labroute::telemetry::render().expect("metrics");
+    for reason in [
+        "opposition",
+        "identity_not_qualified",
+        "dmp_closed",
+        "destdmp_no",
+        "not_enabled",
+    ] {
+        assert!(
+            text.contains(&format!(
+                "labroute_dmp_withheld_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}: {text}"
+        );
+    }
+}
