@@ -29,6 +29,22 @@ pub enum ServeError {
     },
 }
 
+/// Binds a listener; the address it got (port 0 picks one).
+async fn bind(
+    name: &str,
+    at: std::net::SocketAddr,
+) -> Result<(TcpListener, std::net::SocketAddr), ServeError> {
+    let listener = TcpListener::bind(at)
+        .await
+        .map_err(|source| ServeError::Bind {
+            name: name.to_owned(),
+            addr: at,
+            source,
+        })?;
+    let addr = listener.local_addr().unwrap_or(at);
+    Ok((listener, addr))
+}
+
 /// A running instance.
 pub struct Server {
     /// The instance's TLS configurations (reloadable), when `[tls]` is set.
@@ -85,14 +101,7 @@ impl Server {
                         .ok_or_else(|| ServeError::NoTls(l.name.to_string()))?,
                 )
             };
-            let listener = TcpListener::bind(l.bind)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    name: l.name.to_string(),
-                    addr: l.bind,
-                    source,
-                })?;
-            let addr = listener.local_addr().unwrap_or(l.bind);
+            let (listener, addr) = bind(l.name.as_str(), l.bind).await?;
             tracing::info!(listener = %l.name, %addr, tls = listener_tls.is_some(), "listening (MLLP)");
             bound.push((l.name.to_string(), addr));
             tasks.push(tokio::spawn(run_listener(
@@ -122,14 +131,7 @@ impl Server {
             let state = tls
                 .clone()
                 .ok_or_else(|| ServeError::NoTls(crate::admin::http::LISTENER.into()))?;
-            let listener = TcpListener::bind(a.bind)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    name: crate::admin::http::LISTENER.into(),
-                    addr: a.bind,
-                    source,
-                })?;
-            let addr = listener.local_addr().unwrap_or(a.bind);
+            let (listener, addr) = bind(crate::admin::http::LISTENER, a.bind).await?;
             tracing::info!(%addr, "listening (admin, HTTPS)");
             admin = Some(addr);
             tasks.push(tokio::spawn(crate::admin::http::serve(
@@ -143,17 +145,10 @@ impl Server {
             )));
         }
         let mut fhir = None;
-        if let Some(bind) = cfg.fhir.bind {
+        if let Some(bind_at) = cfg.fhir.bind {
             let name = crate::sources::fhir::LISTENER;
             let state = tls.clone().ok_or_else(|| ServeError::NoTls(name.into()))?;
-            let listener = TcpListener::bind(bind)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    name: name.into(),
-                    addr: bind,
-                    source,
-                })?;
-            let addr = listener.local_addr().unwrap_or(bind);
+            let (listener, addr) = bind(name, bind_at).await?;
             tracing::info!(%addr, "listening (FHIR, HTTPS)");
             fhir = Some(addr);
             tasks.push(tokio::spawn(crate::sources::fhir::serve(

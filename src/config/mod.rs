@@ -1411,21 +1411,30 @@ impl Validator {
                 });
             }
         }
-        if let (Some((file, line)), None) = (&self.fhir_bind_at, &self.tls_seen) {
-            self.errors.push(ConfigError {
-                file: file.clone(),
-                line: *line,
-                field: "fhir.bind".into(),
-                message: "the FHIR endpoint needs a [tls] section: its clients are known by their certificates, so it has no plain-TCP form".into(),
-            });
-        }
-        if let (Some((file, line)), None) = (&self.admin_seen, &self.tls_seen) {
-            self.errors.push(ConfigError {
-                file: file.clone(),
-                line: *line,
-                field: "admin".into(),
-                message: "the admin endpoint needs a [tls] section: operators are known by their certificates, so it has no plain-TCP form".into(),
-            });
+        // The HTTPS endpoints know their clients by certificate: no plain-TCP form.
+        let endpoints = [
+            (
+                &self.fhir_bind_at,
+                "fhir.bind",
+                "the FHIR endpoint needs a [tls] section: its clients are known by their certificates, so it has no plain-TCP form",
+            ),
+            (
+                &self.admin_seen,
+                "admin",
+                "the admin endpoint needs a [tls] section: operators are known by their certificates, so it has no plain-TCP form",
+            ),
+        ];
+        if self.tls_seen.is_none() {
+            for (at, field, message) in endpoints {
+                if let Some((file, line)) = at {
+                    self.errors.push(ConfigError {
+                        file: file.clone(),
+                        line: *line,
+                        field: field.into(),
+                        message: message.into(),
+                    });
+                }
+            }
         }
         if self.tls_seen.is_none() {
             for (file, line, field) in std::mem::take(&mut self.tls_users) {
