@@ -10,6 +10,7 @@
 //! `INEXISTANT`).
 
 use crate::hl7::Message;
+use crate::hl7::message::Segment;
 
 /// OIDs of the INS (NIR, NIA, and the test and demonstration ranges).
 pub const INS_OIDS: [&str; 4] = [
@@ -69,20 +70,30 @@ pub fn flag(msg: &Message<'_>, name: &str) -> Option<bool> {
         .map(|s| s.field(5).component(1).text().eq_ignore_ascii_case("Y"))
 }
 
+/// The INS of PID-3 (value, OID), when it carries one.
+pub fn ins(msg: &Message<'_>) -> Option<(String, String)> {
+    let pid = msg.segments_named("PID").next()?;
+    pid.field(3).repetitions().find_map(|r| {
+        let oid = r.component(4).subcomponent(2).text();
+        let value = r.component(1).text();
+        (!value.is_empty() && INS_OIDS.contains(&oid.as_ref()))
+            .then(|| (value.into_owned(), oid.into_owned()))
+    })
+}
+
 /// Whether PID-3 carries an INS and PID-32 says the identity is qualified (`VALI`).
 pub fn identity_qualified(msg: &Message<'_>) -> bool {
-    let Some(pid) = msg.segments_named("PID").next() else {
-        return false;
-    };
-    let vali = pid
-        .field(32)
-        .repetitions()
-        .any(|r| r.component(1).text() == "VALI");
-    let ins = pid.field(3).repetitions().any(|r| {
-        let oid = r.component(4).subcomponent(2).text();
-        !r.component(1).text().is_empty() && INS_OIDS.contains(&oid.as_ref())
+    let vali = msg.segments_named("PID").next().is_some_and(|pid| {
+        pid.field(32)
+            .repetitions()
+            .any(|r| r.component(1).text() == "VALI")
     });
-    vali && ins
+    vali && ins(msg).is_some()
+}
+
+/// Whether an OBX carries a document (ED, and not MetaDMPMSS metadata such as a mail body).
+pub fn is_document(obx: &Segment<'_>) -> bool {
+    obx.field(2).text() == "ED" && obx.field(3).component(3).text() != "MetaDMPMSS"
 }
 
 /// `Some("correction")` or `Some("deletion")` when the report or a document in it has

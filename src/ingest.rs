@@ -162,17 +162,6 @@ pub async fn handle_message(
                 IngestReply::Duplicate { seq, ack } => {
                     (ack, Handled::Duplicate { seq }, AckOutcome::Accepted)
                 }
-                IngestReply::ControlIdReused { seq, ack, .. } => (
-                    ack,
-                    Handled::Rejected {
-                        seq,
-                        code: 205,
-                        text:
-                            "message control id already used by this sender for a different message"
-                                .into(),
-                    },
-                    AckOutcome::Rejected,
-                ),
                 IngestReply::Rejected {
                     seq,
                     ack,

@@ -45,6 +45,51 @@ async fn bind(
     Ok((listener, addr))
 }
 
+/// What an HTTPS endpoint (admin, FHIR) is started with.
+struct HttpsContext<'a> {
+    tls: &'a Option<Arc<crate::tls::TlsState>>,
+    refusals: &'a Arc<crate::sources::accept::RefusalLimiter>,
+    store: &'a StoreHandle,
+    shutdown: &'a watch::Receiver<bool>,
+}
+
+impl HttpsContext<'_> {
+    /// Binds the endpoint `name` (it needs `[tls]`) and spawns `serve` on it.
+    async fn start<F, Fut>(
+        &self,
+        name: &'static str,
+        at: std::net::SocketAddr,
+        serve: F,
+    ) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), ServeError>
+    where
+        F: FnOnce(
+            TcpListener,
+            StoreHandle,
+            crate::sources::accept::TlsListener,
+            watch::Receiver<bool>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let state = self
+            .tls
+            .clone()
+            .ok_or_else(|| ServeError::NoTls(name.into()))?;
+        let (listener, addr) = bind(name, at).await?;
+        tracing::info!(%addr, endpoint = name, "listening (HTTPS)");
+        let tls = crate::sources::accept::TlsListener {
+            state,
+            refusals: self.refusals.clone(),
+        };
+        let task = tokio::spawn(serve(
+            listener,
+            self.store.clone(),
+            tls,
+            self.shutdown.clone(),
+        ));
+        Ok((addr, task))
+    }
+}
+
 /// A running instance.
 pub struct Server {
     /// The instance's TLS configurations (reloadable), when `[tls]` is set.
@@ -126,40 +171,35 @@ impl Server {
                 rx.clone(),
             )));
         }
+        let https = HttpsContext {
+            tls: &tls,
+            refusals: &refusals,
+            store: &handle,
+            shutdown: &rx,
+        };
         let mut admin = None;
         if let Some(a) = &cfg.admin {
-            let state = tls
-                .clone()
-                .ok_or_else(|| ServeError::NoTls(crate::admin::http::LISTENER.into()))?;
-            let (listener, addr) = bind(crate::admin::http::LISTENER, a.bind).await?;
-            tracing::info!(%addr, "listening (admin, HTTPS)");
+            let (addr, task) = https
+                .start(
+                    crate::admin::http::LISTENER,
+                    a.bind,
+                    crate::admin::http::serve,
+                )
+                .await?;
             admin = Some(addr);
-            tasks.push(tokio::spawn(crate::admin::http::serve(
-                listener,
-                handle.clone(),
-                crate::sources::accept::TlsListener {
-                    state,
-                    refusals: refusals.clone(),
-                },
-                rx.clone(),
-            )));
+            tasks.push(task);
         }
         let mut fhir = None;
-        if let Some(bind_at) = cfg.fhir.bind {
-            let name = crate::sources::fhir::LISTENER;
-            let state = tls.clone().ok_or_else(|| ServeError::NoTls(name.into()))?;
-            let (listener, addr) = bind(name, bind_at).await?;
-            tracing::info!(%addr, "listening (FHIR, HTTPS)");
+        if let Some(at) = cfg.fhir.bind {
+            let (addr, task) = https
+                .start(
+                    crate::sources::fhir::LISTENER,
+                    at,
+                    crate::sources::fhir::serve,
+                )
+                .await?;
             fhir = Some(addr);
-            tasks.push(tokio::spawn(crate::sources::fhir::serve(
-                listener,
-                handle.clone(),
-                crate::sources::accept::TlsListener {
-                    state,
-                    refusals: refusals.clone(),
-                },
-                rx.clone(),
-            )));
+            tasks.push(task);
         }
         Ok(Server {
             tls,

@@ -30,19 +30,15 @@ async fn start() -> Harness {
 
 fn client(h: &Harness, system: &str) -> labroute::https::Client {
     let c = dev_certs();
-    let files = labroute::tls::TlsFiles {
-        ca: c.join("ca.pem"),
-        cert: c.join(format!("{system}.pem")),
-        key: c.join(format!("{system}.key")),
-        min_version: labroute::tls::MinVersion::Tls13,
-    };
-    labroute::https::Client {
-        address: h.server.fhir.expect("a FHIR endpoint").to_string(),
-        connector: tokio_rustls::TlsConnector::from(
-            labroute::tls::client_config(&files).expect("client TLS"),
-        ),
-        server_name: rustls::pki_types::ServerName::try_from("localhost").expect("name"),
-    }
+    let tls = client_tls(
+        &c.join("ca.pem"),
+        Some((
+            &c.join(format!("{system}.pem")),
+            &c.join(format!("{system}.key")),
+        )),
+    )
+    .expect("client TLS");
+    https_client(h.server.fhir.expect("a FHIR endpoint"), tls)
 }
 
 /// Posts a body; the status and the answer (an OperationOutcome, checked to be one).
@@ -339,23 +335,7 @@ async fn what_is_not_allowed_or_cannot_be_carried_is_refused_kept_and_journalled
 
 /// A TLS client with the right CA but no client certificate: an HTTP request's answer.
 async fn tls_send_no_cert(addr: std::net::SocketAddr, ca: &std::path::Path) -> Result<u16, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in labroute::tls::load_certs(ca).map_err(|e| e.to_string())? {
-        roots.add(c).map_err(|e| e.to_string())?;
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let c = labroute::https::Client {
-        address: addr.to_string(),
-        connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg)),
-        server_name: rustls::pki_types::ServerName::try_from("localhost")
-            .map_err(|e| e.to_string())?,
-    };
+    let c = https_client(addr, client_tls(ca, None)?);
     c.send(
         http::Method::GET,
         "/metadata",

@@ -409,8 +409,9 @@ type PendingTest = (
 struct Validator {
     errors: Vec<ConfigError>,
     cfg: Config,
-    engine_seen: Option<(PathBuf, usize)>,
-    routing_seen: Option<(PathBuf, usize)>,
+    /// Sections that may appear once (`engine`, `routing`, `tls`, `admin`, `fhir`, `dmp`),
+    /// with where they were first set.
+    seen: HashMap<&'static str, (PathBuf, usize)>,
     /// Names with where they were first defined.
     listener_names: BTreeMap<String, (PathBuf, usize)>,
     destination_names: BTreeMap<String, (PathBuf, usize)>,
@@ -420,10 +421,6 @@ struct Validator {
     destination_refs: Vec<(PathBuf, usize, String, String)>,
     /// TLS listeners, which need `[tls]` (checked once every file is read).
     tls_users: Vec<(PathBuf, usize, String)>,
-    tls_seen: Option<(PathBuf, usize)>,
-    admin_seen: Option<(PathBuf, usize)>,
-    fhir_seen: Option<(PathBuf, usize)>,
-    dmp_seen: Option<(PathBuf, usize)>,
     /// Establishments that feed the DMP: (file, line, field), checked against `[dmp]`.
     dmp_users: Vec<(PathBuf, usize, String)>,
     /// Where `[fhir] bind` is set (it needs `[tls]`).
@@ -485,9 +482,25 @@ impl Ctx<'_> {
     fn line<T>(&self, s: &Spanned<T>) -> usize {
         line_of(self.text, s.span().start)
     }
+    /// A path written in this file, relative to the file's directory.
+    fn path(&self, relative: &str) -> PathBuf {
+        self.file.parent().unwrap_or(Path::new(".")).join(relative)
+    }
 }
 
 impl Validator {
+    /// Records that section `[name]` starts at `line`; false (and an error) when an earlier
+    /// file or place already set it.
+    fn first(&mut self, cx: &Ctx<'_>, line: usize, name: &'static str) -> bool {
+        if let Some((f, l)) = self.seen.get(name) {
+            let msg = format!("[{name}] is already set in {}:{l}", f.display());
+            self.err(cx, line, name, msg);
+            return false;
+        }
+        self.seen.insert(name, (cx.file.to_owned(), line));
+        true
+    }
+
     fn err(
         &mut self,
         cx: &Ctx<'_>,
@@ -551,15 +564,7 @@ impl Validator {
         let cx = Ctx { file, text };
         if let Some(e) = &raw.engine {
             let line = cx.line(e);
-            if let Some((f, l)) = &self.engine_seen {
-                self.err(
-                    &cx,
-                    line,
-                    "engine",
-                    format!("[engine] is already set in {}:{l}", f.display()),
-                );
-            } else {
-                self.engine_seen = Some((file.to_owned(), line));
+            if self.first(&cx, line, "engine") {
                 let e = e.get_ref();
                 let d = Engine::default();
                 self.cfg.engine = Engine {
@@ -627,15 +632,7 @@ impl Validator {
         }
         if let Some(r) = &raw.routing {
             let line = cx.line(r);
-            if let Some((f, l)) = &self.routing_seen {
-                self.err(
-                    &cx,
-                    line,
-                    "routing",
-                    format!("[routing] is already set in {}:{l}", f.display()),
-                );
-            } else {
-                self.routing_seen = Some((file.to_owned(), line));
+            if self.first(&cx, line, "routing") {
                 for (field, list, out) in [
                     ("routing.orders_to", &r.get_ref().orders_to, 0),
                     ("routing.adt_to", &r.get_ref().adt_to, 1),
@@ -897,12 +894,9 @@ impl Validator {
 
     fn dmp(&mut self, cx: &Ctx<'_>, d: &Spanned<RawDmp>) {
         let line = cx.line(d);
-        if let Some((f, l)) = &self.dmp_seen {
-            let msg = format!("[dmp] is already set in {}:{l}", f.display());
-            self.err(cx, line, "dmp", msg);
+        if !self.first(cx, line, "dmp") {
             return;
         }
-        self.dmp_seen = Some((cx.file.to_owned(), line));
         if let Some((f, at)) = self.destination_names.get(DMP_DESTINATION) {
             let msg = format!(
                 "[dmp] is the destination {DMP_DESTINATION:?}, already defined at {}:{at}",
@@ -940,9 +934,8 @@ impl Validator {
                 format!("{server_name:?} is not a DNS name or IP address"),
             );
         }
-        let base = cx.file.parent().unwrap_or(Path::new("."));
         let ca = d.ca.as_ref().map(|c| {
-            let path = base.join(c.get_ref());
+            let path = cx.path(c.get_ref());
             if let Err(e) = crate::tls::load_certs(&path) {
                 self.err(cx, cx.line(c), "dmp.ca", e.to_string());
             }
@@ -1085,8 +1078,7 @@ impl Validator {
             self.dmp_users
                 .push((cx.file.to_owned(), cx.line(d), field("dmp")));
             let d = d.get_ref();
-            let base = cx.file.parent().unwrap_or(Path::new("."));
-            let (cert, key) = (base.join(d.cert.get_ref()), base.join(d.key.get_ref()));
+            let (cert, key) = (cx.path(d.cert.get_ref()), cx.path(d.key.get_ref()));
             if let Err(err) = crate::tls::load_certs(&cert) {
                 self.err(cx, cx.line(&d.cert), field("dmp.cert"), err.to_string());
             }
@@ -1110,21 +1102,18 @@ impl Validator {
         let field = |f: &str| format!("test[{i}].{f}");
         let input = match (&t.input, &t.input_file) {
             (Some(s), None) => Some(s.get_ref().as_bytes().to_vec()),
-            (None, Some(p)) => {
-                let base = cx.file.parent().unwrap_or(Path::new("."));
-                match std::fs::read(base.join(p.get_ref())) {
-                    Ok(b) => Some(b),
-                    Err(e) => {
-                        self.err(
-                            cx,
-                            cx.line(p),
-                            field("input_file"),
-                            format!("cannot read {:?}: {e}", p.get_ref()),
-                        );
-                        None
-                    }
+            (None, Some(p)) => match std::fs::read(cx.path(p.get_ref())) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    self.err(
+                        cx,
+                        cx.line(p),
+                        field("input_file"),
+                        format!("cannot read {:?}: {e}", p.get_ref()),
+                    );
+                    None
                 }
-            }
+            },
             _ => {
                 self.err(
                     cx,
@@ -1290,14 +1279,10 @@ impl Validator {
 
     fn tls(&mut self, cx: &Ctx<'_>, t: &Spanned<RawTls>) {
         let line = cx.line(t);
-        if let Some((f, l)) = &self.tls_seen {
-            let msg = format!("[tls] is already set in {}:{l}", f.display());
-            self.err(cx, line, "tls", msg);
+        if !self.first(cx, line, "tls") {
             return;
         }
-        self.tls_seen = Some((cx.file.to_owned(), line));
         let t = t.get_ref();
-        let base = cx.file.parent().unwrap_or(Path::new("."));
         let min_version = match t.min_version.as_ref().map(|v| v.get_ref().as_str()) {
             None | Some("1.3") => crate::tls::MinVersion::Tls13,
             Some("1.2") => crate::tls::MinVersion::Tls12,
@@ -1313,9 +1298,9 @@ impl Validator {
             }
         };
         let files = crate::tls::TlsFiles {
-            ca: base.join(t.ca.get_ref()),
-            cert: base.join(t.cert.get_ref()),
-            key: base.join(t.key.get_ref()),
+            ca: cx.path(t.ca.get_ref()),
+            cert: cx.path(t.cert.get_ref()),
+            key: cx.path(t.key.get_ref()),
             min_version,
         };
         // Load everything now: a bad file is a configuration error, not a failure at start.
@@ -1343,12 +1328,9 @@ impl Validator {
 
     fn admin(&mut self, cx: &Ctx<'_>, a: &Spanned<RawAdmin>) {
         let line = cx.line(a);
-        if let Some((f, l)) = &self.admin_seen {
-            let msg = format!("[admin] is already set in {}:{l}", f.display());
-            self.err(cx, line, "admin", msg);
+        if !self.first(cx, line, "admin") {
             return;
         }
-        self.admin_seen = Some((cx.file.to_owned(), line));
         let a = a.get_ref();
         match a.bind.get_ref().parse::<SocketAddr>() {
             Ok(bind) => self.cfg.admin = Some(Admin { bind }),
@@ -1363,12 +1345,9 @@ impl Validator {
 
     fn fhir(&mut self, cx: &Ctx<'_>, f: &Spanned<RawFhir>) {
         let line = cx.line(f);
-        if let Some((file, l)) = &self.fhir_seen {
-            let msg = format!("[fhir] is already set in {}:{l}", file.display());
-            self.err(cx, line, "fhir", msg);
+        if !self.first(cx, line, "fhir") {
             return;
         }
-        self.fhir_seen = Some((cx.file.to_owned(), line));
         let f = f.get_ref();
         if let Some(bind) = &f.bind {
             match bind.get_ref().parse::<SocketAddr>() {
@@ -1401,7 +1380,7 @@ impl Validator {
     }
 
     fn finish(mut self) -> Result<Config, ConfigErrors> {
-        if self.dmp_seen.is_none() {
+        if !self.seen.contains_key("dmp") {
             for (file, line, field) in std::mem::take(&mut self.dmp_users) {
                 self.errors.push(ConfigError {
                     file,
@@ -1414,17 +1393,17 @@ impl Validator {
         // The HTTPS endpoints know their clients by certificate: no plain-TCP form.
         let endpoints = [
             (
-                &self.fhir_bind_at,
+                self.fhir_bind_at.as_ref(),
                 "fhir.bind",
                 "the FHIR endpoint needs a [tls] section: its clients are known by their certificates, so it has no plain-TCP form",
             ),
             (
-                &self.admin_seen,
+                self.seen.get("admin"),
                 "admin",
                 "the admin endpoint needs a [tls] section: operators are known by their certificates, so it has no plain-TCP form",
             ),
         ];
-        if self.tls_seen.is_none() {
+        if !self.seen.contains_key("tls") {
             for (at, field, message) in endpoints {
                 if let Some((file, line)) = at {
                     self.errors.push(ConfigError {
@@ -1435,8 +1414,6 @@ impl Validator {
                     });
                 }
             }
-        }
-        if self.tls_seen.is_none() {
             for (file, line, field) in std::mem::take(&mut self.tls_users) {
                 self.errors.push(ConfigError {
                     file,

@@ -449,7 +449,7 @@ pub fn to_v2(body: &[u8], sender: &str, now: &str) -> Result<Inbound, Vec<Issue>
         Kind::Order => "OML^O33^OML_O33",
         Kind::Result => "ORU^R01^ORU_R01",
     };
-    // MSH-7 goes in last: the fingerprint leaves it out when it is the receipt time.
+    // MSH goes in last: the fingerprint leaves MSH-7 out when it is the receipt time.
     let sent = bundle
         .timestamp
         .as_ref()
@@ -462,7 +462,6 @@ pub fn to_v2(body: &[u8], sender: &str, now: &str) -> Result<Inbound, Vec<Issue>
             esc(&control_id)
         )
     };
-    segs.push(String::new());
     segs.push(pid(patient, patient_i, &mut issues));
     if let Some(&enc_i) = of("Encounter").first() {
         if let Resource::Encounter(e) = entries.resources[enc_i].0 {
@@ -528,15 +527,17 @@ pub fn to_v2(body: &[u8], sender: &str, now: &str) -> Result<Inbound, Vec<Issue>
     if !issues.is_empty() {
         return Err(issues);
     }
-    segs[0] = msh(sent.as_deref().unwrap_or(""));
-    let mut v2 = segs.join("\r");
-    v2.push('\r');
-    let fingerprint = crate::model::sha256(v2.as_bytes());
-    if sent.is_none() {
-        segs[0] = msh(now);
-        v2 = segs.join("\r");
-        v2.push('\r');
-    }
+    let mut body = segs.join("\r");
+    body.push('\r');
+    let fingerprint: [u8; 32] = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(msh(sent.as_deref().unwrap_or("")).as_bytes());
+        h.update(b"\r");
+        h.update(body.as_bytes());
+        h.finalize().into()
+    };
+    let v2 = format!("{}\r{body}", msh(sent.as_deref().unwrap_or(now)));
     Ok(Inbound {
         kind,
         v2: v2.into_bytes(),

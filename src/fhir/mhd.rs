@@ -119,17 +119,6 @@ fn meta(profile: &str) -> Option<Box<Meta>> {
     }))
 }
 
-/// The INS (value, OID) of PID-3, when there is one.
-fn ins(msg: &Message<'_>) -> Option<(String, String)> {
-    let pid = msg.segments_named("PID").next()?;
-    pid.field(3).repetitions().find_map(|r| {
-        let oid = r.component(4).subcomponent(2).text();
-        let value = r.component(1).text();
-        (!value.is_empty() && crate::dmp::INS_OIDS.contains(&oid.as_ref()))
-            .then(|| (value.into_owned(), oid.into_owned()))
-    })
-}
-
 /// The patient as the DocumentReference's `sourcePatientInfo` (contained): INS, name,
 /// birth date, sex.
 fn patient(msg: &Message<'_>, ins_id: &Identifier) -> Patient {
@@ -160,13 +149,10 @@ fn patient(msg: &Message<'_>, ins_id: &Identifier) -> Patient {
 fn documents(msg: &Message<'_>) -> Result<Vec<Document>, MapError> {
     let mut out = Vec::new();
     for (i, obx) in msg.segments_named("OBX").enumerate() {
-        if obx.field(2).text() != "ED" {
+        if !crate::dmp::is_document(&obx) {
             continue;
         }
         let id = obx.field(3);
-        if id.component(3).text() == "MetaDMPMSS" {
-            continue;
-        }
         let at = At {
             segment: "OBX",
             occurrence: i + 1,
@@ -195,19 +181,20 @@ fn documents(msg: &Message<'_>) -> Result<Vec<Document>, MapError> {
     Ok(out)
 }
 
-/// Builds the ITI-65 Bundle for a stored message (`raw`, its store sequence `seq`).
+/// Builds the ITI-65 Bundle for a stored message (`msg`, read from `raw`; its store
+/// sequence `seq`).
 pub fn provide_bundle(
+    msg: &Message<'_>,
     raw: &[u8],
     seq: u64,
     publisher: &Publisher<'_>,
     zone: Zone,
     now_ms: u64,
 ) -> Result<Provide, MapError> {
-    let msg = Message::parse(raw).map_err(|_| whole("message unreadable"))?;
     let mut seed = crate::model::sha256(raw);
     seed[..8].copy_from_slice(&seq.to_be_bytes());
     let id = |kind: &str, n: usize| v2::uuid(&seed, kind, n);
-    let (ins_value, ins_oid) = ins(&msg).ok_or_else(|| {
+    let (ins_value, ins_oid) = crate::dmp::ins(msg).ok_or_else(|| {
         At {
             segment: "PID",
             occurrence: 1,
@@ -239,9 +226,9 @@ pub fn provide_bundle(
             .collect(),
         ..Default::default()
     };
-    let mut docs = documents(&msg)?;
+    let mut docs = documents(msg)?;
     if docs.is_empty() {
-        let mapped = super::map_result(&msg, zone)?;
+        let mapped = super::map_result(msg, zone)?;
         let json = super::json::to_json(&mapped.bundle)
             .map_err(|_| whole("the FHIR report could not be written"))?;
         docs.push(Document {
@@ -254,7 +241,7 @@ pub fn provide_bundle(
     }
     let mut labels = Vec::new();
     for (flag, a07) in VISIBILITY_FLAGS {
-        if crate::dmp::flag(&msg, flag) == Some(true) {
+        if crate::dmp::flag(msg, flag) == Some(true) {
             labels.push(concept(VISIBILITY, a07, None));
         }
     }
@@ -280,7 +267,7 @@ pub fn provide_bundle(
         let dr = DocumentReference {
             meta: meta("pdsm-comprehensive-document-reference"),
             contained: vec![
-                Resource::Patient(Box::new(patient(&msg, &ins_id))),
+                Resource::Patient(Box::new(patient(msg, &ins_id))),
                 Resource::Organization(Box::new(org.clone())),
             ],
             master_identifier: Some(Box::new(uri_identifier(

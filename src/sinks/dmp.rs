@@ -51,9 +51,7 @@ impl DmpSink {
         }
         let est = self
             .cfg
-            .establishments
-            .iter()
-            .find(|e| e.id.as_str() == establishment)
+            .establishment_by_name(establishment)
             .and_then(|e| e.dmp.as_ref())
             .ok_or_else(|| format!("establishment {establishment} has no DMP certificate"))?;
         let ca = match &self.dest.kind {
@@ -100,15 +98,13 @@ impl DmpSink {
         let Some(owner) = rec.establishment().map(|e| e.to_string()) else {
             return PeerAnswer::Rejected("message has no owning establishment".into());
         };
-        let est = self
-            .cfg
-            .establishments
-            .iter()
-            .find(|e| e.id.as_str() == owner);
+        let est = self.cfg.establishment_by_name(&owner);
         let prepared = crate::hl7::message::prepare(raw);
         let Ok(msg) = Message::parse(&prepared) else {
             return PeerAnswer::Rejected("stored message unreadable".into());
         };
+        // The patient key from the message itself, not the outbox entry's (an operator's
+        // retry of a dead letter queues it without one): the gate must see the ZFA.
         let patient_key = crate::router::extract(&msg)
             .ok()
             .and_then(|f| f.patient_key);
@@ -142,6 +138,7 @@ impl DmpSink {
             finess: est.finess.first().map(String::as_str),
         };
         let bundle = match crate::fhir::mhd::provide_bundle(
+            &msg,
             &prepared,
             permit.seq(),
             &publisher,

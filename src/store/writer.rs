@@ -84,12 +84,6 @@ pub enum IngestReply {
     },
     /// Same sender, control id and content as an earlier message: its original ACK.
     Duplicate { seq: u64, ack: Vec<u8> },
-    /// Same sender and control id, different content: refused, kept for review.
-    ControlIdReused {
-        seq: u64,
-        ack: Vec<u8>,
-        code: AckCode,
-    },
     /// Stored as rejected, with the HL7 table 0357 error code and the error's text (which
     /// names fields, never their values).
     Rejected {
@@ -787,12 +781,8 @@ fn ingest(
                 location: Some(("MSH".into(), 10)),
             };
             let r = RejectRequest::from_ingest(req, error, None, sender_name.clone());
-            return match reject(txn, seqs, r)? {
-                IngestReply::Rejected { seq, ack, code, .. } => {
-                    Ok(IngestReply::ControlIdReused { seq, ack, code })
-                }
-                other => Ok(other),
-            };
+            // Same sender and control id, different content: refused (205), kept.
+            return reject(txn, seqs, r);
         }
     }
     let decision = router::decide(&req.facts, cfg, &TxnOrders { txn });

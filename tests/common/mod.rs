@@ -407,6 +407,46 @@ pub fn admin_section(operator: &str, ests: &[&str]) -> String {
     "[admin]\nbind = \"127.0.0.1:0\"\n".to_owned() + &system_toml(operator, "operator", ests)
 }
 
+/// A TLS client configuration trusting `ca`, presenting the client certificate
+/// `(cert, key)` or none.
+pub fn client_tls(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    if let Some((cert, key)) = identity {
+        return labroute::tls::client_config(&labroute::tls::TlsFiles {
+            ca: ca.to_path_buf(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            min_version: labroute::tls::MinVersion::Tls13,
+        })
+        .map_err(|e| e.to_string());
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for c in labroute::tls::load_certs(ca).map_err(|e| e.to_string())? {
+        roots.add(c).map_err(|e| e.to_string())?;
+    }
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    ))
+}
+
+/// An HTTPS client of `addr` (its certificate names `localhost`) with this TLS
+/// configuration.
+pub fn https_client(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> labroute::https::Client {
+    labroute::https::Client {
+        address: addr.to_string(),
+        connector: tokio_rustls::TlsConnector::from(tls),
+        server_name: rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+    }
+}
+
 /// A client of an instance's admin endpoint with this CA and client certificate.
 pub fn admin_client(
     server: &labroute::server::Server,
@@ -414,18 +454,14 @@ pub fn admin_client(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> labroute::admin::http::AdminClient {
-    let files = labroute::tls::TlsFiles {
-        ca: ca.to_path_buf(),
-        cert: cert.to_path_buf(),
-        key: key.to_path_buf(),
-        min_version: labroute::tls::MinVersion::Tls13,
-    };
+    let c = https_client(
+        server.admin.expect("an [admin] endpoint"),
+        client_tls(ca, Some((cert, key))).expect("client TLS"),
+    );
     labroute::admin::http::AdminClient {
-        address: server.admin.expect("an [admin] endpoint").to_string(),
-        connector: tokio_rustls::TlsConnector::from(
-            labroute::tls::client_config(&files).expect("client TLS"),
-        ),
-        server_name: rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+        address: c.address,
+        connector: c.connector,
+        server_name: c.server_name,
     }
 }
 
@@ -437,30 +473,8 @@ pub async fn tls_send(
     msg: &[u8],
 ) -> Result<Vec<u8>, String> {
     let cfg = match client {
-        Some((ca, cert, key)) => labroute::tls::client_config(&labroute::tls::TlsFiles {
-            ca: ca.to_path_buf(),
-            cert: cert.to_path_buf(),
-            key: key.to_path_buf(),
-            min_version: labroute::tls::MinVersion::Tls13,
-        })
-        .map_err(|e| e.to_string())?,
-        None => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in
-                labroute::tls::load_certs(&dev_certs().join("ca.pem")).map_err(|e| e.to_string())?
-            {
-                roots.add(c).map_err(|e| e.to_string())?;
-            }
-            Arc::new(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-            )
-        }
+        Some((ca, cert, key)) => client_tls(ca, Some((cert, key)))?,
+        None => client_tls(&dev_certs().join("ca.pem"), None)?,
     };
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let name = rustls::pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
