@@ -92,7 +92,7 @@ fn cr_bio(es: &str, ctrl: &str, ipp: &str, pid32: &str, flags: &[(&str, &str)]) 
     let doc = base64::engine::general_purpose::STANDARD.encode(CDA);
     let mut m = format!(
         "MSH|^~\\&|SIL|LAB|DPI||20250301100000||ORU^R01^ORU_R01|{ctrl}|P|2.5|||||FRA|UNICODE UTF-8|||2.1^CISIS_CDA_HL7_V2\r{}\r\
-OBR|1||F-{ctrl}^LAB|11502-2^CR d'examens biologiques^LN|||20250301080000||||||||||||||||F\r\
+OBR|1||F-{ctrl}^LAB|11502-2^CR d'examens biologiques^LN|||20250301080000||||||||||||||||||F\r\
 OBX|1|ED|11502-2^CR d'examens biologiques^LN||^TEXT^XML^Base64^{doc}||||||F\r",
         pid.join("|")
     );
@@ -115,11 +115,15 @@ ZFA|{zfa1}|20240101|||||||{zfa9}|20240101\r"
     .into_bytes()
 }
 
-#[tokio::test]
-async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journalled() {
-    let Some(python) = validator() else {
-        return;
-    };
+/// An instance whose ES1 feeds the DMP (the receiver), ES2 not; application ACKs of the
+/// `sil` listener go to the lab.
+struct Setup {
+    h: Harness,
+    recipient: Recipient,
+    pki: tempfile::TempDir,
+}
+
+async fn setup(python: &Path) -> Setup {
     let pki = tempfile::tempdir().expect("tempdir");
     temp_pki(
         pki.path(),
@@ -128,11 +132,16 @@ async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journa
         &["localhost"],
         labroute::time::now_ms(),
     );
-    let recipient = Recipient::start(&python, pki.path(), pki.path().join("received.jsonl"));
+    let recipient = Recipient::start(python, pki.path(), pki.path().join("received.jsonl"));
     let p = pki.path().to_path_buf();
     let port = recipient.port;
     let h = Harness::start(move |r| {
-        r.replace(
+        r.replacen(
+            "[[listener]]\nname = \"dpi\"",
+            "application_acks_to = \"sil\"\n[[listener]]\nname = \"dpi\"",
+            1,
+        )
+        .replace(
             "record = \"dpi-es1\"\n",
             &format!(
                 "record = \"dpi-es1\"\ndmp = {{ cert = \"{}\", key = \"{}\" }}\n",
@@ -148,6 +157,19 @@ async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journa
         )
     })
     .await;
+    Setup { h, recipient, pki }
+}
+
+#[tokio::test]
+async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journalled() {
+    let Some(python) = validator() else {
+        return;
+    };
+    let Setup {
+        h,
+        recipient,
+        pki: _pki,
+    } = setup(&python).await;
 
     let flags_yes = [("DESTDMP", "Y"), ("MASQUE_PS", "N")];
     let msgs: Vec<(&str, Vec<u8>)> = vec![
@@ -291,4 +313,37 @@ async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journa
             "{reason}: {text}"
         );
     }
+}
+
+/// A result the DMP feed cannot take (a correction, not published yet) is a dead letter at
+/// the DMP; the sender's application ACK (MSH-16) speaks for its record system only: AA once
+/// ES1's record has it, no AE for the DMP.
+#[tokio::test]
+async fn a_dmp_dead_letter_leaves_the_application_ack_to_the_record_system() {
+    let Some(python) = validator() else {
+        return;
+    };
+    let Setup { h, pki: _pki, .. } = setup(&python).await;
+    let correction =
+        String::from_utf8(cr_bio("ES1", "R-CORR", "P-OK", "VALI", &[("DESTDMP", "Y")]))
+            .expect("utf8")
+            .replace("|P|2.5|||||FRA|", "|P|2.5|||AL|AL|FRA|")
+            .replace("||F\rOBX|1|ED", "||C\rOBX|1|ED")
+            .into_bytes();
+    let acks = send_all(h.sil(), &[correction]).await.expect("ACK");
+    assert_eq!(msa(&acks[0]).0, "CA");
+    let store = h.server.store.store();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.dead_letters().expect("dead").is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let dead = store.dead_letters().expect("dead");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].0, "dmp");
+    assert!(dead[0].1.reason.contains("not supported yet"), "{dead:?}");
+    assert!(h.es1.wait_for(1, Duration::from_secs(10)).await);
+    assert!(h.lab.wait_for(1, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got: Vec<(String, String)> = h.lab.messages().iter().map(|m| msa(m)).collect();
+    assert_eq!(got, [("AA".to_owned(), "R-CORR".to_owned())]);
 }

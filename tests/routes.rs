@@ -119,6 +119,23 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
     let curl_ok = curl(Some("operator"), "https://127.0.0.1:2580/status");
     let curl_no_cert = curl(None, "https://127.0.0.1:2580/status");
     let curl_fhir = curl(Some("dpi-es1"), "https://127.0.0.1:2581/metadata");
+    // The README's FHIR example, as written there.
+    let curl_order = std::process::Command::new("curl")
+        .current_dir(root)
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+            "certs/ca.pem",
+        ])
+        .args(["--cert", "certs/dpi-es1.pem", "--key", "certs/dpi-es1.key"])
+        .args(["-H", "Content-Type: application/fhir+json"])
+        .args(["--data-binary", "@tests/fixtures/fhir/order_bundle.json"])
+        .arg("https://127.0.0.1:2581/")
+        .output();
     let _ = serve.kill();
     let _ = serve.wait();
     assert!(up, "serve did not listen on 127.0.0.1:2575");
@@ -146,8 +163,13 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
     let err = String::from_utf8_lossy(&status_no_cert.stderr);
     assert!(!status_no_cert.status.success());
     assert!(err.contains("--cert"), "{err}");
-    match (curl_ok, curl_no_cert, curl_fhir) {
-        (Ok(ok), Ok(no), Ok(fhir)) => {
+    match (curl_ok, curl_no_cert, curl_fhir, curl_order) {
+        (Ok(ok), Ok(no), Ok(fhir), Ok(order)) => {
+            let text = String::from_utf8_lossy(&order.stdout);
+            assert!(
+                text.ends_with("\n201") && text.contains("for ES1"),
+                "the README's FHIR order: {text}"
+            );
             let body = String::from_utf8_lossy(&fhir.stdout);
             assert!(fhir.status.success(), "{body}");
             let v: serde_json::Value = serde_json::from_str(&body).expect("curl gets JSON");

@@ -421,6 +421,8 @@ struct Validator {
     destination_refs: Vec<(PathBuf, usize, String, String)>,
     /// TLS listeners, which need `[tls]` (checked once every file is read).
     tls_users: Vec<(PathBuf, usize, String)>,
+    /// Where `[dmp]` leaves its CA to `[tls]` (checked once every file is read).
+    dmp_ca_from_tls: Option<(PathBuf, usize)>,
     /// Establishments that feed the DMP: (file, line, field), checked against `[dmp]`.
     dmp_users: Vec<(PathBuf, usize, String)>,
     /// Where `[fhir] bind` is set (it needs `[tls]`).
@@ -955,8 +957,9 @@ impl Validator {
             "dmp.",
             "timeout_secs",
         );
-        self.tls_users
-            .push((cx.file.to_owned(), cx.line(&d.url), "dmp.url".into()));
+        if ca.is_none() {
+            self.dmp_ca_from_tls = Some((cx.file.to_owned(), cx.line(&d.url)));
+        }
         self.cfg.destinations.push(Destination {
             name: DestinationName::new(DMP_DESTINATION),
             kind: DestinationKind::Dmp { path, ca },
@@ -1396,6 +1399,11 @@ impl Validator {
                 self.fhir_bind_at.as_ref(),
                 "fhir.bind",
                 "the FHIR endpoint needs a [tls] section: its clients are known by their certificates, so it has no plain-TCP form",
+            ),
+            (
+                self.dmp_ca_from_tls.as_ref(),
+                "dmp.ca",
+                "the DMP's server certificate is verified against a CA: set [dmp] ca, or a [tls] section (its ca is used)",
             ),
             (
                 self.seen.get("admin"),

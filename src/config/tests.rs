@@ -238,3 +238,29 @@ fn the_fhir_section_is_checked_field_by_field() {
         "{text:#?}"
     );
 }
+
+#[test]
+fn the_dmp_needs_a_ca_of_its_own_or_the_tls_one() {
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/certs/ca.pem");
+    let with_ca = format!("{GOOD}[dmp]\nurl = \"https://dmp.example:8443/fhir\"\nca = \"{ca}\"\n");
+    let c = load(&with_ca).unwrap();
+    let dmp = c
+        .destination(&DestinationName::new(DMP_DESTINATION))
+        .unwrap();
+    assert_eq!(dmp.address, "dmp.example:8443");
+    assert_eq!(dmp.server_name.as_deref(), Some("dmp.example"));
+    let errs = load(&format!(
+        "{GOOD}[dmp]\nurl = \"https://dmp.example/fhir\"\n"
+    ))
+    .unwrap_err()
+    .0;
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].field, "dmp.ca");
+    assert!(errs[0].message.contains("set [dmp] ca"), "{}", errs[0]);
+    let errs = load(&format!(
+        "{GOOD}[dmp]\nurl = \"http://dmp.example/fhir\"\nca = \"{ca}\"\n"
+    ))
+    .unwrap_err()
+    .0;
+    assert_eq!(errs[0].field, "dmp.url");
+}

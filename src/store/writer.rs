@@ -1054,6 +1054,9 @@ fn delivery(
     };
     // One read of the record serves the audit entry and the application ACK below.
     let record = load_record(txn, seq)?;
+    // The DMP feed is not the receiving application: its outcome goes back as a business
+    // acknowledgement, never into the application ACK (MSH-16).
+    let for_app_ack = |d: &str| d != crate::config::DMP_DESTINATION;
     audit(
         txn,
         seqs,
@@ -1073,16 +1076,10 @@ fn delivery(
                 .insert(queue_key(dest, seq).as_slice(), now)
                 .map_err(db_err)?;
             drop(outbox);
-            if let Some(mut rec) = record.filter(|r| r.app_ack.is_some()) {
+            if let Some(mut rec) = record.filter(|r| r.app_ack.is_some() && for_app_ack(dest)) {
                 let delivered = txn.open_table(DELIVERED).map_err(db_err)?;
                 let mut all = true;
-                // The DMP feed is not the receiving application: its outcome goes back as
-                // a business acknowledgement, not in the application ACK.
-                for d in rec
-                    .destinations
-                    .iter()
-                    .filter(|d| d.as_str() != crate::config::DMP_DESTINATION)
-                {
+                for d in rec.destinations.iter().filter(|d| for_app_ack(d.as_str())) {
                     all &= delivered
                         .get(queue_key(d.as_str(), seq).as_slice())
                         .map_err(db_err)?
@@ -1124,7 +1121,7 @@ fn delivery(
                 .map_err(db_err)?;
             touched.insert(dest.to_owned());
             drop(outbox);
-            if let Some(mut rec) = record.filter(|r| r.app_ack.is_some()) {
+            if let Some(mut rec) = record.filter(|r| r.app_ack.is_some() && for_app_ack(dest)) {
                 let err = AckError {
                     code: 207,
                     text: "not delivered: a destination did not accept it; held as a dead letter"
