@@ -1,5 +1,6 @@
 //! HL7 v2 → FHIR R4 Bundle: the mapping alone, and mapping + JSON (what a DMP feed or a
-//! FHIR subscriber pays per result), against reading the message alone.
+//! FHIR subscriber pays per result), against reading the message alone; the DMP's ITI-65
+//! Bundle; and the way in: a posted transaction Bundle to its HL7 v2 twin.
 //! `cargo bench --bench fhir`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -43,8 +44,48 @@ fn bench(c: &mut Criterion) {
                 fhir::json::to_json(&mapped.bundle).expect("json").len()
             })
         });
+        let posted = transaction(&msg);
+        g.bench_function(format!("in_to_v2_{obx}_obx"), |b| {
+            b.iter(|| {
+                fhir::inbound::to_v2(&posted, "sil", "20250301100000")
+                    .expect("twin")
+                    .v2
+                    .len()
+            })
+        });
+        let publisher = fhir::mhd::Publisher {
+            id: "ES1",
+            name: "CH Nordville",
+            finess: Some("590000011"),
+        };
+        g.bench_function(format!("dmp_provide_bundle_{obx}_obx"), |b| {
+            b.iter(|| {
+                let m = Message::parse(&msg).expect("parses");
+                fhir::mhd::provide_bundle(&m, &msg, 1, &publisher, Zone::EuropeParis, 0)
+                    .expect("bundle")
+                    .json
+                    .len()
+            })
+        });
     }
     g.finish();
+}
+
+/// The result's Bundle as a client would post it: a transaction, without MessageHeader.
+fn transaction(msg: &[u8]) -> Vec<u8> {
+    let m = Message::parse(msg).expect("parses");
+    let mapped = fhir::map_result(&m, Zone::EuropeParis).expect("maps");
+    let json = fhir::json::to_json(&mapped.bundle).expect("json");
+    let mut b: serde_json::Value = serde_json::from_str(&json).expect("json");
+    b["type"] = "transaction".into();
+    if let Some(entries) = b["entry"].as_array_mut() {
+        entries.retain(|e| e["resource"]["resourceType"] != "MessageHeader");
+        for e in entries.iter_mut() {
+            let ty = e["resource"]["resourceType"].clone();
+            e["request"] = serde_json::json!({"method": "POST", "url": ty});
+        }
+    }
+    b.to_string().into_bytes()
 }
 
 criterion_group!(benches, bench);

@@ -41,53 +41,122 @@ pub fn to_json_pretty(resource: &r4::Resource) -> Result<String, Error> {
 /// reader runs under `catch_unwind`, so that a panic not found yet is an error, not a lost
 /// connection.
 pub fn from_json(json: &[u8]) -> Result<r4::Resource, Error> {
-    let value: serde_json::Value =
-        serde_json::from_slice(json).map_err(|e| Error::Unreadable(format!("not JSON: {e}")))?;
-    let root = value
-        .get("resourceType")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("$");
-    let mut path = root.to_owned();
-    if empty_array(&value, &mut path) {
-        return Err(Error::EmptyArray(path));
-    }
+    empty_array(json)?;
     std::panic::catch_unwind(|| fhirbolt::json::from_slice(json, None))
         .map_err(|_| Error::Unreadable("the FHIR reader failed on this document".into()))?
         .map_err(|e| Error::Unreadable(e.to_string()))
 }
 
-/// Whether `v` holds an empty array; `path` is left at it when it does.
-fn empty_array(v: &serde_json::Value, path: &mut String) -> bool {
-    use serde_json::Value;
-    let at = path.len();
-    match v {
-        Value::Array(items) if items.is_empty() => return true,
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                path.push_str(&format!("[{i}]"));
-                if empty_array(item, path) {
-                    return true;
-                }
-                path.truncate(at);
-            }
-        }
-        Value::Object(fields) => {
-            for (k, item) in fields {
-                path.push('.');
-                // FHIR element names are short ASCII identifiers; anything else is not
-                // echoed (a key could carry data).
-                let name =
-                    k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                path.push_str(if name { k } else { "*" });
-                if empty_array(item, path) {
-                    return true;
-                }
-                path.truncate(at);
-            }
-        }
-        _ => {}
+/// Reads the document as plain JSON, without building it, and refuses it at its first
+/// empty array (its path, rooted at the `resourceType`).
+fn empty_array(json: &[u8]) -> Result<(), Error> {
+    use serde::de::DeserializeSeed;
+    let mut path = String::new();
+    let found = std::cell::Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let walked = Walk {
+        path: &mut path,
+        found: &found,
     }
-    false
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
+    match walked {
+        Ok(()) => Ok(()),
+        Err(_) if found.get() => {
+            // The error path only: read the root's type to name the array.
+            let root = serde_json::from_slice::<serde_json::Value>(json)
+                .ok()
+                .and_then(|v| v.get("resourceType")?.as_str().map(str::to_owned))
+                .filter(|r| is_element_name(r))
+                .unwrap_or_else(|| "$".into());
+            Err(Error::EmptyArray(format!("{root}{path}")))
+        }
+        Err(e) => Err(Error::Unreadable(format!("not JSON: {e}"))),
+    }
+}
+
+/// FHIR element and resource names are short ASCII identifiers; anything else is not
+/// echoed in a path (a key could carry data).
+fn is_element_name(k: &str) -> bool {
+    k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Walks a JSON value; `path` is left at the first empty array (`found` set), which stops
+/// the walk with an error.
+struct Walk<'a> {
+    path: &'a mut String,
+    found: &'a std::cell::Cell<bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        use std::fmt::Write;
+        let at = self.path.len();
+        let mut n = 0usize;
+        loop {
+            self.path.truncate(at);
+            let _ = write!(self.path, "[{n}]");
+            let item = Walk {
+                path: &mut *self.path,
+                found: self.found,
+            };
+            if seq.next_element_seed(item)?.is_none() {
+                break;
+            }
+            n += 1;
+        }
+        self.path.truncate(at);
+        if n == 0 {
+            self.found.set(true);
+            return Err(serde::de::Error::custom("empty array"));
+        }
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let at = self.path.len();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            self.path.truncate(at);
+            self.path.push('.');
+            self.path
+                .push_str(if is_element_name(&key) { &key } else { "*" });
+            map.next_value_seed(Walk {
+                path: &mut *self.path,
+                found: self.found,
+            })?;
+        }
+        self.path.truncate(at);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
