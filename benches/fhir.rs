@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("dmp_provide_bundle_{obx}_obx"), |b| {
             b.iter(|| {
                 let m = Message::parse(&msg).expect("parses");
-                fhir::mhd::provide_bundle(&m, &msg, 1, &publisher, Zone::EuropeParis, 0)
+                fhir::mhd::provide_bundle(&m, &msg, 1, &publisher, &[], Zone::EuropeParis, 0)
                     .expect("bundle")
                     .json
                     .len()

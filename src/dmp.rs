@@ -115,6 +115,15 @@ pub fn amendment(msg: &Message<'_>) -> Option<&'static str> {
     })
 }
 
+/// The gate for a deletion: only the establishment's switch.
+pub fn gate_deletion(enabled: bool) -> Result<(), Withheld> {
+    if enabled {
+        Ok(())
+    } else {
+        Err(Withheld::NotEnabled)
+    }
+}
+
 /// The gate: `Ok` to publish, else the first reason not to.
 pub fn gate(msg: &Message<'_>, enabled: bool, patient: &PatientState<'_>) -> Result<(), Withheld> {
     if !enabled {

@@ -105,6 +105,19 @@ OBX|1|ED|11502-2^CR d'examens biologiques^LN||^TEXT^XML^Base64^{doc}||||||F\r",
     m.into_bytes()
 }
 
+/// `cr_bio`'s message as a later version of report `of` (OBR-3 `F-<of>`), with report
+/// status `status` (OBR-25) and, for `D`, each document's status (OBX-11) too.
+fn version_of(m: Vec<u8>, ctrl: &str, of: &str, status: &str) -> Vec<u8> {
+    let mut m = String::from_utf8(m)
+        .expect("utf8")
+        .replace(&format!("|F-{ctrl}^LAB|"), &format!("|F-{of}^LAB|"))
+        .replace("||F\rOBX|1|ED", &format!("||{status}\rOBX|1|ED"));
+    if status == "D" {
+        m = m.replacen("||||||F\r", "||||||D\r", 1);
+    }
+    m.into_bytes()
+}
+
 /// Patient administration from ES1's DPI with a ZFA (DMP status, opposition).
 fn adt(ctrl: &str, ipp: &str, zfa1: &str, zfa9: &str) -> Vec<u8> {
     format!(
@@ -315,8 +328,8 @@ async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journa
     }
 }
 
-/// A result the DMP feed cannot take (a correction, not published yet) is a dead letter at
-/// the DMP; the sender's application ACK (MSH-16) speaks for its record system only: AA once
+/// A result the DMP feed cannot take (a correction of a report labroute never published) is
+/// a dead letter at the DMP; the sender's application ACK (MSH-16) speaks for its record system only: AA once
 /// ES1's record has it, no AE for the DMP.
 #[tokio::test]
 async fn a_dmp_dead_letter_leaves_the_application_ack_to_the_record_system() {
@@ -340,10 +353,133 @@ async fn a_dmp_dead_letter_leaves_the_application_ack_to_the_record_system() {
     let dead = store.dead_letters().expect("dead");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].0, "dmp");
-    assert!(dead[0].1.reason.contains("not supported yet"), "{dead:?}");
+    assert!(dead[0].1.reason.contains("nothing to replace"), "{dead:?}");
     assert!(h.es1.wait_for(1, Duration::from_secs(10)).await);
     assert!(h.lab.wait_for(1, Duration::from_secs(10)).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got: Vec<(String, String)> = h.lab.messages().iter().map(|m| msa(m)).collect();
     assert_eq!(got, [("AA".to_owned(), "R-CORR".to_owned())]);
+}
+
+/// A report's life in the DMP: published, replaced by its correction (`relatesTo` naming the
+/// DocumentReference the DMP created, which the receiver then marks superseded), deleted
+/// (PDSm logical deletion of the current version). A correction naming another patient is
+/// not sent. Every step is journalled with our document identifiers; the register follows.
+#[tokio::test]
+async fn a_report_is_published_replaced_and_deleted_in_the_dmp() {
+    let Some(python) = validator() else {
+        return;
+    };
+    let Setup {
+        h,
+        recipient,
+        pki: _pki,
+    } = setup(&python).await;
+    let flags = [("DESTDMP", "Y")];
+    let store = h.server.store.store();
+    let delivered = || {
+        labroute::store::audit::query(
+            store,
+            &AuditFilter {
+                event: Some("delivered".into()),
+                ..Default::default()
+            },
+        )
+        .expect("journal")
+        .into_iter()
+        .filter(|e| e.actor.as_deref() == Some("dmp"))
+        .map(|e| e.detail)
+        .collect::<Vec<_>>()
+    };
+    let send_and_settle = |m: Vec<u8>, n: usize| {
+        let h = &h;
+        let delivered = &delivered;
+        async move {
+            let acks = send_all(h.sil(), &[m]).await.expect("ACK");
+            assert_eq!(msa(&acks[0]).0, "AA");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while delivered().len() + store.dead_letters().expect("dead").len() < n
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    send_and_settle(adt("ADT-1", "P-OK", "ACTIF", "INO"), 0).await;
+
+    // 1. Published.
+    send_and_settle(cr_bio("ES1", "V1", "P-OK", "VALI", &flags), 1).await;
+    let registered = store
+        .dmp_documents("ES1", "LAB\u{1f}F-V1")
+        .expect("register");
+    assert_eq!(
+        registered.len(),
+        1,
+        "{registered:?} {:?} {:?}",
+        delivered(),
+        recipient.received()
+    );
+    let v1 = registered[0].1.clone();
+    assert_eq!(v1.location.as_deref(), Some("DocumentReference/2"));
+
+    // 2. The correction replaces it: relatesTo names the DMP's DocumentReference.
+    let v2 = version_of(cr_bio("ES1", "V2", "P-OK", "VALI", &flags), "V2", "V1", "C");
+    send_and_settle(v2, 2).await;
+    let got = recipient.received();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[1]["ok"], true, "{}", got[1]);
+    assert_eq!(got[1]["replaced"][0], "DocumentReference/2", "{}", got[1]);
+    let registered = store
+        .dmp_documents("ES1", "LAB\u{1f}F-V1")
+        .expect("register");
+    assert_eq!(registered.len(), 1);
+    let v2 = registered[0].1.clone();
+    assert_ne!(v2.master_id, v1.master_id);
+    assert_eq!(got[1]["masters"][0], v2.master_id.as_str());
+
+    // 3. A "correction" naming another patient is a dead letter, not sent.
+    let other = String::from_utf8(version_of(
+        cr_bio("ES1", "V3", "P-OK", "VALI", &flags),
+        "V3",
+        "V1",
+        "C",
+    ))
+    .expect("utf8")
+    .replace("248098765432112", "180017512345612")
+    .into_bytes();
+    send_and_settle(other, 3).await;
+    let dead = store.dead_letters().expect("dead");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0].1.reason.contains("another patient"), "{dead:?}");
+    assert_eq!(recipient.received().len(), 2);
+
+    // 4. The deletion deletes the current version (the correction), by our identifier.
+    let del = version_of(cr_bio("ES1", "V4", "P-OK", "VALI", &flags), "V4", "V1", "D");
+    send_and_settle(del, 4).await;
+    let got = recipient.received();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2]["kind"], "patch", "{}", got[2]);
+    assert_eq!(got[2]["ok"], true, "{}", got[2]);
+    assert_eq!(got[2]["master"], v2.master_id.as_str());
+    assert_eq!(got[2]["path"], "/fhir/DocumentReference");
+    assert!(
+        store
+            .dmp_documents("ES1", "LAB\u{1f}F-V1")
+            .expect("register")
+            .is_empty()
+    );
+
+    // The journal tells the story with our identifiers.
+    let details = delivered();
+    assert_eq!(details.len(), 3, "{details:?}");
+    assert_eq!(
+        details[0]["documents"][0]["published"],
+        v1.master_id.as_str()
+    );
+    assert_eq!(
+        details[1]["documents"][0]["replaced"],
+        v1.master_id.as_str()
+    );
+    assert_eq!(details[1]["documents"][0]["by"], v2.master_id.as_str());
+    assert_eq!(details[2]["documents"][0]["deleted"], v2.master_id.as_str());
 }

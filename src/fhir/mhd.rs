@@ -9,7 +9,7 @@
 use super::r4::Resource;
 use super::r4::resources::{
     Binary, Bundle, BundleEntry, BundleEntryRequest, DocumentReference, DocumentReferenceContent,
-    DocumentReferenceContext, List, ListEntry, Organization, Patient,
+    DocumentReferenceContext, DocumentReferenceRelatesTo, List, ListEntry, Organization, Patient,
 };
 use super::r4::types::{
     Attachment, CodeableConcept, Coding, Extension, ExtensionValue, Identifier, Meta, Period,
@@ -59,8 +59,29 @@ pub struct Publisher<'a> {
 #[derive(Debug)]
 pub struct Provide {
     pub json: String,
-    /// DocumentReferences in it.
-    pub documents: usize,
+    /// Per document (in the report's order): its masterIdentifier.
+    pub master_ids: Vec<String>,
+    /// The INS the documents are published under.
+    pub ins: String,
+}
+
+impl Provide {
+    /// The Bundle entry of the `n`th document's DocumentReference: the transaction-response
+    /// answers entry by entry, in the same order (List first, then DocumentReference and
+    /// Binary per document).
+    pub fn reference_entry(n: usize) -> usize {
+        1 + 2 * n
+    }
+}
+
+/// A document already published that the `n`th document of this report replaces.
+#[derive(Debug, Clone)]
+pub struct Replaces<'a> {
+    pub n: usize,
+    /// Its masterIdentifier.
+    pub master_id: &'a str,
+    /// Where the DMP put it (`DocumentReference/<id>`), when known.
+    pub location: Option<&'a str>,
 }
 
 /// One document to publish.
@@ -181,13 +202,24 @@ fn documents(msg: &Message<'_>) -> Result<Vec<Document>, MapError> {
     Ok(out)
 }
 
+/// How many documents `provide_bundle` publishes for this message (at least one: the FHIR
+/// report when it carries no document).
+pub fn document_count(msg: &Message<'_>) -> usize {
+    msg.segments_named("OBX")
+        .filter(|o| crate::dmp::is_document(o))
+        .count()
+        .max(1)
+}
+
 /// Builds the ITI-65 Bundle for a stored message (`msg`, read from `raw`; its store
-/// sequence `seq`).
+/// sequence `seq`); a document that `replaces` names is published as the new version of
+/// that one (`relatesTo` `replaces`, ITI-65 / PDSm "remplacement").
 pub fn provide_bundle(
     msg: &Message<'_>,
     raw: &[u8],
     seq: u64,
     publisher: &Publisher<'_>,
+    replaces: &[Replaces<'_>],
     zone: Zone,
     now_ms: u64,
 ) -> Result<Provide, MapError> {
@@ -204,7 +236,7 @@ pub fn provide_bundle(
     })?;
     let ins_id = Identifier {
         system: Some(format!("urn:oid:{ins_oid}").into()),
-        value: Some(ins_value.into()),
+        value: Some(ins_value.clone().into()),
         ..Default::default()
     };
     let subject = Box::new(Reference {
@@ -256,7 +288,9 @@ pub fn provide_bundle(
     let mut entries = Vec::new();
     let mut list_entries = Vec::new();
     let mut doc_entries = Vec::new();
+    let mut master_ids = Vec::new();
     for (n, d) in docs.iter().enumerate() {
+        let master_id = oid_of(&id("Document", n));
         let dr_uuid = id("DocumentReference", n);
         let bin_url = format!("urn:uuid:{}", id("Binary", n));
         let dr_url = format!("urn:uuid:{dr_uuid}");
@@ -270,10 +304,24 @@ pub fn provide_bundle(
                 Resource::Patient(Box::new(patient(msg, &ins_id))),
                 Resource::Organization(Box::new(org.clone())),
             ],
-            master_identifier: Some(Box::new(uri_identifier(
-                "usual",
-                oid_of(&id("Document", n)),
-            ))),
+            master_identifier: Some(Box::new(uri_identifier("usual", master_id.clone()))),
+            relates_to: replaces
+                .iter()
+                .filter(|r| r.n == n)
+                .map(|r| DocumentReferenceRelatesTo {
+                    code: code("replaces"),
+                    target: Box::new(Reference {
+                        reference: r.location.map(Into::into),
+                        identifier: Some(Box::new(Identifier {
+                            system: Some(RFC3986.into()),
+                            value: Some(r.master_id.into()),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
             identifier: vec![uri_identifier("official", dr_url.clone())],
             status: code("current"),
             r#type: Some(Box::new(concept(
@@ -316,6 +364,7 @@ pub fn provide_bundle(
             }),
             ..Default::default()
         };
+        master_ids.push(master_id);
         list_entries.push(ListEntry {
             item: Box::new(Reference {
                 reference: Some(dr_url.clone().into()),
@@ -386,7 +435,6 @@ pub fn provide_bundle(
     };
     entries.push(entry(list_url, Resource::List(Box::new(list)), "List"));
     entries.extend(doc_entries);
-    let documents = docs.len();
     let bundle = Bundle {
         meta: meta("pdsm-comprehensive-provide-document-bundle"),
         r#type: code("transaction"),
@@ -395,7 +443,69 @@ pub fn provide_bundle(
     };
     let json = super::json::to_json(&Resource::Bundle(Box::new(bundle)))
         .map_err(|_| whole("the Bundle could not be written"))?;
-    Ok(Provide { json, documents })
+    Ok(Provide {
+        json,
+        master_ids,
+        ins: format!("{ins_oid}|{ins_value}"),
+    })
+}
+
+/// The PDSm extension marking a deleted DocumentReference (logical deletion).
+pub const IS_DELETED: &str =
+    "https://interop.esante.gouv.fr/ig/fhir/pdsm/StructureDefinition/pdsm-ext-is-deleted";
+
+/// The path of a conditional PATCH of the DocumentReference whose identifier (here: our
+/// masterIdentifier) is `master_id`, under the DMP's base path.
+pub fn conditional_path(base: &str, master_id: &str) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    format!(
+        "{}/DocumentReference?identifier={}",
+        base.trim_end_matches('/'),
+        enc(&format!("{RFC3986}|{master_id}"))
+    )
+}
+
+/// The body of a PDSm deletion (flux 03, "suppression logique"): a FHIRPath Patch
+/// (`Parameters`) that sets the status to `superseded` and adds `pdsm-ext-is-deleted` = true.
+pub fn deletion_patch() -> String {
+    serde_json::json!({
+        "resourceType": "Parameters",
+        "parameter": [
+            {
+                "name": "operation",
+                "part": [
+                    { "name": "type", "valueCode": "replace" },
+                    { "name": "path", "valueString": "DocumentReference.status" },
+                    { "name": "value", "valueCode": "superseded" }
+                ]
+            },
+            {
+                "name": "operation",
+                "part": [
+                    { "name": "type", "valueCode": "add" },
+                    { "name": "path", "valueString": "DocumentReference" },
+                    { "name": "name", "valueString": "extension" },
+                    {
+                        "name": "value",
+                        "part": [
+                            { "name": "url", "valueUri": IS_DELETED },
+                            { "name": "value", "valueBoolean": true }
+                        ]
+                    }
+                ]
+            }
+        ]
+    })
+    .to_string()
 }
 
 fn entry(url: String, resource: Resource, ty: &str) -> BundleEntry {

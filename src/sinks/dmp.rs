@@ -14,11 +14,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, Destination, DestinationKind};
+use crate::fhir::mhd::{Provide, Replaces};
 use crate::hl7::Message;
 use crate::https::Client;
 use crate::policy::Permit;
 use crate::sinks::mllp::PeerAnswer;
-use crate::store::StoreHandle;
+use crate::store::{DmpChange, DmpDocument, StoreHandle};
 
 /// The DMP destination's sender.
 pub struct DmpSink {
@@ -98,16 +99,16 @@ impl DmpSink {
         let Some(owner) = rec.establishment().map(|e| e.to_string()) else {
             return PeerAnswer::Rejected("message has no owning establishment".into());
         };
-        let est = self.cfg.establishment_by_name(&owner);
+        let cfg = Arc::clone(&self.cfg);
+        let est = cfg.establishment_by_name(&owner);
         let prepared = crate::hl7::message::prepare(raw);
         let Ok(msg) = Message::parse(&prepared) else {
             return PeerAnswer::Rejected("stored message unreadable".into());
         };
         // The patient key from the message itself, not the outbox entry's (an operator's
         // retry of a dead letter queues it without one): the gate must see the ZFA.
-        let patient_key = crate::router::extract(&msg)
-            .ok()
-            .and_then(|f| f.patient_key);
+        let facts = crate::router::extract(&msg).ok();
+        let patient_key = facts.as_ref().and_then(|f| f.patient_key.clone());
         let admin = match &patient_key {
             Some(k) => match store.patient(&owner, k) {
                 Ok(p) => p,
@@ -121,64 +122,234 @@ impl DmpSink {
             opposed: false,
         };
         let enabled = est.is_some_and(|e| e.dmp.is_some());
-        if let Err(w) = crate::dmp::gate(&msg, enabled, &state) {
+        let amendment = crate::dmp::amendment(&msg);
+        // A deletion takes back what was published (a wrong patient, a wrong report): only
+        // the establishment's own switch stops it, not the patient-side gates.
+        let gate = if amendment == Some("deletion") {
+            crate::dmp::gate_deletion(enabled)
+        } else {
+            crate::dmp::gate(&msg, enabled, &state)
+        };
+        if let Err(w) = gate {
             return PeerAnswer::Withheld(w.as_str());
-        }
-        if let Some(status) = crate::dmp::amendment(&msg) {
-            return PeerAnswer::Rejected(format!(
-                "a {status} to the DMP (replacement or deletion of a published document) is not supported yet; publish it by hand"
-            ));
         }
         let Some(est) = est else {
             return PeerAnswer::Rejected("owning establishment not configured".into());
         };
+        // The report's order (filler number, else placer): what a later version names.
+        let order = facts.as_ref().and_then(|f| {
+            f.filler_orders
+                .first()
+                .or(f.placer_orders.first())
+                .map(|o| o.key())
+        });
+        let published = match &order {
+            Some(o) => match store.dmp_documents(&owner, o) {
+                Ok(p) => p,
+                Err(e) => return PeerAnswer::Error(e.to_string()),
+            },
+            None => Vec::new(),
+        };
+        if let Some(kind) = amendment
+            && published.is_empty()
+        {
+            return PeerAnswer::Rejected(format!(
+                "a {kind} for the DMP, but labroute published no document of this order there (no order number, or published before or by another path): nothing to {}; settle it in the DMP by hand",
+                if kind == "deletion" {
+                    "delete"
+                } else {
+                    "replace"
+                }
+            ));
+        }
+        let ins = crate::dmp::ins(&msg).map(|(v, oid)| format!("{oid}|{v}"));
+        if published.iter().any(|(_, d)| Some(&d.ins) != ins.as_ref()) {
+            return PeerAnswer::Rejected(
+                "the report names another patient (INS) than the version published to the DMP: not replaced or deleted; settle it in the DMP by hand".into(),
+            );
+        }
+        let client = match self.client(&owner) {
+            Ok(c) => c,
+            Err(e) => return PeerAnswer::Error(e),
+        };
+        let order = order.as_deref().map(|o| (owner.as_str(), o));
+        match (amendment, order) {
+            (Some("deletion"), Some((owner, order))) => {
+                self.delete(&client, owner, order, &published).await
+            }
+            _ => {
+                self.provide(&client, permit, &msg, &prepared, est, order, &published)
+                    .await
+            }
+        }
+    }
+
+    /// Publishes the report's documents (ITI-65), each as the new version of the one
+    /// `published` holds at its place; the register keeps them under `order` when given.
+    #[allow(clippy::too_many_arguments)]
+    async fn provide(
+        &self,
+        client: &Client,
+        permit: &Permit,
+        msg: &Message<'_>,
+        raw: &[u8],
+        est: &crate::config::Establishment,
+        order: Option<(&str, &str)>,
+        published: &[(usize, DmpDocument)],
+    ) -> PeerAnswer {
         let publisher = crate::fhir::mhd::Publisher {
             id: est.id.as_str(),
             name: &est.name,
             finess: est.finess.first().map(String::as_str),
         };
+        let replaces: Vec<Replaces<'_>> = published
+            .iter()
+            .map(|(n, d)| Replaces {
+                n: *n,
+                master_id: &d.master_id,
+                location: d.location.as_deref(),
+            })
+            .collect();
+        let now = crate::time::now_ms();
         let bundle = match crate::fhir::mhd::provide_bundle(
-            &msg,
-            &prepared,
+            msg,
+            raw,
             permit.seq(),
             &publisher,
+            &replaces,
             self.cfg.fhir.zone,
-            crate::time::now_ms(),
+            now,
         ) {
             Ok(b) => b,
             Err(e) => return PeerAnswer::Rejected(format!("cannot build the DMP submission: {e}")),
         };
-        let client = match self.client(&owner) {
-            Ok(c) => c,
-            Err(e) => return PeerAnswer::Error(e),
-        };
-        let sent = tokio::time::timeout(
-            self.dest.ack_timeout + self.dest.connect_timeout,
-            client.send(
+        let answer = match self
+            .exchange(
+                client,
                 http::Method::POST,
-                &self.path,
-                crate::sources::fhir::FHIR_JSON,
+                self.path.clone(),
                 bundle.json.into_bytes(),
-            ),
+            )
+            .await
+        {
+            Ok(a) if (200..300).contains(&a.status) => a,
+            Ok(a) => return refused(&a),
+            Err(e) => return e,
+        };
+        let Some((establishment, order)) = order else {
+            return PeerAnswer::Published(Vec::new());
+        };
+        let locations = locations(&answer.body);
+        let changes: Vec<DmpChange> = bundle
+            .master_ids
+            .into_iter()
+            .enumerate()
+            .map(|(n, master_id)| DmpChange {
+                key: crate::store::dmp_document_key(establishment, order, n),
+                doc: Some(DmpDocument {
+                    master_id,
+                    location: locations
+                        .get(Provide::reference_entry(n))
+                        .cloned()
+                        .flatten(),
+                    ins: bundle.ins.clone(),
+                    seq: permit.seq(),
+                    at_ms: now,
+                }),
+            })
+            .collect();
+        PeerAnswer::Published(changes)
+    }
+
+    /// Deletes the order's published documents (PDSm logical deletion: a conditional PATCH
+    /// by our identifier per document). One the DMP no longer finds (404: deleted by an
+    /// earlier attempt of this same message) counts as deleted.
+    async fn delete(
+        &self,
+        client: &Client,
+        establishment: &str,
+        order: &str,
+        published: &[(usize, DmpDocument)],
+    ) -> PeerAnswer {
+        let body = crate::fhir::mhd::deletion_patch();
+        let mut changes = Vec::new();
+        for (n, doc) in published {
+            let path = crate::fhir::mhd::conditional_path(&self.path, &doc.master_id);
+            match self
+                .exchange(client, http::Method::PATCH, path, body.clone().into_bytes())
+                .await
+            {
+                Ok(a) if (200..300).contains(&a.status) || a.status == 404 => {}
+                Ok(a) => return refused(&a),
+                Err(e) => return e,
+            }
+            changes.push(DmpChange {
+                key: crate::store::dmp_document_key(establishment, order, *n),
+                doc: None,
+            });
+        }
+        PeerAnswer::Published(changes)
+    }
+
+    /// One request to the DMP: its final answer, or the PeerAnswer to retry with (no
+    /// answer, 408, 429, 5xx).
+    async fn exchange(
+        &self,
+        client: &Client,
+        method: http::Method,
+        path: String,
+        body: Vec<u8>,
+    ) -> Result<crate::https::Answer, PeerAnswer> {
+        let limit = self.dest.ack_timeout + self.dest.connect_timeout;
+        let sent = tokio::time::timeout(
+            limit,
+            client.send(method, &path, crate::sources::fhir::FHIR_JSON, body),
         )
         .await;
         match sent {
-            Err(_) => PeerAnswer::Error(format!(
-                "no answer within {:?}",
-                self.dest.ack_timeout + self.dest.connect_timeout
-            )),
-            Ok(Err(e)) => PeerAnswer::Error(e.to_string()),
-            Ok(Ok(a)) if (200..300).contains(&a.status) => PeerAnswer::Accepted,
+            Err(_) => Err(PeerAnswer::Error(format!("no answer within {limit:?}"))),
+            Ok(Err(e)) => Err(PeerAnswer::Error(e.to_string())),
             Ok(Ok(a)) if a.status == 408 || a.status == 429 || a.status >= 500 => {
-                PeerAnswer::Error(format!("DMP answered HTTP {}", a.status))
+                Err(PeerAnswer::Error(format!("DMP answered HTTP {}", a.status)))
             }
-            Ok(Ok(a)) => PeerAnswer::Rejected(format!(
-                "DMP refused the submission: HTTP {}{}",
-                a.status,
-                issue_codes(&a.body)
-            )),
+            Ok(Ok(a)) => Ok(a),
         }
     }
+}
+
+/// A final refusal: a dead letter naming the status and the OperationOutcome's issue codes.
+fn refused(a: &crate::https::Answer) -> PeerAnswer {
+    PeerAnswer::Rejected(format!(
+        "DMP refused the request: HTTP {}{}",
+        a.status,
+        issue_codes(&a.body)
+    ))
+}
+
+/// The `response.location` of each entry of a transaction-response Bundle, without its
+/// version (`DocumentReference/12/_history/1` → `DocumentReference/12`).
+fn locations(body: &[u8]) -> Vec<Option<String>> {
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Vec::new();
+    };
+    v["entry"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    e["response"]["location"].as_str().map(|l| {
+                        let l = l.split("/_history/").next().unwrap_or(l);
+                        // An absolute URL keeps only its last two segments.
+                        let parts: Vec<&str> = l.rsplitn(3, '/').collect();
+                        match parts.as_slice() {
+                            [id, ty, ..] => format!("{ty}/{id}"),
+                            _ => l.to_owned(),
+                        }
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// ` (issue codes: invalid, required)` from an OperationOutcome, or nothing.
@@ -194,5 +365,37 @@ fn issue_codes(body: &[u8]) -> String {
         String::new()
     } else {
         format!(" (issue codes: {})", codes.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_drop_the_version_and_the_base() {
+        let body = br#"{"resourceType":"Bundle","type":"transaction-response","entry":[
+            {"response":{"status":"201 Created","location":"List/1"}},
+            {"response":{"status":"201 Created","location":"DocumentReference/12/_history/1"}},
+            {"response":{"status":"201 Created","location":"https://dmp.example/fhir/Binary/7/_history/2"}},
+            {"response":{"status":"201 Created"}}]}"#;
+        assert_eq!(
+            locations(body),
+            [
+                Some("List/1".to_owned()),
+                Some("DocumentReference/12".into()),
+                Some("Binary/7".into()),
+                None
+            ]
+        );
+        assert!(locations(b"not json").is_empty());
+    }
+
+    #[test]
+    fn a_deletion_names_the_document_by_our_identifier() {
+        assert_eq!(
+            crate::fhir::mhd::conditional_path("/fhir/", "urn:oid:2.25.42"),
+            "/fhir/DocumentReference?identifier=urn%3Aietf%3Arfc%3A3986%7Curn%3Aoid%3A2.25.42"
+        );
     }
 }

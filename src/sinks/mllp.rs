@@ -53,6 +53,8 @@ pub enum PeerAnswer {
     Rejected(String),
     /// Not to be sent, by rule (the DMP gate): settled as withheld with this reason.
     Withheld(&'static str),
+    /// Accepted by the DMP, with the changes to its document register.
+    Published(Vec<crate::store::DmpChange>),
 }
 
 /// How a destination is reached: MLLP, or the DMP's HTTPS.
@@ -395,56 +397,58 @@ async fn deliver_one(
         {
             return false;
         }
-        let update =
-            if now_ms().saturating_sub(entry.enqueued_at_ms) > dest.max_age.as_millis() as u64 {
-                DeliveryUpdate::Dead {
-                    attempts: entry.attempts,
-                    reason: format!("not delivered within max_age ({:?})", dest.max_age),
-                }
-            } else {
-                match (
-                    store.store().raw(entry.seq),
-                    permit_for(store, &dest.name, cfg, entry.seq),
-                ) {
-                    (_, Err(denied)) => {
-                        stats::add(&STATS.refused_by_policy, 1);
-                        DeliveryUpdate::Dead {
-                            attempts: entry.attempts,
-                            reason: format!("refused by the delivery policy: {denied}"),
-                        }
-                    }
-                    (Ok(Some(raw)), Ok(permit)) => {
-                        let attempts = entry.attempts + 1;
-                        match conn.send(&permit, &raw).await {
-                            Ok(PeerAnswer::Accepted) => DeliveryUpdate::Delivered,
-                            Ok(PeerAnswer::Rejected(r)) => DeliveryUpdate::Dead {
-                                attempts,
-                                reason: r,
-                            },
-                            Ok(PeerAnswer::Error(e)) => retry_or_dead(dest, attempts, e),
-                            Ok(PeerAnswer::Withheld(reason)) => {
-                                metrics::counter!(
-                                    crate::telemetry::names::DMP_WITHHELD,
-                                    "reason" => reason
-                                )
-                                .increment(1);
-                                DeliveryUpdate::Withheld {
-                                    reason: reason.to_owned(),
-                                }
-                            }
-                            Err(e) => retry_or_dead(dest, attempts, e.to_string()),
-                        }
-                    }
-                    (Ok(None), _) => DeliveryUpdate::Dead {
+        let update = if now_ms().saturating_sub(entry.enqueued_at_ms)
+            > dest.max_age.as_millis() as u64
+        {
+            DeliveryUpdate::Dead {
+                attempts: entry.attempts,
+                reason: format!("not delivered within max_age ({:?})", dest.max_age),
+            }
+        } else {
+            match (
+                store.store().raw(entry.seq),
+                permit_for(store, &dest.name, cfg, entry.seq),
+            ) {
+                (_, Err(denied)) => {
+                    stats::add(&STATS.refused_by_policy, 1);
+                    DeliveryUpdate::Dead {
                         attempts: entry.attempts,
-                        reason: "message bytes missing from the store".into(),
-                    },
-                    (Err(e), _) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
+                        reason: format!("refused by the delivery policy: {denied}"),
+                    }
                 }
-            };
+                (Ok(Some(raw)), Ok(permit)) => {
+                    let attempts = entry.attempts + 1;
+                    match conn.send(&permit, &raw).await {
+                        Ok(PeerAnswer::Accepted) => DeliveryUpdate::Delivered { dmp: Vec::new() },
+                        Ok(PeerAnswer::Published(dmp)) => DeliveryUpdate::Delivered { dmp },
+                        Ok(PeerAnswer::Rejected(r)) => DeliveryUpdate::Dead {
+                            attempts,
+                            reason: r,
+                        },
+                        Ok(PeerAnswer::Error(e)) => retry_or_dead(dest, attempts, e),
+                        Ok(PeerAnswer::Withheld(reason)) => {
+                            metrics::counter!(
+                                crate::telemetry::names::DMP_WITHHELD,
+                                "reason" => reason
+                            )
+                            .increment(1);
+                            DeliveryUpdate::Withheld {
+                                reason: reason.to_owned(),
+                            }
+                        }
+                        Err(e) => retry_or_dead(dest, attempts, e.to_string()),
+                    }
+                }
+                (Ok(None), _) => DeliveryUpdate::Dead {
+                    attempts: entry.attempts,
+                    reason: "message bytes missing from the store".into(),
+                },
+                (Err(e), _) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
+            }
+        };
         // Persist the outcome (a restart resumes from the store): a delivered mark commits
         // while the next message goes out; any other outcome is durable before going on.
-        let queued = matches!(update, DeliveryUpdate::Delivered);
+        let queued = matches!(update, DeliveryUpdate::Delivered { .. });
         if !queued {
             pending.settle_all().await;
         }
@@ -474,14 +478,14 @@ async fn deliver_one(
             }
         }
         let counter = match &update {
-            DeliveryUpdate::Delivered => &STATS.deliveries,
+            DeliveryUpdate::Delivered { .. } => &STATS.deliveries,
             DeliveryUpdate::Retry { .. } => &STATS.delivery_retries,
             DeliveryUpdate::Dead { .. } => &STATS.dead_letters,
             DeliveryUpdate::Withheld { .. } => &STATS.withheld,
         };
         stats::add(counter, 1);
         match update {
-            DeliveryUpdate::Delivered => {
+            DeliveryUpdate::Delivered { .. } => {
                 tracing::debug!(destination = %name, seq = entry.seq, "delivered");
                 return true;
             }

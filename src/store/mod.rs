@@ -36,6 +36,8 @@ pub(crate) const ORDERS: TableDefinition<&str, &str> = TableDefinition::new("ord
 /// establishment \x1f patient key → PatientAdmin.
 pub(crate) const PATIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("patients");
 pub(crate) const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
+/// `dmp_document_key` → DmpDocument: what labroute published to the DMP and is current there.
+pub(crate) const DMP_DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("dmp_docs");
 
 /// File name of the store inside the data directory.
 pub const STORE_FILE: &str = "labroute.redb";
@@ -126,6 +128,7 @@ impl Store {
             txn.open_table(ORDERS).map_err(db_err)?;
             txn.open_table(PATIENTS).map_err(db_err)?;
             txn.open_table(OPLOG).map_err(db_err)?;
+            txn.open_table(DMP_DOCS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store {
@@ -265,6 +268,30 @@ impl Store {
             Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// The documents of one order that labroute published to the DMP and are current there,
+    /// by their place in the report.
+    pub fn dmp_documents(
+        &self,
+        establishment: &str,
+        order: &str,
+    ) -> Result<Vec<(usize, DmpDocument)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(DMP_DOCS).map_err(db_err)?;
+        let prefix = dmp_order_key(establishment, order);
+        let mut out = Vec::new();
+        for item in t.range(prefix.as_str()..).map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            let Some(n) = k.value().strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            let n = n
+                .parse()
+                .map_err(|_| StoreError::Record("dmp_docs key".into(), k.value().to_owned()))?;
+            out.push((n, decode(v.value())?));
+        }
+        Ok(out)
     }
 
     /// Counts for status output.

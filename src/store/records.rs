@@ -105,3 +105,38 @@ pub struct OperatorRecord {
     pub seq: u64,
     pub detail: String,
 }
+
+/// A document labroute published to the DMP and that is current there, kept so that a later
+/// version of the same report replaces it (`relatesTo`) and a deletion names it. Keyed by
+/// establishment, order and the document's place in the report (`dmp_document_key`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmpDocument {
+    /// The DocumentReference's masterIdentifier (`urn:oid:2.25.…`, ours).
+    pub master_id: String,
+    /// Where the DMP put it (`DocumentReference/<id>`), when its answer said.
+    pub location: Option<String>,
+    /// The patient's INS it was published under: a later version must name the same.
+    pub ins: String,
+    /// The message it came from.
+    pub seq: u64,
+    pub at_ms: u64,
+}
+
+/// A change to the DMP document register, made with a delivery's outcome: the document now
+/// current under `key`, or `None` when it was deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DmpChange {
+    pub key: String,
+    pub doc: Option<DmpDocument>,
+}
+
+/// The register key of an order's documents: establishment, order key (`OrderRef::key`),
+/// unit-separated; `dmp_document_key` adds the document's place.
+pub fn dmp_order_key(establishment: &str, order: &str) -> String {
+    format!("{establishment}\u{1e}{order}\u{1e}")
+}
+
+/// The register key of the `n`th document (from 0) of an order's report.
+pub fn dmp_document_key(establishment: &str, order: &str, n: usize) -> String {
+    format!("{}{n:04}", dmp_order_key(establishment, order))
+}

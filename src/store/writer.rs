@@ -98,7 +98,10 @@ pub enum IngestReply {
 /// Outcome of one delivery attempt, reported by a destination worker.
 #[derive(Debug, Clone)]
 pub enum DeliveryUpdate {
-    Delivered,
+    /// Accepted by the destination; for the DMP, the changes to its document register.
+    Delivered {
+        dmp: Vec<DmpChange>,
+    },
     Retry {
         attempts: u32,
         next_attempt_ms: u64,
@@ -1016,6 +1019,38 @@ fn reject(
     })
 }
 
+/// Applies a DMP delivery's changes to the document register; the journal's detail: what
+/// was published, replaced or deleted (our document ids, no patient data).
+fn dmp_register(
+    txn: &WriteTransaction,
+    changes: &[DmpChange],
+) -> Result<serde_json::Value, StoreError> {
+    let mut t = txn.open_table(DMP_DOCS).map_err(db_err)?;
+    let mut detail = Vec::new();
+    for c in changes {
+        let before: Option<DmpDocument> = match t.get(c.key.as_str()).map_err(db_err)? {
+            Some(v) => Some(decode(v.value())?),
+            None => None,
+        };
+        let before = before.map(|d| d.master_id);
+        match &c.doc {
+            Some(doc) => {
+                t.insert(c.key.as_str(), encode(doc).as_slice())
+                    .map_err(db_err)?;
+                detail.push(match before {
+                    Some(old) => serde_json::json!({ "replaced": old, "by": doc.master_id }),
+                    None => serde_json::json!({ "published": doc.master_id }),
+                });
+            }
+            None => {
+                t.remove(c.key.as_str()).map_err(db_err)?;
+                detail.push(serde_json::json!({ "deleted": before }));
+            }
+        }
+    }
+    Ok(serde_json::json!({ "documents": detail }))
+}
+
 fn delivery(
     txn: &WriteTransaction,
     seqs: &mut Sequences,
@@ -1037,7 +1072,8 @@ fn delivery(
         return Ok(());
     };
     let (event, detail) = match update {
-        DeliveryUpdate::Delivered => ("delivered", serde_json::json!({})),
+        DeliveryUpdate::Delivered { dmp } if dmp.is_empty() => ("delivered", serde_json::json!({})),
+        DeliveryUpdate::Delivered { dmp } => ("delivered", dmp_register(txn, dmp)?),
         DeliveryUpdate::Retry {
             attempts, error, ..
         } => (
@@ -1069,7 +1105,7 @@ fn delivery(
         detail,
     )?;
     match update {
-        DeliveryUpdate::Delivered => {
+        DeliveryUpdate::Delivered { .. } => {
             outbox.remove(key.as_slice()).map_err(db_err)?;
             txn.open_table(DELIVERED)
                 .map_err(db_err)?
