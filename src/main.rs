@@ -131,6 +131,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// A patient's opposition to the DMP feed, recorded or lifted in one establishment (on
+    /// top of what the patient record system says in ZFA-9).
+    Dmp {
+        #[command(subcommand)]
+        action: DmpAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// The operator log.
     Oplog {
         #[command(flatten)]
@@ -254,6 +262,34 @@ enum QuarantineAction {
     },
 }
 
+/// The patient, by a local identifier of the establishment (PID-3: id and assigning
+/// authority, as the messages carry it).
+#[derive(clap::Args)]
+struct PatientArgs {
+    #[arg(long)]
+    establishment: String,
+    /// Assigning authority (PID-3.4), e.g. CHNORD-IPP.
+    #[arg(long)]
+    authority: String,
+    /// The patient's identifier under it (PID-3.1).
+    #[arg(long)]
+    id: String,
+}
+
+#[derive(Subcommand)]
+enum DmpAction {
+    /// Record that the patient opposes the DMP feed: results are withheld from it.
+    Oppose {
+        #[command(flatten)]
+        patient: PatientArgs,
+    },
+    /// Lift an opposition recorded with `oppose`.
+    Lift {
+        #[command(flatten)]
+        patient: PatientArgs,
+    },
+}
+
 #[derive(Subcommand)]
 enum DeadAction {
     List,
@@ -353,6 +389,19 @@ async fn run(cli: Cli) -> Result<()> {
                 },
             };
             admin_call(&admin, req).await
+        }
+        Command::Dmp { action, admin } => {
+            let (p, opposed) = match action {
+                DmpAction::Oppose { patient } => (patient, true),
+                DmpAction::Lift { patient } => (patient, false),
+            };
+            let command = OperatorCommand::DmpOpposition {
+                establishment: p.establishment,
+                authority: p.authority,
+                id: p.id,
+                opposed,
+            };
+            admin_call(&admin, AdminRequest::Command { command }).await
         }
         Command::Status { admin } => admin_call(&admin, AdminRequest::Status).await,
         Command::Oplog { admin } => admin_call(&admin, AdminRequest::OperatorLog).await,

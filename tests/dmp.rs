@@ -483,3 +483,110 @@ async fn a_report_is_published_replaced_and_deleted_in_the_dmp() {
     assert_eq!(details[1]["documents"][0]["by"], v2.master_id.as_str());
     assert_eq!(details[2]["documents"][0]["deleted"], v2.master_id.as_str());
 }
+
+/// An opposition recorded by an operator withholds the patient's results from the DMP, even
+/// after an ADT whose ZFA-9 says "no opposition", until it is lifted; an operator outside the
+/// establishment is refused, and the journal names the patient only by a reference.
+#[tokio::test]
+async fn an_operator_opposition_withholds_until_lifted() {
+    use labroute::store::writer::{OperatorCommand, OperatorError, patient_ref};
+    let Some(python) = validator() else {
+        return;
+    };
+    let Setup {
+        h,
+        recipient,
+        pki: _pki,
+    } = setup(&python).await;
+    let store = h.server.store.store();
+    let flags = [("DESTDMP", "Y")];
+    let opposition = |opposed| OperatorCommand::DmpOpposition {
+        establishment: "ES1".into(),
+        authority: "CHNORD-IPP".into(),
+        id: "P-OK".into(),
+        opposed,
+    };
+    let settled = |n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got: Vec<(String, Json)> =
+                labroute::store::audit::query(store, &AuditFilter::default())
+                    .expect("journal")
+                    .into_iter()
+                    .filter(|e| e.actor.as_deref() == Some("dmp"))
+                    .map(|e| (e.event, e.detail))
+                    .collect();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // Out of scope: refused and journalled, without the patient's identifier.
+    let es2_only = labroute::policy::Operator {
+        name: "ops-es2".into(),
+        scope: labroute::policy::OperatorScope::Establishments(
+            [labroute::model::EstablishmentId::new("ES2")].into(),
+        ),
+    };
+    let refused = h.server.store.operator(opposition(true), &es2_only).await;
+    assert!(
+        matches!(refused, Err(OperatorError::OutOfScope { .. })),
+        "{refused:?}"
+    );
+    let ops = h
+        .server
+        .store
+        .operator(opposition(true), &local_operator("ops"))
+        .await
+        .expect("recorded");
+    assert!(ops.contains("no longer published"), "{ops}");
+    let journal = serde_json::to_string(
+        &labroute::store::audit::query(store, &AuditFilter::default()).expect("journal"),
+    )
+    .expect("json");
+    assert!(!journal.contains("P-OK"), "{journal}");
+    let pref = patient_ref("ES1", "CHNORD-IPP\u{1f}P-OK");
+    assert_eq!(
+        journal.matches(&pref).count(),
+        2,
+        "refusal and action: {journal}"
+    );
+
+    // Withheld, even after the DPI says "no opposition".
+    let sil = h.sil();
+    let send = |m: Vec<u8>| async move {
+        let acks = send_all(sil, &[m]).await.expect("ACK");
+        assert_eq!(msa(&acks[0]).0, "AA");
+    };
+    send(cr_bio("ES1", "O-1", "P-OK", "VALI", &flags)).await;
+    send(adt("ADT-INO", "P-OK", "ACTIF", "INO")).await;
+    send(cr_bio("ES1", "O-2", "P-OK", "VALI", &flags)).await;
+    let got = settled(2).await;
+    assert_eq!(
+        got,
+        [
+            (
+                "withheld".to_owned(),
+                serde_json::json!({"reason": "opposition"})
+            ),
+            (
+                "withheld".to_owned(),
+                serde_json::json!({"reason": "opposition"})
+            ),
+        ]
+    );
+
+    // Lifted: published again.
+    h.server
+        .store
+        .operator(opposition(false), &local_operator("ops"))
+        .await
+        .expect("lifted");
+    send(cr_bio("ES1", "O-3", "P-OK", "VALI", &flags)).await;
+    let got = settled(3).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2].0, "delivered", "{got:?}");
+    assert_eq!(recipient.received().len(), 1);
+}

@@ -94,6 +94,21 @@ impl AdminRequest {
                     format!("/dead/{}/{seq}/retry", percent_encode(destination)),
                     None,
                 ),
+                OperatorCommand::DmpOpposition {
+                    establishment,
+                    authority,
+                    id,
+                    opposed,
+                } => (
+                    Method::POST,
+                    "/dmp/opposition".into(),
+                    Some(json!({
+                        "establishment": establishment,
+                        "authority": authority,
+                        "id": id,
+                        "opposed": opposed,
+                    })),
+                ),
             },
         }
     }
@@ -129,6 +144,14 @@ impl AdminRequest {
                     AdminError::BadRequest(format!("the body needs a non-empty string {name:?}"))
                 })
         };
+        let flag = |name: &str| -> Result<bool, AdminError> {
+            let v: Value = serde_json::from_slice(body).map_err(|e| {
+                AdminError::BadRequest(format!("the body must be a JSON object: {e}"))
+            })?;
+            v.get(name)
+                .and_then(Value::as_bool)
+                .ok_or_else(|| AdminError::BadRequest(format!("the body needs a boolean {name:?}")))
+        };
         let wrong = || AdminError::MethodNotAllowed(format!("{method} is not allowed on {path}"));
         let req = match segs.as_slice() {
             ["status"] if get => AdminRequest::Status,
@@ -159,6 +182,14 @@ impl AdminRequest {
                 filter: audit_filter(query.unwrap_or(""))?,
             },
             ["reload-tls"] if post => AdminRequest::ReloadTls,
+            ["dmp", "opposition"] if post => AdminRequest::Command {
+                command: OperatorCommand::DmpOpposition {
+                    establishment: field("establishment")?,
+                    authority: field("authority")?,
+                    id: field("id")?,
+                    opposed: flag("opposed")?,
+                },
+            },
             ["status"]
             | ["quarantine"]
             | ["quarantine", _]
@@ -168,7 +199,8 @@ impl AdminRequest {
             | ["operator-log"]
             | ["audit"]
             | ["audit", "verify"]
-            | ["reload-tls"] => return Err(wrong()),
+            | ["reload-tls"]
+            | ["dmp", "opposition"] => return Err(wrong()),
             _ => return Err(AdminError::NotFound(format!("no such path: {path}"))),
         };
         Ok(req)
@@ -468,6 +500,14 @@ mod tests {
                     seq: 9,
                 },
             },
+            AdminRequest::Command {
+                command: OperatorCommand::DmpOpposition {
+                    establishment: "ES1".into(),
+                    authority: "CHNORD-IPP".into(),
+                    id: "P/1 2".into(),
+                    opposed: false,
+                },
+            },
         ];
         for r in reqs {
             let (m, target, body) = r.to_http();
@@ -486,7 +526,7 @@ mod tests {
 
     #[test]
     fn bad_requests_get_the_right_status() {
-        let cases: [(Method, &str, Option<&str>, &str, u16); 8] = [
+        let cases: [(Method, &str, Option<&str>, &str, u16); 10] = [
             (Method::GET, "/nope", None, "", 404),
             (Method::DELETE, "/status", None, "", 405),
             (Method::GET, "/quarantine/1/release", None, "", 405),
@@ -495,6 +535,14 @@ mod tests {
             (Method::POST, "/quarantine/1/release", None, "not json", 400),
             (Method::GET, "/audit", Some("from_ms=yesterday"), "", 400),
             (Method::GET, "/audit", Some("patient=1"), "", 400),
+            (Method::GET, "/dmp/opposition", None, "", 405),
+            (
+                Method::POST,
+                "/dmp/opposition",
+                None,
+                r#"{"establishment":"ES1","authority":"A","id":"1"}"#,
+                400,
+            ),
         ];
         for (m, p, q, b, status) in cases {
             let r = AdminRequest::from_http(&m, p, q, b.as_bytes());

@@ -83,9 +83,9 @@ impl From<OperatorError> for AdminError {
                 AdminError::Conflict(m)
             }
             OperatorError::UnknownEstablishment(_) => AdminError::BadRequest(m),
-            OperatorError::Forbidden { .. } | OperatorError::SenderNotFor { .. } => {
-                AdminError::Forbidden(m)
-            }
+            OperatorError::Forbidden { .. }
+            | OperatorError::SenderNotFor { .. }
+            | OperatorError::OutOfScope { .. } => AdminError::Forbidden(m),
             OperatorError::Store(_) => AdminError::Store(m),
         }
     }

@@ -118,8 +118,7 @@ impl DmpSink {
         };
         let state = crate::dmp::PatientState {
             zfa: admin.as_ref().map(|a| a.zfa.as_slice()),
-            // Oppositions recorded through the admin API: not yet (ZFA-9 only).
-            opposed: false,
+            opposed: admin.as_ref().is_some_and(|a| a.opposition.is_some()),
         };
         let enabled = est.is_some_and(|e| e.dmp.is_some());
         let amendment = crate::dmp::amendment(&msg);

@@ -92,8 +92,19 @@ pub struct QuarantineEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PatientAdmin {
     pub updated_at_ms: u64,
+    /// The ADT the ZFA came from (0: none yet, only an operator's opposition).
     pub from_seq: u64,
     pub zfa: Vec<String>,
+    /// An opposition to the DMP feed recorded by an operator (`labroute dmp oppose`).
+    #[serde(default)]
+    pub opposition: Option<OperatorOpposition>,
+}
+
+/// Who recorded an opposition, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorOpposition {
+    pub at_ms: u64,
+    pub operator: String,
 }
 
 /// An operator action, as recorded.

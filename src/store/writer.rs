@@ -121,9 +121,59 @@ pub enum DeliveryUpdate {
 /// Operator commands that change the store.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OperatorCommand {
-    Release { seq: u64, establishment: String },
-    Discard { seq: u64, reason: String },
-    RetryDead { destination: String, seq: u64 },
+    Release {
+        seq: u64,
+        establishment: String,
+    },
+    Discard {
+        seq: u64,
+        reason: String,
+    },
+    RetryDead {
+        destination: String,
+        seq: u64,
+    },
+    /// A patient's opposition to the DMP feed, recorded (or lifted) in one establishment,
+    /// the patient named by a local identifier (PID-3: assigning authority and id), as the
+    /// DMP gate reads it.
+    DmpOpposition {
+        establishment: String,
+        authority: String,
+        id: String,
+        opposed: bool,
+    },
+}
+
+impl OperatorCommand {
+    /// The command as the journal keeps it: a patient appears only as `patient_ref`.
+    pub fn journal(&self) -> serde_json::Value {
+        match self {
+            OperatorCommand::DmpOpposition {
+                establishment,
+                authority,
+                id,
+                opposed,
+            } => serde_json::json!({ "DmpOpposition": {
+                "establishment": establishment,
+                "patient": patient_ref(establishment, &patient_key(authority, id)),
+                "opposed": opposed,
+            }}),
+            other => serde_json::to_value(other).unwrap_or_default(),
+        }
+    }
+}
+
+/// The patient key the DMP gate and the PATIENTS table use (`router::Facts::patient_key`).
+pub fn patient_key(authority: &str, id: &str) -> String {
+    format!("{}\u{1f}{}", authority.trim(), id.trim())
+}
+
+/// A patient as the journal names one: the first 16 hex digits of SHA-256 of establishment
+/// and patient key. Not an identifier anyone reads; someone who has the identifier can find
+/// the entries.
+pub fn patient_ref(establishment: &str, key: &str) -> String {
+    let h = crate::model::sha256(format!("{establishment}\u{1f}{key}").as_bytes());
+    h[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -138,6 +188,12 @@ pub enum OperatorError {
     /// establishment is outside it). Audited.
     #[error("message {seq} is not within your establishments ({scope})")]
     Forbidden { seq: u64, scope: String },
+    /// An establishment outside the operator's scope. Audited.
+    #[error("establishment {establishment} is not within your establishments ({scope})")]
+    OutOfScope {
+        establishment: String,
+        scope: String,
+    },
     /// A release to an establishment the sending system may not speak for.
     #[error("message {seq} was sent by system {system:?}, which may not speak for {establishment}")]
     SenderNotFor {
@@ -835,12 +891,18 @@ fn ingest(
             }
             if let (Some(zfa), Some(pk)) = (&req.facts.zfa, &req.facts.patient_key) {
                 let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
+                let k = format!("{}\u{1f}{pk}", establishment.as_str());
+                // An opposition recorded by an operator outlives the next ADT.
+                let opposition = match t.get(k.as_str()).map_err(db_err)? {
+                    Some(v) => decode::<PatientAdmin>(v.value())?.opposition,
+                    None => None,
+                };
                 let p = PatientAdmin {
                     updated_at_ms: now,
                     from_seq: seq,
                     zfa: zfa.clone(),
+                    opposition,
                 };
-                let k = format!("{}\u{1f}{pk}", establishment.as_str());
                 t.insert(k.as_str(), encode(&p).as_slice())
                     .map_err(db_err)?;
             }
@@ -1317,7 +1379,7 @@ fn forbidden(
         seq,
         scope: who.scope.describe(),
     };
-    refused(txn, seqs, who, cmd, seq, err)
+    refused(txn, seqs, who, cmd, Some(seq), err)
 }
 
 /// An operator command refused (scope, or a release the sender may not speak for):
@@ -1327,17 +1389,17 @@ fn refused(
     seqs: &mut Sequences,
     who: &crate::policy::Operator,
     cmd: &OperatorCommand,
-    seq: u64,
+    seq: Option<u64>,
     err: OperatorError,
 ) -> Result<Result<String, OperatorError>, StoreError> {
     audit(
         txn,
         seqs,
         "operator_refused",
-        Some(seq),
+        seq,
         None,
         Some(who.name.clone()),
-        serde_json::json!({ "command": cmd, "scope": who.scope, "reason": err.to_string() }),
+        serde_json::json!({ "command": cmd.journal(), "scope": who.scope, "reason": err.to_string() }),
     )?;
     Ok(Err(err))
 }
@@ -1373,7 +1435,7 @@ fn operate(
                         system: sys.name.clone(),
                         establishment: est.id.to_string(),
                     };
-                    return refused(txn, seqs, who, cmd, *seq, err);
+                    return refused(txn, seqs, who, cmd, Some(*seq), err);
                 }
             }
             let Some(class) = rec.class else {
@@ -1511,6 +1573,71 @@ fn operate(
                 format!("requeued to {destination}"),
             )?;
             Ok(Ok(format!("message {seq} requeued to {destination}")))
+        }
+        OperatorCommand::DmpOpposition {
+            establishment,
+            authority,
+            id,
+            opposed,
+        } => {
+            let Some(est) = cfg.establishment_by_name(establishment) else {
+                return Ok(Err(OperatorError::UnknownEstablishment(
+                    establishment.clone(),
+                )));
+            };
+            if !who.scope.covers(&est.id) {
+                let err = OperatorError::OutOfScope {
+                    establishment: establishment.clone(),
+                    scope: who.scope.describe(),
+                };
+                return refused(txn, seqs, who, cmd, None, err);
+            }
+            let pk = patient_key(authority, id);
+            let key = format!("{}\u{1f}{pk}", est.id.as_str());
+            let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
+            let mut p: PatientAdmin = match t.get(key.as_str()).map_err(db_err)? {
+                Some(v) => decode(v.value())?,
+                None => PatientAdmin {
+                    updated_at_ms: now,
+                    from_seq: 0,
+                    zfa: Vec::new(),
+                    opposition: None,
+                },
+            };
+            p.opposition = opposed.then(|| OperatorOpposition {
+                at_ms: now,
+                operator: operator.to_owned(),
+            });
+            let zfa_opposes = p.zfa.get(8).is_some_and(|v| v == "IO");
+            t.insert(key.as_str(), encode(&p).as_slice())
+                .map_err(db_err)?;
+            drop(t);
+            audit(
+                txn,
+                seqs,
+                "operator",
+                None,
+                Some(est.id.to_string()),
+                Some(operator.to_owned()),
+                serde_json::json!({
+                    "action": if *opposed { "dmp.opposition" } else { "dmp.opposition_lifted" },
+                    "patient": patient_ref(est.id.as_str(), &pk),
+                }),
+            )?;
+            Ok(Ok(match (opposed, zfa_opposes) {
+                (true, _) => format!(
+                    "opposition recorded for this patient of {}: results are no longer published to the DMP",
+                    est.id
+                ),
+                (false, false) => format!(
+                    "opposition lifted for this patient of {}: results are published to the DMP again",
+                    est.id
+                ),
+                (false, true) => format!(
+                    "opposition recorded through labroute lifted for this patient of {}; the latest ADT from the patient record system still says opposition (ZFA-9 IO), so results stay withheld",
+                    est.id
+                ),
+            }))
         }
     }
 }
