@@ -115,6 +115,50 @@ pub fn amendment(msg: &Message<'_>) -> Option<&'static str> {
     })
 }
 
+/// Which report a message's documents are versions of, for the DMP register
+/// (`store::DmpDocument`): `current` is where this message's documents are registered,
+/// `previous` where the version they replace or delete is looked up, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    pub current: String,
+    pub previous: Vec<String>,
+}
+
+/// The lineage of a message: for an MDM (CDA-in-HL7 document), the unique document number
+/// TXA-12, whose replacement (T10) names the replaced one in TXA-13 and whose deletion names
+/// the deleted one in TXA-12 (TXA-13 when it is not known under TXA-12); for a result, its
+/// order (`order`: the filler number, else the placer number), every version of the report
+/// sharing it. `None` when the message names neither.
+pub fn lineage(msg: &Message<'_>, order: Option<String>) -> Option<Lineage> {
+    let is_mdm = msg
+        .segments_named("MSH")
+        .next()
+        .is_some_and(|m| m.field(9).component(1).text() == "MDM");
+    if !is_mdm {
+        let o = order?;
+        return Some(Lineage {
+            current: o.clone(),
+            previous: vec![o],
+        });
+    }
+    let txa = msg.segments_named("TXA").next()?;
+    let ei = |n: usize| {
+        let f = txa.field(n);
+        let id = f.component(1).text().trim().to_owned();
+        (!id.is_empty()).then(|| format!("TXA\u{1f}{}\u{1f}{id}", f.component(2).text().trim()))
+    };
+    let (current, parent) = (ei(12)?, ei(13));
+    let previous = if amendment(msg) == Some("deletion") {
+        std::iter::once(current.clone()).chain(parent).collect()
+    } else {
+        parent
+            .into_iter()
+            .chain(std::iter::once(current.clone()))
+            .collect()
+    };
+    Some(Lineage { current, previous })
+}
+
 /// The gate for a deletion: only the establishment's switch.
 pub fn gate_deletion(enabled: bool) -> Result<(), Withheld> {
     if enabled {
@@ -161,6 +205,47 @@ OBX|1|CE|DESTDMP^Destinataire DMP^MetaDMPMSS||Y^^expandedYes-NoIndicator||||||F\
 
     fn with(edit: impl Fn(&str) -> String) -> Vec<u8> {
         edit(QUALIFIED).into_bytes()
+    }
+
+    #[test]
+    fn lineage_follows_txa_for_documents_and_the_order_for_results() {
+        let mdm = |trigger: &str, txa12: &str, txa13: &str, status: &str| {
+            format!(
+                "MSH|^~\\&|RIS|ORG|PFI|X|2021||MDM^{trigger}^MDM_T02|1|P|2.6\rTXA|1|18748-4|TEXT|2022||||||||{txa12}|{txa13}\rOBX|1|ED|18748-4^CR^LN||^text^XML^Base64^QQ==||||||{status}\r"
+            )
+        };
+        let key = |id: &str| format!("TXA\u{1f}ORG\u{1f}{id}");
+        let cases = [
+            (mdm("T02", "D1^ORG", "", "F"), key("D1"), vec![key("D1")]),
+            (
+                mdm("T10", "D2^ORG", "D1^ORG", "C"),
+                key("D2"),
+                vec![key("D1"), key("D2")],
+            ),
+            (
+                mdm("T04", "D2^ORG", "D1^ORG", "D"),
+                key("D2"),
+                vec![key("D2"), key("D1")],
+            ),
+        ];
+        for (raw, current, previous) in cases {
+            let m = Message::parse(raw.as_bytes()).expect("parses");
+            assert_eq!(
+                lineage(&m, Some("ignored".into())),
+                Some(Lineage { current, previous }),
+                "{raw}"
+            );
+        }
+        let oru = Message::parse(b"MSH|^~\\&|A|B|C|D|2021||ORU^R01|1|P|2.5\rOBR|1||F1^LAB\r")
+            .expect("parses");
+        assert_eq!(
+            lineage(&oru, Some("LAB\u{1f}F1".into())),
+            Some(Lineage {
+                current: "LAB\u{1f}F1".into(),
+                previous: vec!["LAB\u{1f}F1".into()]
+            })
+        );
+        assert_eq!(lineage(&oru, None), None);
     }
 
     /// Every condition, alone, withholds with its own reason; all together, it is sent.

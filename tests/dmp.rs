@@ -590,3 +590,89 @@ async fn an_operator_opposition_withholds_until_lifted() {
     assert_eq!(got[2].0, "delivered", "{got:?}");
     assert_eq!(recipient.received().len(), 1);
 }
+
+/// A CDA-in-HL7 document (MDM) for ES1's patient P-OK: `trigger` T02 (new), T10
+/// (replacement: TXA-13 names the replaced document), T04 with `D` (deletion).
+fn mdm(ctrl: &str, trigger: &str, txa12: &str, txa13: &str, status: &str) -> Vec<u8> {
+    let oru =
+        String::from_utf8(cr_bio("ES1", ctrl, "P-OK", "VALI", &[("DESTDMP", "Y")])).expect("utf8");
+    let pid = oru.split('\r').nth(1).expect("PID").to_owned();
+    let obx = oru
+        .split('\r')
+        .find(|s| s.starts_with("OBX|1|ED"))
+        .expect("ED")
+        .replace(
+            "11502-2^CR d'examens biologiques^LN",
+            "11502-2^CR de biologie^LN",
+        )
+        .replace("||||||F", &format!("||||||{status}"));
+    format!(
+        "MSH|^~\\&|SIL|LAB|DPI||20250301100000||MDM^{trigger}^MDM_T02|{ctrl}|P|2.6|||||FRA|UNICODE UTF-8|||2.1^CISIS_CDA_HL7_V2\r\
+EVN||20250301100000\r{pid}\rPV1|1|N\r\
+TXA|1|11502-2|TEXT|20250301100000||||||||{txa12}^LAB|{txa13}||||LA\r{obx}\r\
+OBX|2|CWE|DESTDMP^Destinataire DMP^MetaDMPMSS||Y^^HL70136||||||F\r"
+    )
+    .into_bytes()
+}
+
+/// A document's versions follow its TXA numbers: T10 replaces the document TXA-13 names (the
+/// register moves to the new number), T04 `D` deletes the one TXA-12 names.
+#[tokio::test]
+async fn a_document_is_replaced_and_deleted_by_its_txa_numbers() {
+    let Some(python) = validator() else {
+        return;
+    };
+    let Setup {
+        h,
+        recipient,
+        pki: _pki,
+    } = setup(&python).await;
+    let store = h.server.store.store();
+    let sil = h.sil();
+    let step = |m: Vec<u8>, n: usize| async move {
+        let acks = send_all(sil, &[m]).await.expect("ACK");
+        assert_eq!(
+            msa(&acks[0]).0,
+            "AA",
+            "{:?}",
+            String::from_utf8_lossy(&acks[0])
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while dmp_outcomes(store) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    step(adt("ADT-1", "P-OK", "ACTIF", "INO"), 0).await;
+    step(mdm("M1", "T02", "DOC-1", "", "F"), 1).await;
+    step(mdm("M2", "T10", "DOC-2", "DOC-1^LAB", "C"), 2).await;
+    let registered = |id: &str| {
+        store
+            .dmp_documents("ES1", &format!("TXA\u{1f}LAB\u{1f}{id}"))
+            .expect("register")
+            .len()
+    };
+    assert_eq!((registered("DOC-1"), registered("DOC-2")), (0, 1));
+    step(mdm("M3", "T04", "DOC-2", "DOC-1^LAB", "D"), 3).await;
+    let got = recipient.received();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().all(|g| g["ok"] == true), "{got:?}");
+    assert_eq!(got[1]["replaced"][0], "DocumentReference/2", "{}", got[1]);
+    assert_eq!(got[2]["kind"], "patch");
+    assert_eq!(
+        got[2]["master"], got[1]["masters"][0],
+        "the current version is deleted"
+    );
+    assert_eq!((registered("DOC-1"), registered("DOC-2")), (0, 0));
+    assert!(store.dead_letters().expect("dead").is_empty());
+}
+
+/// DMP outcomes (delivered, dead) journalled so far.
+fn dmp_outcomes(store: &labroute::store::Store) -> usize {
+    labroute::store::audit::query(store, &AuditFilter::default())
+        .expect("journal")
+        .into_iter()
+        .filter(|e| {
+            e.actor.as_deref() == Some("dmp") && (e.event == "delivered" || e.event == "dead")
+        })
+        .count()
+}

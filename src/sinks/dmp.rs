@@ -21,6 +21,14 @@ use crate::policy::Permit;
 use crate::sinks::mllp::PeerAnswer;
 use crate::store::{DmpChange, DmpDocument, StoreHandle};
 
+/// Where a report's documents are registered: this version's key, and the key its
+/// previous version was found under.
+struct Register {
+    establishment: String,
+    current: String,
+    previous: Option<String>,
+}
+
 /// The DMP destination's sender.
 pub struct DmpSink {
     dest: Destination,
@@ -135,25 +143,33 @@ impl DmpSink {
         let Some(est) = est else {
             return PeerAnswer::Rejected("owning establishment not configured".into());
         };
-        // The report's order (filler number, else placer): what a later version names.
+        // The report's order (filler number, else placer), or for a document its TXA
+        // numbers: what a later version names.
         let order = facts.as_ref().and_then(|f| {
             f.filler_orders
                 .first()
                 .or(f.placer_orders.first())
                 .map(|o| o.key())
         });
-        let published = match &order {
-            Some(o) => match store.dmp_documents(&owner, o) {
-                Ok(p) => p,
+        let lineage = crate::dmp::lineage(&msg, order);
+        let mut found = None;
+        for key in lineage.iter().flat_map(|l| &l.previous) {
+            match store.dmp_documents(&owner, key) {
+                Ok(p) if p.is_empty() => {}
+                Ok(p) => {
+                    found = Some((key.clone(), p));
+                    break;
+                }
                 Err(e) => return PeerAnswer::Error(e.to_string()),
-            },
-            None => Vec::new(),
-        };
+            }
+        }
+        let (previous, published) = found.unzip();
+        let published = published.unwrap_or_default();
         if let Some(kind) = amendment
             && published.is_empty()
         {
             return PeerAnswer::Rejected(format!(
-                "a {kind} for the DMP, but labroute published no document of this order there (no order number, or published before or by another path): nothing to {}; settle it in the DMP by hand",
+                "a {kind} for the DMP, but labroute published no earlier version of this report there (no order or document number, or published before or by another path): nothing to {}; settle it in the DMP by hand",
                 if kind == "deletion" {
                     "delete"
                 } else {
@@ -171,20 +187,30 @@ impl DmpSink {
             Ok(c) => c,
             Err(e) => return PeerAnswer::Error(e),
         };
-        let order = order.as_deref().map(|o| (owner.as_str(), o));
-        match (amendment, order) {
-            (Some("deletion"), Some((owner, order))) => {
-                self.delete(&client, owner, order, &published).await
-            }
-            _ => {
-                self.provide(&client, permit, &msg, &prepared, est, order, &published)
-                    .await
+        let register = lineage.map(|l| Register {
+            establishment: owner.clone(),
+            current: l.current,
+            previous,
+        });
+        match (amendment, register) {
+            (Some("deletion"), Some(r)) => self.delete(&client, &r, &published).await,
+            (_, r) => {
+                self.provide(
+                    &client,
+                    permit,
+                    &msg,
+                    &prepared,
+                    est,
+                    r.as_ref(),
+                    &published,
+                )
+                .await
             }
         }
     }
 
     /// Publishes the report's documents (ITI-65), each as the new version of the one
-    /// `published` holds at its place; the register keeps them under `order` when given.
+    /// `published` holds at its place; registered when the report has a lineage.
     #[allow(clippy::too_many_arguments)]
     async fn provide(
         &self,
@@ -193,7 +219,7 @@ impl DmpSink {
         msg: &Message<'_>,
         raw: &[u8],
         est: &crate::config::Establishment,
-        order: Option<(&str, &str)>,
+        register: Option<&Register>,
         published: &[(usize, DmpDocument)],
     ) -> PeerAnswer {
         let publisher = crate::fhir::mhd::Publisher {
@@ -235,7 +261,7 @@ impl DmpSink {
             Ok(a) => return refused(&a),
             Err(e) => return e,
         };
-        let Some((establishment, order)) = order else {
+        let Some(r) = register else {
             return PeerAnswer::Published(Vec::new());
         };
         let locations = locations(&answer.body);
@@ -244,7 +270,12 @@ impl DmpSink {
             .into_iter()
             .enumerate()
             .map(|(n, master_id)| DmpChange {
-                key: crate::store::dmp_document_key(establishment, order, n),
+                key: crate::store::dmp_document_key(&r.establishment, &r.current, n),
+                from: r
+                    .previous
+                    .as_ref()
+                    .filter(|p| **p != r.current && published.iter().any(|(m, _)| *m == n))
+                    .map(|p| crate::store::dmp_document_key(&r.establishment, p, n)),
                 doc: Some(DmpDocument {
                     master_id,
                     location: locations
@@ -266,10 +297,12 @@ impl DmpSink {
     async fn delete(
         &self,
         client: &Client,
-        establishment: &str,
-        order: &str,
+        register: &Register,
         published: &[(usize, DmpDocument)],
     ) -> PeerAnswer {
+        let Some(key) = &register.previous else {
+            return PeerAnswer::Published(Vec::new());
+        };
         let body = crate::fhir::mhd::deletion_patch();
         let mut changes = Vec::new();
         for (n, doc) in published {
@@ -283,8 +316,9 @@ impl DmpSink {
                 Err(e) => return e,
             }
             changes.push(DmpChange {
-                key: crate::store::dmp_document_key(establishment, order, *n),
+                key: crate::store::dmp_document_key(&register.establishment, key, *n),
                 doc: None,
+                from: None,
             });
         }
         PeerAnswer::Published(changes)

@@ -270,8 +270,8 @@ impl Store {
         }
     }
 
-    /// The documents of one order that labroute published to the DMP and are current there,
-    /// by their place in the report.
+    /// The documents of one report (`dmp::Lineage` key) that labroute published to the DMP
+    /// and are current there, by their place in the report.
     pub fn dmp_documents(
         &self,
         establishment: &str,

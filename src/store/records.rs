@@ -139,10 +139,14 @@ pub struct DmpDocument {
 pub struct DmpChange {
     pub key: String,
     pub doc: Option<DmpDocument>,
+    /// The key the replaced version was registered under, when not `key` (an MDM
+    /// replacement has a new document number): that entry goes.
+    #[serde(default)]
+    pub from: Option<String>,
 }
 
-/// The register key of an order's documents: establishment, order key (`OrderRef::key`),
-/// unit-separated; `dmp_document_key` adds the document's place.
+/// The register key of a report's documents: establishment and the report's lineage key
+/// (`dmp::Lineage`); `dmp_document_key` adds the document's place.
 pub fn dmp_order_key(establishment: &str, order: &str) -> String {
     format!("{establishment}\u{1e}{order}\u{1e}")
 }

@@ -1090,10 +1090,14 @@ fn dmp_register(
     let mut t = txn.open_table(DMP_DOCS).map_err(db_err)?;
     let mut detail = Vec::new();
     for c in changes {
-        let before: Option<DmpDocument> = match t.get(c.key.as_str()).map_err(db_err)? {
+        let prev = c.from.as_deref().unwrap_or(&c.key);
+        let before: Option<DmpDocument> = match t.get(prev).map_err(db_err)? {
             Some(v) => Some(decode(v.value())?),
             None => None,
         };
+        if c.from.is_some() {
+            t.remove(prev).map_err(db_err)?;
+        }
         let before = before.map(|d| d.master_id);
         match &c.doc {
             Some(doc) => {
