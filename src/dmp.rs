@@ -159,6 +159,122 @@ pub fn lineage(msg: &Message<'_>, order: Option<String>) -> Option<Lineage> {
     Some(Lineage { current, previous })
 }
 
+/// The DMP's outcome as a business acknowledgement states it: accepted, or refused with the
+/// ERR-5 code (table DMPERRORCODE) and its text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reception {
+    Accepted,
+    Refused {
+        code: &'static str,
+        text: &'static str,
+    },
+}
+
+impl Reception {
+    /// From a withheld reason (`Withheld::as_str`); `None` for `DESTDMP=N` (the sender did
+    /// not ask for the DMP: nothing to acknowledge).
+    pub fn of_withheld(reason: &str) -> Option<Reception> {
+        let refused = |code, text| Some(Reception::Refused { code, text });
+        match reason {
+            // The ANS example's code.
+            "dmp_closed" => refused("DMPClosed", "DMP fermé"),
+            // Ours, in the same form (the profile's examples show no others).
+            "opposition" => refused("PatientOpposition", "Opposition du patient"),
+            "identity_not_qualified" => {
+                refused("IdentityNotQualified", "Identité du patient non qualifiée")
+            }
+            "not_enabled" => refused("DMPFeedNotEnabled", "Alimentation du DMP non activée"),
+            _ => None,
+        }
+    }
+
+    /// A dead letter: the DMP refused the document, or could not be reached in time.
+    pub const DEAD: Reception = Reception::Refused {
+        code: "DMPNotDelivered",
+        text: "Document non transmis au DMP",
+    };
+}
+
+/// The business acknowledgement `ZAM^Z01` of the French CDA-in-HL7 profile (ANS
+/// `…_Message_metier_reception_DMP.hl7`): the DMP's outcome for the message `h` describes
+/// (its control id in OBX-4), sent back to its sender. `profile` is the original's MSH-21
+/// (`2.1^CISIS_CDA_HL7_V2`), which also picks the coding-system names (2.0: HL7 table
+/// numbers). Texts carry accents only when the original is UTF-8.
+pub fn reception_ack(
+    h: &crate::hl7::ack::AckHeader,
+    profile: &[u8],
+    outcome: Reception,
+    control_id: &str,
+    timestamp: &str,
+) -> Vec<u8> {
+    let d = h
+        .delims
+        .unwrap_or(crate::hl7::message::Delimiters::standard());
+    let (fs, cs) = (d.field as char, d.component as char);
+    let utf8 = h.charset.is_empty() || h.charset == b"UNICODE UTF-8";
+    let text = |t: &str| -> String {
+        if utf8 {
+            t.to_owned()
+        } else {
+            t.chars()
+                .map(|c| match c {
+                    'é' | 'è' | 'ê' => 'e',
+                    'à' => 'a',
+                    c if c.is_ascii() => c,
+                    _ => '?',
+                })
+                .collect()
+        }
+    };
+    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let v20 = profile.starts_with(b"2.0");
+    let (yes_no, condition) = if v20 {
+        ("HL70136", "HL70357")
+    } else {
+        ("expandedYes-NoIndicator", "messageErrorCondition")
+    };
+    let charset = if utf8 {
+        "UNICODE UTF-8".to_owned()
+    } else {
+        s(&h.charset)
+    };
+    let country = if h.country.is_empty() {
+        "FRA".to_owned()
+    } else {
+        s(&h.country)
+    };
+    let mut out = format!(
+        "MSH{fs}{enc}{fs}{ra}{fs}{rf}{fs}{sa}{fs}{sf}{fs}{timestamp}{fs}{fs}ZAM{cs}Z01{cs}ZAM_Z01{fs}{control_id}{fs}{pid}{fs}2.6{fs}{fs}{fs}{fs}{fs}{country}{fs}{charset}{fs}{fs}{fs}{profile}\r\
+EVN{fs}{fs}{timestamp}\r\
+OBX{fs}1{fs}CWE{fs}ACK_RECEPTION_DMP{cs}{label}{cs}AckMetierZAM{fs}{original}{fs}{yn}{cs}{cs}{yes_no}{fs}{fs}{fs}{fs}{fs}{fs}F{fs}\r",
+        enc = s(&d.encoding_characters()),
+        ra = s(&h.receiving_app),
+        rf = s(&h.receiving_facility),
+        sa = s(&h.sending_app),
+        sf = s(&h.sending_facility),
+        pid = if h.processing_id.is_empty() {
+            "P".to_owned()
+        } else {
+            s(&h.processing_id)
+        },
+        profile = s(profile),
+        label = text("Accusé de réception DMP"),
+        original = s(&h.control_id),
+        yn = if outcome == Reception::Accepted {
+            "Y"
+        } else {
+            "N"
+        },
+    );
+    if let Reception::Refused { code, text: t } = outcome {
+        out.push_str(&format!(
+            "ERR{fs}{fs}{fs}207{cs}Application internal error{cs}{condition}{fs}E{fs}{code}{cs}{t}{cs}DMPERRORCODE\r",
+            t = text(t)
+        ));
+    }
+    out.into_bytes()
+}
+
 /// The gate for a deletion: only the establishment's switch.
 pub fn gate_deletion(enabled: bool) -> Result<(), Withheld> {
     if enabled {
@@ -246,6 +362,40 @@ OBX|1|CE|DESTDMP^Destinataire DMP^MetaDMPMSS||Y^^expandedYes-NoIndicator||||||F\
             })
         );
         assert_eq!(lineage(&oru, None), None);
+    }
+
+    /// The ZAM has the ANS example's form: the original's control id in OBX-4, the sender
+    /// and receiver swapped, the ERR of a refusal.
+    #[test]
+    fn the_business_ack_has_the_profile_form() {
+        let orig = b"MSH|^~\\&|SIL-Y|labo|PFI-X|Organisation-X|202106060931||ORU^R01^ORU_R01|015|P|2.5|||||FRA|UNICODE UTF-8|||2.1^CISIS_CDA_HL7_V2\r";
+        let m = Message::parse(orig).expect("parses");
+        let h = crate::hl7::ack::AckHeader::of(&m);
+        let zam = reception_ack(
+            &h,
+            b"2.1^CISIS_CDA_HL7_V2",
+            Reception::of_withheld("dmp_closed").expect("acknowledged"),
+            "017",
+            "202106060933",
+        );
+        assert_eq!(
+            String::from_utf8(zam).expect("utf8"),
+            "MSH|^~\\&|PFI-X|Organisation-X|SIL-Y|labo|202106060933||ZAM^Z01^ZAM_Z01|017|P|2.6|||||FRA|UNICODE UTF-8|||2.1^CISIS_CDA_HL7_V2\r\
+EVN||202106060933\r\
+OBX|1|CWE|ACK_RECEPTION_DMP^Accusé de réception DMP^AckMetierZAM|015|N^^expandedYes-NoIndicator||||||F|\r\
+ERR|||207^Application internal error^messageErrorCondition|E|DMPClosed^DMP fermé^DMPERRORCODE\r"
+        );
+        let ok = reception_ack(
+            &h,
+            b"2.0^CISIS_CDA_HL7_V2",
+            Reception::Accepted,
+            "18",
+            "2021",
+        );
+        let ok = String::from_utf8(ok).expect("utf8");
+        assert!(ok.contains("|015|Y^^HL70136||||||F|\r"), "{ok}");
+        assert!(!ok.contains("ERR"), "{ok}");
+        assert_eq!(Reception::of_withheld("destdmp_no"), None);
     }
 
     /// Every condition, alone, withholds with its own reason; all together, it is sent.

@@ -84,7 +84,9 @@ pub fn permit(
             seq: rec.seq,
             destination: destination.clone(),
             control_id: rec.control_id.clone(),
-            expects_answer: rec.answers.is_none(),
+            // An ACK is not answered; a business acknowledgement (ZAM) is a message like
+            // any other.
+            expects_answer: rec.answers.is_none() || rec.message_type != "ACK",
         })
     };
     if rec.answers.is_some() {
@@ -294,6 +296,7 @@ identify.placer_namespaces = ["S"]
             app_ack: None,
             sender: None,
             answers: None,
+            business_ack: None,
         }
     }
 

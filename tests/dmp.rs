@@ -189,7 +189,16 @@ async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journa
         ("ADT-OPP", adt("ADT-OPP", "P-OPP", "ACTIF", "IO")),
         ("ADT-CLOSED", adt("ADT-CLOSED", "P-CLOSED", "FERME", "INO")),
         ("ADT-OK", adt("ADT-OK", "P-OK", "ACTIF", "INO")),
-        ("R-OK", cr_bio("ES1", "R-OK", "P-OK", "VALI", &flags_yes)),
+        (
+            "R-OK",
+            cr_bio(
+                "ES1",
+                "R-OK",
+                "P-OK",
+                "VALI",
+                &[("DESTDMP", "Y"), ("ACK_RECEPTION", "Y")],
+            ),
+        ),
         (
             "R-MASKED",
             cr_bio(
@@ -203,7 +212,13 @@ async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journa
         ("R-OPP", cr_bio("ES1", "R-OPP", "P-OPP", "VALI", &flags_yes)),
         (
             "R-CLOSED",
-            cr_bio("ES1", "R-CLOSED", "P-CLOSED", "VALI", &flags_yes),
+            cr_bio(
+                "ES1",
+                "R-CLOSED",
+                "P-CLOSED",
+                "VALI",
+                &[("DESTDMP", "Y"), ("ACK_RECEPTION", "Y")],
+            ),
         ),
         (
             "R-PROV",
@@ -211,7 +226,13 @@ async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journa
         ),
         (
             "R-NODMP",
-            cr_bio("ES1", "R-NODMP", "P-OK", "VALI", &[("DESTDMP", "N")]),
+            cr_bio(
+                "ES1",
+                "R-NODMP",
+                "P-OK",
+                "VALI",
+                &[("DESTDMP", "N"), ("ACK_RECEPTION", "Y")],
+            ),
         ),
         ("R-ES2", cr_bio("ES2", "R-ES2", "P-ES2", "VALI", &flags_yes)),
     ];
@@ -309,6 +330,51 @@ async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journa
     // The record systems get every result: the DMP gate is the DMP's alone.
     assert!(h.es1.wait_for(6, Duration::from_secs(10)).await);
     assert!(h.es2.wait_for(1, Duration::from_secs(10)).await);
+
+    // The senders that asked (ACK_RECEPTION=Y) get the DMP's outcome as a ZAM^Z01, in the
+    // ANS example's form; not R-NODMP, which did not ask for the DMP.
+    // (The lab also gets the three ADTs.)
+    assert!(h.lab.wait_for(5, Duration::from_secs(10)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut zams: Vec<Vec<String>> = h
+        .lab
+        .messages()
+        .iter()
+        .filter(|m| !m.windows(5).any(|w| w == b"|ADT^"))
+        .map(|m| {
+            String::from_utf8_lossy(m)
+                .split('\r')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect();
+    zams.sort_by_key(|z| z[2].clone());
+    assert_eq!(zams.len(), 2, "{zams:?}");
+    for z in &zams {
+        assert!(
+            z[0].contains("|ZAM^Z01^ZAM_Z01|") && z[0].ends_with("|2.1^CISIS_CDA_HL7_V2"),
+            "{z:?}"
+        );
+        assert!(
+            z[0].starts_with("MSH|^~\\&|DPI||SIL|LAB|"),
+            "sender and receiver swapped: {z:?}"
+        );
+        assert_eq!(z[1].split('|').next(), Some("EVN"));
+    }
+    assert_eq!(
+        zams[0][2],
+        "OBX|1|CWE|ACK_RECEPTION_DMP^Accusé de réception DMP^AckMetierZAM|R-CLOSED|N^^expandedYes-NoIndicator||||||F|"
+    );
+    assert_eq!(
+        zams[0][3],
+        "ERR|||207^Application internal error^messageErrorCondition|E|DMPClosed^DMP fermé^DMPERRORCODE"
+    );
+    assert_eq!(
+        zams[1][2],
+        "OBX|1|CWE|ACK_RECEPTION_DMP^Accusé de réception DMP^AckMetierZAM|R-OK|Y^^expandedYes-NoIndicator||||||F|"
+    );
+    assert_eq!(zams[1].len(), 3, "no ERR when accepted: {:?}", zams[1]);
 
     // Counted by reason, for Prometheus.
     let text = labroute::telemetry::render().expect("metrics");

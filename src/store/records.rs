@@ -43,9 +43,13 @@ pub struct MessageRecord {
     /// it matched no system.
     #[serde(default)]
     pub sender: Option<String>,
-    /// For an application ACK: the message it answers.
+    /// For an application ACK (or a business acknowledgement): the message it answers.
     #[serde(default)]
     pub answers: Option<u64>,
+    /// A DMP business acknowledgement (ZAM^Z01) owed to the sender once the DMP's outcome is
+    /// known, and where it goes (the listener's `application_acks_to`).
+    #[serde(default)]
+    pub business_ack: Option<DestinationName>,
 }
 
 /// An application ACK the sender asked for, sent once the message's outcome is final:

@@ -24,6 +24,9 @@ pub struct IngestRequest {
     pub enhanced: bool,
     /// MSH-16, when the sender wants an application ACK once the outcome is final.
     pub app_ack: Option<AppAckType>,
+    /// MetaDMPMSS `ACK_RECEPTION` = Y: the sender wants the DMP's outcome as a business
+    /// acknowledgement (ZAM^Z01).
+    pub ack_reception: bool,
     /// The peer's certificate identity (TLS listeners).
     pub identity: Option<crate::tls::PeerIdentity>,
     /// What tells a retransmission from a different message under the same control id;
@@ -931,6 +934,21 @@ fn ingest(
         }
         to.map(|to| PendingAppAck { mode, to })
     });
+    let business_ack = if req.ack_reception
+        && dests
+            .iter()
+            .any(|d| d.as_str() == crate::config::DMP_DESTINATION)
+    {
+        let to = cfg
+            .listener(&req.listener)
+            .and_then(|l| l.application_acks_to.clone());
+        if to.is_none() {
+            tracing::warn!(listener = %req.listener, "DMP business acknowledgement asked for (ACK_RECEPTION) but the listener has no application_acks_to: none will be sent");
+        }
+        to
+    } else {
+        None
+    };
     let no_destination = !quarantined && dests.is_empty();
     let mut rec = MessageRecord {
         seq,
@@ -948,6 +966,7 @@ fn ingest(
         app_ack: pending,
         sender: sender_name,
         answers: None,
+        business_ack,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
     audit_message(txn, seqs, "received", &rec)?;
@@ -1069,6 +1088,7 @@ fn reject(
         app_ack: None,
         sender: req.sender,
         answers: None,
+        business_ack: None,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
     audit_message(txn, seqs, "refused", &rec)?;
@@ -1159,6 +1179,19 @@ fn delivery(
     // The DMP feed is not the receiving application: its outcome goes back as a business
     // acknowledgement, never into the application ACK (MSH-16).
     let for_app_ack = |d: &str| d != crate::config::DMP_DESTINATION;
+    let reception = match update {
+        _ if dest != crate::config::DMP_DESTINATION => None,
+        DeliveryUpdate::Delivered { .. } => Some(Some(crate::dmp::Reception::Accepted)),
+        DeliveryUpdate::Withheld { reason } => Some(crate::dmp::Reception::of_withheld(reason)),
+        DeliveryUpdate::Dead { .. } => Some(Some(crate::dmp::Reception::DEAD)),
+        DeliveryUpdate::Retry { .. } => None,
+    };
+    let owes_zam = reception.and(
+        record
+            .as_ref()
+            .filter(|r| r.business_ack.is_some())
+            .cloned(),
+    );
     audit(
         txn,
         seqs,
@@ -1208,6 +1241,7 @@ fn delivery(
         }
         DeliveryUpdate::Withheld { .. } => {
             outbox.remove(key.as_slice()).map_err(db_err)?;
+            drop(outbox);
         }
         DeliveryUpdate::Dead { attempts, reason } => {
             outbox.remove(key.as_slice()).map_err(db_err)?;
@@ -1233,6 +1267,92 @@ fn delivery(
                 app_ack(txn, seqs, &mut rec, AckOutcome::Error, Some(err), touched)?;
             }
         }
+    }
+    if let (Some(rec), Some(outcome)) = (owes_zam, reception) {
+        let dead = matches!(update, DeliveryUpdate::Dead { .. });
+        business_ack(txn, seqs, rec, outcome, dead, touched)?;
+    }
+    Ok(())
+}
+
+/// Sends the DMP business acknowledgement (ZAM^Z01) a record owes (`outcome`; `None`: the
+/// sender did not ask for the DMP, nothing to acknowledge), stored as a message of its own
+/// and queued like an application ACK. A dead letter's leaves the debt open: an operator's
+/// retry that gets the document published acknowledges it again.
+fn business_ack(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    mut rec: MessageRecord,
+    outcome: Option<crate::dmp::Reception>,
+    keep: bool,
+    touched: &mut BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let Some(to) = rec.business_ack.clone() else {
+        return Ok(());
+    };
+    if let Some(outcome) = outcome {
+        let now = now_ms();
+        let raw = txn
+            .open_table(RAW)
+            .map_err(db_err)?
+            .get(rec.seq)
+            .map_err(db_err)?
+            .map(|v| v.value().to_vec())
+            .unwrap_or_default();
+        let prepared = crate::hl7::message::prepare(&raw);
+        let (header, profile) = match crate::hl7::Message::parse(&prepared) {
+            Ok(m) => (
+                AckHeader::of(&m),
+                m.msh().field(21).repetition(1).raw().to_vec(),
+            ),
+            Err(_) => (AckHeader::salvage(&prepared), Vec::new()),
+        };
+        seqs.message += 1;
+        let seq = seqs.message;
+        let control_id = format!("LRZ{seq}");
+        let bytes =
+            crate::dmp::reception_ack(&header, &profile, outcome, &control_id, &hl7_timestamp(now));
+        let zam = MessageRecord {
+            seq,
+            received_at_ms: now,
+            listener: String::new(),
+            peer: format!("DMP business acknowledgement of message {}", rec.seq),
+            control_id,
+            message_type: "ZAM^Z01".into(),
+            class: None,
+            sha256: crate::model::sha256_hex(&bytes),
+            status: RecordStatus::Routed,
+            decision: None,
+            rejection: None,
+            destinations: vec![to.clone()],
+            app_ack: None,
+            sender: None,
+            answers: Some(rec.seq),
+            business_ack: None,
+        };
+        store_message(txn, &zam, &bytes, &[])?;
+        enqueue(txn, seqs, to.as_str(), seq, None, now)?;
+        touched.insert(to.as_str().to_owned());
+        let code = match outcome {
+            crate::dmp::Reception::Accepted => "Y",
+            crate::dmp::Reception::Refused { code, .. } => code,
+        };
+        audit(
+            txn,
+            seqs,
+            "business_ack",
+            Some(rec.seq),
+            rec.establishment().map(|e| e.to_string()),
+            Some(to.to_string()),
+            serde_json::json!({ "code": code, "zam_seq": seq }),
+        )?;
+    }
+    if !keep {
+        rec.business_ack = None;
+        txn.open_table(RECORDS)
+            .map_err(db_err)?
+            .insert(rec.seq, encode(&rec).as_slice())
+            .map_err(db_err)?;
     }
     Ok(())
 }
@@ -1292,6 +1412,7 @@ fn app_ack(
             app_ack: None,
             sender: None,
             answers: Some(rec.seq),
+            business_ack: None,
         };
         store_message(txn, &ack_rec, &bytes, &[])?;
         enqueue(txn, seqs, pending.to.as_str(), seq, None, now)?;
