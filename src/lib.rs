@@ -1,4 +1,5 @@
 #![forbid(unsafe_code)]
+pub mod access;
 pub mod admin;
 pub mod config;
 pub mod dmp;

@@ -139,6 +139,14 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Results access for practitioners outside the establishment: grant or withdraw
+    /// access to a patient's results (a care-team member the results do not name).
+    Access {
+        #[command(subcommand)]
+        action: AccessAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// The operator log.
     Oplog {
         #[command(flatten)]
@@ -277,6 +285,25 @@ struct PatientArgs {
 }
 
 #[derive(Subcommand)]
+enum AccessAction {
+    /// Let the practitioner read the patient's results.
+    Grant {
+        #[command(flatten)]
+        patient: PatientArgs,
+        /// The practitioner's RPPS (11 digits).
+        #[arg(long)]
+        rpps: String,
+    },
+    /// Withdraw a grant.
+    Revoke {
+        #[command(flatten)]
+        patient: PatientArgs,
+        #[arg(long)]
+        rpps: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum DmpAction {
     /// Record that the patient opposes the DMP feed: results are withheld from it.
     Oppose {
@@ -400,6 +427,20 @@ async fn run(cli: Cli) -> Result<()> {
                 authority: p.authority,
                 id: p.id,
                 opposed,
+            };
+            admin_call(&admin, AdminRequest::Command { command }).await
+        }
+        Command::Access { action, admin } => {
+            let (p, rpps, granted) = match action {
+                AccessAction::Grant { patient, rpps } => (patient, rpps, true),
+                AccessAction::Revoke { patient, rpps } => (patient, rpps, false),
+            };
+            let command = OperatorCommand::CareGrant {
+                establishment: p.establishment,
+                authority: p.authority,
+                id: p.id,
+                rpps,
+                granted,
             };
             admin_call(&admin, AdminRequest::Command { command }).await
         }

@@ -94,6 +94,23 @@ impl AdminRequest {
                     format!("/dead/{}/{seq}/retry", percent_encode(destination)),
                     None,
                 ),
+                OperatorCommand::CareGrant {
+                    establishment,
+                    authority,
+                    id,
+                    rpps,
+                    granted,
+                } => (
+                    Method::POST,
+                    "/access/grant".into(),
+                    Some(json!({
+                        "establishment": establishment,
+                        "authority": authority,
+                        "id": id,
+                        "rpps": rpps,
+                        "granted": granted,
+                    })),
+                ),
                 OperatorCommand::DmpOpposition {
                     establishment,
                     authority,
@@ -182,6 +199,15 @@ impl AdminRequest {
                 filter: audit_filter(query.unwrap_or(""))?,
             },
             ["reload-tls"] if post => AdminRequest::ReloadTls,
+            ["access", "grant"] if post => AdminRequest::Command {
+                command: OperatorCommand::CareGrant {
+                    establishment: field("establishment")?,
+                    authority: field("authority")?,
+                    id: field("id")?,
+                    rpps: field("rpps")?,
+                    granted: flag("granted")?,
+                },
+            },
             ["dmp", "opposition"] if post => AdminRequest::Command {
                 command: OperatorCommand::DmpOpposition {
                     establishment: field("establishment")?,
@@ -200,7 +226,8 @@ impl AdminRequest {
             | ["audit"]
             | ["audit", "verify"]
             | ["reload-tls"]
-            | ["dmp", "opposition"] => return Err(wrong()),
+            | ["dmp", "opposition"]
+            | ["access", "grant"] => return Err(wrong()),
             _ => return Err(AdminError::NotFound(format!("no such path: {path}"))),
         };
         Ok(req)
@@ -506,6 +533,15 @@ mod tests {
                     authority: "CHNORD-IPP".into(),
                     id: "P/1 2".into(),
                     opposed: false,
+                },
+            },
+            AdminRequest::Command {
+                command: OperatorCommand::CareGrant {
+                    establishment: "ES1".into(),
+                    authority: "CHNORD-IPP".into(),
+                    id: "P1".into(),
+                    rpps: "10000000001".into(),
+                    granted: true,
                 },
             },
         ];

@@ -82,7 +82,9 @@ impl From<OperatorError> for AdminError {
             OperatorError::NotQuarantined(_) | OperatorError::NotDead(..) => {
                 AdminError::Conflict(m)
             }
-            OperatorError::UnknownEstablishment(_) => AdminError::BadRequest(m),
+            OperatorError::UnknownEstablishment(_) | OperatorError::Invalid(_) => {
+                AdminError::BadRequest(m)
+            }
             OperatorError::Forbidden { .. }
             | OperatorError::SenderNotFor { .. }
             | OperatorError::OutOfScope { .. } => AdminError::Forbidden(m),

@@ -229,6 +229,9 @@ pub struct Establishment {
     pub record: DestinationName,
     /// Its DMP feed (enabled when set): the client certificate it publishes with.
     pub dmp: Option<EstablishmentDmp>,
+    /// Whether practitioners from outside who take part in a patient's care may read that
+    /// patient's results (`access`).
+    pub external_access: bool,
 }
 
 /// An establishment's DMP client certificate.
@@ -1096,6 +1099,7 @@ impl Validator {
             finess: e.finess.iter().map(|f| f.get_ref().clone()).collect(),
             record: DestinationName::new(e.record.get_ref()),
             dmp,
+            external_access: e.external_access,
         });
     }
 

@@ -171,6 +171,10 @@ pub struct RawEstablishment {
     pub record: S,
     /// Feed the DMP (needs `[dmp]`), with the establishment's certificate.
     pub dmp: Option<Spanned<RawEstablishmentDmp>>,
+    /// Practitioners outside the establishment who take part in a patient's care may read
+    /// that patient's results (the results server).
+    #[serde(default)]
+    pub external_access: bool,
     #[serde(default)]
     pub identify: RawIdentify,
 }

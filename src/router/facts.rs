@@ -56,6 +56,10 @@ pub struct Facts {
     pub patient_key: Option<String>,
     /// PAM France ZFA segment fields 1..=10 (DMP status, opposition), when present.
     pub zfa: Option<Vec<String>>,
+    /// RPPS of the practitioners a result names as taking part in the patient's care
+    /// (`access::care_team`).
+    #[serde(default)]
+    pub care_team: Vec<(String, crate::access::Link)>,
 }
 
 /// A message refused before routing: the ACK's ERR content.
@@ -150,6 +154,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         visit_authorities: Vec::new(),
         patient_key: None,
         zfa: None,
+        care_team: Vec::new(),
     };
     push_found(
         &mut f.sending_facility,
@@ -162,6 +167,9 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         &msh.field(4).component(2).text(),
     );
 
+    if class == MessageClass::Result {
+        f.care_team = crate::access::care_team(msg);
+    }
     for seg in msg.segments() {
         match seg.id() {
             b"ORC" | b"OBR" => {

@@ -38,6 +38,10 @@ pub(crate) const PATIENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(crate) const OPLOG: TableDefinition<u64, &[u8]> = TableDefinition::new("oplog");
 /// `dmp_document_key` → DmpDocument: what labroute published to the DMP and is current there.
 pub(crate) const DMP_DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("dmp_docs");
+/// `care_key` → CareLink: a practitioner a result named in a patient's care (first one kept).
+pub(crate) const CARE_LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("care_links");
+/// `care_key` → CareGrant: access granted by an operator.
+pub(crate) const CARE_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("care_grants");
 
 /// File name of the store inside the data directory.
 pub const STORE_FILE: &str = "labroute.redb";
@@ -129,6 +133,8 @@ impl Store {
             txn.open_table(PATIENTS).map_err(db_err)?;
             txn.open_table(OPLOG).map_err(db_err)?;
             txn.open_table(DMP_DOCS).map_err(db_err)?;
+            txn.open_table(CARE_LINKS).map_err(db_err)?;
+            txn.open_table(CARE_GRANTS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store {
@@ -292,6 +298,36 @@ impl Store {
             out.push((n, decode(v.value())?));
         }
         Ok(out)
+    }
+
+    /// Why `rpps` takes part in the care of the patient `patient_key` of `establishment`:
+    /// a grant first, else the first result that named him; `None` when nothing does.
+    pub fn care_link(
+        &self,
+        establishment: &str,
+        patient_key: &str,
+        rpps: &str,
+    ) -> Result<Option<crate::access::Link>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let key = care_key(establishment, patient_key, rpps);
+        if txn
+            .open_table(CARE_GRANTS)
+            .map_err(db_err)?
+            .get(key.as_str())
+            .map_err(db_err)?
+            .is_some()
+        {
+            return Ok(Some(crate::access::Link::Grant));
+        }
+        match txn
+            .open_table(CARE_LINKS)
+            .map_err(db_err)?
+            .get(key.as_str())
+            .map_err(db_err)?
+        {
+            Some(v) => Ok(Some(decode::<CareLink>(v.value())?.link)),
+            None => Ok(None),
+        }
     }
 
     /// Counts for status output.

@@ -159,3 +159,24 @@ pub fn dmp_order_key(establishment: &str, order: &str) -> String {
 pub fn dmp_document_key(establishment: &str, order: &str, n: usize) -> String {
     format!("{}{n:04}", dmp_order_key(establishment, order))
 }
+
+/// A practitioner a result named in a patient's care.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CareLink {
+    pub link: crate::access::Link,
+    /// The result that named him first.
+    pub seq: u64,
+    pub at_ms: u64,
+}
+
+/// Access to a patient's results granted to a practitioner by an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CareGrant {
+    pub operator: String,
+    pub at_ms: u64,
+}
+
+/// Key of the care tables: establishment, patient key, RPPS.
+pub fn care_key(establishment: &str, patient_key: &str, rpps: &str) -> String {
+    format!("{establishment}\u{1e}{patient_key}\u{1e}{rpps}")
+}

@@ -145,6 +145,15 @@ pub enum OperatorCommand {
         id: String,
         opposed: bool,
     },
+    /// Access to a patient's results granted to (or withdrawn from) a practitioner outside
+    /// the establishment, known by his RPPS: a care-team member the results do not name.
+    CareGrant {
+        establishment: String,
+        authority: String,
+        id: String,
+        rpps: String,
+        granted: bool,
+    },
 }
 
 impl OperatorCommand {
@@ -160,6 +169,18 @@ impl OperatorCommand {
                 "establishment": establishment,
                 "patient": patient_ref(establishment, &patient_key(authority, id)),
                 "opposed": opposed,
+            }}),
+            OperatorCommand::CareGrant {
+                establishment,
+                authority,
+                id,
+                rpps,
+                granted,
+            } => serde_json::json!({ "CareGrant": {
+                "establishment": establishment,
+                "patient": patient_ref(establishment, &patient_key(authority, id)),
+                "rpps": rpps,
+                "granted": granted,
             }}),
             other => serde_json::to_value(other).unwrap_or_default(),
         }
@@ -204,6 +225,9 @@ pub enum OperatorError {
         system: String,
         establishment: String,
     },
+    /// A command whose arguments are wrong.
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     Store(String),
 }
@@ -891,6 +915,23 @@ fn ingest(
                     now,
                 )?;
                 touched.insert(d.as_str().to_owned());
+            }
+            if let Some(pk) = &req.facts.patient_key
+                && !req.facts.care_team.is_empty()
+            {
+                let mut t = txn.open_table(CARE_LINKS).map_err(db_err)?;
+                for (rpps, link) in &req.facts.care_team {
+                    let k = care_key(establishment.as_str(), pk, rpps);
+                    if t.get(k.as_str()).map_err(db_err)?.is_none() {
+                        let v = CareLink {
+                            link: *link,
+                            seq,
+                            at_ms: now,
+                        };
+                        t.insert(k.as_str(), encode(&v).as_slice())
+                            .map_err(db_err)?;
+                    }
+                }
             }
             if let (Some(zfa), Some(pk)) = (&req.facts.zfa, &req.facts.patient_key) {
                 let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
@@ -1698,6 +1739,68 @@ fn operate(
                 format!("requeued to {destination}"),
             )?;
             Ok(Ok(format!("message {seq} requeued to {destination}")))
+        }
+        OperatorCommand::CareGrant {
+            establishment,
+            authority,
+            id,
+            rpps,
+            granted,
+        } => {
+            let Some(est) = cfg.establishment_by_name(establishment) else {
+                return Ok(Err(OperatorError::UnknownEstablishment(
+                    establishment.clone(),
+                )));
+            };
+            if !who.scope.covers(&est.id) {
+                let err = OperatorError::OutOfScope {
+                    establishment: establishment.clone(),
+                    scope: who.scope.describe(),
+                };
+                return refused(txn, seqs, who, cmd, None, err);
+            }
+            let rpps = rpps.trim();
+            if rpps.len() != 11 || !rpps.bytes().all(|b| b.is_ascii_digit()) {
+                return Ok(Err(OperatorError::Invalid("an RPPS is 11 digits".into())));
+            }
+            let pk = patient_key(authority, id);
+            let key = care_key(est.id.as_str(), &pk, rpps);
+            let mut t = txn.open_table(CARE_GRANTS).map_err(db_err)?;
+            if *granted {
+                let g = CareGrant {
+                    operator: operator.to_owned(),
+                    at_ms: now,
+                };
+                t.insert(key.as_str(), encode(&g).as_slice())
+                    .map_err(db_err)?;
+            } else {
+                t.remove(key.as_str()).map_err(db_err)?;
+            }
+            drop(t);
+            audit(
+                txn,
+                seqs,
+                "operator",
+                None,
+                Some(est.id.to_string()),
+                Some(operator.to_owned()),
+                serde_json::json!({
+                    "action": if *granted { "access.grant" } else { "access.revoke" },
+                    "patient": patient_ref(est.id.as_str(), &pk),
+                    "rpps": rpps,
+                }),
+            )?;
+            Ok(Ok(if *granted {
+                format!(
+                    "practitioner {rpps} may read this patient's results in {}",
+                    est.id
+                )
+            } else {
+                format!(
+                    "grant withdrawn: practitioner {rpps} reads this patient's results in {} only if a result names him",
+                    est.id
+                )
+            }))
         }
         OperatorCommand::DmpOpposition {
             establishment,

@@ -1,0 +1,203 @@
+//! Who outside an establishment may read a patient's results (the results server, issue 4
+//! item 4): a practitioner, known by the RPPS his certificate carries, who takes part in
+//! the patient's care: the result's ordering provider (ORC-12, OBR-16), a copy recipient
+//! (OBR-28, PRT with role `RCT`), or one an operator granted access to (`grant`); and only in
+//! an establishment whose routes allow external access. The answer is a yes or a no and
+//! nothing else: a "no" never says whether the patient or the result exists.
+
+use serde::{Deserialize, Serialize};
+
+use crate::hl7::Message;
+use crate::hl7::Value;
+
+/// OID of the national health professional identifiers (RPPS/ADELI, "IDNPS").
+pub const IDNPS_OID: &str = "1.2.250.1.71.4.2.1";
+
+/// Why a practitioner takes part in a patient's care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Link {
+    /// ORC-12 / OBR-16.
+    Ordering,
+    /// OBR-28.
+    Copy,
+    /// PRT with participation `RCT`.
+    Recipient,
+    /// Granted by an operator.
+    Grant,
+}
+
+impl Link {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Link::Ordering => "ordering",
+            Link::Copy => "copy",
+            Link::Recipient => "recipient",
+            Link::Grant => "grant",
+        }
+    }
+}
+
+/// The RPPS (11 digits) of an XCN, when it is a national health professional identifier:
+/// id type (XCN-13) `RPPS`, or `IDNPS` / assigning authority (XCN-9.2) the IDNPS OID, where
+/// an IDNPS of 12 characters is `8` + RPPS.
+pub fn rpps_of(xcn: &Value<'_>) -> Option<String> {
+    let id = xcn.component(1).text().trim().to_owned();
+    let id_type = xcn.component(13).text();
+    let national = id_type == "RPPS"
+        || id_type == "IDNPS"
+        || xcn.component(9).subcomponent(2).text().trim() == IDNPS_OID;
+    if !national {
+        return None;
+    }
+    let rpps = match id.strip_prefix('8') {
+        Some(r) if id.len() == 12 && id_type != "RPPS" => r.to_owned(),
+        _ => id,
+    };
+    (rpps.len() == 11 && rpps.bytes().all(|b| b.is_ascii_digit())).then_some(rpps)
+}
+
+/// The practitioners a result names as taking part in the patient's care, each once with
+/// the first reason found.
+pub fn care_team(msg: &Message<'_>) -> Vec<(String, Link)> {
+    let mut out: Vec<(String, Link)> = Vec::new();
+    let mut add = |xcn: &Value<'_>, link: Link| {
+        if let Some(r) = rpps_of(xcn)
+            && !out.iter().any(|(o, _)| *o == r)
+        {
+            out.push((r, link));
+        }
+    };
+    for seg in msg.segments() {
+        match seg.id() {
+            b"ORC" => seg
+                .field(12)
+                .repetitions()
+                .for_each(|x| add(&x, Link::Ordering)),
+            b"OBR" => {
+                seg.field(16)
+                    .repetitions()
+                    .for_each(|x| add(&x, Link::Ordering));
+                seg.field(28)
+                    .repetitions()
+                    .for_each(|x| add(&x, Link::Copy));
+            }
+            b"PRT" if seg.field(4).component(1).text() == "RCT" => seg
+                .field(5)
+                .repetitions()
+                .for_each(|x| add(&x, Link::Recipient)),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Why not (for the journal and the metric; the practitioner is told nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// No such establishment.
+    UnknownEstablishment,
+    /// Its routes do not allow external access.
+    NotOpen,
+    /// Nothing links the practitioner to the patient there.
+    NotInCare,
+}
+
+impl Denial {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Denial::UnknownEstablishment => "unknown_establishment",
+            Denial::NotOpen => "no_external_access",
+            Denial::NotInCare => "not_in_care",
+        }
+    }
+}
+
+/// Whether the practitioner `rpps` may read the results of the patient `patient_key`
+/// (`router::Facts::patient_key`) of `establishment`, and why.
+pub fn decide(
+    store: &crate::store::Store,
+    cfg: &crate::config::Config,
+    rpps: &str,
+    establishment: &str,
+    patient_key: &str,
+) -> Result<Result<Link, Denial>, crate::store::StoreError> {
+    let Some(est) = cfg.establishment_by_name(establishment) else {
+        return Ok(Err(Denial::UnknownEstablishment));
+    };
+    if !est.external_access {
+        return Ok(Err(Denial::NotOpen));
+    }
+    Ok(store
+        .care_link(est.id.as_str(), patient_key, rpps)?
+        .ok_or(Denial::NotInCare))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpps_from_the_national_identifier_forms() {
+        let cases: [(&[u8], Option<&str>); 6] = [
+            // The ANS examples' PRT-5: IDNPS = 8 + RPPS.
+            (
+                b"801234567897^Hoda^Adam^^^^^^ASIP-SANTE- PS&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
+                Some("01234567897"),
+            ),
+            (b"10101010101^DOC^A^^^^^^^^^^RPPS", Some("10101010101")),
+            // By the OID alone.
+            (
+                b"810101010101^DOC^A^^^^^^&1.2.250.1.71.4.2.1&ISO",
+                Some("10101010101"),
+            ),
+            // A local id is not an RPPS.
+            (b"R854^NURSE^JANET^^^^^^^D^^^EI", None),
+            (b"12345^DOC^A^^^^^^^^^^RPPS", None),
+            (b"", None),
+        ];
+        for (xcn, want) in cases {
+            let raw = [
+                b"MSH|^~\\&|A|B|C|D|2021||ORU^R01|1|P|2.5\rORC|RE|||||||||||".as_slice(),
+                xcn,
+                b"\r",
+            ]
+            .concat();
+            let m = Message::parse(&raw).expect("parses");
+            let orc = m.segments_named("ORC").next().expect("ORC");
+            assert_eq!(
+                rpps_of(&orc.field(12).repetition(1)).as_deref(),
+                want,
+                "{}",
+                String::from_utf8_lossy(xcn)
+            );
+        }
+    }
+
+    #[test]
+    fn the_care_team_of_a_result() {
+        let mut obr = vec![""; 29];
+        obr[0] = "OBR";
+        obr[1] = "1";
+        obr[16] = "10000000002^ORD^B^^^^^^^^^^RPPS";
+        obr[25] = "F";
+        obr[28] = "10000000003^CC^C^^^^^^^^^^RPPS~10000000001^ORD^A^^^^^^^^^^RPPS";
+        let raw = format!(
+            "MSH|^~\\&|A|B|C|D|2021||ORU^R01|1|P|2.5\r\
+ORC|RE|||||||||||10000000001^ORD^A^^^^^^^^^^RPPS\r{}\r\
+PRT||UC||RCT^^participation|810000000004^R^D^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS\r\
+PRT||UC||SB^^participation|810000000005^S^E^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS\r",
+            obr.join("|")
+        );
+        let m = Message::parse(raw.as_bytes()).expect("parses");
+        assert_eq!(
+            care_team(&m),
+            [
+                ("10000000001".to_owned(), Link::Ordering),
+                ("10000000002".into(), Link::Ordering),
+                ("10000000003".into(), Link::Copy),
+                ("10000000004".into(), Link::Recipient),
+            ]
+        );
+    }
+}
