@@ -1550,14 +1550,14 @@ fn forbidden(
 
 /// An operator command refused (scope, or a release the sender may not speak for):
 /// audited in the same transaction.
-fn refused(
+fn refused<T>(
     txn: &WriteTransaction,
     seqs: &mut Sequences,
     who: &crate::policy::Operator,
     cmd: &OperatorCommand,
     seq: Option<u64>,
     err: OperatorError,
-) -> Result<Result<String, OperatorError>, StoreError> {
+) -> Result<Result<T, OperatorError>, StoreError> {
     audit(
         txn,
         seqs,
@@ -1568,6 +1568,31 @@ fn refused(
         serde_json::json!({ "command": cmd.journal(), "scope": who.scope, "reason": err.to_string() }),
     )?;
     Ok(Err(err))
+}
+
+/// The establishment a patient-level command names, if the operator's scope covers it (a
+/// refusal is journalled).
+fn in_scope<'c>(
+    txn: &WriteTransaction,
+    cfg: &'c Config,
+    seqs: &mut Sequences,
+    cmd: &OperatorCommand,
+    who: &crate::policy::Operator,
+    establishment: &str,
+) -> Result<Result<&'c crate::config::Establishment, OperatorError>, StoreError> {
+    let Some(est) = cfg.establishment_by_name(establishment) else {
+        return Ok(Err(OperatorError::UnknownEstablishment(
+            establishment.to_owned(),
+        )));
+    };
+    if !who.scope.covers(&est.id) {
+        let err = OperatorError::OutOfScope {
+            establishment: establishment.to_owned(),
+            scope: who.scope.describe(),
+        };
+        return refused(txn, seqs, who, cmd, None, err);
+    }
+    Ok(Ok(est))
 }
 
 fn operate(
@@ -1747,18 +1772,10 @@ fn operate(
             rpps,
             granted,
         } => {
-            let Some(est) = cfg.establishment_by_name(establishment) else {
-                return Ok(Err(OperatorError::UnknownEstablishment(
-                    establishment.clone(),
-                )));
+            let est = match in_scope(txn, cfg, seqs, cmd, who, establishment)? {
+                Ok(e) => e,
+                Err(refusal) => return Ok(Err(refusal)),
             };
-            if !who.scope.covers(&est.id) {
-                let err = OperatorError::OutOfScope {
-                    establishment: establishment.clone(),
-                    scope: who.scope.describe(),
-                };
-                return refused(txn, seqs, who, cmd, None, err);
-            }
             let rpps = rpps.trim();
             if rpps.len() != 11 || !rpps.bytes().all(|b| b.is_ascii_digit()) {
                 return Ok(Err(OperatorError::Invalid("an RPPS is 11 digits".into())));
@@ -1808,18 +1825,10 @@ fn operate(
             id,
             opposed,
         } => {
-            let Some(est) = cfg.establishment_by_name(establishment) else {
-                return Ok(Err(OperatorError::UnknownEstablishment(
-                    establishment.clone(),
-                )));
+            let est = match in_scope(txn, cfg, seqs, cmd, who, establishment)? {
+                Ok(e) => e,
+                Err(refusal) => return Ok(Err(refusal)),
             };
-            if !who.scope.covers(&est.id) {
-                let err = OperatorError::OutOfScope {
-                    establishment: establishment.clone(),
-                    scope: who.scope.describe(),
-                };
-                return refused(txn, seqs, who, cmd, None, err);
-            }
             let pk = patient_key(authority, id);
             let key = format!("{}\u{1f}{pk}", est.id.as_str());
             let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
