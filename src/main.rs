@@ -84,9 +84,13 @@ enum Command {
     /// and field.
     Fhir {
         file: PathBuf,
-        /// Time zone of timestamps that carry none: Europe/Paris, UTC, or +HH:MM.
-        #[arg(long, default_value = "Europe/Paris")]
-        zone: String,
+        /// Time zone of timestamps that carry none: Europe/Paris, UTC, or +HH:MM. Default:
+        /// `[fhir] zone` of the routes, else Europe/Paris.
+        #[arg(long)]
+        zone: Option<String>,
+        /// Routes whose `[fhir] zone` is the default (when they load).
+        #[arg(long, default_value = "routes")]
+        routes: PathBuf,
         /// One line instead of indented JSON.
         #[arg(long)]
         compact: bool,
@@ -487,11 +491,17 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Fhir {
             file,
             zone,
+            routes,
             compact,
         } => {
-            let zone = labroute::fhir::Zone::parse(&zone).ok_or_else(|| {
-                anyhow::anyhow!("--zone {zone}: expected Europe/Paris, UTC or +HH:MM")
-            })?;
+            let zone = match zone {
+                Some(z) => labroute::fhir::Zone::parse(&z).ok_or_else(|| {
+                    anyhow::anyhow!("--zone {z}: expected Europe/Paris, UTC or +HH:MM")
+                })?,
+                None => Config::load(&routes)
+                    .map(|c| c.fhir.zone)
+                    .unwrap_or(labroute::fhir::Zone::EuropeParis),
+            };
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let frame = labroute::hl7::message::prepare(&bytes);

@@ -186,3 +186,57 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
         _ => eprintln!("SKIPPED (curl part): curl is not installed (.ci/run installs it)"),
     }
 }
+
+/// `labroute fhir` reads times without a zone in the routes' `[fhir] zone` unless `--zone`
+/// says otherwise (Europe/Paris when the routes do not load).
+#[test]
+fn the_fhir_command_takes_its_zone_from_the_routes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = env!("CARGO_BIN_EXE_labroute");
+    let fixture = root.join("tests/fixtures/fhir/oru_bio_fr.hl7");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let routes = std::fs::read_to_string(root.join("routes/gcs.toml"))
+        .expect("shipped routes")
+        .replace("zone = \"Europe/Paris\"", "zone = \"UTC\"");
+    assert!(
+        routes.contains("zone = \"UTC\""),
+        "the shipped routes have [fhir]"
+    );
+    // The shipped routes name the development PKI as ../certs: the copy sits beside a link
+    // to it.
+    std::fs::create_dir(dir.path().join("routes")).expect("mkdir");
+    std::fs::write(dir.path().join("routes/gcs.toml"), routes).expect("write");
+    std::os::unix::fs::symlink(root.join("certs"), dir.path().join("certs")).expect("link");
+    let routes = dir.path().join("routes");
+    let effective = |args: &[&str], routes: &Path| -> String {
+        let out = std::process::Command::new(bin)
+            .arg("fhir")
+            .arg(&fixture)
+            .arg("--routes")
+            .arg(routes)
+            .args(args)
+            .arg("--compact")
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).expect("utf8");
+        let at = text
+            .find("\"effectiveDateTime\":\"")
+            .expect("effectiveDateTime")
+            + 21;
+        text[at..].split('"').next().unwrap_or_default().to_owned()
+    };
+    assert_eq!(effective(&[], &routes), "2025-03-14T08:15:00Z");
+    assert_eq!(
+        effective(&["--zone", "+04:00"], &routes),
+        "2025-03-14T08:15:00+04:00"
+    );
+    assert_eq!(
+        effective(&[], &dir.path().join("missing")),
+        "2025-03-14T08:15:00+01:00"
+    );
+}

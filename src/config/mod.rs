@@ -363,10 +363,22 @@ impl Config {
                 Ok(raw) => parsed.push((file.clone(), text.as_str(), raw)),
                 Err(e) => {
                     let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+                    // The span names the key when the error is about one (duplicate key,
+                    // unknown field).
+                    let key = e
+                        .span()
+                        .and_then(|s| text.get(s))
+                        .map(str::trim)
+                        .filter(|k| {
+                            !k.is_empty()
+                                && k.len() <= 64
+                                && k.bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                        });
                     v.errors.push(ConfigError {
                         file: file.clone(),
                         line,
-                        field: "-".into(),
+                        field: key.unwrap_or("-").to_owned(),
                         message: e.message().trim().to_owned(),
                     });
                 }

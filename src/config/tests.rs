@@ -264,3 +264,18 @@ fn the_dmp_needs_a_ca_of_its_own_or_the_tls_one() {
     .0;
     assert_eq!(errs[0].field, "dmp.url");
 }
+
+#[test]
+fn a_toml_error_names_the_key_when_it_is_about_one() {
+    let dup = GOOD.replacen(
+        "insecure = true\n",
+        "insecure = true\ninsecure = false\n",
+        1,
+    );
+    let e = load(&dup).unwrap_err().0;
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!((e[0].line, e[0].field.as_str()), (6, "insecure"), "{e:?}");
+    let broken = format!("{GOOD}\n[[listener]\n");
+    let e = load(&broken).unwrap_err().0;
+    assert_eq!(e[0].field, "-", "{e:?}");
+}
