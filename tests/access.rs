@@ -171,3 +171,47 @@ async fn who_reads_whose_results_where() {
     want[3] = row(no, no);
     assert_eq!(table(), want);
 }
+
+/// A result held in quarantine records its care links when an operator releases it.
+#[tokio::test]
+async fn a_released_result_records_its_care_links() {
+    let h = Harness::start(|r| {
+        r.replacen(
+            "record = \"dpi-es1\"\n",
+            "record = \"dpi-es1\"\nexternal_access = true\n",
+            1,
+        )
+    })
+    .await;
+    // No establishment evidence: quarantined.
+    let held = String::from_utf8(result("ES1", "Q1", "P9", &xcn(8), "", "", ""))
+        .expect("utf8")
+        .replace("^CHNORD-IPP^PI", "^UNKNOWN-IPP^PI")
+        .into_bytes();
+    let acks = send_all(h.sil(), &[held]).await.expect("ACK");
+    assert_eq!(msa(&acks[0]).0, "AA");
+    let store = h.server.store.store();
+    let cfg = h.server.store.config();
+    let quarantined = store.quarantine().expect("quarantine");
+    assert_eq!(quarantined.len(), 1);
+    let pk = "UNKNOWN-IPP\u{1f}P9";
+    assert_eq!(
+        decide(store, cfg, &rpps(8), "ES1", pk).expect("store"),
+        Err(Denial::NotInCare)
+    );
+    h.server
+        .store
+        .operator(
+            OperatorCommand::Release {
+                seq: quarantined[0].0.seq,
+                establishment: "ES1".into(),
+            },
+            &local_operator("ops"),
+        )
+        .await
+        .expect("released");
+    assert_eq!(
+        decide(store, cfg, &rpps(8), "ES1", pk).expect("store"),
+        Ok(Link::Ordering)
+    );
+}

@@ -916,23 +916,7 @@ fn ingest(
                 )?;
                 touched.insert(d.as_str().to_owned());
             }
-            if let Some(pk) = &req.facts.patient_key
-                && !req.facts.care_team.is_empty()
-            {
-                let mut t = txn.open_table(CARE_LINKS).map_err(db_err)?;
-                for (rpps, link) in &req.facts.care_team {
-                    let k = care_key(establishment.as_str(), pk, rpps);
-                    if t.get(k.as_str()).map_err(db_err)?.is_none() {
-                        let v = CareLink {
-                            link: *link,
-                            seq,
-                            at_ms: now,
-                        };
-                        t.insert(k.as_str(), encode(&v).as_slice())
-                            .map_err(db_err)?;
-                    }
-                }
-            }
+            record_care(txn, &req.facts, establishment, seq, now)?;
             if let (Some(zfa), Some(pk)) = (&req.facts.zfa, &req.facts.patient_key) {
                 let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
                 let k = format!("{}\u{1f}{pk}", establishment.as_str());
@@ -1140,6 +1124,37 @@ fn reject(
         error_code,
         text,
     })
+}
+
+/// Records the practitioners a result owned by `establishment` names in the patient's care
+/// (`access`): the first link per practitioner is kept.
+fn record_care(
+    txn: &WriteTransaction,
+    facts: &Facts,
+    establishment: &EstablishmentId,
+    seq: u64,
+    now: u64,
+) -> Result<(), StoreError> {
+    let Some(pk) = &facts.patient_key else {
+        return Ok(());
+    };
+    if facts.care_team.is_empty() {
+        return Ok(());
+    }
+    let mut t = txn.open_table(CARE_LINKS).map_err(db_err)?;
+    for (rpps, link) in &facts.care_team {
+        let k = care_key(establishment.as_str(), pk, rpps);
+        if t.get(k.as_str()).map_err(db_err)?.is_none() {
+            let v = CareLink {
+                link: *link,
+                seq,
+                at_ms: now,
+            };
+            t.insert(k.as_str(), encode(&v).as_slice())
+                .map_err(db_err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Applies a DMP delivery's changes to the document register; the journal's detail: what
@@ -1656,6 +1671,7 @@ fn operate(
             }
             if let Some(f) = &facts {
                 record_orders(txn, f, &est.id)?;
+                record_care(txn, f, &est.id, *seq, now)?;
             }
             txn.open_table(QUARANTINE)
                 .map_err(db_err)?
