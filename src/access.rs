@@ -7,8 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::hl7::Message;
-use crate::hl7::Value;
+use crate::hl7::{Message, Segment, Value};
 
 /// OID of the national health professional identifiers (RPPS/ADELI, "IDNPS").
 pub const IDNPS_OID: &str = "1.2.250.1.71.4.2.1";
@@ -42,7 +41,6 @@ impl Link {
 /// id type (XCN-13) `RPPS`, or `IDNPS` / assigning authority (XCN-9.2) the IDNPS OID, where
 /// an IDNPS of 12 characters is `8` + RPPS.
 pub fn rpps_of(xcn: &Value<'_>) -> Option<String> {
-    let id = xcn.component(1).text().trim().to_owned();
     let id_type = xcn.component(13).text();
     let national = id_type == "RPPS"
         || id_type == "IDNPS"
@@ -50,46 +48,57 @@ pub fn rpps_of(xcn: &Value<'_>) -> Option<String> {
     if !national {
         return None;
     }
+    let id = xcn.component(1).text();
+    let id = id.trim();
     let rpps = match id.strip_prefix('8') {
-        Some(r) if id.len() == 12 && id_type != "RPPS" => r.to_owned(),
+        Some(r) if id.len() == 12 && id_type != "RPPS" => r,
         _ => id,
     };
-    (rpps.len() == 11 && rpps.bytes().all(|b| b.is_ascii_digit())).then_some(rpps)
+    is_rpps(rpps).then(|| rpps.to_owned())
+}
+
+/// Whether `s` has the form of an RPPS: 11 digits.
+pub fn is_rpps(s: &str) -> bool {
+    s.len() == 11 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// The practitioners a result names as taking part in the patient's care, each once with
 /// the first reason found.
 pub fn care_team(msg: &Message<'_>) -> Vec<(String, Link)> {
-    let mut out: Vec<(String, Link)> = Vec::new();
-    let mut add = |xcn: &Value<'_>, link: Link| {
-        if let Some(r) = rpps_of(xcn)
+    let mut out = Vec::new();
+    for seg in msg.segments() {
+        add_care(&seg, &mut out);
+    }
+    out
+}
+
+/// [`care_team`] for one segment (ORC-12; OBR-16, OBR-28; PRT-5 of an `RCT`), added to `out`
+/// unless already there: `router::extract` reads it in its one pass over the message.
+pub fn add_care(seg: &Segment<'_>, out: &mut Vec<(String, Link)>) {
+    let mut add = |xcn: Value<'_>, link: Link| {
+        if let Some(r) = rpps_of(&xcn)
             && !out.iter().any(|(o, _)| *o == r)
         {
             out.push((r, link));
         }
     };
-    for seg in msg.segments() {
-        match seg.id() {
-            b"ORC" => seg
-                .field(12)
+    match seg.id() {
+        b"ORC" => seg
+            .field(12)
+            .repetitions()
+            .for_each(|x| add(x, Link::Ordering)),
+        b"OBR" => {
+            seg.field(16)
                 .repetitions()
-                .for_each(|x| add(&x, Link::Ordering)),
-            b"OBR" => {
-                seg.field(16)
-                    .repetitions()
-                    .for_each(|x| add(&x, Link::Ordering));
-                seg.field(28)
-                    .repetitions()
-                    .for_each(|x| add(&x, Link::Copy));
-            }
-            b"PRT" if seg.field(4).component(1).text() == "RCT" => seg
-                .field(5)
-                .repetitions()
-                .for_each(|x| add(&x, Link::Recipient)),
-            _ => {}
+                .for_each(|x| add(x, Link::Ordering));
+            seg.field(28).repetitions().for_each(|x| add(x, Link::Copy));
         }
+        b"PRT" if seg.field(4).component(1).text() == "RCT" => seg
+            .field(5)
+            .repetitions()
+            .for_each(|x| add(x, Link::Recipient)),
+        _ => {}
     }
-    out
 }
 
 /// Why not (for the journal and the metric; the practitioner is told nothing).

@@ -43,6 +43,21 @@ impl Withheld {
     }
 }
 
+impl Withheld {
+    const ALL: [Withheld; 5] = [
+        Withheld::NotEnabled,
+        Withheld::DestDmpNo,
+        Withheld::IdentityNotQualified,
+        Withheld::Opposition,
+        Withheld::DmpClosed,
+    ];
+
+    /// The reason named `as_str` (a settled outcome keeps the name).
+    pub fn from_name(name: &str) -> Option<Withheld> {
+        Withheld::ALL.into_iter().find(|w| w.as_str() == name)
+    }
+}
+
 impl std::fmt::Display for Withheld {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -62,12 +77,16 @@ pub struct PatientState<'a> {
 /// A MetaDMPMSS flag of the message (`DESTDMP`, `MASQUE_PS` …): `Some(true)` for `Y`,
 /// `Some(false)` for `N`, `None` when absent.
 pub fn flag(msg: &Message<'_>, name: &str) -> Option<bool> {
-    msg.segments_named("OBX")
-        .find(|s| {
-            let code = s.field(3);
-            code.component(1).text() == name && code.component(3).text() == "MetaDMPMSS"
-        })
-        .map(|s| s.field(5).component(1).text().eq_ignore_ascii_case("Y"))
+    msg.segments_named("OBX").find_map(|s| flag_in(&s, name))
+}
+
+/// [`flag`] for one OBX: `None` when it is not that flag.
+pub fn flag_in(obx: &Segment<'_>, name: &str) -> Option<bool> {
+    let code = obx.field(3);
+    // Plain ASCII names: the raw bytes decide without unescaping (every result's OBX passes
+    // here, in `router::extract`).
+    (code.component(1).raw() == name.as_bytes() && code.component(3).raw() == b"MetaDMPMSS")
+        .then(|| obx.field(5).component(1).text().eq_ignore_ascii_case("Y"))
 }
 
 /// The INS of PID-3 (value, OID), when it carries one.
@@ -79,6 +98,11 @@ pub fn ins(msg: &Message<'_>) -> Option<(String, String)> {
         (!value.is_empty() && INS_OIDS.contains(&oid.as_ref()))
             .then(|| (value.into_owned(), oid.into_owned()))
     })
+}
+
+/// The INS as the DMP register keeps it (`OID|value`).
+pub fn ins_key(msg: &Message<'_>) -> Option<String> {
+    ins(msg).map(|(value, oid)| format!("{oid}|{value}"))
 }
 
 /// Whether PID-3 carries an INS and PID-32 says the identity is qualified (`VALI`).
@@ -96,13 +120,30 @@ pub fn is_document(obx: &Segment<'_>) -> bool {
     obx.field(2).text() == "ED" && obx.field(3).component(3).text() != "MetaDMPMSS"
 }
 
-/// `Some("correction")` or `Some("deletion")` when the report or a document in it has
-/// status `C` or `D` (OBR-25, OBX-11 of an ED document): it amends something published
-/// before.
-pub fn amendment(msg: &Message<'_>) -> Option<&'static str> {
+/// A later version of something published before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amendment {
+    /// Status `C`: replaces the published version.
+    Correction,
+    /// Status `D`: takes it back.
+    Deletion,
+}
+
+impl Amendment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Amendment::Correction => "correction",
+            Amendment::Deletion => "deletion",
+        }
+    }
+}
+
+/// The amendment a message is, when the report or a document in it has status `C` or `D`
+/// (OBR-25, OBX-11 of an ED document).
+pub fn amendment(msg: &Message<'_>) -> Option<Amendment> {
     let status = |s: &str| match s {
-        "C" => Some("correction"),
-        "D" => Some("deletion"),
+        "C" => Some(Amendment::Correction),
+        "D" => Some(Amendment::Deletion),
         _ => None,
     };
     let obr = msg
@@ -110,7 +151,7 @@ pub fn amendment(msg: &Message<'_>) -> Option<&'static str> {
         .find_map(|o| status(&o.field(25).text()));
     obr.or_else(|| {
         msg.segments_named("OBX")
-            .filter(|o| o.field(2).text() == "ED" && o.field(3).component(3).text() != "MetaDMPMSS")
+            .filter(is_document)
             .find_map(|o| status(&o.field(11).text()))
     })
 }
@@ -130,10 +171,7 @@ pub struct Lineage {
 /// order (`order`: the filler number, else the placer number), every version of the report
 /// sharing it. `None` when the message names neither.
 pub fn lineage(msg: &Message<'_>, order: Option<String>) -> Option<Lineage> {
-    let is_mdm = msg
-        .segments_named("MSH")
-        .next()
-        .is_some_and(|m| m.field(9).component(1).text() == "MDM");
+    let is_mdm = msg.msh().field(9).component(1).text() == "MDM";
     if !is_mdm {
         let o = order?;
         return Some(Lineage {
@@ -148,7 +186,7 @@ pub fn lineage(msg: &Message<'_>, order: Option<String>) -> Option<Lineage> {
         (!id.is_empty()).then(|| format!("TXA\u{1f}{}\u{1f}{id}", f.component(2).text().trim()))
     };
     let (current, parent) = (ei(12)?, ei(13));
-    let previous = if amendment(msg) == Some("deletion") {
+    let previous = if amendment(msg) == Some(Amendment::Deletion) {
         std::iter::once(current.clone()).chain(parent).collect()
     } else {
         parent
@@ -171,20 +209,20 @@ pub enum Reception {
 }
 
 impl Reception {
-    /// From a withheld reason (`Withheld::as_str`); `None` for `DESTDMP=N` (the sender did
-    /// not ask for the DMP: nothing to acknowledge).
-    pub fn of_withheld(reason: &str) -> Option<Reception> {
+    /// For a withheld result; `None` for `DESTDMP=N` (the sender did not ask for the DMP:
+    /// nothing to acknowledge).
+    pub fn of_withheld(reason: Withheld) -> Option<Reception> {
         let refused = |code, text| Some(Reception::Refused { code, text });
         match reason {
             // The ANS example's code.
-            "dmp_closed" => refused("DMPClosed", "DMP fermé"),
+            Withheld::DmpClosed => refused("DMPClosed", "DMP fermé"),
             // Ours, in the same form (the profile's examples show no others).
-            "opposition" => refused("PatientOpposition", "Opposition du patient"),
-            "identity_not_qualified" => {
+            Withheld::Opposition => refused("PatientOpposition", "Opposition du patient"),
+            Withheld::IdentityNotQualified => {
                 refused("IdentityNotQualified", "Identité du patient non qualifiée")
             }
-            "not_enabled" => refused("DMPFeedNotEnabled", "Alimentation du DMP non activée"),
-            _ => None,
+            Withheld::NotEnabled => refused("DMPFeedNotEnabled", "Alimentation du DMP non activée"),
+            Withheld::DestDmpNo => None,
         }
     }
 
@@ -374,7 +412,7 @@ OBX|1|CE|DESTDMP^Destinataire DMP^MetaDMPMSS||Y^^expandedYes-NoIndicator||||||F\
         let zam = reception_ack(
             &h,
             b"2.1^CISIS_CDA_HL7_V2",
-            Reception::of_withheld("dmp_closed").expect("acknowledged"),
+            Reception::of_withheld(Withheld::DmpClosed).expect("acknowledged"),
             "017",
             "202106060933",
         );
@@ -395,7 +433,10 @@ ERR|||207^Application internal error^messageErrorCondition|E|DMPClosed^DMP ferm�
         let ok = String::from_utf8(ok).expect("utf8");
         assert!(ok.contains("|015|Y^^HL70136||||||F|\r"), "{ok}");
         assert!(!ok.contains("ERR"), "{ok}");
-        assert_eq!(Reception::of_withheld("destdmp_no"), None);
+        assert_eq!(Reception::of_withheld(Withheld::DestDmpNo), None);
+        for w in Withheld::ALL {
+            assert_eq!(Withheld::from_name(w.as_str()), Some(w));
+        }
     }
 
     /// Every condition, alone, withholds with its own reason; all together, it is sent.

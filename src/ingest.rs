@@ -94,10 +94,6 @@ pub async fn handle_message(
     };
     let enhanced = accept.enhanced();
     let app_ack = parsed.as_ref().ok().and_then(ack::deferred_app_ack);
-    // The French CDA-in-HL7 profile's business acknowledgement (MetaDMPMSS ACK_RECEPTION).
-    let ack_reception = parsed
-        .as_ref()
-        .is_ok_and(|m| crate::dmp::flag(m, "ACK_RECEPTION") == Some(true));
     let facts = match &parsed {
         Ok(m) => {
             router::extract(m).map_err(|r| (r.error, m.text("MSH-10").into_owned(), type_of(m)))
@@ -122,7 +118,6 @@ pub async fn handle_message(
                 header: header.clone(),
                 enhanced,
                 app_ack,
-                ack_reception,
                 identity: origin.identity.clone(),
                 fingerprint,
             };

@@ -149,11 +149,17 @@ impl AdminRequest {
             s.parse::<u64>()
                 .map_err(|_| AdminError::BadRequest(format!("{s:?} is not a message number")))
         };
+        // The body, read once, when a command needs it.
+        let json = std::cell::OnceCell::new();
+        let member = |name: &str| -> Result<Option<Value>, AdminError> {
+            json.get_or_init(|| serde_json::from_slice::<Value>(body).map_err(|e| e.to_string()))
+                .as_ref()
+                .map(|v| v.get(name).cloned())
+                .map_err(|e| AdminError::BadRequest(format!("the body must be a JSON object: {e}")))
+        };
         let field = |name: &str| -> Result<String, AdminError> {
-            let v: Value = serde_json::from_slice(body).map_err(|e| {
-                AdminError::BadRequest(format!("the body must be a JSON object: {e}"))
-            })?;
-            v.get(name)
+            member(name)?
+                .as_ref()
                 .and_then(Value::as_str)
                 .filter(|s| !s.trim().is_empty())
                 .map(str::to_owned)
@@ -162,10 +168,8 @@ impl AdminRequest {
                 })
         };
         let flag = |name: &str| -> Result<bool, AdminError> {
-            let v: Value = serde_json::from_slice(body).map_err(|e| {
-                AdminError::BadRequest(format!("the body must be a JSON object: {e}"))
-            })?;
-            v.get(name)
+            member(name)?
+                .as_ref()
                 .and_then(Value::as_bool)
                 .ok_or_else(|| AdminError::BadRequest(format!("the body needs a boolean {name:?}")))
         };
@@ -352,14 +356,7 @@ async fn respond(
     let query = req.uri().query().map(str::to_owned);
     if path == "/metrics" && method == Method::GET && who.is_ok() {
         return match crate::telemetry::render() {
-            Some(text) => {
-                let mut resp = Response::new(Full::new(Bytes::from(text)));
-                resp.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                resp
-            }
+            Some(text) => crate::https::response(StatusCode::OK, "text/plain; version=0.0.4", text),
             None => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &json!({ "error": "no metrics recorder in this process" }),

@@ -15,7 +15,7 @@ use super::r4::types::{
     Attachment, CodeableConcept, Coding, Extension, ExtensionValue, Identifier, Meta, Period,
     Reference,
 };
-use super::v2::{self, Dtm, code};
+use super::v2::{self, Dtm, base64_of, code};
 use super::{At, MapError, Zone};
 use crate::hl7::Message;
 
@@ -61,8 +61,6 @@ pub struct Provide {
     pub json: String,
     /// Per document (in the report's order): its masterIdentifier.
     pub master_ids: Vec<String>,
-    /// The INS the documents are published under.
-    pub ins: String,
 }
 
 impl Provide {
@@ -202,15 +200,6 @@ fn documents(msg: &Message<'_>) -> Result<Vec<Document>, MapError> {
     Ok(out)
 }
 
-/// How many documents `provide_bundle` publishes for this message (at least one: the FHIR
-/// report when it carries no document).
-pub fn document_count(msg: &Message<'_>) -> usize {
-    msg.segments_named("OBX")
-        .filter(|o| crate::dmp::is_document(o))
-        .count()
-        .max(1)
-}
-
 /// Builds the ITI-65 Bundle for a stored message (`msg`, read from `raw`; its store
 /// sequence `seq`); a document that `replaces` names is published as the new version of
 /// that one (`relatesTo` `replaces`, ITI-65 / PDSm "remplacement").
@@ -236,7 +225,7 @@ pub fn provide_bundle(
     })?;
     let ins_id = Identifier {
         system: Some(format!("urn:oid:{ins_oid}").into()),
-        value: Some(ins_value.clone().into()),
+        value: Some(ins_value.into()),
         ..Default::default()
     };
     let subject = Box::new(Reference {
@@ -289,6 +278,7 @@ pub fn provide_bundle(
     let mut list_entries = Vec::new();
     let mut doc_entries = Vec::new();
     let mut master_ids = Vec::new();
+    let source_patient = patient(msg, &ins_id);
     for (n, d) in docs.iter().enumerate() {
         let master_id = oid_of(&id("Document", n));
         let dr_uuid = id("DocumentReference", n);
@@ -301,7 +291,7 @@ pub fn provide_bundle(
         let dr = DocumentReference {
             meta: meta("pdsm-comprehensive-document-reference"),
             contained: vec![
-                Resource::Patient(Box::new(patient(msg, &ins_id))),
+                Resource::Patient(Box::new(source_patient.clone())),
                 Resource::Organization(Box::new(org.clone())),
             ],
             master_identifier: Some(Box::new(uri_identifier("usual", master_id.clone()))),
@@ -443,11 +433,7 @@ pub fn provide_bundle(
     };
     let json = super::json::to_json(&Resource::Bundle(Box::new(bundle)))
         .map_err(|_| whole("the Bundle could not be written"))?;
-    Ok(Provide {
-        json,
-        master_ids,
-        ins: format!("{ins_oid}|{ins_value}"),
-    })
+    Ok(Provide { json, master_ids })
 }
 
 /// The PDSm extension marking a deleted DocumentReference (logical deletion).
@@ -457,20 +443,10 @@ pub const IS_DELETED: &str =
 /// The path of a conditional PATCH of the DocumentReference whose identifier (here: our
 /// masterIdentifier) is `master_id`, under the DMP's base path.
 pub fn conditional_path(base: &str, master_id: &str) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
     format!(
         "{}/DocumentReference?identifier={}",
         base.trim_end_matches('/'),
-        enc(&format!("{RFC3986}|{master_id}"))
+        crate::model::percent_encode(&format!("{RFC3986}|{master_id}"))
     )
 }
 
@@ -530,11 +506,6 @@ fn whole(problem: &'static str) -> MapError {
         component: None,
         problem: problem.into(),
     }
-}
-
-fn base64_of(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 /// The SubmissionSet's sourceId: an OID under `2.25` derived from the establishment id, the

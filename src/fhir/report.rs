@@ -58,17 +58,15 @@ pub fn map_result(msg: &Message<'_>, zone: Zone) -> Result<Mapped, MapError> {
         ("ORU", "R01") => false,
         ("OUL", "R22") => true,
         _ => {
-            return Err(MapError {
-                segment: "MSH".into(),
+            return Err(At {
+                segment: "MSH",
                 occurrence: 1,
-                field: Some(9),
-                component: None,
-                problem: "only ORU^R01 and OUL^R22 map to a result Bundle".into(),
-            });
+                field: 9,
+            }
+            .err("only ORU^R01 and OUL^R22 map to a result Bundle"));
         }
     };
-    use sha2::Digest;
-    let seed: [u8; 32] = sha2::Sha256::digest(msg.bytes()).into();
+    let seed = crate::model::sha256(msg.bytes());
     let mut b = Builder {
         zone,
         seed,
@@ -147,7 +145,6 @@ impl<'m> Cx<'m, '_> {
 
 struct Entry<T> {
     url: String,
-    id: String,
     res: T,
 }
 
@@ -265,7 +262,6 @@ impl<'m> Builder<'m> {
         };
         self.practitioners.push(Entry {
             url: url.clone(),
-            id,
             res,
         });
         self.people.insert(p, url.clone());
@@ -306,7 +302,6 @@ impl<'m> Builder<'m> {
         };
         self.organizations.push(Entry {
             url: url.clone(),
-            id,
             res,
         });
         self.orgs.insert(key, url.clone());
@@ -395,7 +390,6 @@ impl<'m> Builder<'m> {
         p.id = Some(id.clone().into());
         self.patients.push(Entry {
             url: url.clone(),
-            id,
             res: p,
         });
         self.patient = Some(url);
@@ -455,7 +449,6 @@ impl<'m> Builder<'m> {
         e.id = Some(id.clone().into());
         self.encounters.push(Entry {
             url: url.clone(),
-            id,
             res: e,
         });
         self.encounter = Some(url);
@@ -625,12 +618,10 @@ impl<'m> Builder<'m> {
         };
         self.requests.push(Entry {
             url: sr_url,
-            id: sr_id,
             res: sr,
         });
         self.reports.push(Entry {
             url: dr_url,
-            id: dr_id,
             res: dr,
         });
         self.order = Some(n);
@@ -638,15 +629,12 @@ impl<'m> Builder<'m> {
             // OUL^R22: the OBR belongs to the SPM before it, with that specimen's OBX.
             if let Some(sp) = self.specimen {
                 self.link_specimen(n, sp);
-                let spec_obs = self
-                    .specimen_observations
-                    .get(&sp)
-                    .cloned()
-                    .unwrap_or_default();
-                self.reports[n]
-                    .res
-                    .result
-                    .extend(spec_obs.iter().map(|u| reference(u)));
+                if let Some(spec_obs) = self.specimen_observations.get(&sp) {
+                    self.reports[n]
+                        .res
+                        .result
+                        .extend(spec_obs.iter().map(|u| reference(u)));
+                }
             }
         } else {
             self.specimen = None;
@@ -765,7 +753,7 @@ impl<'m> Builder<'m> {
         let n = self.specimens.len();
         let (url, id) = self.next_id("Specimen", n);
         sp.id = Some(id.clone().into());
-        self.specimens.push(Entry { url, id, res: sp });
+        self.specimens.push(Entry { url, res: sp });
         self.specimen = Some(n);
         if self.oul {
             // A new specimen group: the OBRs that follow belong to it.
@@ -854,7 +842,7 @@ impl<'m> Builder<'m> {
                 }
             }
         }
-        self.observations.push(Entry { url, id, res: o });
+        self.observations.push(Entry { url, res: o });
         self.note = NoteTarget::Observation(n);
         Ok(())
     }
@@ -951,7 +939,6 @@ impl<'m> Builder<'m> {
             wrap: fn(Box<T>) -> Resource,
         ) {
             for e in list {
-                let _ = e.id;
                 entries.push(BundleEntry {
                     full_url: Some(e.url.into()),
                     resource: Some(wrap(Box::new(e.res))),

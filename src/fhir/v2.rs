@@ -17,8 +17,6 @@ use crate::hl7::message::Value;
 pub const EXT_V2_CODING_SYSTEM: &str = "urn:labroute:fhir:v2-coding-system";
 /// Units (OBX-6) that a Quantity cannot carry as a code (no known system).
 pub const EXT_V2_UNITS: &str = "urn:labroute:fhir:v2-units";
-/// An HD namespace id that is not an OID (an identifier's assigning authority by name).
-pub const EXT_V2_NAMESPACE: &str = "urn:labroute:fhir:v2-namespace";
 /// The R5 `Observation.valueAttachment` carried in R4 (cross-version extension).
 pub const EXT_VALUE_ATTACHMENT: &str =
     "http://hl7.org/fhir/5.0/StructureDefinition/extension-Observation.value";
@@ -593,13 +591,16 @@ pub fn ed_bytes(v: Value<'_>, at: At<'_>) -> Result<(Vec<u8>, Option<String>), M
 }
 
 /// ED → Attachment with base64 data.
+/// Standard base64 (FHIR `base64Binary`).
+pub(crate) fn base64_of(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
 pub fn ed_attachment(v: Value<'_>, at: At<'_>) -> Result<Attachment, MapError> {
     let (bytes, mime) = ed_bytes(v, at)?;
     Ok(Attachment {
         content_type: mime.map(code),
-        data: Some(Base64Binary::from(
-            base64::engine::general_purpose::STANDARD.encode(&bytes),
-        )),
+        data: Some(Base64Binary::from(base64_of(&bytes))),
         size: u32::try_from(bytes.len()).ok().map(Into::into),
         ..Default::default()
     })
@@ -760,11 +761,6 @@ impl Dtm {
     /// FHIR `instant` (needs a time).
     pub fn instant(&self, zone: Zone) -> Option<String> {
         self.hour.map(|_| self.date_time(zone))
-    }
-
-    /// FHIR `time` (`hh:mm:ss`), from a TM value.
-    pub fn has_time(&self) -> bool {
-        self.hour.is_some()
     }
 }
 

@@ -60,6 +60,10 @@ pub struct Facts {
     /// (`access::care_team`).
     #[serde(default)]
     pub care_team: Vec<(String, crate::access::Link)>,
+    /// MetaDMPMSS `ACK_RECEPTION` = Y: the sender wants the DMP's outcome as a business
+    /// acknowledgement (ZAM^Z01).
+    #[serde(default)]
+    pub ack_reception: bool,
 }
 
 /// A message refused before routing: the ACK's ERR content.
@@ -155,6 +159,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         patient_key: None,
         zfa: None,
         care_team: Vec::new(),
+        ack_reception: false,
     };
     push_found(
         &mut f.sending_facility,
@@ -167,11 +172,19 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         &msh.field(4).component(2).text(),
     );
 
-    if class == MessageClass::Result {
-        f.care_team = crate::access::care_team(msg);
-    }
+    let result = class == MessageClass::Result;
+    // MetaDMPMSS flags exist only in the French CDA-in-HL7 profile: one search of the bytes
+    // spares every other result a look at each OBX.
+    let dmp_meta = matches!(class, MessageClass::Result | MessageClass::Document)
+        && memchr::memmem::find(msg.bytes(), b"MetaDMPMSS").is_some();
     for seg in msg.segments() {
+        if result {
+            crate::access::add_care(&seg, &mut f.care_team);
+        }
         match seg.id() {
+            b"OBX" if dmp_meta && !f.ack_reception => {
+                f.ack_reception = crate::dmp::flag_in(&seg, "ACK_RECEPTION") == Some(true);
+            }
             b"ORC" | b"OBR" => {
                 let name = if seg.id() == b"ORC" { "ORC" } else { "OBR" };
                 for (n, out) in [(2usize, 0), (3, 1)] {

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{Config, Destination, DestinationKind};
+use crate::dmp::Amendment;
 use crate::fhir::mhd::{Provide, Replaces};
 use crate::hl7::Message;
 use crate::https::Client;
@@ -27,6 +28,8 @@ struct Register {
     establishment: String,
     current: String,
     previous: Option<String>,
+    /// The INS the documents are published under (`dmp::ins_key`).
+    ins: String,
 }
 
 /// The DMP destination's sender.
@@ -132,7 +135,7 @@ impl DmpSink {
         let amendment = crate::dmp::amendment(&msg);
         // A deletion takes back what was published (a wrong patient, a wrong report): only
         // the establishment's own switch stops it, not the patient-side gates.
-        let gate = if amendment == Some("deletion") {
+        let gate = if amendment == Some(Amendment::Deletion) {
             crate::dmp::gate_deletion(enabled)
         } else {
             crate::dmp::gate(&msg, enabled, &state)
@@ -169,15 +172,15 @@ impl DmpSink {
             && published.is_empty()
         {
             return PeerAnswer::Rejected(format!(
-                "a {kind} for the DMP, but labroute published no earlier version of this report there (no order or document number, or published before or by another path): nothing to {}; settle it in the DMP by hand",
-                if kind == "deletion" {
-                    "delete"
-                } else {
-                    "replace"
+                "a {} for the DMP, but labroute published no earlier version of this report there (no order or document number, or published before or by another path): nothing to {}; settle it in the DMP by hand",
+                kind.as_str(),
+                match kind {
+                    Amendment::Deletion => "delete",
+                    Amendment::Correction => "replace",
                 }
             ));
         }
-        let ins = crate::dmp::ins(&msg).map(|(v, oid)| format!("{oid}|{v}"));
+        let ins = crate::dmp::ins_key(&msg);
         if published.iter().any(|(_, d)| Some(&d.ins) != ins.as_ref()) {
             return PeerAnswer::Rejected(
                 "the report names another patient (INS) than the version published to the DMP: not replaced or deleted; settle it in the DMP by hand".into(),
@@ -191,9 +194,10 @@ impl DmpSink {
             establishment: owner.clone(),
             current: l.current,
             previous,
+            ins: ins.unwrap_or_default(),
         });
         match (amendment, register) {
-            (Some("deletion"), Some(r)) => self.delete(&client, &r, &published).await,
+            (Some(Amendment::Deletion), Some(r)) => self.delete(&client, &r, &published).await,
             (_, r) => {
                 self.provide(
                     &client,
@@ -282,7 +286,7 @@ impl DmpSink {
                         .get(Provide::reference_entry(n))
                         .cloned()
                         .flatten(),
-                    ins: bundle.ins.clone(),
+                    ins: r.ins.clone(),
                     seq: permit.seq(),
                     at_ms: now,
                 }),

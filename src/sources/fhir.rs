@@ -141,7 +141,8 @@ async fn post(req: Request<Incoming>, store: &StoreHandle, peer: &Peer) -> Respo
             peer,
         );
     }
-    let limit = store.config().engine.max_frame_bytes;
+    let cfg = store.config();
+    let limit = cfg.engine.max_frame_bytes;
     let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => {
@@ -171,7 +172,6 @@ async fn post(req: Request<Incoming>, store: &StoreHandle, peer: &Peer) -> Respo
         peer: peer.address.clone(),
         identity: Some(peer.identity.clone()),
     };
-    let cfg = store.config();
     let sender = match cfg.system_of(&peer.identity) {
         Some(s) => s.name.clone(),
         None => peer.identity.label(),
@@ -182,7 +182,9 @@ async fn post(req: Request<Incoming>, store: &StoreHandle, peer: &Peer) -> Respo
                 .await
                 .1
         }
-        Err(issues) => return refuse_bundle(body.to_vec(), &issues, &origin, &sender, store).await,
+        Err(issues) => {
+            return refuse_bundle(Vec::from(body), &issues, &origin, &sender, store).await;
+        }
     };
     count_and_log(&origin, &handled);
     answer(&handled)

@@ -269,7 +269,7 @@ impl Store {
     ) -> Result<Option<PatientAdmin>, StoreError> {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(PATIENTS).map_err(db_err)?;
-        let key = format!("{establishment}\u{1f}{patient_key}");
+        let key = patient_admin_key(establishment, patient_key);
         match t.get(key.as_str()).map_err(db_err)? {
             Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),

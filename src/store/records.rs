@@ -176,6 +176,11 @@ pub struct CareGrant {
     pub at_ms: u64,
 }
 
+/// Key of the PATIENTS table: establishment, patient key (`router::Facts::patient_key`).
+pub fn patient_admin_key(establishment: &str, patient_key: &str) -> String {
+    format!("{establishment}\u{1f}{patient_key}")
+}
+
 /// Key of the care tables: establishment, patient key, RPPS.
 pub fn care_key(establishment: &str, patient_key: &str, rpps: &str) -> String {
     format!("{establishment}\u{1e}{patient_key}\u{1e}{rpps}")

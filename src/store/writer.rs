@@ -24,9 +24,6 @@ pub struct IngestRequest {
     pub enhanced: bool,
     /// MSH-16, when the sender wants an application ACK once the outcome is final.
     pub app_ack: Option<AppAckType>,
-    /// MetaDMPMSS `ACK_RECEPTION` = Y: the sender wants the DMP's outcome as a business
-    /// acknowledgement (ZAM^Z01).
-    pub ack_reception: bool,
     /// The peer's certificate identity (TLS listeners).
     pub identity: Option<crate::tls::PeerIdentity>,
     /// What tells a retransmission from a different message under the same control id;
@@ -197,7 +194,7 @@ pub fn patient_key(authority: &str, id: &str) -> String {
 /// the entries.
 pub fn patient_ref(establishment: &str, key: &str) -> String {
     let h = crate::model::sha256(format!("{establishment}\u{1f}{key}").as_bytes());
-    h[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::model::hex(&h[..8])
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -919,7 +916,7 @@ fn ingest(
             record_care(txn, &req.facts, establishment, seq, now)?;
             if let (Some(zfa), Some(pk)) = (&req.facts.zfa, &req.facts.patient_key) {
                 let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
-                let k = format!("{}\u{1f}{pk}", establishment.as_str());
+                let k = patient_admin_key(establishment.as_str(), pk);
                 // An opposition recorded by an operator outlives the next ADT.
                 let opposition = match t.get(k.as_str()).map_err(db_err)? {
                     Some(v) => decode::<PatientAdmin>(v.value())?.opposition,
@@ -959,7 +956,7 @@ fn ingest(
         }
         to.map(|to| PendingAppAck { mode, to })
     });
-    let business_ack = if req.ack_reception
+    let business_ack = if req.facts.ack_reception
         && dests
             .iter()
             .any(|d| d.as_str() == crate::config::DMP_DESTINATION)
@@ -1238,7 +1235,9 @@ fn delivery(
     let reception = match update {
         _ if dest != crate::config::DMP_DESTINATION => None,
         DeliveryUpdate::Delivered { .. } => Some(Some(crate::dmp::Reception::Accepted)),
-        DeliveryUpdate::Withheld { reason } => Some(crate::dmp::Reception::of_withheld(reason)),
+        DeliveryUpdate::Withheld { reason } => Some(
+            crate::dmp::Withheld::from_name(reason).and_then(crate::dmp::Reception::of_withheld),
+        ),
         DeliveryUpdate::Dead { .. } => Some(Some(crate::dmp::Reception::DEAD)),
         DeliveryUpdate::Retry { .. } => None,
     };
@@ -1347,48 +1346,17 @@ fn business_ack(
         return Ok(());
     };
     if let Some(outcome) = outcome {
-        let now = now_ms();
-        let raw = txn
-            .open_table(RAW)
-            .map_err(db_err)?
-            .get(rec.seq)
-            .map_err(db_err)?
-            .map(|v| v.value().to_vec())
-            .unwrap_or_default();
-        let prepared = crate::hl7::message::prepare(&raw);
-        let (header, profile) = match crate::hl7::Message::parse(&prepared) {
-            Ok(m) => (
-                AckHeader::of(&m),
-                m.msh().field(21).repetition(1).raw().to_vec(),
-            ),
-            Err(_) => (AckHeader::salvage(&prepared), Vec::new()),
-        };
-        seqs.message += 1;
-        let seq = seqs.message;
-        let control_id = format!("LRZ{seq}");
-        let bytes =
-            crate::dmp::reception_ack(&header, &profile, outcome, &control_id, &hl7_timestamp(now));
-        let zam = MessageRecord {
-            seq,
-            received_at_ms: now,
-            listener: String::new(),
-            peer: format!("DMP business acknowledgement of message {}", rec.seq),
-            control_id,
-            message_type: "ZAM^Z01".into(),
-            class: None,
-            sha256: crate::model::sha256_hex(&bytes),
-            status: RecordStatus::Routed,
-            decision: None,
-            rejection: None,
-            destinations: vec![to.clone()],
-            app_ack: None,
-            sender: None,
-            answers: Some(rec.seq),
-            business_ack: None,
-        };
-        store_message(txn, &zam, &bytes, &[])?;
-        enqueue(txn, seqs, to.as_str(), seq, None, now)?;
-        touched.insert(to.as_str().to_owned());
+        let seq = queue_answer(
+            txn,
+            seqs,
+            &rec,
+            &to,
+            Answering::BusinessAck,
+            |header, profile, control_id, now| {
+                crate::dmp::reception_ack(header, profile, outcome, control_id, &hl7_timestamp(now))
+            },
+            touched,
+        )?;
         let code = match outcome {
             crate::dmp::Reception::Accepted => "Y",
             crate::dmp::Reception::Refused { code, .. } => code,
@@ -1413,6 +1381,75 @@ fn business_ack(
     Ok(())
 }
 
+/// What labroute answers a stored message with.
+#[derive(Clone, Copy)]
+enum Answering {
+    /// The MSH-16 application ACK.
+    AppAck,
+    /// The DMP business acknowledgement (ZAM^Z01).
+    BusinessAck,
+}
+
+/// Builds (`build`: from the original's header, its MSH-21, the answer's control id and the
+/// time) an answer to `original`, stores it as a message of its own and queues it to `to`;
+/// returns its sequence number.
+fn queue_answer(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    original: &MessageRecord,
+    to: &DestinationName,
+    kind: Answering,
+    build: impl FnOnce(&AckHeader, &[u8], &str, u64) -> Vec<u8>,
+    touched: &mut BTreeSet<String>,
+) -> Result<u64, StoreError> {
+    let now = now_ms();
+    let raw = txn
+        .open_table(RAW)
+        .map_err(db_err)?
+        .get(original.seq)
+        .map_err(db_err)?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default();
+    let prepared = crate::hl7::message::prepare(&raw);
+    let (header, profile) = match crate::hl7::Message::parse(&prepared) {
+        Ok(m) => (
+            AckHeader::of(&m),
+            m.msh().field(21).repetition(1).raw().to_vec(),
+        ),
+        Err(_) => (AckHeader::salvage(&prepared), Vec::new()),
+    };
+    seqs.message += 1;
+    let seq = seqs.message;
+    let (prefix, message_type, peer) = match kind {
+        Answering::AppAck => ("LRA", "ACK", "application ACK"),
+        Answering::BusinessAck => ("LRZ", "ZAM^Z01", "DMP business acknowledgement"),
+    };
+    let control_id = format!("{prefix}{seq}");
+    let bytes = build(&header, &profile, &control_id, now);
+    let answer = MessageRecord {
+        seq,
+        received_at_ms: now,
+        listener: String::new(),
+        peer: format!("{peer} of message {}", original.seq),
+        control_id,
+        message_type: message_type.into(),
+        class: None,
+        sha256: crate::model::sha256_hex(&bytes),
+        status: RecordStatus::Routed,
+        decision: None,
+        rejection: None,
+        destinations: vec![to.clone()],
+        app_ack: None,
+        sender: None,
+        answers: Some(original.seq),
+        business_ack: None,
+    };
+    store_message(txn, &answer, &bytes, &[])?;
+    enqueue(txn, seqs, to.as_str(), seq, None, now)?;
+    touched.insert(to.as_str().to_owned());
+    Ok(seq)
+}
+
 /// Sends the application ACK a record owes, if its MSH-16 asks for this outcome: built from
 /// the original message's header, stored as a message of its own and queued to the
 /// listener's `application_acks_to`. An AA settles the debt; AE leaves it open (an operator
@@ -1429,50 +1466,18 @@ fn app_ack(
         return Ok(());
     };
     if pending.mode.sends(outcome) {
-        let now = now_ms();
-        let raw = txn
-            .open_table(RAW)
-            .map_err(db_err)?
-            .get(rec.seq)
-            .map_err(db_err)?
-            .map(|v| v.value().to_vec())
-            .unwrap_or_default();
-        let prepared = crate::hl7::message::prepare(&raw);
-        let header = crate::hl7::Message::parse(&prepared)
-            .map(|m| AckHeader::of(&m))
-            .unwrap_or_else(|_| AckHeader::salvage(&prepared));
-        seqs.message += 1;
-        let seq = seqs.message;
-        let control_id = format!("LRA{seq}");
         let code = ack::code_for(false, outcome);
-        let bytes = ack::build(
-            &header,
-            code,
-            err.as_ref(),
-            &control_id,
-            &hl7_timestamp(now),
-        );
-        let ack_rec = MessageRecord {
-            seq,
-            received_at_ms: now,
-            listener: String::new(),
-            peer: format!("application ACK of message {}", rec.seq),
-            control_id,
-            message_type: "ACK".into(),
-            class: None,
-            sha256: crate::model::sha256_hex(&bytes),
-            status: RecordStatus::Routed,
-            decision: None,
-            rejection: None,
-            destinations: vec![pending.to.clone()],
-            app_ack: None,
-            sender: None,
-            answers: Some(rec.seq),
-            business_ack: None,
-        };
-        store_message(txn, &ack_rec, &bytes, &[])?;
-        enqueue(txn, seqs, pending.to.as_str(), seq, None, now)?;
-        touched.insert(pending.to.as_str().to_owned());
+        let seq = queue_answer(
+            txn,
+            seqs,
+            rec,
+            &pending.to,
+            Answering::AppAck,
+            |header, _, control_id, now| {
+                ack::build(header, code, err.as_ref(), control_id, &hl7_timestamp(now))
+            },
+            touched,
+        )?;
         audit(
             txn,
             seqs,
@@ -1793,7 +1798,7 @@ fn operate(
                 Err(refusal) => return Ok(Err(refusal)),
             };
             let rpps = rpps.trim();
-            if rpps.len() != 11 || !rpps.bytes().all(|b| b.is_ascii_digit()) {
+            if !crate::access::is_rpps(rpps) {
                 return Ok(Err(OperatorError::Invalid("an RPPS is 11 digits".into())));
             }
             let pk = patient_key(authority, id);
@@ -1846,7 +1851,7 @@ fn operate(
                 Err(refusal) => return Ok(Err(refusal)),
             };
             let pk = patient_key(authority, id);
-            let key = format!("{}\u{1f}{pk}", est.id.as_str());
+            let key = patient_admin_key(est.id.as_str(), &pk);
             let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
             let mut p: PatientAdmin = match t.get(key.as_str()).map_err(db_err)? {
                 Some(v) => decode(v.value())?,
