@@ -101,9 +101,30 @@ pub fn add_care(seg: &Segment<'_>, out: &mut Vec<(String, Link)>) {
     }
 }
 
+/// The SAN URI that names a practitioner in a client certificate (the development PKI's
+/// form, `labroute pki init --practitioner`).
+pub fn practitioner_uri(rpps: &str) -> String {
+    format!("{PRACTITIONER_URI}{rpps}")
+}
+
+const PRACTITIONER_URI: &str = "urn:labroute:rpps:";
+
+/// The RPPS a client certificate names (its SAN URI `urn:labroute:rpps:<11 digits>`), when
+/// it names exactly one: a certificate that names two practitioners names none.
+pub fn practitioner(identity: &crate::tls::PeerIdentity) -> Option<String> {
+    let mut found = identity
+        .uris
+        .iter()
+        .filter_map(|u| u.strip_prefix(PRACTITIONER_URI));
+    let first = found.next()?;
+    (found.next().is_none() && is_rpps(first)).then(|| first.to_owned())
+}
+
 /// Why not (for the journal and the metric; the practitioner is told nothing).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denial {
+    /// No result of any establishment carries the identifier searched.
+    UnknownPatient,
     /// No such establishment.
     UnknownEstablishment,
     /// Its routes do not allow external access.
@@ -115,6 +136,7 @@ pub enum Denial {
 impl Denial {
     pub fn as_str(self) -> &'static str {
         match self {
+            Denial::UnknownPatient => "unknown_patient",
             Denial::UnknownEstablishment => "unknown_establishment",
             Denial::NotOpen => "no_external_access",
             Denial::NotInCare => "not_in_care",

@@ -242,6 +242,10 @@ enum PkiAction {
         /// Systems that get a client certificate (SAN URI urn:labroute:system:<name>).
         #[arg(long = "system", default_values = ["sil", "dpi-es1", "dpi-es2", "operator"])]
         systems: Vec<String>,
+        /// Practitioners (RPPS) that get a client certificate for the results server (SAN
+        /// URI urn:labroute:rpps:<RPPS>).
+        #[arg(long = "practitioner", default_values = ["10000000001"])]
+        practitioners: Vec<String>,
         /// DNS names and IP addresses of the server certificate.
         #[arg(long = "server-name", default_values = ["localhost", "127.0.0.1"])]
         server_names: Vec<String>,
@@ -521,6 +525,7 @@ async fn run(cli: Cli) -> Result<()> {
                 PkiAction::Init {
                     out,
                     systems,
+                    practitioners,
                     server_names,
                     days,
                     force,
@@ -529,6 +534,7 @@ async fn run(cli: Cli) -> Result<()> {
             let files = labroute::pki::generate(&labroute::pki::PkiSpec {
                 out,
                 systems,
+                practitioners,
                 server_names,
                 days,
                 now_ms: now_ms(),

@@ -2,7 +2,8 @@
 //! system, with explicit validity dates. For development and tests only: production plugs in
 //! certificates from a real PKI (the French health PKI, IGC-Santé) in the same files.
 //!
-//! A system's identity is the SAN URI `urn:labroute:system:<name>` of its certificate.
+//! A system's identity is the SAN URI `urn:labroute:system:<name>` of its certificate; a
+//! practitioner's, the SAN URI `urn:labroute:rpps:<RPPS>`.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,9 @@ pub struct PkiSpec {
     pub out: PathBuf,
     /// One client certificate each (`<name>.pem`, `<name>.key`).
     pub systems: Vec<String>,
+    /// Practitioners, by RPPS: one client certificate each (`rpps-<RPPS>.pem`, `.key`), the
+    /// SAN URI `urn:labroute:rpps:<RPPS>` (`access::practitioner`).
+    pub practitioners: Vec<String>,
     /// DNS names and IP addresses of the server certificate.
     pub server_names: Vec<String>,
     /// Leaf validity in days from yesterday (the CA gets ten times as long).
@@ -45,6 +49,8 @@ pub enum PkiError {
     Generate(#[from] rcgen::Error),
     #[error("{0:?} is not a valid system name (letters, digits, '-', '_', '.')")]
     BadName(String),
+    #[error("{0:?} is not an RPPS number (11 digits)")]
+    BadRpps(String),
 }
 
 fn ymd(ms: u64) -> (i32, u8, u8) {
@@ -92,6 +98,13 @@ pub fn generate(spec: &PkiSpec) -> Result<Vec<PathBuf>, PkiError> {
         if !valid_name(s) || s == "ca" || s == "server" {
             return Err(PkiError::BadName(s.clone()));
         }
+    }
+    if let Some(r) = spec
+        .practitioners
+        .iter()
+        .find(|r| !crate::access::is_rpps(r))
+    {
+        return Err(PkiError::BadRpps(r.clone()));
     }
     let ca_file = spec.out.join("ca.pem");
     if ca_file.exists() && !spec.force {
@@ -168,6 +181,19 @@ pub fn generate(spec: &PkiSpec) -> Result<Vec<PathBuf>, PkiError> {
         )?;
         write(format!("{s}.pem"), cert)?;
         write(format!("{s}.key"), key)?;
+    }
+    // A practitioner is a person at a workstation: a client only.
+    for r in &spec.practitioners {
+        let sans = vec![SanType::URI(
+            crate::access::practitioner_uri(r).as_str().try_into()?,
+        )];
+        let (cert, key) = leaf(
+            &format!("RPPS {r}"),
+            sans,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
+        )?;
+        write(format!("rpps-{r}.pem"), cert)?;
+        write(format!("rpps-{r}.key"), key)?;
     }
     Ok(written)
 }

@@ -13,6 +13,12 @@ pub mod names {
     /// Results the DMP gate withheld, by `reason` (`not_enabled`, `destdmp_no`,
     /// `identity_not_qualified`, `opposition`, `dmp_closed`).
     pub const DMP_WITHHELD: &str = "labroute_dmp_withheld_total";
+    /// Searches on the results server, by `outcome` (`served`: at least one establishment
+    /// answered; `nothing_served`: none did, whatever the reason).
+    pub const RESULTS_SEARCHES: &str = "labroute_results_searches_total";
+    /// Establishments (or unknown patients) a results search was refused, by `reason`
+    /// (`unknown_patient`, `unknown_establishment`, `no_external_access`, `not_in_care`).
+    pub const RESULTS_DENIED: &str = "labroute_results_access_denied_total";
     /// Prefix of the process counters (`stats::STATS`), exported as `<prefix><name>_total`.
     pub const STATS_PREFIX: &str = "labroute_";
 }
@@ -48,6 +54,14 @@ fn describe() {
     metrics::describe_counter!(
         names::DMP_WITHHELD,
         "Results the DMP gate withheld (not sent, journalled), by reason"
+    );
+    metrics::describe_counter!(
+        names::RESULTS_SEARCHES,
+        "Searches on the results server, by outcome (served, nothing_served)"
+    );
+    metrics::describe_counter!(
+        names::RESULTS_DENIED,
+        "Results searches refused for a patient or establishment (answered as if nothing existed, journalled), by reason"
     );
     for (name, help) in crate::stats::DESCRIPTIONS {
         metrics::describe_counter!(format!("{}{name}_total", names::STATS_PREFIX), *help);

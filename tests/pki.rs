@@ -11,6 +11,7 @@ fn spec(dir: &std::path::Path, ca_name: &str) -> PkiSpec {
     PkiSpec {
         out: dir.to_path_buf(),
         systems: vec!["sil".into(), "dpi-es1".into()],
+        practitioners: vec!["10000000001".into()],
         server_names: vec!["localhost".into(), "127.0.0.1".into()],
         days: 30,
         now_ms: now_ms(),
@@ -37,9 +38,14 @@ fn openssl(args: &[&str]) -> (bool, String) {
 fn generated_certificates_verify_carry_dates_and_identity_and_refuse_overwrite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = generate(&spec(dir.path(), "test CA")).expect("generates");
-    assert_eq!(files.len(), 8);
+    assert_eq!(files.len(), 10);
     let p = |f: &str| dir.path().join(f).display().to_string();
-    for leaf in ["server.pem", "sil.pem", "dpi-es1.pem"] {
+    for leaf in [
+        "server.pem",
+        "sil.pem",
+        "dpi-es1.pem",
+        "rpps-10000000001.pem",
+    ] {
         let (ok, out) = openssl(&["verify", "-CAfile", &p("ca.pem"), &p(leaf)]);
         assert!(ok, "{leaf}: {out}");
     }
@@ -81,6 +87,37 @@ fn generated_certificates_verify_carry_dates_and_identity_and_refuse_overwrite()
     assert!(
         server.contains("DNS:localhost") && server.contains("IP Address:127.0.0.1"),
         "{server}"
+    );
+
+    // A practitioner's certificate names him by his RPPS, and is a client certificate only.
+    let (_, practitioner) = openssl(&[
+        "x509",
+        "-in",
+        &p("rpps-10000000001.pem"),
+        "-noout",
+        "-ext",
+        "subjectAltName,extendedKeyUsage",
+    ]);
+    assert!(
+        practitioner.contains("URI:urn:labroute:rpps:10000000001")
+            && practitioner.contains("TLS Web Client Authentication")
+            && !practitioner.contains("TLS Web Server Authentication"),
+        "{practitioner}"
+    );
+    let der = labroute::tls::load_certs(&dir.path().join("rpps-10000000001.pem")).expect("PEM");
+    let id = labroute::tls::identity(&der[0]).expect("identity");
+    assert_eq!(
+        labroute::access::practitioner(&id).as_deref(),
+        Some("10000000001")
+    );
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let mut bad = spec(scratch.path(), "test CA");
+    bad.practitioners = vec!["1234".into()];
+    assert!(
+        generate(&bad)
+            .expect_err("not an RPPS")
+            .to_string()
+            .contains("RPPS")
     );
 
     // Another CA's certificate does not verify against ours.

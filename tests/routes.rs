@@ -65,7 +65,7 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
     let msg = data.path().join("result.hl7");
     std::fs::write(
         &msg,
-        "MSH|^~\\&|SIL|LAB|DPI||20250301100000||ORU^R01^ORU_R01|README-1|P|2.5\rPID|||100001^^^CHNORD-IPP^PI\rOBR|1|||K^Potassium^L\rOBX|1|NM|K^Potassium^L||4.1|mmol/L|||||F\r",
+        "MSH|^~\\&|SIL|LAB|DPI||20250301100000||ORU^R01^ORU_R01|README-1|P|2.5\rPID|||100001^^^CHNORD-IPP^PI\rORC|RE|||||||||||10000000001^DOC^A^^^^^^^^^^RPPS\rOBR|1|||K^Potassium^L|||20250301093000\rOBX|1|NM|K^Potassium^L||4.1|mmol/L|||||F\r",
     )
     .expect("write");
     let send = |tls: bool| {
@@ -136,6 +136,23 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
         .args(["--data-binary", "@tests/fixtures/fhir/order_bundle.json"])
         .arg("https://127.0.0.1:2581/")
         .output();
+    // The README's results search, as written there (a patient with no result), and the
+    // same search for the result sent above, which names that practitioner (ORC-12).
+    let search = |query: &str| {
+        std::process::Command::new("curl")
+            .current_dir(root)
+            .args(["-sS", "--max-time", "10", "--cacert", "certs/ca.pem"])
+            .args([
+                "--cert",
+                "certs/rpps-10000000001.pem",
+                "--key",
+                "certs/rpps-10000000001.key",
+            ])
+            .arg(format!("https://127.0.0.1:2581/DiagnosticReport?{query}"))
+            .output()
+    };
+    let curl_search = search("patient.identifier=123456&date=ge2025-01-01");
+    let curl_found = search("patient.identifier=100001&date=ge2025-01-01");
     let _ = serve.kill();
     let _ = serve.wait();
     assert!(up, "serve did not listen on 127.0.0.1:2575");
@@ -163,8 +180,24 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
     let err = String::from_utf8_lossy(&status_no_cert.stderr);
     assert!(!status_no_cert.status.success());
     assert!(err.contains("--cert"), "{err}");
-    match (curl_ok, curl_no_cert, curl_fhir, curl_order) {
-        (Ok(ok), Ok(no), Ok(fhir), Ok(order)) => {
+    match (
+        curl_ok,
+        curl_no_cert,
+        curl_fhir,
+        curl_order,
+        curl_search,
+        curl_found,
+    ) {
+        (Ok(ok), Ok(no), Ok(fhir), Ok(order), Ok(search), Ok(found)) => {
+            for (answer, total) in [(search, 0), (found, 1)] {
+                let body = String::from_utf8_lossy(&answer.stdout);
+                let v: serde_json::Value = serde_json::from_str(&body).expect("a searchset");
+                assert_eq!(
+                    (&v["type"], &v["total"]),
+                    (&serde_json::json!("searchset"), &serde_json::json!(total)),
+                    "{v}"
+                );
+            }
             let text = String::from_utf8_lossy(&order.stdout);
             assert!(
                 text.ends_with("\n201") && text.contains("for ES1"),

@@ -20,16 +20,46 @@ pub use labroute_fhir_json::r4;
 pub mod inbound;
 pub mod mhd;
 pub mod report;
+pub mod search;
 pub mod v2;
 
 pub use report::{Mapped, map_result};
 
 /// The FHIR endpoint's CapabilityStatement (`GET /metadata`), as JSON: transactions of
-/// orders and results, mutual TLS. `date`: when this instance started (FHIR dateTime).
+/// orders and results, results searches, mutual TLS. `date`: when this instance started (FHIR dateTime).
 pub fn capability_json(date: &str) -> Result<String, ToJsonError> {
     use r4::resources::{
         CapabilityStatement, CapabilityStatementRest, CapabilityStatementRestInteraction,
-        CapabilityStatementRestSecurity, CapabilityStatementSoftware,
+        CapabilityStatementRestResource, CapabilityStatementRestResourceInteraction,
+        CapabilityStatementRestResourceSearchParam, CapabilityStatementRestSecurity,
+        CapabilityStatementSoftware,
+    };
+    let param = |name: &str, kind: &str, doc: &str| CapabilityStatementRestResourceSearchParam {
+        name: name.into(),
+        r#type: kind.into(),
+        documentation: Some(doc.into()),
+        ..Default::default()
+    };
+    let searched = |kind: search::Kind| CapabilityStatementRestResource {
+        r#type: kind.as_str().into(),
+        interaction: vec![CapabilityStatementRestResourceInteraction {
+            code: "search-type".into(),
+            ..Default::default()
+        }],
+        search_param: vec![
+            param(
+                "patient.identifier",
+                "token",
+                "required: the patient, by an identifier of his (INS, or an establishment's IPP)",
+            ),
+            param(
+                "date",
+                "date",
+                "effective[x]; prefixes eq, ne, gt, lt, ge, le",
+            ),
+            param("code", "token", "the code (LOINC or local), system|code"),
+        ],
+        ..Default::default()
     };
     let cs = CapabilityStatement {
         status: "active".into(),
@@ -47,13 +77,18 @@ pub fn capability_json(date: &str) -> Result<String, ToJsonError> {
             documentation: Some(
                 "POST [base] a transaction Bundle: an order (Patient, ServiceRequest, Specimen) \
                  or a result (Patient, DiagnosticReport, its Observations). It is acknowledged \
-                 once stored and routed like its HL7 v2 twin (OML^O33, ORU^R01)."
+                 once stored and routed like its HL7 v2 twin (OML^O33, ORU^R01). \
+                 GET [base]/DiagnosticReport or [base]/Observation?patient.identifier=…: \
+                 the results a practitioner may read."
                     .into(),
             ),
             security: Some(CapabilityStatementRestSecurity {
                 description: Some(
-                    "Mutual TLS: the client certificate names a configured system, which \
-                     speaks only for its own establishments."
+                    "Mutual TLS. Transactions: the client certificate names a configured \
+                     system, which speaks only for its own establishments. Searches: the \
+                     client certificate names a practitioner (RPPS), who sees the results of \
+                     the patients he takes part in caring for, in the establishments open to \
+                     external access; any other search finds nothing."
                         .into(),
                 ),
                 ..Default::default()
@@ -62,6 +97,10 @@ pub fn capability_json(date: &str) -> Result<String, ToJsonError> {
                 code: "transaction".into(),
                 ..Default::default()
             }],
+            resource: vec![
+                searched(search::Kind::DiagnosticReport),
+                searched(search::Kind::Observation),
+            ],
             ..Default::default()
         }],
         ..Default::default()

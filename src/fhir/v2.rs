@@ -792,7 +792,7 @@ fn last_sunday(y: u16, m: u8) -> u8 {
 }
 
 /// The offset of a local wall-clock time in `zone`.
-fn zone_offset(zone: Zone, y: u16, m: u8, d: u8, h: u8) -> i16 {
+pub fn zone_offset(zone: Zone, y: u16, m: u8, d: u8, h: u8) -> i16 {
     match zone {
         Zone::Fixed(o) => o,
         Zone::EuropeParis => {

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::hl7::Message;
 use crate::hl7::ack::AckError;
+use crate::hl7::{Message, Value};
 use crate::model::MessageClass;
 
 /// An order number (EI): entity identifier and namespace.
@@ -64,6 +64,18 @@ pub struct Facts {
     /// acknowledgement (ZAM^Z01).
     #[serde(default)]
     pub ack_reception: bool,
+    /// A result's patient identifiers (the first PID's PID-3, INS included), as FHIR
+    /// `Patient.identifier` has them: the results server finds the patient by them.
+    #[serde(default)]
+    pub patient_ids: Vec<PatientId>,
+}
+
+/// One identifier of a patient, as the FHIR mapping writes it (`fhir::v2::cx_identifier`):
+/// the system is `None` when the assigning authority is a bare namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatientId {
+    pub system: Option<String>,
+    pub value: String,
 }
 
 /// A message refused before routing: the ACK's ERR content.
@@ -97,6 +109,24 @@ fn push_found(out: &mut Vec<Found>, field: &str, value: &str) {
 fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
     matches!(id_type, "INS" | "INS-NIR" | "INS-NIA" | "INS-C" | "NH")
         || authority_uid.starts_with("1.2.250.1.213.1.4.")
+}
+
+/// A CX as the identifier FHIR gives it (the same system as `fhir::v2::cx_identifier`).
+fn push_patient_id(out: &mut Vec<PatientId>, cx: &Value<'_>) {
+    use crate::fhir::v2::{hd_system, text};
+    let Some(value) = text(cx.component(1)) else {
+        return;
+    };
+    let auth = cx.component(4);
+    let (system, _) = hd_system(
+        text(auth.subcomponent(1)),
+        text(auth.subcomponent(2)),
+        text(auth.subcomponent(3)),
+    );
+    let id = PatientId { system, value };
+    if !out.contains(&id) {
+        out.push(id);
+    }
 }
 
 fn push_visit_authority(f: &mut Facts, field: &crate::hl7::message::Field<'_>, name: &str) {
@@ -160,6 +190,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         zfa: None,
         care_team: Vec::new(),
         ack_reception: false,
+        patient_ids: Vec::new(),
     };
     push_found(
         &mut f.sending_facility,
@@ -177,6 +208,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
     // spares every other result a look at each OBX.
     let dmp_meta = matches!(class, MessageClass::Result | MessageClass::Document)
         && memchr::memmem::find(msg.bytes(), b"MetaDMPMSS").is_some();
+    let mut pids = 0usize;
     for seg in msg.segments() {
         if result {
             crate::access::add_care(&seg, &mut f.care_team);
@@ -224,8 +256,12 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                 push_visit_authority(&mut f, &seg.field(19), "PV1-19");
             }
             b"PID" => {
+                pids += 1;
                 push_visit_authority(&mut f, &seg.field(18), "PID-18");
                 for rep in seg.field(3).repetitions() {
+                    if result && pids == 1 {
+                        push_patient_id(&mut f.patient_ids, &rep);
+                    }
                     let auth = rep.component(4);
                     let ns = auth.subcomponent(1).text();
                     let uid = auth.subcomponent(2).text();

@@ -19,7 +19,8 @@
 //! | store unavailable (not stored; send again) | 503 | OperationOutcome, `Retry-After` |
 //!
 //! `GET /metadata` answers the CapabilityStatement. No answer carries a value from the
-//! Bundle: issues name elements by FHIRPath.
+//! Bundle: issues name elements by FHIRPath. `GET /DiagnosticReport` and `GET /Observation`
+//! are the results server's searches, for practitioners (`sources::results`).
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::fhir::inbound::{self, Issue, outcome_json, outcome_one};
+use crate::fhir::search::Kind;
 use crate::hl7::ack::{AckError, AckHeader};
 use crate::https::Peer;
 use crate::ingest::{Handled, Origin, count_and_log, handle_message};
@@ -105,6 +107,15 @@ async fn respond(
             Bytes::copy_from_slice(capability.as_bytes()),
         ),
         ("", Method::POST) => post(req, store, peer).await,
+        (p, m) if let Some(kind) = Kind::of_path(p) => match m {
+            Method::GET => super::results::search(kind, req.uri().query(), store, peer).await,
+            m => refused(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "not-supported",
+                &format!("{m} is not supported here: results are searched with GET"),
+                peer,
+            ),
+        },
         ("/metadata" | "", m) => refused(
             StatusCode::METHOD_NOT_ALLOWED,
             "not-supported",
@@ -116,7 +127,7 @@ async fn respond(
         _ => refused(
             StatusCode::NOT_FOUND,
             "not-found",
-            "no such path: POST a transaction Bundle to the base",
+            "no such path: POST a transaction Bundle to the base, or GET /DiagnosticReport or /Observation to search results",
             peer,
         ),
     }

@@ -2,3 +2,4 @@
 pub mod accept;
 pub mod fhir;
 pub mod mllp;
+pub mod results;

@@ -42,6 +42,11 @@ pub(crate) const DMP_DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("
 pub(crate) const CARE_LINKS: TableDefinition<&str, &[u8]> = TableDefinition::new("care_links");
 /// `care_key` → CareGrant: access granted by an operator.
 pub(crate) const CARE_GRANTS: TableDefinition<&str, &[u8]> = TableDefinition::new("care_grants");
+/// `result_key` → seq: a result (ORU/OUL) routed or released to an establishment, by patient.
+pub(crate) const RESULTS: TableDefinition<&str, u64> = TableDefinition::new("results");
+/// `patient_id_key` → seq of the first result that gave it: which patient of which
+/// establishment a result's patient identifier names.
+pub(crate) const PATIENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("patient_ids");
 
 /// File name of the store inside the data directory.
 pub const STORE_FILE: &str = "labroute.redb";
@@ -135,6 +140,8 @@ impl Store {
             txn.open_table(DMP_DOCS).map_err(db_err)?;
             txn.open_table(CARE_LINKS).map_err(db_err)?;
             txn.open_table(CARE_GRANTS).map_err(db_err)?;
+            txn.open_table(RESULTS).map_err(db_err)?;
+            txn.open_table(PATIENT_IDS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store {
@@ -328,6 +335,65 @@ impl Store {
             Some(v) => Ok(Some(decode::<CareLink>(v.value())?.link)),
             None => Ok(None),
         }
+    }
+
+    /// The patients (establishment, patient key) whose results carry the identifier `value`,
+    /// of the given system (`Some(None)`: with no system; `None`: any system).
+    pub fn patients_by_identifier(
+        &self,
+        system: Option<Option<&str>>,
+        value: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(PATIENT_IDS).map_err(db_err)?;
+        let prefix = format!("{value}\u{1e}");
+        let mut out: Vec<(String, String)> = Vec::new();
+        for item in t.range(prefix.as_str()..).map_err(db_err)? {
+            let (k, _) = item.map_err(db_err)?;
+            let Some(rest) = k.value().strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            let mut parts = rest.splitn(3, '\u{1e}');
+            let (Some(sys), Some(est), Some(pk)) = (parts.next(), parts.next(), parts.next())
+            else {
+                return Err(StoreError::Record(
+                    "patient_ids key".into(),
+                    rest.to_owned(),
+                ));
+            };
+            let wanted = match system {
+                None => true,
+                Some(None) => sys.is_empty(),
+                Some(Some(s)) => sys == s,
+            };
+            let p = (est.to_owned(), pk.to_owned());
+            if wanted && !out.contains(&p) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The results routed or released to `establishment` for the patient `patient_key`, by
+    /// message number, newest first.
+    pub fn results_of(
+        &self,
+        establishment: &str,
+        patient_key: &str,
+    ) -> Result<Vec<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(RESULTS).map_err(db_err)?;
+        let prefix = result_key_prefix(establishment, patient_key);
+        let mut out = Vec::new();
+        for item in t.range(prefix.as_str()..).map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            if !k.value().starts_with(prefix.as_str()) {
+                break;
+            }
+            out.push(v.value());
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// Counts for status output.

@@ -185,3 +185,27 @@ pub fn patient_admin_key(establishment: &str, patient_key: &str) -> String {
 pub fn care_key(establishment: &str, patient_key: &str, rpps: &str) -> String {
     format!("{establishment}\u{1e}{patient_key}\u{1e}{rpps}")
 }
+
+/// Prefix of the RESULTS keys of one patient of one establishment.
+pub fn result_key_prefix(establishment: &str, patient_key: &str) -> String {
+    format!("{establishment}\u{1e}{patient_key}\u{1e}")
+}
+
+/// Key of the RESULTS table: establishment, patient key, message number (sorts by number).
+pub fn result_key(establishment: &str, patient_key: &str, seq: u64) -> String {
+    format!("{}{seq:020}", result_key_prefix(establishment, patient_key))
+}
+
+/// Key of the PATIENT_IDS table: identifier value, system (empty when none), establishment,
+/// patient key.
+pub fn patient_id_key(
+    value: &str,
+    system: Option<&str>,
+    establishment: &str,
+    patient_key: &str,
+) -> String {
+    format!(
+        "{value}\u{1e}{}\u{1e}{establishment}\u{1e}{patient_key}",
+        system.unwrap_or("")
+    )
+}

@@ -9,7 +9,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use super::*;
 use crate::config::Config;
 use crate::hl7::ack::{self, AckCode, AckError, AckHeader, AckOutcome, AppAckType};
-use crate::model::{DestinationName, EstablishmentId};
+use crate::model::{DestinationName, EstablishmentId, MessageClass};
 use crate::router::{self, Decision, Facts, OrderIndex};
 use crate::time::{hl7_timestamp, now_ms};
 
@@ -913,7 +913,7 @@ fn ingest(
                 )?;
                 touched.insert(d.as_str().to_owned());
             }
-            record_care(txn, &req.facts, establishment, seq, now)?;
+            record_result(txn, &req.facts, establishment, seq, now)?;
             if let (Some(zfa), Some(pk)) = (&req.facts.zfa, &req.facts.patient_key) {
                 let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
                 let k = patient_admin_key(establishment.as_str(), pk);
@@ -1123,9 +1123,11 @@ fn reject(
     })
 }
 
-/// Records the practitioners a result owned by `establishment` names in the patient's care
-/// (`access`): the first link per practitioner is kept.
-fn record_care(
+/// Records what the results server reads of a message owned by `establishment`: the
+/// practitioners it names in the patient's care (`access`; the first link per practitioner is
+/// kept), and for a result, its place in the patient's results and the patient's
+/// identifiers.
+fn record_result(
     txn: &WriteTransaction,
     facts: &Facts,
     establishment: &EstablishmentId,
@@ -1135,20 +1137,33 @@ fn record_care(
     let Some(pk) = &facts.patient_key else {
         return Ok(());
     };
-    if facts.care_team.is_empty() {
-        return Ok(());
+    let est = establishment.as_str();
+    if !facts.care_team.is_empty() {
+        let mut t = txn.open_table(CARE_LINKS).map_err(db_err)?;
+        for (rpps, link) in &facts.care_team {
+            let k = care_key(est, pk, rpps);
+            if t.get(k.as_str()).map_err(db_err)?.is_none() {
+                let v = CareLink {
+                    link: *link,
+                    seq,
+                    at_ms: now,
+                };
+                t.insert(k.as_str(), encode(&v).as_slice())
+                    .map_err(db_err)?;
+            }
+        }
     }
-    let mut t = txn.open_table(CARE_LINKS).map_err(db_err)?;
-    for (rpps, link) in &facts.care_team {
-        let k = care_key(establishment.as_str(), pk, rpps);
-        if t.get(k.as_str()).map_err(db_err)?.is_none() {
-            let v = CareLink {
-                link: *link,
-                seq,
-                at_ms: now,
-            };
-            t.insert(k.as_str(), encode(&v).as_slice())
-                .map_err(db_err)?;
+    if facts.class == MessageClass::Result {
+        txn.open_table(RESULTS)
+            .map_err(db_err)?
+            .insert(result_key(est, pk, seq).as_str(), seq)
+            .map_err(db_err)?;
+        let mut t = txn.open_table(PATIENT_IDS).map_err(db_err)?;
+        for id in &facts.patient_ids {
+            let k = patient_id_key(&id.value, id.system.as_deref(), est, pk);
+            if t.get(k.as_str()).map_err(db_err)?.is_none() {
+                t.insert(k.as_str(), seq).map_err(db_err)?;
+            }
         }
     }
     Ok(())
@@ -1676,7 +1691,7 @@ fn operate(
             }
             if let Some(f) = &facts {
                 record_orders(txn, f, &est.id)?;
-                record_care(txn, f, &est.id, *seq, now)?;
+                record_result(txn, f, &est.id, *seq, now)?;
             }
             txn.open_table(QUARANTINE)
                 .map_err(db_err)?

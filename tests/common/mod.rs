@@ -371,6 +371,7 @@ pub fn temp_pki(
     labroute::pki::generate(&labroute::pki::PkiSpec {
         out: dir.to_path_buf(),
         systems: systems.iter().map(|s| s.to_string()).collect(),
+        practitioners: Vec::new(),
         server_names: server_names.iter().map(|s| s.to_string()).collect(),
         days: 30,
         now_ms,

@@ -1,0 +1,232 @@
+//! The results server: FHIR searches (`GET /DiagnosticReport`, `GET /Observation` by
+//! `patient.identifier`, `date`, `code`) on the FHIR endpoint, for a practitioner whose
+//! client certificate names him by his RPPS (`access::practitioner`).
+//!
+//! He sees the results of a patient only in the establishments where `access::decide` says
+//! yes. Everything else (no such patient, an establishment closed to outside access, a
+//! patient he does not care for) answers exactly like a patient with no result: the same
+//! empty searchset, status 200. Every search is journalled (`results_search`: who, which
+//! establishments answered, which refused and why, patients as `patient_ref`) before the
+//! answer leaves, and counted (`labroute_results_searches_total`,
+//! `labroute_results_access_denied_total`).
+//!
+//! | request | status |
+//! |---|---|
+//! | a search | 200, a searchset Bundle (possibly empty) |
+//! | a certificate that names no practitioner | 403 OperationOutcome |
+//! | a parameter missing, malformed or not supported | 400 OperationOutcome naming it |
+//! | store or journal unavailable | 503 OperationOutcome, `Retry-After` |
+
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Bytes;
+
+use crate::access::{self, Denial, Link};
+use crate::config::Config;
+use crate::fhir::Zone;
+use crate::fhir::inbound::outcome_one;
+use crate::fhir::search::{self, Kind, Query};
+use crate::https::Peer;
+use crate::stats::{self, STATS};
+use crate::store::audit::AuditEvent;
+use crate::store::writer::patient_ref;
+use crate::store::{Store, StoreError, StoreHandle};
+use crate::telemetry::names;
+
+use super::fhir::{FHIR_JSON, LISTENER};
+
+/// What a search found, before it is filtered.
+#[derive(Debug, Default)]
+struct Gathered {
+    /// Result Bundles (JSON) of the patients he may see, newest message first.
+    bundles: Vec<serde_json::Value>,
+    /// (establishment, patient_ref, link) that answered.
+    served: Vec<(String, String, Link)>,
+    /// (establishment and patient_ref when known, why not).
+    denied: Vec<(Option<(String, String)>, Denial)>,
+    /// Stored results that did not map (logged; never expected: they mapped at ingest
+    /// when a FHIR destination took them, and the mapping is deterministic).
+    unmapped: Vec<u64>,
+}
+
+/// Answers a search.
+pub async fn search(
+    kind: Kind,
+    query: Option<&str>,
+    store: &StoreHandle,
+    peer: &Peer,
+) -> Response<Full<Bytes>> {
+    let Some(rpps) = access::practitioner(&peer.identity) else {
+        return refused(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "searching results needs a practitioner's client certificate (RPPS)",
+            peer,
+        );
+    };
+    let cfg = store.config().clone();
+    let zone = cfg.fhir.zone;
+    let q = match search::parse(kind, query, zone) {
+        Ok(q) => q,
+        Err(e) => {
+            return refused(StatusCode::BAD_REQUEST, "invalid", &e.to_string(), peer);
+        }
+    };
+    let self_url = match query {
+        Some(qs) => format!("{}?{qs}", kind.as_str()),
+        None => kind.as_str().to_owned(),
+    };
+    let reader = store.store().clone();
+    let job = {
+        let (q, rpps) = (q.clone(), rpps.clone());
+        tokio::task::spawn_blocking(move || gather(&reader, &cfg, &rpps, &q, zone))
+    };
+    let gathered = match job.await {
+        Ok(Ok(g)) => g,
+        Ok(Err(e)) => {
+            tracing::error!(listener = LISTENER, error = %e, "results search: store unreadable");
+            return unavailable();
+        }
+        Err(e) => {
+            tracing::error!(listener = LISTENER, error = %e, "results search failed");
+            return unavailable();
+        }
+    };
+    let found = search::select(&q, &gathered.bundles, zone);
+    let matches = found.iter().filter(|f| f.matched).count();
+    let answer = search::searchset(&self_url, found);
+    if let Err(e) = store
+        .audit(journal(&q, &rpps, peer, &gathered, matches))
+        .await
+    {
+        tracing::error!(listener = LISTENER, error = %e, "results search not journalled: not answered");
+        return unavailable();
+    }
+    for (_, d) in &gathered.denied {
+        metrics::counter!(names::RESULTS_DENIED, "reason" => d.as_str()).increment(1);
+    }
+    let outcome = if gathered.served.is_empty() {
+        "nothing_served"
+    } else {
+        "served"
+    };
+    metrics::counter!(names::RESULTS_SEARCHES, "outcome" => outcome).increment(1);
+    for seq in &gathered.unmapped {
+        tracing::error!(
+            listener = LISTENER,
+            seq,
+            "a stored result does not map to FHIR: left out of a search"
+        );
+    }
+    tracing::info!(
+        listener = LISTENER,
+        peer = %peer.address,
+        rpps = %rpps,
+        resource = kind.as_str(),
+        establishments = gathered.served.len(),
+        denied = gathered.denied.len(),
+        matches,
+        "results search"
+    );
+    crate::https::response(StatusCode::OK, FHIR_JSON, answer.to_string())
+}
+
+/// The patients the identifier names, the decision for each, and the results of those he
+/// may see, mapped.
+fn gather(
+    store: &Store,
+    cfg: &Config,
+    rpps: &str,
+    q: &Query,
+    zone: Zone,
+) -> Result<Gathered, StoreError> {
+    let mut g = Gathered::default();
+    let mut bundles: Vec<(u64, serde_json::Value)> = Vec::new();
+    let system = q.patient.system.as_ref().map(|s| s.as_deref());
+    let patients = store.patients_by_identifier(system, &q.patient.code)?;
+    if patients.is_empty() {
+        g.denied.push((None, Denial::UnknownPatient));
+    }
+    for (est, pk) in patients {
+        let pref = patient_ref(&est, &pk);
+        match access::decide(store, cfg, rpps, &est, &pk)? {
+            Err(d) => g.denied.push((Some((est, pref)), d)),
+            Ok(link) => {
+                for seq in store.results_of(&est, &pk)? {
+                    let Some(raw) = store.raw(seq)? else {
+                        g.unmapped.push(seq);
+                        continue;
+                    };
+                    let bytes = crate::hl7::message::prepare(&raw);
+                    match crate::fhir::result_bundle_json(&bytes, zone, false)
+                        .ok()
+                        .and_then(|j| serde_json::from_str(&j).ok())
+                    {
+                        Some(b) => bundles.push((seq, b)),
+                        None => g.unmapped.push(seq),
+                    }
+                }
+                g.served.push((est, pref, link));
+            }
+        }
+    }
+    bundles.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+    g.bundles = bundles.into_iter().map(|(_, b)| b).collect();
+    Ok(g)
+}
+
+/// The journal entry of a search: no patient data (patients as `patient_ref`, the
+/// identifier searched as a digest).
+fn journal(q: &Query, rpps: &str, peer: &Peer, g: &Gathered, matches: usize) -> AuditEvent {
+    let identifier = format!(
+        "{}|{}",
+        q.patient.system.clone().flatten().unwrap_or_default(),
+        q.patient.code
+    );
+    let digest = crate::model::sha256(identifier.as_bytes());
+    AuditEvent {
+        event: "results_search",
+        message: None,
+        establishment: None,
+        actor: Some(format!("rpps:{rpps}")),
+        detail: serde_json::json!({
+            "listener": LISTENER,
+            "peer": peer.address,
+            "resource": q.kind.as_str(),
+            "identifier_ref": crate::model::hex(&digest[..8]),
+            "served": g.served.iter().map(|(est, pref, link)| serde_json::json!({
+                "establishment": est, "patient_ref": pref, "link": link.as_str(),
+            })).collect::<Vec<_>>(),
+            "denied": g.denied.iter().map(|(at, why)| serde_json::json!({
+                "establishment": at.as_ref().map(|(e, _)| e),
+                "patient_ref": at.as_ref().map(|(_, p)| p),
+                "why": why.as_str(),
+            })).collect::<Vec<_>>(),
+            "matches": matches,
+        }),
+    }
+}
+
+/// A request refused before any search: counted, logged, answered with an OperationOutcome.
+fn refused(status: StatusCode, code: &str, text: &str, peer: &Peer) -> Response<Full<Bytes>> {
+    stats::add(&STATS.fhir_requests_refused, 1);
+    tracing::warn!(listener = LISTENER, peer = %peer.address, status = status.as_u16(), why = text, "results search refused");
+    crate::https::response(status, FHIR_JSON, outcome_one("error", code, text))
+}
+
+fn unavailable() -> Response<Full<Bytes>> {
+    let mut r = crate::https::response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        FHIR_JSON,
+        outcome_one(
+            "error",
+            "transient",
+            "the results cannot be searched now: try again",
+        ),
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("5"),
+    );
+    r
+}
