@@ -237,7 +237,8 @@ impl Reception {
 /// `‚Ä¶_Message_metier_reception_DMP.hl7`): the DMP's outcome for the message `h` describes
 /// (its control id in OBX-4), sent back to its sender. `profile` is the original's MSH-21
 /// (`2.1^CISIS_CDA_HL7_V2`), which also picks the coding-system names (2.0: HL7 table
-/// numbers). Texts carry accents only when the original is UTF-8.
+/// numbers). It is written in the original's charset (MSH-18: UTF-8, ISO 8859-1 or -15;
+/// another one gets ASCII texts).
 pub fn reception_ack(
     h: &crate::hl7::ack::AckHeader,
     profile: &[u8],
@@ -249,9 +250,16 @@ pub fn reception_ack(
         .delims
         .unwrap_or(crate::hl7::message::Delimiters::standard());
     let (fs, cs) = (d.field as char, d.component as char);
+    use crate::hl7::text::{Charset, encode};
     let utf8 = h.charset.is_empty() || h.charset == b"UNICODE UTF-8";
+    // The original's charset (ASCII when labroute cannot write it): the ZAM is written in it.
+    let charset_of = match Charset::from_msh18(&h.charset) {
+        Ok(Some(c)) => c,
+        Ok(None) => Charset::Utf8,
+        Err(_) => Charset::Ascii,
+    };
     let text = |t: &str| -> String {
-        if utf8 {
+        if encode(charset_of, t).is_some() {
             t.to_owned()
         } else {
             t.chars()
@@ -264,7 +272,10 @@ pub fn reception_ack(
                 .collect()
         }
     };
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let s = |b: &[u8]| match charset_of.decode(b) {
+        Ok(t) => t.into_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    };
     let v20 = profile.starts_with(b"2.0");
     let (yes_no, condition) = if v20 {
         ("HL70136", "HL70357")
@@ -310,7 +321,7 @@ OBX{fs}1{fs}CWE{fs}ACK_RECEPTION_DMP{cs}{label}{cs}AckMetierZAM{fs}{original}{fs
             t = text(t)
         ));
     }
-    out.into_bytes()
+    encode(charset_of, &out).unwrap_or_else(|| out.into_bytes())
 }
 
 /// The gate for a deletion: only the establishment's switch.
@@ -433,6 +444,25 @@ ERR|||207^Application internal error^messageErrorCondition|E|DMPClosed^DMP ferm√
         let ok = String::from_utf8(ok).expect("utf8");
         assert!(ok.contains("|015|Y^^HL70136||||||F|\r"), "{ok}");
         assert!(!ok.contains("ERR"), "{ok}");
+        // An ISO 8859-1 original gets its ZAM in ISO 8859-1, accents and sender included.
+        let latin = b"MSH|^~\\&|SIL-\xc9|labo|PFI-X|Organisation-X|202106060931||ORU^R01^ORU_R01|015|P|2.5|||||FRA|8859/1|||2.1^CISIS_CDA_HL7_V2\r";
+        let m = Message::parse(latin).expect("parses");
+        let zam = reception_ack(
+            &crate::hl7::ack::AckHeader::of(&m),
+            b"2.1^CISIS_CDA_HL7_V2",
+            Reception::Accepted,
+            "019",
+            "2021",
+        );
+        assert!(std::str::from_utf8(&zam).is_err(), "not UTF-8");
+        let text = crate::hl7::text::Charset::Latin1
+            .decode(&zam)
+            .expect("ISO 8859-1");
+        assert!(
+            text.contains("|SIL-\u{c9}|labo|2021||ZAM^Z01^ZAM_Z01|019|P|2.6|||||FRA|8859/1|"),
+            "{text}"
+        );
+        assert!(text.contains("Accus\u{e9} de r\u{e9}ception DMP"), "{text}");
         assert_eq!(Reception::of_withheld(Withheld::DestDmpNo), None);
         for w in Withheld::ALL {
             assert_eq!(Withheld::from_name(w.as_str()), Some(w));

@@ -132,9 +132,10 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
-/// Decodes `%XX` escapes (a `+` stays a `+`); `None` for a bad escape or bytes that are
-/// not UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
+/// Decodes `%XX` escapes, and a `+` as a space when `plus_is_space` (as HTML forms send it;
+/// FHIR searches keep it, so that a zone offset `+01:00` is one); `None` for a bad escape
+/// or bytes that are not UTF-8.
+pub fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -146,6 +147,9 @@ pub fn percent_decode(s: &str) -> Option<String> {
             }
             out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
+        } else if b[i] == b'+' && plus_is_space {
+            out.push(b' ');
+            i += 1;
         } else {
             out.push(b[i]);
             i += 1;
@@ -171,10 +175,17 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("a%7Cb+c%2B").as_deref(), Some("a|b+c+"));
-        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(
+            percent_decode("a%7Cb+c%2B", false).as_deref(),
+            Some("a|b+c+")
+        );
+        assert_eq!(
+            percent_decode("a%7Cb+c%2B", true).as_deref(),
+            Some("a|b c+")
+        );
+        assert_eq!(percent_decode("%C3%A9", false).as_deref(), Some("é"));
         for bad in ["%", "%7", "%+1", "%ZZ", "%FF"] {
-            assert_eq!(percent_decode(bad), None, "{bad}");
+            assert_eq!(percent_decode(bad, true), None, "{bad}");
         }
     }
 

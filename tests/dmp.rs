@@ -742,3 +742,53 @@ fn dmp_outcomes(store: &labroute::store::Store) -> usize {
         })
         .count()
 }
+
+/// An establishment's DMP client certificate renewed on disk is used from the next
+/// delivery on, without a restart (the receiver records the client certificate's SAN URI).
+#[tokio::test]
+async fn a_renewed_dmp_certificate_is_used_without_a_restart() {
+    let Some(python) = validator() else {
+        return;
+    };
+    let Setup { h, recipient, pki } = setup(&python).await;
+    let store = h.server.store.store();
+    let published = |n: usize| async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while dmp_outcomes(store) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        dmp_outcomes(store)
+    };
+    let flags = [("DESTDMP", "Y")];
+    let acks = send_all(h.sil(), &[cr_bio("ES1", "R-OLD", "P-OK", "VALI", &flags)])
+        .await
+        .expect("ACK");
+    assert_eq!(msa(&acks[0]).0, "AA");
+    assert_eq!(published(1).await, 1);
+    // The renewal: new files in place of the old (here, another certificate of the CA).
+    for ext in ["pem", "key"] {
+        std::fs::copy(
+            pki.path().join(format!("es2-dmp.{ext}")),
+            pki.path().join(format!("es1-dmp.{ext}")),
+        )
+        .expect("renew");
+    }
+    let acks = send_all(h.sil(), &[cr_bio("ES1", "R-NEW", "P-NEW", "VALI", &flags)])
+        .await
+        .expect("ACK");
+    assert_eq!(msa(&acks[0]).0, "AA");
+    assert_eq!(published(2).await, 2);
+    let clients: Vec<Json> = recipient
+        .received()
+        .iter()
+        .filter(|r| r["kind"] == "provide")
+        .map(|r| r["client"].clone())
+        .collect();
+    assert_eq!(
+        clients,
+        [
+            serde_json::json!(["urn:labroute:system:es1-dmp"]),
+            serde_json::json!(["urn:labroute:system:es2-dmp"])
+        ]
+    );
+}

@@ -374,42 +374,39 @@ async fn practitioners_see_exactly_their_patients_results() {
         },
     )
     .expect("journal");
-    assert_eq!(journal.len(), 5 + 7 * 5 + 1, "one entry per search");
+    // One entry per establishment a search looked in (the INS: two), one without an
+    // establishment for an identifier that names no patient.
+    assert_eq!(journal.len(), 5 + 7 * 6 + 1);
     let text = serde_json::to_string(&journal.iter().map(|e| &e.detail).collect::<Vec<_>>())
         .expect("JSON");
     for secret in [INS, "P1", "P2", "P3", "P404", "TEST", "CHNORD-IPP"] {
         assert!(!text.contains(secret), "{secret} in the journal: {text}");
     }
-    let why = |e: &labroute::store::audit::AuditEntry| -> Vec<String> {
-        e.detail["denied"]
-            .as_array()
-            .expect("denied")
-            .iter()
-            .map(|d| d["why"].as_str().unwrap_or("").to_owned())
-            .collect()
-    };
-    let of = |n: u8| -> Vec<&labroute::store::audit::AuditEntry> {
-        journal
-            .iter()
-            .filter(|e| e.actor.as_deref() == Some(format!("rpps:{}", rpps(n)).as_str()))
-            .collect()
-    };
-    // Practitioner 1's searches after the results came: P1 served; P2 not in care; P3 at a
-    // closed establishment; the INS served at ES1 and refused at ES2; P404 unknown.
-    let p1 = of(1);
-    assert_eq!(p1.len(), 6);
+    // Practitioner 1's searches after the results came: P1 served at ES1; P2 not in care;
+    // P3 at a closed establishment; the INS served at ES1 and refused at ES2; P404 unknown.
+    let p1: Vec<(Option<String>, String)> = journal
+        .iter()
+        .filter(|e| e.actor.as_deref() == Some(format!("rpps:{}", rpps(1)).as_str()))
+        .map(|e| {
+            let outcome = match e.detail["why"].as_str() {
+                Some(why) => why.to_owned(),
+                None => format!("served:{}", e.detail["link"].as_str().unwrap_or("?")),
+            };
+            (e.establishment.clone(), outcome)
+        })
+        .collect();
+    let es = |e: &str| Some(e.to_owned());
     assert_eq!(
-        p1[..5].iter().map(|e| why(e)).collect::<Vec<_>>(),
-        vec![
-            vec![],
-            vec!["not_in_care".to_string()],
-            vec!["no_external_access".to_string()],
-            vec!["no_external_access".to_string()],
-            vec!["unknown_patient".to_string()],
+        p1[..6],
+        [
+            (es("ES1"), "served:ordering".to_owned()),
+            (es("ES1"), "not_in_care".to_owned()),
+            (es("ES2"), "no_external_access".to_owned()),
+            (es("ES1"), "served:ordering".to_owned()),
+            (es("ES2"), "no_external_access".to_owned()),
+            (None, "unknown_patient".to_owned()),
         ]
     );
-    assert_eq!(p1[3].detail["served"][0]["establishment"], "ES1");
-    assert_eq!(p1[3].detail["served"][0]["link"], "ordering");
     // Counted.
     let metrics = labroute::telemetry::render().expect("metrics");
     for reason in ["not_in_care", "no_external_access", "unknown_patient"] {
@@ -458,6 +455,30 @@ async fn searches_filter_by_date_and_code_and_refuse_what_they_cannot_do() {
     ] {
         let (status, body) = get(&doctor, &q).await;
         assert_eq!((status, fillers(&body).as_str()), (200, want), "{q}");
+    }
+
+    // A batch result about two patients names practitioner 1: which patient he cares for
+    // is not known, so neither is served to him.
+    let batch = String::from_utf8(
+        Report {
+            orc12: xcn(1),
+            ..report("ES1", "B1", "P5", "F7")
+        }
+        .hl7(),
+    )
+    .expect("UTF-8")
+        + "PID|||P6^^^CHNORD-IPP^PI||OTHER^PATIENT\rORC|RE||F8^LAB\rOBR|1||F8^LAB|2823-3^Test^LN\rOBX|1|NM|2823-3^Test^LN||3.9|mmol/L|||||F\r";
+    let acks = send_all(w.h.sil(), &[batch.into_bytes()])
+        .await
+        .expect("ACK");
+    assert_eq!(msa(&acks[0]).0, "AA");
+    for who in ["P5", "P6"] {
+        let (_, body) = get(
+            &doctor,
+            &format!("/DiagnosticReport?patient.identifier={who}"),
+        )
+        .await;
+        assert_eq!(fillers(&body), "-", "{who}");
     }
 
     // Observations: the current one of each report, never one of a replaced version.

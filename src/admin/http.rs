@@ -264,29 +264,8 @@ fn audit_filter(query: &str) -> Result<AuditFilter, AdminError> {
 
 /// Decodes `%XX` (and `+` as a space, as forms send it).
 fn decode(s: &str) -> Result<String, AdminError> {
-    let bad = || AdminError::BadRequest(format!("{s:?} is not well percent-encoded"));
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = b.get(i + 1..i + 3).ok_or_else(bad)?;
-                let hex = std::str::from_utf8(hex).map_err(|_| bad())?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad())
+    crate::model::percent_decode(s, true)
+        .ok_or_else(|| AdminError::BadRequest(format!("{s:?} is not well percent-encoded")))
 }
 
 /// Who is calling: an operator, or a monitor (metrics only).

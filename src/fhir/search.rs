@@ -4,13 +4,13 @@
 //!
 //! What is chosen, per message, newest first:
 //! - only resources about the patient the search names (`subject` is a `Patient` of that
-//!   message whose identifiers match), so that a message about several patients never
-//!   answers for another one;
+//!   message whose identifiers match), a second guard behind the index, which leaves out
+//!   messages about several patients;
 //! - a report only in its latest version: a later message with a report of the same
 //!   identifier (filler order number) replaces it, and a report whose latest version is
 //!   `entered-in-error` (OBR-25 `D`) is gone, with its Observations;
 //! - the resources the matches refer to (patient, order, specimen, performers, a report's
-//!   Observations), once each, as `include`.
+//!   Observations), once each, as `include`, unless withdrawn or about another patient.
 //!
 //! Nothing here reads the store or decides access: the caller hands in the Bundles of the
 //! patients the practitioner may see (`access::decide`).
@@ -55,16 +55,23 @@ pub struct Token {
 }
 
 impl Token {
+    /// One value (the FHIR escapes `\|`, `\,`, `\$`, `\\` read); `None` when malformed or
+    /// when it holds a control character (never in an identifier; the index's separators).
     fn parse(s: &str) -> Option<Token> {
-        let (system, code) = match s.split_once('|') {
-            Some(("", c)) => (Some(None), c),
-            Some((sys, c)) => (Some(Some(sys.to_owned())), c),
-            None => (None, s),
+        let parts = split_escaped(s, '|');
+        let (system, code) = match parts.as_slice() {
+            [code] => (None, unescape(code)),
+            ["", code] => (Some(None), unescape(code)),
+            [system, code] => (Some(Some(unescape(system))), unescape(code)),
+            _ => return None,
         };
-        (!code.is_empty()).then(|| Token {
-            system,
-            code: code.to_owned(),
-        })
+        let clean = |t: &str| !t.chars().any(char::is_control);
+        (!code.is_empty()
+            && clean(&code)
+            && system
+                .as_ref()
+                .is_none_or(|s| s.as_deref().is_none_or(clean)))
+        .then_some(Token { system, code })
     }
 
     /// Whether an Identifier or a Coding (`system` and `key`: `value` or `code`) matches.
@@ -78,6 +85,38 @@ impl Token {
             Some(s) => s.as_deref() == system,
         }
     }
+}
+
+/// `s` split at each `sep` not escaped by a backslash (the pieces keep their escapes).
+fn split_escaped(s: &str, sep: char) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut escaped) = (0, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            c if c == sep => {
+                out.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+/// FHIR search escapes read: `\x` is `x`.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A `date` comparison.
@@ -107,10 +146,12 @@ impl DateParam {
         match self.prefix {
             Prefix::Eq => eq,
             Prefix::Ne => !eq,
+            // "The range above the search value intersects the range of the target value"
+            // (and below, for lt); ge and le also take what eq takes (FHIR R4 §3.1.1.5.6).
             Prefix::Gt => hi > phi,
             Prefix::Lt => lo < plo,
-            Prefix::Ge => hi > plo,
-            Prefix::Le => lo < phi,
+            Prefix::Ge => hi > phi || eq,
+            Prefix::Le => lo < plo || eq,
         }
     }
 }
@@ -145,15 +186,6 @@ fn query_err(param: &str, problem: &'static str) -> QueryError {
     QueryError { param, problem }
 }
 
-/// Parameters the server takes.
-pub const PARAMETERS: &[&str] = &[
-    "patient.identifier",
-    "subject.identifier",
-    "date",
-    "code",
-    "_format",
-];
-
 /// Reads a search's query string (`a=b&c=d`, percent-encoded; a `+` stays a `+`, so that a
 /// zone offset `+01:00` is one). Times without a zone are in `zone`.
 pub fn parse(kind: Kind, query: Option<&str>, zone: Zone) -> Result<Query, QueryError> {
@@ -162,16 +194,16 @@ pub fn parse(kind: Kind, query: Option<&str>, zone: Zone) -> Result<Query, Query
     let mut codes = Vec::new();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let name = crate::model::percent_decode(name)
+        let name = crate::model::percent_decode(name, false)
             .ok_or_else(|| query_err("(name)", "not valid percent-encoded UTF-8"))?;
-        let value = crate::model::percent_decode(value)
+        let value = crate::model::percent_decode(value, false)
             .ok_or_else(|| query_err(&name, "not valid percent-encoded UTF-8"))?;
         match name.as_str() {
             "patient.identifier" | "subject.identifier" => {
                 if patient.is_some() {
                     return Err(query_err(&name, "give the patient once"));
                 }
-                if value.contains(',') {
+                if split_escaped(&value, ',').len() > 1 {
                     return Err(query_err(&name, "one patient identifier per search"));
                 }
                 patient = Some(
@@ -186,7 +218,10 @@ pub fn parse(kind: Kind, query: Option<&str>, zone: Zone) -> Result<Query, Query
                 )
             })?),
             "code" => {
-                let any: Option<Vec<Token>> = value.split(',').map(Token::parse).collect();
+                let any: Option<Vec<Token>> = split_escaped(&value, ',')
+                    .into_iter()
+                    .map(Token::parse)
+                    .collect();
                 codes.push(any.ok_or_else(|| query_err(&name, "expected [system]|code[,…]"))?);
             }
             "_format" => {
@@ -233,14 +268,15 @@ fn date_param(s: &str, zone: Zone) -> Option<DateParam> {
 /// The range a FHIR `date`, `dateTime` or `instant` stands for, in Unix milliseconds (start
 /// included, end excluded): a day is the whole day, a time its minute, second or
 /// millisecond. A date, or a time without a zone, is in `zone`.
-pub fn range(s: &str, zone: Zone) -> Option<(i64, i64)> {
+fn range(s: &str, zone: Zone) -> Option<(i64, i64)> {
     let num = |a: usize, b: usize| -> Option<u32> {
         let p = s.get(a..b)?;
         p.bytes()
             .all(|c| c.is_ascii_digit())
             .then(|| p.parse().ok())?
     };
-    let year = i64::from(num(0, 4)?);
+    let y4 = u16::try_from(num(0, 4)?).ok()?;
+    let year = i64::from(y4);
     let sep = |i: usize, c: u8| s.as_bytes().get(i) == Some(&c);
     let month = if s.len() > 4 {
         if !sep(4, b'-') {
@@ -260,7 +296,7 @@ pub fn range(s: &str, zone: Zone) -> Option<(i64, i64)> {
     };
     let m = month.unwrap_or(1);
     let d = day.unwrap_or(1);
-    if !(1..=12).contains(&m) || d < 1 || d > days_in(year, m) {
+    if !(1..=12).contains(&m) || d < 1 || d > u32::from(super::v2::days_in_month(y4, m as u8)) {
         return None;
     }
     let day_ms = 86_400_000i64;
@@ -298,7 +334,8 @@ pub fn range(s: &str, zone: Zone) -> Option<(i64, i64)> {
             let padded = format!("{:0<3}", &f[..f.len().min(3)]);
             milli = padded.parse().ok()?;
             i = 20 + digits;
-            width = 1;
+            // .2 stands for 100 ms, .25 for 10; beyond milliseconds, one.
+            width = 10i64.pow(3u32.saturating_sub(digits as u32));
         }
     }
     if hour > 23 || minute > 59 || second > 59 {
@@ -314,7 +351,10 @@ pub fn range(s: &str, zone: Zone) -> Option<(i64, i64)> {
                 _ => return None,
             };
             let (h, mm) = (z.get(1..3)?, z.get(4..6)?);
-            if z.len() != 6 || z.as_bytes().get(3) != Some(&b':') {
+            if z.len() != 6
+                || z.as_bytes().get(3) != Some(&b':')
+                || !(h.bytes().chain(mm.bytes())).all(|c| c.is_ascii_digit())
+            {
                 return None;
             }
             let h: i64 = h.parse().ok()?;
@@ -334,22 +374,12 @@ pub fn range(s: &str, zone: Zone) -> Option<(i64, i64)> {
     Some((start, start + width))
 }
 
-fn days_in(y: i64, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
 /// The offset of local time in `zone` on a day (days since 1970) at an hour, in ms.
 fn offset_ms(zone: Zone, days: i64, hour: u32) -> Option<i64> {
-    let (y, m, d) = crate::time::ymd(u64::try_from(days.checked_mul(86_400_000)?).ok()?);
-    let y = u16::try_from(y).ok()?;
+    let (y, m, d) = crate::time::civil_from_days(days);
     let minutes = super::v2::zone_offset(
         zone,
-        y,
+        u16::try_from(y).ok()?,
         u8::try_from(m).ok()?,
         u8::try_from(d).ok()?,
         u8::try_from(hour).ok()?,
@@ -528,9 +558,12 @@ pub fn select(q: &Query, bundles: &[Value], zone: Zone) -> Vec<Found> {
             references(r, &mut included);
         }
         for url in included {
+            // Never another patient's resource, nor one withdrawn (OBX-11 `D`).
             if let Some((u, r)) = entries.iter().find(|(u, _)| *u == url)
                 && !gone.contains(u)
                 && resource_type(r) != "MessageHeader"
+                && r.get("status").and_then(Value::as_str) != Some("entered-in-error")
+                && (r.get("subject").is_none() || about(r))
                 && seen_urls.insert((*u).to_owned())
             {
                 out.push(Found {
@@ -614,7 +647,7 @@ mod tests {
         assert_eq!(range("2025-03-01T11:00:00", PARIS), Some((t, t + 1_000)));
         assert_eq!(
             range("2025-03-01T10:00:00.25Z", PARIS),
-            Some((t + 250, t + 251))
+            Some((t + 250, t + 260))
         );
         assert_eq!(
             range("2025-03-01T05:30:00-04:30", PARIS),
@@ -656,6 +689,55 @@ mod tests {
         assert!(p("ge2025-03-01").matches(noon) && !p("ge2025-03-02").matches(noon));
         assert!(p("le2025-03-01").matches(noon) && !p("le2025-02-28").matches(noon));
         assert_eq!(date_param("sa2025", PARIS), None);
+        // A target that starts inside the day and ends after it: ge takes it (it goes on
+        // above), le does not (it does not start below and is not within).
+        let day = range("2025-03-01", Zone::Fixed(0)).expect("day");
+        let across = (day.0 + 12 * H, day.1 + 12 * H);
+        assert!(p("ge2025-03-01").matches(across));
+        assert!(!p("le2025-03-01").matches(across));
+        assert!(p("le2025-03-02").matches(across));
+    }
+
+    #[test]
+    fn fractions_zones_and_old_dates() {
+        let t = ms("2025-03-01T10:00:00Z");
+        let z = Zone::Fixed(0);
+        assert_eq!(range("2025-03-01T10:00:00.2Z", z), Some((t + 200, t + 300)));
+        assert_eq!(
+            range("2025-03-01T10:00:00.25Z", z),
+            Some((t + 250, t + 260))
+        );
+        assert_eq!(
+            range("2025-03-01T10:00:00.2500Z", z),
+            Some((t + 250, t + 251))
+        );
+        for bad in [
+            "2025-03-01T10:00+-1:00",
+            "2025-03-01T10:00++1:00",
+            "2025-03-01T10:00+1a:00",
+        ] {
+            assert_eq!(range(bad, z), None, "{bad}");
+        }
+        // Before 1970, in the configured zone (a birth date's time, an old specimen).
+        assert_eq!(
+            range("1960-06-15T12:00:00", PARIS),
+            range("1960-06-15T10:00:00Z", z)
+        );
+    }
+
+    #[test]
+    fn tokens_read_escapes_and_refuse_control_characters() {
+        assert_eq!(
+            Token::parse("urn:x\\|y|a\\,b"),
+            Some(Token {
+                system: Some(Some("urn:x|y".into())),
+                code: "a,b".into()
+            })
+        );
+        assert_eq!(Token::parse("a|b|c"), None);
+        assert_eq!(Token::parse("a\u{1e}b"), None);
+        assert_eq!(Token::parse("s\u{1f}|b"), None);
+        assert_eq!(split_escaped("a\\,b,c", ','), ["a\\,b", "c"]);
     }
 
     #[test]

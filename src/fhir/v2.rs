@@ -242,18 +242,24 @@ fn type_concept(table: &str, c: Option<String>) -> Option<Box<CodeableConcept>> 
     c.map(|c| Box::new(concept(table_uri(table), c)))
 }
 
-/// CX → Identifier (value, assigning authority, type, effective/expiry dates).
-pub fn cx_identifier(v: Value<'_>, zone: Zone, at: At<'_>) -> Result<Option<Identifier>, MapError> {
-    let value = text(v.component(1));
-    let Some(value) = value else {
-        return Ok(None);
-    };
+/// A CX's value and its assigning authority (CX-4) as an identifier system or assigner:
+/// what `cx_identifier` writes, and what the results server's patient index keeps.
+pub fn cx_value_system(v: &Value<'_>) -> Option<(String, Option<String>, Option<Reference>)> {
+    let value = text(v.component(1))?;
     let auth = v.component(4);
     let (system, assigner) = hd_system(
         text(auth.subcomponent(1)),
         text(auth.subcomponent(2)),
         text(auth.subcomponent(3)),
     );
+    Some((value, system, assigner))
+}
+
+/// CX → Identifier (value, assigning authority, type, effective/expiry dates).
+pub fn cx_identifier(v: Value<'_>, zone: Zone, at: At<'_>) -> Result<Option<Identifier>, MapError> {
+    let Some((value, system, assigner)) = cx_value_system(&v) else {
+        return Ok(None);
+    };
     let start = date_time_opt(v.component(7), zone, at, 7)?;
     let end = date_time_opt(v.component(8), zone, at, 8)?;
     Ok(Some(Identifier {
@@ -764,11 +770,11 @@ impl Dtm {
     }
 }
 
-fn is_leap(y: u16) -> bool {
+pub(crate) fn is_leap(y: u16) -> bool {
     (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
 }
 
-fn days_in_month(y: u16, m: u8) -> u8 {
+pub(crate) fn days_in_month(y: u16, m: u8) -> u8 {
     match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
         4 | 6 | 9 | 11 => 30,

@@ -52,7 +52,8 @@ pub struct Facts {
     /// Assigning authorities (CX-4.1 / CX-4.2) of the visit (PV1-19) and account (PID-18)
     /// numbers: in PAM France, the establishment that admitted the patient.
     pub visit_authorities: Vec<Found>,
-    /// Key of the patient (first local identifier: authority and id), for per-patient data.
+    /// Key of the patient (the first PID's first local identifier: authority and id), for
+    /// per-patient data.
     pub patient_key: Option<String>,
     /// PAM France ZFA segment fields 1..=10 (DMP status, opposition), when present.
     pub zfa: Option<Vec<String>>,
@@ -64,8 +65,9 @@ pub struct Facts {
     /// acknowledgement (ZAM^Z01).
     #[serde(default)]
     pub ack_reception: bool,
-    /// A result's patient identifiers (the first PID's PID-3, INS included), as FHIR
-    /// `Patient.identifier` has them: the results server finds the patient by them.
+    /// A result's patient identifiers (PID-3, INS included), as FHIR `Patient.identifier`
+    /// has them: the results server finds the patient by them. Empty when the message is
+    /// about several patients (several PID).
     #[serde(default)]
     pub patient_ids: Vec<PatientId>,
 }
@@ -111,18 +113,19 @@ fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
         || authority_uid.starts_with("1.2.250.1.213.1.4.")
 }
 
-/// A CX as the identifier FHIR gives it (the same system as `fhir::v2::cx_identifier`).
+/// A CX as the identifier FHIR gives it (`fhir::v2::cx_value_system`).
 fn push_patient_id(out: &mut Vec<PatientId>, cx: &Value<'_>) {
-    use crate::fhir::v2::{hd_system, text};
-    let Some(value) = text(cx.component(1)) else {
+    let Some((value, system, _)) = crate::fhir::v2::cx_value_system(cx) else {
         return;
     };
-    let auth = cx.component(4);
-    let (system, _) = hd_system(
-        text(auth.subcomponent(1)),
-        text(auth.subcomponent(2)),
-        text(auth.subcomponent(3)),
-    );
+    // Control characters (an HL7 hex escape) are kept out: they separate the index's keys.
+    if value
+        .chars()
+        .chain(system.iter().flat_map(|s| s.chars()))
+        .any(char::is_control)
+    {
+        return;
+    }
     let id = PatientId { system, value };
     if !out.contains(&id) {
         out.push(id);
@@ -271,7 +274,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                     }
                     push_found(&mut f.patient_authorities, "PID-3.4.1", &ns);
                     push_found(&mut f.patient_authorities, "PID-3.4.2", &uid);
-                    if f.patient_key.is_none() {
+                    if f.patient_key.is_none() && pids == 1 {
                         let id = rep.component(1).text();
                         if !id.trim().is_empty() {
                             let a = if ns.trim().is_empty() {
@@ -289,6 +292,13 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
             }
             _ => {}
         }
+    }
+    if pids > 1 {
+        // A message about several patients (a batch ORU): which practitioner cares for
+        // which patient is not known, so none is recorded, and the results server does not
+        // index it.
+        f.care_team.clear();
+        f.patient_ids.clear();
     }
     Ok(f)
 }

@@ -32,14 +32,34 @@ struct Register {
     ins: String,
 }
 
+/// When the files of a client certificate last changed (modification time and size of
+/// each; `None` for one that cannot be read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Vec<Option<(std::time::SystemTime, u64)>>);
+
+impl Stamp {
+    fn of(files: &[&std::path::Path]) -> Stamp {
+        Stamp(
+            files
+                .iter()
+                .map(|f| {
+                    let m = std::fs::metadata(f).ok()?;
+                    Some((m.modified().ok()?, m.len()))
+                })
+                .collect(),
+        )
+    }
+}
+
 /// The DMP destination's sender.
 pub struct DmpSink {
     dest: Destination,
     path: String,
     cfg: Arc<Config>,
     store: StoreHandle,
-    /// One HTTPS client per establishment (its certificate), made at first use.
-    clients: HashMap<String, Client>,
+    /// One HTTPS client per establishment (its certificate), made at first use and made
+    /// again when one of its files changed (a renewed certificate).
+    clients: HashMap<String, (Stamp, Client)>,
 }
 
 impl DmpSink {
@@ -58,9 +78,6 @@ impl DmpSink {
     }
 
     fn client(&mut self, establishment: &str) -> Result<Client, String> {
-        if let Some(c) = self.clients.get(establishment) {
-            return Ok(c.clone());
-        }
         let est = self
             .cfg
             .establishment_by_name(establishment)
@@ -75,6 +92,13 @@ impl DmpSink {
                 .map(|t| t.ca.clone())
                 .ok_or("no CA to verify the DMP with ([dmp] ca or [tls] ca)")?,
         };
+        let stamp = Stamp::of(&[&ca, &est.cert, &est.key]);
+        let cached = self.clients.get(establishment);
+        if let Some((s, c)) = cached
+            && *s == stamp
+        {
+            return Ok(c.clone());
+        }
         let files = crate::tls::TlsFiles {
             ca,
             cert: est.cert.clone(),
@@ -86,7 +110,18 @@ impl DmpSink {
                 .map(|t| t.min_version)
                 .unwrap_or(crate::tls::MinVersion::Tls13),
         };
-        let config = crate::tls::client_config(&files).map_err(|e| e.to_string())?;
+        let config = match crate::tls::client_config(&files) {
+            Ok(c) => c,
+            // A renewal half-written, or a bad file: the certificate that worked stays in use
+            // until the files read again.
+            Err(e) => match cached {
+                Some((_, c)) => {
+                    tracing::warn!(destination = %self.dest.name, establishment, error = %e, "the DMP client certificate changed but does not load: the previous one stays in use");
+                    return Ok(c.clone());
+                }
+                None => return Err(e.to_string()),
+            },
+        };
         let name = self.dest.server_name.clone().unwrap_or_default();
         let client = Client {
             address: self.dest.address.clone(),
@@ -94,8 +129,11 @@ impl DmpSink {
             server_name: rustls::pki_types::ServerName::try_from(name)
                 .map_err(|e| e.to_string())?,
         };
+        if cached.is_some() {
+            tracing::info!(destination = %self.dest.name, establishment, "DMP client certificate reloaded");
+        }
         self.clients
-            .insert(establishment.to_owned(), client.clone());
+            .insert(establishment.to_owned(), (stamp, client.clone()));
         Ok(client)
     }
 

@@ -108,7 +108,13 @@ async fn respond(
         ),
         ("", Method::POST) => post(req, store, peer).await,
         (p, m) if let Some(kind) = Kind::of_path(p) => match m {
-            Method::GET => super::results::search(kind, req.uri().query(), store, peer).await,
+            Method::GET => {
+                let host = req
+                    .headers()
+                    .get(http::header::HOST)
+                    .and_then(|h| h.to_str().ok());
+                super::results::search(kind, req.uri().query(), host, store, peer).await
+            }
             m => refused(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "not-supported",

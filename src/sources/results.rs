@@ -5,9 +5,9 @@
 //! He sees the results of a patient only in the establishments where `access::decide` says
 //! yes. Everything else (no such patient, an establishment closed to outside access, a
 //! patient he does not care for) answers exactly like a patient with no result: the same
-//! empty searchset, status 200. Every search is journalled (`results_search`: who, which
-//! establishments answered, which refused and why, patients as `patient_ref`) before the
-//! answer leaves, and counted (`labroute_results_searches_total`,
+//! empty searchset, status 200. Every search is journalled (`results_search`, one entry per
+//! establishment looked in: who, served or refused and why, the patient as `patient_ref`)
+//! before the answer leaves, and counted (`labroute_results_searches_total`,
 //! `labroute_results_access_denied_total`).
 //!
 //! | request | status |
@@ -53,6 +53,7 @@ struct Gathered {
 pub async fn search(
     kind: Kind,
     query: Option<&str>,
+    host: Option<&str>,
     store: &StoreHandle,
     peer: &Peer,
 ) -> Response<Full<Bytes>> {
@@ -72,9 +73,11 @@ pub async fn search(
             return refused(StatusCode::BAD_REQUEST, "invalid", &e.to_string(), peer);
         }
     };
+    // Built from the request alone: the same for every answer to the same request.
+    let base = host.map(|h| format!("https://{h}/")).unwrap_or_default();
     let self_url = match query {
-        Some(qs) => format!("{}?{qs}", kind.as_str()),
-        None => kind.as_str().to_owned(),
+        Some(qs) => format!("{base}{}?{qs}", kind.as_str()),
+        None => format!("{base}{}", kind.as_str()),
     };
     let reader = store.store().clone();
     let job = {
@@ -95,12 +98,11 @@ pub async fn search(
     let found = search::select(&q, &gathered.bundles, zone);
     let matches = found.iter().filter(|f| f.matched).count();
     let answer = search::searchset(&self_url, found);
-    if let Err(e) = store
-        .audit(journal(&q, &rpps, peer, &gathered, matches))
-        .await
-    {
-        tracing::error!(listener = LISTENER, error = %e, "results search not journalled: not answered");
-        return unavailable();
+    for event in journal(kind, &rpps, peer, &gathered, matches) {
+        if let Err(e) = store.audit(event).await {
+            tracing::error!(listener = LISTENER, error = %e, "results search not journalled: not answered");
+            return unavailable();
+        }
     }
     for (_, d) in &gathered.denied {
         metrics::counter!(names::RESULTS_DENIED, "reason" => d.as_str()).increment(1);
@@ -175,36 +177,46 @@ fn gather(
     Ok(g)
 }
 
-/// The journal entry of a search: no patient data (patients as `patient_ref`, the
-/// identifier searched as a digest).
-fn journal(q: &Query, rpps: &str, peer: &Peer, g: &Gathered, matches: usize) -> AuditEvent {
-    let identifier = format!(
-        "{}|{}",
-        q.patient.system.clone().flatten().unwrap_or_default(),
-        q.patient.code
-    );
-    let digest = crate::model::sha256(identifier.as_bytes());
-    AuditEvent {
-        event: "results_search",
-        message: None,
-        establishment: None,
-        actor: Some(format!("rpps:{rpps}")),
-        detail: serde_json::json!({
+/// The journal entries of a search, one per establishment it looked in (so that each
+/// establishment's audit query finds the searches of its patients), or one without an
+/// establishment when the identifier named no patient. No patient data: a patient is a
+/// `patient_ref`.
+fn journal(kind: Kind, rpps: &str, peer: &Peer, g: &Gathered, matches: usize) -> Vec<AuditEvent> {
+    let entry = |establishment: Option<&String>, detail: serde_json::Value| {
+        let mut d = serde_json::json!({
             "listener": LISTENER,
             "peer": peer.address,
-            "resource": q.kind.as_str(),
-            "identifier_ref": crate::model::hex(&digest[..8]),
-            "served": g.served.iter().map(|(est, pref, link)| serde_json::json!({
-                "establishment": est, "patient_ref": pref, "link": link.as_str(),
-            })).collect::<Vec<_>>(),
-            "denied": g.denied.iter().map(|(at, why)| serde_json::json!({
-                "establishment": at.as_ref().map(|(e, _)| e),
-                "patient_ref": at.as_ref().map(|(_, p)| p),
-                "why": why.as_str(),
-            })).collect::<Vec<_>>(),
+            "resource": kind.as_str(),
             "matches": matches,
-        }),
-    }
+        });
+        if let (Some(d), serde_json::Value::Object(more)) = (d.as_object_mut(), detail) {
+            d.extend(more);
+        }
+        AuditEvent {
+            event: "results_search",
+            message: None,
+            establishment: establishment.cloned(),
+            actor: Some(format!("rpps:{rpps}")),
+            detail: d,
+        }
+    };
+    let served = g.served.iter().map(|(est, pref, link)| {
+        entry(
+            Some(est),
+            serde_json::json!({ "patient_ref": pref, "served": true, "link": link.as_str() }),
+        )
+    });
+    let denied = g.denied.iter().map(|(at, why)| {
+        entry(
+            at.as_ref().map(|(e, _)| e),
+            serde_json::json!({
+                "patient_ref": at.as_ref().map(|(_, p)| p),
+                "served": false,
+                "why": why.as_str(),
+            }),
+        )
+    });
+    served.chain(denied).collect()
 }
 
 /// A request refused before any search: counted, logged, answered with an OperationOutcome.

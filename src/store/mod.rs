@@ -353,13 +353,12 @@ impl Store {
             let Some(rest) = k.value().strip_prefix(prefix.as_str()) else {
                 break;
             };
+            // Values never hold the separator (the writer's come from HL7 text, searches
+            // refuse control characters); a key that does not split is skipped, never shown.
             let mut parts = rest.splitn(3, '\u{1e}');
             let (Some(sys), Some(est), Some(pk)) = (parts.next(), parts.next(), parts.next())
             else {
-                return Err(StoreError::Record(
-                    "patient_ids key".into(),
-                    rest.to_owned(),
-                ));
+                continue;
             };
             let wanted = match system {
                 None => true,

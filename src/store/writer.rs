@@ -1153,7 +1153,7 @@ fn record_result(
             }
         }
     }
-    if facts.class == MessageClass::Result {
+    if facts.class == MessageClass::Result && !facts.patient_ids.is_empty() {
         txn.open_table(RESULTS)
             .map_err(db_err)?
             .insert(result_key(est, pk, seq).as_str(), seq)
