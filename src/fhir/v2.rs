@@ -192,6 +192,19 @@ pub fn table_concept(table: &str, v: Value<'_>) -> Option<CodeableConcept> {
     Some(concept(table_uri(table), text(v.component(1))?))
 }
 
+/// The identifier system an HD's universal id (and its type) names, when it is a URI.
+pub fn hd_uri(id: &str, ty: &str) -> Option<String> {
+    if is_oid(id) {
+        Some(format!("urn:oid:{id}"))
+    } else if ty.eq_ignore_ascii_case("UUID") {
+        Some(format!("urn:uuid:{}", id.to_ascii_lowercase()))
+    } else if is_uri(id) {
+        Some(id.to_owned())
+    } else {
+        None
+    }
+}
+
 /// HD (namespace, universal id, universal id type) → an identifier system, or an assigner
 /// for a namespace that is not a URI.
 pub fn hd_system(
@@ -200,16 +213,7 @@ pub fn hd_system(
     hd_type: Option<String>,
 ) -> (Option<String>, Option<Reference>) {
     if let Some(id) = &hd_id {
-        let ty = hd_type.as_deref().unwrap_or("");
-        let system = if is_oid(id) {
-            Some(format!("urn:oid:{id}"))
-        } else if ty.eq_ignore_ascii_case("UUID") {
-            Some(format!("urn:uuid:{}", id.to_ascii_lowercase()))
-        } else if is_uri(id) {
-            Some(id.clone())
-        } else {
-            None
-        };
+        let system = hd_uri(id, hd_type.as_deref().unwrap_or(""));
         if let Some(system) = system {
             // The namespace (`CHN` in `CHN&1.2.3&ISO`) is kept as the assigner's name:
             // routing rules may name either.
@@ -242,24 +246,30 @@ fn type_concept(table: &str, c: Option<String>) -> Option<Box<CodeableConcept>> 
     c.map(|c| Box::new(concept(table_uri(table), c)))
 }
 
-/// A CX's value and its assigning authority (CX-4) as an identifier system or assigner:
-/// what `cx_identifier` writes, and what the results server's patient index keeps.
-pub fn cx_value_system(v: &Value<'_>) -> Option<(String, Option<String>, Option<Reference>)> {
+/// A CX's value and the identifier system its assigning authority (CX-4) names, as
+/// `cx_identifier` writes them (the results server's patient index), without the rest.
+pub fn cx_value_system(v: &Value<'_>) -> Option<(String, Option<String>)> {
     let value = text(v.component(1))?;
+    let auth = v.component(4);
+    let id = auth.subcomponent(2).text();
+    let id = id.trim();
+    let system = (!id.is_empty())
+        .then(|| hd_uri(id, auth.subcomponent(3).text().trim()))
+        .flatten();
+    Some((value, system))
+}
+
+/// CX → Identifier (value, assigning authority, type, effective/expiry dates).
+pub fn cx_identifier(v: Value<'_>, zone: Zone, at: At<'_>) -> Result<Option<Identifier>, MapError> {
+    let Some(value) = text(v.component(1)) else {
+        return Ok(None);
+    };
     let auth = v.component(4);
     let (system, assigner) = hd_system(
         text(auth.subcomponent(1)),
         text(auth.subcomponent(2)),
         text(auth.subcomponent(3)),
     );
-    Some((value, system, assigner))
-}
-
-/// CX → Identifier (value, assigning authority, type, effective/expiry dates).
-pub fn cx_identifier(v: Value<'_>, zone: Zone, at: At<'_>) -> Result<Option<Identifier>, MapError> {
-    let Some((value, system, assigner)) = cx_value_system(&v) else {
-        return Ok(None);
-    };
     let start = date_time_opt(v.component(7), zone, at, 7)?;
     let end = date_time_opt(v.component(8), zone, at, 8)?;
     Ok(Some(Identifier {

@@ -115,7 +115,7 @@ fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
 
 /// A CX as the identifier FHIR gives it (`fhir::v2::cx_value_system`).
 fn push_patient_id(out: &mut Vec<PatientId>, cx: &Value<'_>) {
-    let Some((value, system, _)) = crate::fhir::v2::cx_value_system(cx) else {
+    let Some((value, system)) = crate::fhir::v2::cx_value_system(cx) else {
         return;
     };
     // Control characters (an HL7 hex escape) are kept out: they separate the index's keys.
