@@ -77,25 +77,11 @@ async fn who_reads_whose_results_where() {
     ];
     let acks = send_all(h.sil(), &results).await.expect("ACKs");
     assert!(acks.iter().all(|a| msa(a).0 == "AA"), "{acks:?}");
-    let ops = local_operator("ops");
     for (es, auth, id, n) in [
         ("ES1", "CHNORD-IPP", "P2", 4),
         ("ES2", "CHSUD-IPP", "P3", 6),
     ] {
-        h.server
-            .store
-            .operator(
-                OperatorCommand::CareGrant {
-                    establishment: es.into(),
-                    authority: auth.into(),
-                    id: id.into(),
-                    rpps: rpps(n),
-                    granted: true,
-                },
-                &ops,
-            )
-            .await
-            .expect("granted");
+        care_grant(&h, es, auth, id, &rpps(n), true).await;
     }
 
     let cells = [
@@ -153,20 +139,7 @@ async fn who_reads_whose_results_where() {
     assert_eq!(table(), want);
 
     // A withdrawn grant closes the cell again.
-    h.server
-        .store
-        .operator(
-            OperatorCommand::CareGrant {
-                establishment: "ES1".into(),
-                authority: "CHNORD-IPP".into(),
-                id: "P2".into(),
-                rpps: rpps(4),
-                granted: false,
-            },
-            &ops,
-        )
-        .await
-        .expect("revoked");
+    care_grant(&h, "ES1", "CHNORD-IPP", "P2", &rpps(4), false).await;
     let mut want = want;
     want[3] = row(no, no);
     assert_eq!(table(), want);

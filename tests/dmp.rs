@@ -10,7 +10,7 @@ mod common;
 
 use std::io::BufRead;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fhir::validator;
 use common::*;
@@ -258,10 +258,7 @@ async fn results_reach_the_dmp_only_when_allowed_and_every_withholding_is_journa
         .filter(|e| e.actor.as_deref() == Some("dmp"))
         .collect::<Vec<_>>()
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while settled("delivered").len() + settled("withheld").len() < 7 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(|| settled("delivered").len() + settled("withheld").len() >= 7).await;
     let control_of = |seq: u64| {
         store
             .record(seq)
@@ -412,10 +409,7 @@ async fn a_dmp_dead_letter_leaves_the_application_ack_to_the_record_system() {
     let acks = send_all(h.sil(), &[correction]).await.expect("ACK");
     assert_eq!(msa(&acks[0]).0, "CA");
     let store = h.server.store.store();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store.dead_letters().expect("dead").is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| !store.dead_letters().expect("dead").is_empty()).await;
     let dead = store.dead_letters().expect("dead");
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].0, "dmp");
@@ -463,12 +457,7 @@ async fn a_report_is_published_replaced_and_deleted_in_the_dmp() {
         async move {
             let acks = send_all(h.sil(), &[m]).await.expect("ACK");
             assert_eq!(msa(&acks[0]).0, "AA");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while delivered().len() + store.dead_letters().expect("dead").len() < n
-                && Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            eventually(|| delivered().len() + store.dead_letters().expect("dead").len() >= n).await;
         }
     };
     send_and_settle(adt("ADT-1", "P-OK", "ACTIF", "INO"), 0).await;
@@ -572,21 +561,17 @@ async fn an_operator_opposition_withholds_until_lifted() {
         id: "P-OK".into(),
         opposed,
     };
+    let journal = || -> Vec<(String, Json)> {
+        labroute::store::audit::query(store, &AuditFilter::default())
+            .expect("journal")
+            .into_iter()
+            .filter(|e| e.actor.as_deref() == Some("dmp"))
+            .map(|e| (e.event, e.detail))
+            .collect()
+    };
     let settled = |n: usize| async move {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got: Vec<(String, Json)> =
-                labroute::store::audit::query(store, &AuditFilter::default())
-                    .expect("journal")
-                    .into_iter()
-                    .filter(|e| e.actor.as_deref() == Some("dmp"))
-                    .map(|e| (e.event, e.detail))
-                    .collect();
-            if got.len() >= n || Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(|| journal().len() >= n).await;
+        journal()
     };
 
     // Out of scope: refused and journalled, without the patient's identifier.
@@ -703,10 +688,7 @@ async fn a_document_is_replaced_and_deleted_by_its_txa_numbers() {
             "{:?}",
             String::from_utf8_lossy(&acks[0])
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while dmp_outcomes(store) < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(|| dmp_outcomes(store) >= n).await;
     };
     step(adt("ADT-1", "P-OK", "ACTIF", "INO"), 0).await;
     step(mdm("M1", "T02", "DOC-1", "", "F"), 1).await;
@@ -753,10 +735,7 @@ async fn a_renewed_dmp_certificate_is_used_without_a_restart() {
     let Setup { h, recipient, pki } = setup(&python).await;
     let store = h.server.store.store();
     let published = |n: usize| async move {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while dmp_outcomes(store) < n && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(|| dmp_outcomes(store) >= n).await;
         dmp_outcomes(store)
     };
     let flags = [("DESTDMP", "Y")];

@@ -12,7 +12,6 @@ mod common;
 use common::fhir::{validate_texts, validator};
 use common::*;
 use labroute::store::audit::AuditFilter;
-use labroute::store::writer::OperatorCommand;
 use serde_json::Value as Json;
 
 const INS_OID: &str = "1.2.250.1.213.1.4.8";
@@ -268,25 +267,11 @@ async fn practitioners_see_exactly_their_patients_results() {
 
     let acks = send_all(w.h.sil(), &results()).await.expect("ACKs");
     assert!(acks.iter().all(|a| msa(a).0 == "AA"), "{acks:?}");
-    let ops = local_operator("ops");
     for (es, auth, id, n) in [
         ("ES1", "CHNORD-IPP", "P2", 4),
         ("ES2", "CHSUD-IPP", "P3", 6),
     ] {
-        w.h.server
-            .store
-            .operator(
-                OperatorCommand::CareGrant {
-                    establishment: es.into(),
-                    authority: auth.into(),
-                    id: id.into(),
-                    rpps: rpps(n),
-                    granted: true,
-                },
-                &ops,
-            )
-            .await
-            .expect("granted");
+        care_grant(&w.h, es, auth, id, &rpps(n), true).await;
     }
 
     let mut table = Vec::new();

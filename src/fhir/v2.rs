@@ -246,19 +246,6 @@ fn type_concept(table: &str, c: Option<String>) -> Option<Box<CodeableConcept>> 
     c.map(|c| Box::new(concept(table_uri(table), c)))
 }
 
-/// A CX's value and the identifier system its assigning authority (CX-4) names, as
-/// `cx_identifier` writes them (the results server's patient index), without the rest.
-pub fn cx_value_system(v: &Value<'_>) -> Option<(String, Option<String>)> {
-    let value = text(v.component(1))?;
-    let auth = v.component(4);
-    let id = auth.subcomponent(2).text();
-    let id = id.trim();
-    let system = (!id.is_empty())
-        .then(|| hd_uri(id, auth.subcomponent(3).text().trim()))
-        .flatten();
-    Some((value, system))
-}
-
 /// CX → Identifier (value, assigning authority, type, effective/expiry dates).
 pub fn cx_identifier(v: Value<'_>, zone: Zone, at: At<'_>) -> Result<Option<Identifier>, MapError> {
     let Some(value) = text(v.component(1)) else {

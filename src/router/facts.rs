@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::hl7::Message;
 use crate::hl7::ack::AckError;
-use crate::hl7::{Message, Value};
 use crate::model::MessageClass;
 
 /// An order number (EI): entity identifier and namespace.
@@ -113,10 +113,17 @@ fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
         || authority_uid.starts_with("1.2.250.1.213.1.4.")
 }
 
-/// A CX as the identifier FHIR gives it (`fhir::v2::cx_value_system`).
-fn push_patient_id(out: &mut Vec<PatientId>, cx: &Value<'_>) {
-    let Some((value, system)) = crate::fhir::v2::cx_value_system(cx) else {
+/// A PID-3 identifier (value, CX-4.2 universal id, CX-4.3 its type) as FHIR writes it
+/// (`fhir::v2::cx_identifier`: the system `hd_uri` names), from the pieces `extract` has
+/// already read.
+fn push_patient_id(out: &mut Vec<PatientId>, value: &str, uid: &str, uid_type: &str) {
+    if value.is_empty() {
         return;
+    }
+    let system = if uid.is_empty() {
+        None
+    } else {
+        crate::fhir::v2::hd_uri(uid, uid_type)
     };
     // Control characters (an HL7 hex escape) are kept out: they separate the index's keys.
     if value
@@ -126,9 +133,11 @@ fn push_patient_id(out: &mut Vec<PatientId>, cx: &Value<'_>) {
     {
         return;
     }
-    let id = PatientId { system, value };
-    if !out.contains(&id) {
-        out.push(id);
+    if !out.iter().any(|p| p.value == value && p.system == system) {
+        out.push(PatientId {
+            system,
+            value: value.to_owned(),
+        });
     }
 }
 
@@ -262,28 +271,27 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                 pids += 1;
                 push_visit_authority(&mut f, &seg.field(18), "PID-18");
                 for rep in seg.field(3).repetitions() {
-                    if result && pids == 1 {
-                        push_patient_id(&mut f.patient_ids, &rep);
-                    }
                     let auth = rep.component(4);
                     let ns = auth.subcomponent(1).text();
                     let uid = auth.subcomponent(2).text();
+                    let id = rep.component(1).text();
+                    if result && pids == 1 {
+                        let uid_type = auth.subcomponent(3).text();
+                        push_patient_id(&mut f.patient_ids, id.trim(), uid.trim(), uid_type.trim());
+                    }
                     let id_type = rep.component(5).text();
                     if is_national_patient_id(id_type.trim(), uid.trim()) {
                         continue;
                     }
                     push_found(&mut f.patient_authorities, "PID-3.4.1", &ns);
                     push_found(&mut f.patient_authorities, "PID-3.4.2", &uid);
-                    if f.patient_key.is_none() && pids == 1 {
-                        let id = rep.component(1).text();
-                        if !id.trim().is_empty() {
-                            let a = if ns.trim().is_empty() {
-                                uid.trim()
-                            } else {
-                                ns.trim()
-                            };
-                            f.patient_key = Some(format!("{a}\u{1f}{}", id.trim()));
-                        }
+                    if f.patient_key.is_none() && pids == 1 && !id.trim().is_empty() {
+                        let a = if ns.trim().is_empty() {
+                            uid.trim()
+                        } else {
+                            ns.trim()
+                        };
+                        f.patient_key = Some(format!("{a}\u{1f}{}", id.trim()));
                     }
                 }
             }

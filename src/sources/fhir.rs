@@ -82,12 +82,18 @@ pub async fn serve(
     .await;
 }
 
-fn fhir_response(status: StatusCode, json: impl Into<Bytes>) -> Response<Full<Bytes>> {
+pub(super) fn fhir_response(status: StatusCode, json: impl Into<Bytes>) -> Response<Full<Bytes>> {
     crate::https::response(status, FHIR_JSON, json)
 }
 
-/// An answer that is not about a Bundle (wrong path, method, media type): counted, logged.
-fn refused(status: StatusCode, code: &str, text: &str, peer: &Peer) -> Response<Full<Bytes>> {
+/// An answer that is not about a Bundle (wrong path, method, media type, a search's
+/// certificate or parameters): counted, logged.
+pub(super) fn refused(
+    status: StatusCode,
+    code: &str,
+    text: &str,
+    peer: &Peer,
+) -> Response<Full<Bytes>> {
     stats::add(&STATS.fhir_requests_refused, 1);
     tracing::warn!(listener = LISTENER, peer = %peer.address, status = status.as_u16(), why = text, "FHIR request refused");
     fhir_response(status, outcome_one("error", code, text))
@@ -245,18 +251,22 @@ fn answer(h: &Handled) -> Response<Full<Bytes>> {
             )
         }
         Handled::StoreFailed | Handled::Oversized => {
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "transient",
-                "not stored: temporary failure, send it again",
-            );
-            r.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static(RETRY_AFTER_SECS),
-            );
-            r
+            unavailable("not stored: temporary failure, send it again")
         }
     }
+}
+
+/// 503 with `Retry-After`: the store (or the journal) cannot be used now.
+pub(super) fn unavailable(text: &str) -> Response<Full<Bytes>> {
+    let mut r = fhir_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        outcome_one("error", "transient", text),
+    );
+    r.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static(RETRY_AFTER_SECS),
+    );
+    r
 }
 
 /// A Bundle that cannot become an HL7 v2 twin: stored verbatim as rejected (for review),

@@ -24,16 +24,14 @@ use hyper::body::Bytes;
 use crate::access::{self, Denial, Link};
 use crate::config::Config;
 use crate::fhir::Zone;
-use crate::fhir::inbound::outcome_one;
 use crate::fhir::search::{self, Kind, Query};
 use crate::https::Peer;
-use crate::stats::{self, STATS};
 use crate::store::audit::AuditEvent;
 use crate::store::writer::patient_ref;
 use crate::store::{Store, StoreError, StoreHandle};
 use crate::telemetry::names;
 
-use super::fhir::{FHIR_JSON, LISTENER};
+use super::fhir::{LISTENER, fhir_response, refused};
 
 /// What a search found, before it is filtered.
 #[derive(Debug, Default)]
@@ -61,7 +59,7 @@ pub async fn search(
         return refused(
             StatusCode::FORBIDDEN,
             "forbidden",
-            "searching results needs a practitioner's client certificate (RPPS)",
+            "searching results needs a practitioner's client certificate: one whose SAN URI is urn:labroute:rpps:<RPPS>",
             peer,
         );
     };
@@ -130,7 +128,7 @@ pub async fn search(
         matches,
         "results search"
     );
-    crate::https::response(StatusCode::OK, FHIR_JSON, answer.to_string())
+    fhir_response(StatusCode::OK, answer.to_string())
 }
 
 /// The patients the identifier names, the decision for each, and the results of those he
@@ -219,26 +217,6 @@ fn journal(kind: Kind, rpps: &str, peer: &Peer, g: &Gathered, matches: usize) ->
     served.chain(denied).collect()
 }
 
-/// A request refused before any search: counted, logged, answered with an OperationOutcome.
-fn refused(status: StatusCode, code: &str, text: &str, peer: &Peer) -> Response<Full<Bytes>> {
-    stats::add(&STATS.fhir_requests_refused, 1);
-    tracing::warn!(listener = LISTENER, peer = %peer.address, status = status.as_u16(), why = text, "results search refused");
-    crate::https::response(status, FHIR_JSON, outcome_one("error", code, text))
-}
-
 fn unavailable() -> Response<Full<Bytes>> {
-    let mut r = crate::https::response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        FHIR_JSON,
-        outcome_one(
-            "error",
-            "transient",
-            "the results cannot be searched now: try again",
-        ),
-    );
-    r.headers_mut().insert(
-        http::header::RETRY_AFTER,
-        http::HeaderValue::from_static("5"),
-    );
-    r
+    super::fhir::unavailable("the results cannot be searched now: try again")
 }

@@ -381,6 +381,44 @@ pub fn temp_pki(
     .expect("test PKI");
 }
 
+/// Waits (polling every 50 ms, at most 20 s) until `done` holds; whether it does.
+pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// An operator's care-team grant (or its withdrawal) for a practitioner, as the host's
+/// administrator.
+pub async fn care_grant(
+    h: &Harness,
+    es: &str,
+    authority: &str,
+    id: &str,
+    rpps: &str,
+    granted: bool,
+) {
+    h.server
+        .store
+        .operator(
+            labroute::store::writer::OperatorCommand::CareGrant {
+                establishment: es.into(),
+                authority: authority.into(),
+                id: id.into(),
+                rpps: rpps.into(),
+                granted,
+            },
+            &local_operator("ops"),
+        )
+        .await
+        .expect("care grant");
+}
+
 /// The host's administrator, as the CLI acts on a stopped instance's store.
 pub fn local_operator(name: &str) -> labroute::policy::Operator {
     labroute::policy::Operator {
