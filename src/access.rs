@@ -131,6 +131,8 @@ pub enum Denial {
     NotOpen,
     /// Nothing links the practitioner to the patient there.
     NotInCare,
+    /// The patient opposed sharing outside the establishment (`labroute mssante oppose`).
+    Opposed,
 }
 
 impl Denial {
@@ -140,6 +142,7 @@ impl Denial {
             Denial::UnknownEstablishment => "unknown_establishment",
             Denial::NotOpen => "no_external_access",
             Denial::NotInCare => "not_in_care",
+            Denial::Opposed => "patient_opposed",
         }
     }
 }
@@ -159,9 +162,18 @@ pub fn decide(
     if !est.external_access {
         return Ok(Err(Denial::NotOpen));
     }
-    Ok(store
-        .care_link(est.id.as_str(), patient_key, rpps)?
-        .ok_or(Denial::NotInCare))
+    let link = store.care_link(est.id.as_str(), patient_key, rpps)?;
+    let Some(link) = link else {
+        return Ok(Err(Denial::NotInCare));
+    };
+    let opposed = store
+        .patient(est.id.as_str(), patient_key)?
+        .is_some_and(|p| p.sharing_opposition.is_some());
+    Ok(if opposed {
+        Err(Denial::Opposed)
+    } else {
+        Ok(link)
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod https;
 pub mod ingest;
 pub mod loadgen;
 pub mod model;
+pub mod mssante;
 pub mod pki;
 pub mod policy;
 pub mod router;

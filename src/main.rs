@@ -151,6 +151,33 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// MSSanté: a patient's opposition to sharing outside the establishment.
+    Mssante {
+        #[command(subcommand)]
+        action: MssanteAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The MSSanté directory: `import` replaces the national entries (the Annuaire Santé's
+    /// FHIR export: Bundle or NDJSON) or, with `--local`, the local ones (CSV
+    /// `rpps,address[,type[,finess]]`).
+    Directory {
+        #[command(subcommand)]
+        action: ImportAction,
+        /// The file is the local CSV.
+        #[arg(long, global = true)]
+        local: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The MSSanté trust space's whitelist: `import` replaces it (its XML,
+    /// `//Domaine/Nom`).
+    Whitelist {
+        #[command(subcommand)]
+        action: ImportAction,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// The operator log.
     Oplog {
         #[command(flatten)]
@@ -326,6 +353,27 @@ enum DmpAction {
 }
 
 #[derive(Subcommand)]
+enum MssanteAction {
+    /// Record that the patient opposes sharing his results outside the establishment: no
+    /// mail to professionals, nothing served to practitioners outside.
+    Oppose {
+        #[command(flatten)]
+        patient: PatientArgs,
+    },
+    /// Lift an opposition recorded with `oppose`.
+    Lift {
+        #[command(flatten)]
+        patient: PatientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportAction {
+    /// Read the file and replace what the instance holds (all or nothing).
+    Import { file: PathBuf },
+}
+
+#[derive(Subcommand)]
 enum DeadAction {
     List,
     /// Queue a dead letter again.
@@ -436,6 +484,47 @@ async fn run(cli: Cli) -> Result<()> {
                 id: p.id,
                 opposed,
             };
+            admin_call(&admin, AdminRequest::Command { command }).await
+        }
+        Command::Mssante { action, admin } => {
+            let (p, opposed) = match action {
+                MssanteAction::Oppose { patient } => (patient, true),
+                MssanteAction::Lift { patient } => (patient, false),
+            };
+            let command = OperatorCommand::SharingOpposition {
+                establishment: p.establishment,
+                authority: p.authority,
+                id: p.id,
+                opposed,
+            };
+            admin_call(&admin, AdminRequest::Command { command }).await
+        }
+        Command::Directory {
+            action: ImportAction::Import { file },
+            local,
+            admin,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let name = file.display().to_string();
+            let (source, mailboxes) = if local {
+                let m = labroute::mssante::directory::parse_csv(&name, &text)?;
+                (labroute::mssante::Source::Local, m)
+            } else {
+                let m = labroute::mssante::directory::parse_fhir(&name, &text)?;
+                (labroute::mssante::Source::National, m)
+            };
+            let command = OperatorCommand::DirectoryImport { source, mailboxes };
+            admin_call(&admin, AdminRequest::Command { command }).await
+        }
+        Command::Whitelist {
+            action: ImportAction::Import { file },
+            admin,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let domains = labroute::mssante::whitelist::parse(&file.display().to_string(), &text)?;
+            let command = OperatorCommand::WhitelistImport { domains };
             admin_call(&admin, AdminRequest::Command { command }).await
         }
         Command::Access { action, admin } => {

@@ -131,6 +131,251 @@ pub fn permit(
     }
 }
 
+/// Leave to mail one stored message to one MSSanté address. Only [`mail_permit`] makes
+/// one, from a message [`Permit`] for the MSSanté destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailPermit {
+    seq: u64,
+    address: String,
+    patient: bool,
+}
+
+impl MailPermit {
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+    /// The patient's own mailbox (its own mail, its own body).
+    pub fn patient(&self) -> bool {
+        self.patient
+    }
+}
+
+/// Why a candidate recipient is not mailed (journalled and counted by this name; the
+/// sender hears it in its business acknowledgement when it asked for one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MailRefusal {
+    /// `DESTMSSANTEPS` = N: the sender asked for no professional.
+    #[error("destmssanteps_no")]
+    NotForProfessionals,
+    /// `MASQUE_PS` = Y: the document is hidden from professionals.
+    #[error("masked_from_professionals")]
+    Masked,
+    /// A patient's mailbox without `DESTMSSANTEPAT` = Y.
+    #[error("patient_not_asked")]
+    PatientNotAsked,
+    /// `INVISIBLE_PATIENT` = Y: not for the patient's eyes.
+    #[error("invisible_to_patient")]
+    InvisibleToPatient,
+    /// A patient's mailbox that is not this patient's (its local part is not his INS).
+    #[error("not_this_patient")]
+    NotThisPatient,
+    /// Not an address.
+    #[error("bad_address")]
+    BadAddress,
+    /// Neither the national directory nor the local one knows the address (or, for an
+    /// RPPS, any listed mailbox of his).
+    #[error("not_in_directory")]
+    NotInDirectory,
+    /// The directory gives the address to another practitioner than the message names.
+    #[error("address_of_another_practitioner")]
+    AddressOfAnother,
+    /// The address's domain is not on the trust space's whitelist.
+    #[error("domain_not_whitelisted")]
+    NotWhitelisted,
+    /// Nothing links him to this patient's care (a standing recipient with no care link
+    /// or grant).
+    #[error("not_in_care")]
+    NotInCare,
+    /// The patient opposed sharing outside the establishment.
+    #[error("patient_opposed")]
+    Opposed,
+    /// The establishment does not mail by MSSanté (`mssante` not set).
+    #[error("not_enabled")]
+    NotEnabled,
+    /// The ordering provider works in the establishment: he reads the result in its record.
+    #[error("inside_establishment")]
+    Inside,
+}
+
+impl MailRefusal {
+    /// Every name, for metrics and documentation.
+    pub const ALL: [MailRefusal; 13] = [
+        MailRefusal::NotForProfessionals,
+        MailRefusal::Masked,
+        MailRefusal::PatientNotAsked,
+        MailRefusal::InvisibleToPatient,
+        MailRefusal::NotThisPatient,
+        MailRefusal::BadAddress,
+        MailRefusal::NotInDirectory,
+        MailRefusal::AddressOfAnother,
+        MailRefusal::NotWhitelisted,
+        MailRefusal::NotInCare,
+        MailRefusal::Opposed,
+        MailRefusal::NotEnabled,
+        MailRefusal::Inside,
+    ];
+}
+
+/// What `mail_permit` reads besides the candidate: the message's flags and patient, the
+/// owning establishment, and the directory, whitelist and care links (the store).
+pub struct MailCase<'a> {
+    /// MetaDMPMSS flags: `DESTMSSANTEPS`, `DESTMSSANTEPAT`, `MASQUE_PS`, `INVISIBLE_PATIENT`.
+    pub dest_ps: Option<bool>,
+    pub dest_patient: Option<bool>,
+    pub masked: Option<bool>,
+    pub invisible_patient: Option<bool>,
+    /// The patient's INS (PID-3), when the message carries one.
+    pub ins: Option<&'a str>,
+    /// `router::Facts::patient_key`.
+    pub patient_key: Option<&'a str>,
+    /// The patient's opposition to sharing outside the establishment.
+    pub opposed: bool,
+    pub establishment: &'a crate::config::Establishment,
+}
+
+/// The directory, the whitelist and the care links, as `mail_permit` reads them.
+pub trait MailLookup {
+    type Error;
+    /// The mailbox an address is, in either directory.
+    fn mailbox(&self, address: &str) -> Result<Option<crate::mssante::Mailbox>, Self::Error>;
+    /// A practitioner's mailboxes.
+    fn mailboxes_of(&self, rpps: &str) -> Result<Vec<crate::mssante::Mailbox>, Self::Error>;
+    fn whitelisted(&self, domain: &str) -> Result<bool, Self::Error>;
+    fn care_link(
+        &self,
+        establishment: &str,
+        patient_key: &str,
+        rpps: &str,
+    ) -> Result<Option<crate::access::Link>, Self::Error>;
+}
+
+/// Decides one candidate recipient of a message the MSSanté destination holds a
+/// [`Permit`] for:
+/// - the document's flags: never a professional when `DESTMSSANTEPS` = N or `MASQUE_PS`
+///   = Y; the patient's own mailbox only when `DESTMSSANTEPAT` = Y and not
+///   `INVISIBLE_PATIENT`, and only his (its local part is his INS);
+/// - the address: the one the message gives, which the directory must know (and give to
+///   the same practitioner), else the practitioner's listed mailbox (personal first);
+/// - its domain on the whitelist;
+/// - in the patient's care: named by the message (ordering provider, copy, recipient), or
+///   a care link or grant recorded for this patient in this establishment; and the patient
+///   has not opposed sharing.
+///
+/// An ordering provider whose mailboxes all belong to the establishment (by FINESS) is not
+/// mailed: he reads the result in its record.
+pub fn mail_permit<L: MailLookup>(
+    permit: &Permit,
+    candidate: &crate::mssante::recipients::Candidate,
+    case: &MailCase<'_>,
+    lookup: &L,
+) -> Result<Result<MailPermit, MailRefusal>, L::Error> {
+    use crate::mssante::domain_of;
+    if permit.destination.as_str() != crate::mssante::DESTINATION {
+        return Ok(Err(MailRefusal::NotEnabled));
+    }
+    if case.establishment.mssante.is_none() {
+        return Ok(Err(MailRefusal::NotEnabled));
+    }
+    if candidate.bad_address {
+        return Ok(Err(MailRefusal::BadAddress));
+    }
+    let ok = |address: String, patient: bool| {
+        Ok(Ok(MailPermit {
+            seq: permit.seq,
+            address,
+            patient,
+        }))
+    };
+    if candidate.patient {
+        let Some(address) = candidate.address.clone() else {
+            return Ok(Err(MailRefusal::BadAddress));
+        };
+        if case.dest_patient != Some(true) {
+            return Ok(Err(MailRefusal::PatientNotAsked));
+        }
+        if case.invisible_patient == Some(true) {
+            return Ok(Err(MailRefusal::InvisibleToPatient));
+        }
+        let local = address.rsplit_once('@').map_or("", |(l, _)| l);
+        if case.ins.is_none_or(|ins| ins != local) {
+            return Ok(Err(MailRefusal::NotThisPatient));
+        }
+        if !lookup.whitelisted(domain_of(&address))? {
+            return Ok(Err(MailRefusal::NotWhitelisted));
+        }
+        return ok(address, true);
+    }
+    if case.dest_ps == Some(false) {
+        return Ok(Err(MailRefusal::NotForProfessionals));
+    }
+    if case.masked == Some(true) {
+        return Ok(Err(MailRefusal::Masked));
+    }
+    // The address, and the practitioner it belongs to.
+    let (address, mailboxes) = match (&candidate.address, &candidate.rpps) {
+        (Some(a), rpps) => {
+            let Some(m) = lookup.mailbox(a)? else {
+                return Ok(Err(MailRefusal::NotInDirectory));
+            };
+            if let (Some(want), Some(has)) = (rpps, &m.rpps)
+                && want != has
+            {
+                return Ok(Err(MailRefusal::AddressOfAnother));
+            }
+            (a.clone(), vec![m])
+        }
+        (None, Some(rpps)) => {
+            let mut listed: Vec<_> = lookup
+                .mailboxes_of(rpps)?
+                .into_iter()
+                .filter(|m| !m.unlisted)
+                .collect();
+            listed.sort_by(|a, b| (a.kind, &a.address).cmp(&(b.kind, &b.address)));
+            let Some(first) = listed.first() else {
+                return Ok(Err(MailRefusal::NotInDirectory));
+            };
+            (first.address.clone(), listed)
+        }
+        (None, None) => return Ok(Err(MailRefusal::BadAddress)),
+    };
+    let rpps = candidate
+        .rpps
+        .clone()
+        .or_else(|| mailboxes.first().and_then(|m| m.rpps.clone()));
+    if candidate.named == crate::mssante::recipients::Named::Ordering {
+        let own = &case.establishment.finess;
+        let inside = !mailboxes.is_empty()
+            && mailboxes
+                .iter()
+                .all(|m| m.finess.iter().any(|f| own.contains(f)));
+        if inside {
+            return Ok(Err(MailRefusal::Inside));
+        }
+    }
+    if !lookup.whitelisted(domain_of(&address))? {
+        return Ok(Err(MailRefusal::NotWhitelisted));
+    }
+    let in_care = match candidate.named.care() {
+        Some(_) => true,
+        None => match (rpps.as_deref(), case.patient_key) {
+            (Some(r), Some(pk)) => lookup
+                .care_link(case.establishment.id.as_str(), pk, r)?
+                .is_some(),
+            _ => false,
+        },
+    };
+    if !in_care {
+        return Ok(Err(MailRefusal::NotInCare));
+    }
+    if case.opposed {
+        return Ok(Err(MailRefusal::Opposed));
+    }
+    ok(address, false)
+}
+
 /// Who runs an operator command, and within what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Operator {

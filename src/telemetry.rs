@@ -17,8 +17,15 @@ pub mod names {
     /// answered; `nothing_served`: none did, whatever the reason).
     pub const RESULTS_SEARCHES: &str = "labroute_results_searches_total";
     /// Establishments (or unknown patients) a results search was refused, by `reason`
-    /// (`unknown_patient`, `unknown_establishment`, `no_external_access`, `not_in_care`).
+    /// (`unknown_patient`, `unknown_establishment`, `no_external_access`, `not_in_care`, `patient_opposed`).
     pub const RESULTS_DENIED: &str = "labroute_results_access_denied_total";
+    /// Results mailed to nobody by MSSanté, by `reason` (`not_enabled`,
+    /// `no_recipient`, `no_authorised_recipient`).
+    pub const MSSANTE_WITHHELD: &str = "labroute_mssante_withheld_total";
+    /// MSSanté candidate recipients, by `outcome` (`sent`, or a refusal:
+    /// `domain_not_whitelisted`, `not_in_directory`, `not_in_care`, `patient_opposed`,
+    /// `masked_from_professionals`, …).
+    pub const MSSANTE_RECIPIENTS: &str = "labroute_mssante_recipients_total";
     /// Prefix of the process counters (`stats::STATS`), exported as `<prefix><name>_total`.
     pub const STATS_PREFIX: &str = "labroute_";
 }
@@ -62,6 +69,14 @@ fn describe() {
     metrics::describe_counter!(
         names::RESULTS_DENIED,
         "Results searches refused for a patient or establishment (answered as if nothing existed, journalled), by reason"
+    );
+    metrics::describe_counter!(
+        names::MSSANTE_WITHHELD,
+        "Results mailed to nobody by MSSanté (journalled), by reason"
+    );
+    metrics::describe_counter!(
+        names::MSSANTE_RECIPIENTS,
+        "MSSanté candidate recipients, by outcome (sent, or the refusal's reason; journalled)"
     );
     for (name, help) in crate::stats::DESCRIPTIONS {
         metrics::describe_counter!(format!("{}{name}_total", names::STATS_PREFIX), *help);

@@ -38,6 +38,9 @@ use crate::tls::{PeerIdentity, TlsState};
 
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
+/// Largest body of an operator's directory or whitelist import (the national MSSanté
+/// directory's mailboxes, as the CLI sends them).
+const MAX_IMPORT_BODY: usize = 512 * 1024 * 1024;
 /// Concurrent admin connections.
 const MAX_CONNECTIONS: usize = 32;
 /// Name the refused handshakes and the journal give this endpoint.
@@ -110,6 +113,31 @@ impl AdminRequest {
                         "rpps": rpps,
                         "granted": granted,
                     })),
+                ),
+                OperatorCommand::SharingOpposition {
+                    establishment,
+                    authority,
+                    id,
+                    opposed,
+                } => (
+                    Method::POST,
+                    "/mssante/opposition".into(),
+                    Some(json!({
+                        "establishment": establishment,
+                        "authority": authority,
+                        "id": id,
+                        "opposed": opposed,
+                    })),
+                ),
+                OperatorCommand::DirectoryImport { source, mailboxes } => (
+                    Method::POST,
+                    "/mssante/directory".into(),
+                    Some(json!({ "source": source, "mailboxes": mailboxes })),
+                ),
+                OperatorCommand::WhitelistImport { domains } => (
+                    Method::POST,
+                    "/mssante/whitelist".into(),
+                    Some(json!({ "domains": domains })),
                 ),
                 OperatorCommand::DmpOpposition {
                     establishment,
@@ -220,7 +248,41 @@ impl AdminRequest {
                     opposed: flag("opposed")?,
                 },
             },
+            ["mssante", "opposition"] if post => AdminRequest::Command {
+                command: OperatorCommand::SharingOpposition {
+                    establishment: field("establishment")?,
+                    authority: field("authority")?,
+                    id: field("id")?,
+                    opposed: flag("opposed")?,
+                },
+            },
+            ["mssante", "directory"] if post => AdminRequest::Command {
+                command: OperatorCommand::DirectoryImport {
+                    source: member("source")?
+                        .and_then(|v| serde_json::from_value(v).ok())
+                        .ok_or_else(|| {
+                            AdminError::BadRequest(
+                                "the body needs \"source\": \"national\" or \"local\"".into(),
+                            )
+                        })?,
+                    mailboxes: member("mailboxes")?
+                        .and_then(|v| serde_json::from_value(v).ok())
+                        .ok_or_else(|| {
+                            AdminError::BadRequest("the body needs a list \"mailboxes\"".into())
+                        })?,
+                },
+            },
+            ["mssante", "whitelist"] if post => AdminRequest::Command {
+                command: OperatorCommand::WhitelistImport {
+                    domains: member("domains")?
+                        .and_then(|v| serde_json::from_value(v).ok())
+                        .ok_or_else(|| {
+                            AdminError::BadRequest("the body needs a list \"domains\"".into())
+                        })?,
+                },
+            },
             ["status"]
+            | ["mssante", "opposition" | "directory" | "whitelist"]
             | ["quarantine"]
             | ["quarantine", _]
             | ["quarantine", _, "release" | "discard"]
@@ -349,12 +411,18 @@ async fn respond(
         )),
         Err(e) => Err(e.clone()),
     };
+    let limit =
+        if who.is_ok() && matches!(path.as_str(), "/mssante/directory" | "/mssante/whitelist") {
+            MAX_IMPORT_BODY
+        } else {
+            MAX_BODY
+        };
     let result = async {
-        let body = Limited::new(req.into_body(), MAX_BODY)
+        let body = Limited::new(req.into_body(), limit)
             .collect()
             .await
             .map_err(|_| {
-                AdminError::BadRequest(format!("the body is unreadable or over {MAX_BODY} bytes"))
+                AdminError::BadRequest(format!("the body is unreadable or over {limit} bytes"))
             })?
             .to_bytes();
         let who = match &who {

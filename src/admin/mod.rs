@@ -87,7 +87,8 @@ impl From<OperatorError> for AdminError {
             }
             OperatorError::Forbidden { .. }
             | OperatorError::SenderNotFor { .. }
-            | OperatorError::OutOfScope { .. } => AdminError::Forbidden(m),
+            | OperatorError::OutOfScope { .. }
+            | OperatorError::NeedsInstance { .. } => AdminError::Forbidden(m),
             OperatorError::Store(_) => AdminError::Store(m),
         }
     }

@@ -95,6 +95,14 @@ pub enum DestinationKind {
     /// The DMP: IHE MHD ITI-65 over HTTPS, POSTed to `path`, each establishment with its own
     /// client certificate; `ca` verifies the server (default `[tls].ca`).
     Dmp { path: String, ca: Option<PathBuf> },
+    /// MSSanté: SMTP over TLS (implicit, or STARTTLS required), each establishment with its
+    /// own client certificate; `ca` verifies the server (default `[tls].ca`).
+    Mssante {
+        starttls: bool,
+        ca: Option<PathBuf>,
+        subject: String,
+        body: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -232,6 +240,19 @@ pub struct Establishment {
     /// Whether practitioners from outside who take part in a patient's care may read that
     /// patient's results (`access`).
     pub external_access: bool,
+    /// Mails results by MSSanté.
+    pub mssante: Option<EstablishmentMssante>,
+}
+
+/// An establishment's MSSanté sending.
+#[derive(Debug, Clone)]
+pub struct EstablishmentMssante {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// `From` (normalised).
+    pub from: String,
+    /// Standing recipients (RPPS or addresses), as written.
+    pub recipients: Vec<String>,
 }
 
 /// An establishment's DMP client certificate.
@@ -440,6 +461,10 @@ struct Validator {
     dmp_ca_from_tls: Option<(PathBuf, usize)>,
     /// Establishments that feed the DMP: (file, line, field), checked against `[dmp]`.
     dmp_users: Vec<(PathBuf, usize, String)>,
+    /// Where `[mssante]` leaves its CA to `[tls]`.
+    mssante_ca_from_tls: Option<(PathBuf, usize)>,
+    /// Establishments that mail by MSSanté: (file, line, field), checked against `[mssante]`.
+    mssante_users: Vec<(PathBuf, usize, String)>,
     /// Where `[fhir] bind` is set (it needs `[tls]`).
     fhir_bind_at: Option<(PathBuf, usize)>,
     /// "kind=value" of each system's certificate matcher → the system.
@@ -634,6 +659,9 @@ impl Validator {
         }
         if let Some(d) = &raw.dmp {
             self.dmp(&cx, d);
+        }
+        if let Some(m) = &raw.mssante {
+            self.mssante(&cx, m);
         }
         for (i, l) in raw.listener.iter().enumerate() {
             self.listener(&cx, i, l);
@@ -992,6 +1020,126 @@ impl Validator {
         });
     }
 
+    fn mssante(&mut self, cx: &Ctx<'_>, m: &Spanned<RawMssante>) {
+        let name = crate::mssante::DESTINATION;
+        let line = cx.line(m);
+        if !self.first(cx, line, "mssante") {
+            return;
+        }
+        if let Some((f, at)) = self.destination_names.get(name) {
+            let msg = format!(
+                "[mssante] is the destination {name:?}, already defined at {}:{at}",
+                f.display()
+            );
+            self.err(cx, line, "mssante", msg);
+            return;
+        }
+        self.destination_names
+            .insert(name.to_owned(), (cx.file.to_owned(), line));
+        let m = m.get_ref();
+        let address = m.address.get_ref().trim();
+        let host = match address.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0) => {
+                h.trim_start_matches('[').trim_end_matches(']').to_owned()
+            }
+            _ => {
+                self.err(
+                    cx,
+                    cx.line(&m.address),
+                    "mssante.address",
+                    format!("{address:?} is not host:port"),
+                );
+                return;
+            }
+        };
+        let starttls = match m.tls.get_ref().as_str() {
+            "implicit" => false,
+            "starttls" => true,
+            other => {
+                self.err(
+                    cx,
+                    cx.line(&m.tls),
+                    "mssante.tls",
+                    format!("{other:?}: expected \"implicit\" (TLS from the first byte) or \"starttls\" (STARTTLS required); mail never goes in clear"),
+                );
+                false
+            }
+        };
+        let server_name = m
+            .server_name
+            .as_ref()
+            .map_or_else(|| host.clone(), |n| n.get_ref().clone());
+        if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
+            let at = m
+                .server_name
+                .as_ref()
+                .map_or(cx.line(&m.address), |n| cx.line(n));
+            self.err(
+                cx,
+                at,
+                "mssante.server_name",
+                format!("{server_name:?} is not a DNS name or IP address"),
+            );
+        }
+        let ca = m.ca.as_ref().map(|c| {
+            let path = cx.path(c.get_ref());
+            if let Err(e) = crate::tls::load_certs(&path) {
+                self.err(cx, cx.line(c), "mssante.ca", e.to_string());
+            }
+            path
+        });
+        if ca.is_none() {
+            self.mssante_ca_from_tls = Some((cx.file.to_owned(), cx.line(&m.address)));
+        }
+        let text = |v: &Option<S>, default: &str| {
+            v.as_ref()
+                .map_or_else(|| default.to_owned(), |s| s.get_ref().clone())
+        };
+        let subject = text(&m.subject, "Compte rendu de biologie");
+        if subject.chars().any(char::is_control) {
+            let at = m.subject.as_ref().map_or(line, |s| cx.line(s));
+            self.err(cx, at, "mssante.subject", "one line, no control character");
+        }
+        let body = text(
+            &m.body,
+            "Bonjour,\r\n\r\nVeuillez trouver ci-joint un compte rendu de biologie.\r\n",
+        );
+        let t = self.timing(
+            cx,
+            line,
+            TimingFields {
+                connect: &m.connect_timeout_secs,
+                answer: &m.timeout_secs,
+                attempts: &m.max_attempts,
+                age: &m.max_age_secs,
+                backoff_initial: &m.backoff_initial_ms,
+                backoff_max: &m.backoff_max_ms,
+            },
+            "mssante.",
+            "timeout_secs",
+        );
+        self.cfg.destinations.push(Destination {
+            name: DestinationName::new(name),
+            kind: DestinationKind::Mssante {
+                starttls,
+                ca,
+                subject,
+                body,
+            },
+            address: address.to_owned(),
+            connect_timeout: t.connect,
+            ack_timeout: t.answer,
+            max_attempts: t.max_attempts,
+            max_age: t.max_age,
+            backoff_initial: t.backoff_initial,
+            backoff_max: t.backoff_max,
+            keep_connection_open: false,
+            tls: true,
+            server_name: Some(server_name),
+            system: None,
+        });
+    }
+
     fn establishment(&mut self, cx: &Ctx<'_>, i: usize, e: &Spanned<RawEstablishment>) {
         let line = cx.line(e);
         let e = e.get_ref();
@@ -1105,6 +1253,48 @@ impl Validator {
             }
             EstablishmentDmp { cert, key }
         });
+        let mssante = e.mssante.as_ref().map(|m| {
+            self.mssante_users
+                .push((cx.file.to_owned(), cx.line(m), field("mssante")));
+            let m = m.get_ref();
+            let (cert, key) = (cx.path(m.cert.get_ref()), cx.path(m.key.get_ref()));
+            if let Err(err) = crate::tls::load_certs(&cert) {
+                self.err(cx, cx.line(&m.cert), field("mssante.cert"), err.to_string());
+            }
+            if let Err(err) = crate::tls::load_key(&key) {
+                self.err(cx, cx.line(&m.key), field("mssante.key"), err.to_string());
+            }
+            let from = crate::mssante::normalise_address(m.from.get_ref()).unwrap_or_else(|| {
+                self.err(
+                    cx,
+                    cx.line(&m.from),
+                    field("mssante.from"),
+                    "not an e-mail address",
+                );
+                String::new()
+            });
+            for (j, r) in m.recipients.iter().enumerate() {
+                let v = r.get_ref().trim();
+                if !crate::access::is_rpps(v) && crate::mssante::normalise_address(v).is_none() {
+                    self.err(
+                        cx,
+                        cx.line(r),
+                        field(&format!("mssante.recipients[{j}]")),
+                        "neither an RPPS (11 digits) nor an e-mail address",
+                    );
+                }
+            }
+            EstablishmentMssante {
+                cert,
+                key,
+                from,
+                recipients: m
+                    .recipients
+                    .iter()
+                    .map(|r| r.get_ref().trim().to_owned())
+                    .collect(),
+            }
+        });
         self.cfg.establishments.push(Establishment {
             id,
             name: e.name.get_ref().clone(),
@@ -1112,6 +1302,7 @@ impl Validator {
             record: DestinationName::new(e.record.get_ref()),
             dmp,
             external_access: e.external_access,
+            mssante,
         });
     }
 
@@ -1409,6 +1600,17 @@ impl Validator {
                 });
             }
         }
+        if !self.seen.contains_key("mssante") {
+            for (file, line, field) in std::mem::take(&mut self.mssante_users) {
+                self.errors.push(ConfigError {
+                    file,
+                    line,
+                    field,
+                    message: "mailing by MSSanté needs a [mssante] section (the SMTP server)"
+                        .into(),
+                });
+            }
+        }
         // The HTTPS endpoints know their clients by certificate: no plain-TCP form.
         let endpoints = [
             (
@@ -1420,6 +1622,11 @@ impl Validator {
                 self.dmp_ca_from_tls.as_ref(),
                 "dmp.ca",
                 "the DMP's server certificate is verified against a CA: set [dmp] ca, or a [tls] section (its ca is used)",
+            ),
+            (
+                self.mssante_ca_from_tls.as_ref(),
+                "mssante.ca",
+                "the SMTP server's certificate is verified against a CA: set [mssante] ca, or a [tls] section (its ca is used)",
             ),
             (
                 self.seen.get("admin"),

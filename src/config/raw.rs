@@ -20,6 +20,7 @@ pub struct RawFile {
     pub admin: Option<Spanned<RawAdmin>>,
     pub fhir: Option<Spanned<RawFhir>>,
     pub dmp: Option<Spanned<RawDmp>>,
+    pub mssante: Option<Spanned<RawMssante>>,
     #[serde(default)]
     pub system: Vec<Spanned<RawSystem>>,
     #[serde(default)]
@@ -72,6 +73,48 @@ pub struct RawDmp {
     pub max_age_secs: Option<Spanned<u64>>,
     pub backoff_initial_ms: Option<Spanned<u64>>,
     pub backoff_max_ms: Option<Spanned<u64>>,
+}
+
+/// MSSanté: the operator's SMTP server (the establishments' certificates and addresses are
+/// theirs: `establishment.mssante`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMssante {
+    /// `host:port` of the operator's SMTP server.
+    pub address: S,
+    /// `implicit` (TLS from the first byte, port 465) or `starttls` (STARTTLS required,
+    /// never a plaintext fallback).
+    pub tls: S,
+    /// Name the server's certificate must carry; default: the address's host.
+    pub server_name: Option<S>,
+    /// PEM bundle of the CAs that issue the server's certificate; default `[tls].ca`.
+    pub ca: Option<S>,
+    /// Subject of every mail (no patient data); default "Compte rendu de biologie".
+    pub subject: Option<S>,
+    /// Body when the message carries no `CORPSMAIL_PS` / `CORPSMAIL_PATIENT` text.
+    pub body: Option<S>,
+    pub connect_timeout_secs: Option<Spanned<u64>>,
+    /// Longest wait for each SMTP answer.
+    pub timeout_secs: Option<Spanned<u64>>,
+    pub max_attempts: Option<Spanned<u64>>,
+    pub max_age_secs: Option<Spanned<u64>>,
+    pub backoff_initial_ms: Option<Spanned<u64>>,
+    pub backoff_max_ms: Option<Spanned<u64>>,
+}
+
+/// An establishment's mail: present means enabled.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEstablishmentMssante {
+    /// The establishment's client certificate toward the SMTP server (PEM).
+    pub cert: S,
+    pub key: S,
+    /// Its sending address (`From`).
+    pub from: S,
+    /// Standing recipients (RPPS or addresses): candidates for every result, mailed only
+    /// where the patient's care links them.
+    #[serde(default)]
+    pub recipients: Vec<S>,
 }
 
 /// An establishment's DMP feed: present means enabled.
@@ -171,6 +214,8 @@ pub struct RawEstablishment {
     pub record: S,
     /// Feed the DMP (needs `[dmp]`), with the establishment's certificate.
     pub dmp: Option<Spanned<RawEstablishmentDmp>>,
+    /// Mail results by MSSanté (needs `[mssante]`), from this address, with this certificate.
+    pub mssante: Option<Spanned<RawEstablishmentMssante>>,
     /// Practitioners outside the establishment who take part in a patient's care may read
     /// that patient's results (the results server).
     #[serde(default)]

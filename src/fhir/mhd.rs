@@ -93,7 +93,7 @@ struct Document {
 }
 
 /// An OID under `2.25` (ISO/IEC 9834-8: from a UUID): an XDS uniqueId for what we create.
-fn oid_of(uuid: &str) -> String {
+pub(crate) fn oid_of(uuid: &str) -> String {
     let hex: String = uuid.chars().filter(|c| *c != '-').collect();
     let n = u128::from_str_radix(&hex, 16).unwrap_or(0);
     format!("urn:oid:2.25.{n}")
@@ -510,7 +510,7 @@ fn whole(problem: &'static str) -> MapError {
 
 /// The SubmissionSet's sourceId: an OID under `2.25` derived from the establishment id, the
 /// same for every submission of that establishment.
-fn source_oid(establishment: &str) -> String {
+pub(crate) fn source_oid(establishment: &str) -> String {
     oid_of(&v2::uuid(
         &crate::model::sha256(b"labroute:dmp:source"),
         establishment,

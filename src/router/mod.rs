@@ -234,6 +234,15 @@ pub fn destinations(
             {
                 d.push(DestinationName::new(crate::config::DMP_DESTINATION));
             }
+            // Likewise MSSanté: its recipients are decided at send time, journalled, and
+            // those of establishments that do not mail withheld.
+            if cfg
+                .destinations
+                .iter()
+                .any(|x| x.name.as_str() == crate::mssante::DESTINATION)
+            {
+                d.push(DestinationName::new(crate::mssante::DESTINATION));
+            }
             d
         }
     }

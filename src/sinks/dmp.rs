@@ -35,10 +35,10 @@ struct Register {
 /// When the files of a client certificate last changed (modification time and size of
 /// each; `None` for one that cannot be read).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Vec<Option<(std::time::SystemTime, u64)>>);
+pub(crate) struct Stamp(Vec<Option<(std::time::SystemTime, u64)>>);
 
 impl Stamp {
-    fn of(files: &[&std::path::Path]) -> Stamp {
+    pub(crate) fn of(files: &[&std::path::Path]) -> Stamp {
         Stamp(
             files
                 .iter()
@@ -66,7 +66,7 @@ impl DmpSink {
     pub fn new(dest: Destination, cfg: Arc<Config>, store: StoreHandle) -> DmpSink {
         let path = match &dest.kind {
             DestinationKind::Dmp { path, .. } => path.clone(),
-            DestinationKind::Mllp => "/".into(),
+            DestinationKind::Mllp | DestinationKind::Mssante { .. } => "/".into(),
         };
         DmpSink {
             dest,

@@ -55,12 +55,17 @@ pub enum PeerAnswer {
     Withheld(&'static str),
     /// Accepted by the DMP, with the changes to its document register.
     Published(Vec<crate::store::DmpChange>),
+    /// Mailed by MSSanté (SMTP 250) to some candidates; what became of each.
+    Mailed(Vec<crate::store::writer::MailOutcome>),
+    /// Mailed to nobody, by rule: the reason, and what became of each candidate.
+    MailWithheld(&'static str, Vec<crate::store::writer::MailOutcome>),
 }
 
-/// How a destination is reached: MLLP, or the DMP's HTTPS.
+/// How a destination is reached: MLLP, the DMP's HTTPS, or MSSanté's SMTP.
 pub enum Transport {
     Mllp(Box<Connection>),
     Dmp(Box<super::dmp::DmpSink>),
+    Mssante(Box<super::mssante::MssanteSink>),
 }
 
 impl Transport {
@@ -68,6 +73,7 @@ impl Transport {
         match self {
             Transport::Mllp(c) => c.send(permit, raw).await,
             Transport::Dmp(d) => Ok(d.send(permit, raw).await),
+            Transport::Mssante(m) => Ok(m.send(permit, raw).await),
         }
     }
 }
@@ -326,6 +332,9 @@ pub async fn run_destination(
         crate::config::DestinationKind::Dmp { .. } => Transport::Dmp(Box::new(
             super::dmp::DmpSink::new(dest.clone(), cfg.clone(), store.clone()),
         )),
+        crate::config::DestinationKind::Mssante { .. } => Transport::Mssante(Box::new(
+            super::mssante::MssanteSink::new(dest.clone(), cfg.clone(), store.clone()),
+        )),
     };
     let mut cursor: Option<u64> = None;
     let mut pending = PendingMarks {
@@ -397,55 +406,80 @@ async fn deliver_one(
         {
             return false;
         }
-        let update = if now_ms().saturating_sub(entry.enqueued_at_ms)
-            > dest.max_age.as_millis() as u64
-        {
-            DeliveryUpdate::Dead {
-                attempts: entry.attempts,
-                reason: format!("not delivered within max_age ({:?})", dest.max_age),
-            }
-        } else {
-            match (
-                store.store().raw(entry.seq),
-                permit_for(store, &dest.name, cfg, entry.seq),
-            ) {
-                (_, Err(denied)) => {
-                    stats::add(&STATS.refused_by_policy, 1);
-                    DeliveryUpdate::Dead {
-                        attempts: entry.attempts,
-                        reason: format!("refused by the delivery policy: {denied}"),
-                    }
-                }
-                (Ok(Some(raw)), Ok(permit)) => {
-                    let attempts = entry.attempts + 1;
-                    match conn.send(&permit, &raw).await {
-                        Ok(PeerAnswer::Accepted) => DeliveryUpdate::Delivered { dmp: Vec::new() },
-                        Ok(PeerAnswer::Published(dmp)) => DeliveryUpdate::Delivered { dmp },
-                        Ok(PeerAnswer::Rejected(r)) => DeliveryUpdate::Dead {
-                            attempts,
-                            reason: r,
-                        },
-                        Ok(PeerAnswer::Error(e)) => retry_or_dead(dest, attempts, e),
-                        Ok(PeerAnswer::Withheld(reason)) => {
-                            metrics::counter!(
-                                crate::telemetry::names::DMP_WITHHELD,
-                                "reason" => reason
-                            )
-                            .increment(1);
-                            DeliveryUpdate::Withheld {
-                                reason: reason.to_owned(),
-                            }
-                        }
-                        Err(e) => retry_or_dead(dest, attempts, e.to_string()),
-                    }
-                }
-                (Ok(None), _) => DeliveryUpdate::Dead {
+        let update =
+            if now_ms().saturating_sub(entry.enqueued_at_ms) > dest.max_age.as_millis() as u64 {
+                DeliveryUpdate::Dead {
                     attempts: entry.attempts,
-                    reason: "message bytes missing from the store".into(),
-                },
-                (Err(e), _) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
-            }
-        };
+                    reason: format!("not delivered within max_age ({:?})", dest.max_age),
+                }
+            } else {
+                match (
+                    store.store().raw(entry.seq),
+                    permit_for(store, &dest.name, cfg, entry.seq),
+                ) {
+                    (_, Err(denied)) => {
+                        stats::add(&STATS.refused_by_policy, 1);
+                        DeliveryUpdate::Dead {
+                            attempts: entry.attempts,
+                            reason: format!("refused by the delivery policy: {denied}"),
+                        }
+                    }
+                    (Ok(Some(raw)), Ok(permit)) => {
+                        let attempts = entry.attempts + 1;
+                        match conn.send(&permit, &raw).await {
+                            Ok(PeerAnswer::Accepted) => DeliveryUpdate::Delivered {
+                                dmp: Vec::new(),
+                                mail: Vec::new(),
+                            },
+                            Ok(PeerAnswer::Published(dmp)) => DeliveryUpdate::Delivered {
+                                dmp,
+                                mail: Vec::new(),
+                            },
+                            Ok(PeerAnswer::Mailed(mail)) => {
+                                super::mssante::count(&mail);
+                                DeliveryUpdate::Delivered {
+                                    dmp: Vec::new(),
+                                    mail,
+                                }
+                            }
+                            Ok(PeerAnswer::MailWithheld(reason, mail)) => {
+                                super::mssante::count(&mail);
+                                metrics::counter!(
+                                    crate::telemetry::names::MSSANTE_WITHHELD,
+                                    "reason" => reason
+                                )
+                                .increment(1);
+                                DeliveryUpdate::Withheld {
+                                    reason: reason.to_owned(),
+                                    mail,
+                                }
+                            }
+                            Ok(PeerAnswer::Rejected(r)) => DeliveryUpdate::Dead {
+                                attempts,
+                                reason: r,
+                            },
+                            Ok(PeerAnswer::Error(e)) => retry_or_dead(dest, attempts, e),
+                            Ok(PeerAnswer::Withheld(reason)) => {
+                                metrics::counter!(
+                                    crate::telemetry::names::DMP_WITHHELD,
+                                    "reason" => reason
+                                )
+                                .increment(1);
+                                DeliveryUpdate::Withheld {
+                                    reason: reason.to_owned(),
+                                    mail: Vec::new(),
+                                }
+                            }
+                            Err(e) => retry_or_dead(dest, attempts, e.to_string()),
+                        }
+                    }
+                    (Ok(None), _) => DeliveryUpdate::Dead {
+                        attempts: entry.attempts,
+                        reason: "message bytes missing from the store".into(),
+                    },
+                    (Err(e), _) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
+                }
+            };
         // Persist the outcome (a restart resumes from the store): a delivered mark commits
         // while the next message goes out; any other outcome is durable before going on.
         let queued = matches!(update, DeliveryUpdate::Delivered { .. });
@@ -493,7 +527,7 @@ async fn deliver_one(
                 tracing::warn!(destination = %name, seq = entry.seq, reason = %reason, "dead letter");
                 return true;
             }
-            DeliveryUpdate::Withheld { reason } => {
+            DeliveryUpdate::Withheld { reason, .. } => {
                 tracing::info!(destination = %name, seq = entry.seq, reason = %reason, "withheld by rule; not sent");
                 return true;
             }

@@ -1,3 +1,4 @@
 //! Outbound destinations.
 pub mod dmp;
 pub mod mllp;
+pub mod mssante;

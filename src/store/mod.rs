@@ -47,6 +47,18 @@ pub(crate) const RESULTS: TableDefinition<&str, u64> = TableDefinition::new("res
 /// `patient_id_key` → seq of the first result that gave it: which patient of which
 /// establishment a result's patient identifier names.
 pub(crate) const PATIENT_IDS: TableDefinition<&str, u64> = TableDefinition::new("patient_ids");
+/// `mss_key(source, address)` → Mailbox: the MSSanté directory (national and local).
+pub(crate) const MSS_DIRECTORY: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("mss_directory");
+/// `rpps \x1f source \x1f address` → (): a practitioner's mailboxes.
+pub(crate) const MSS_BY_RPPS: TableDefinition<&str, ()> = TableDefinition::new("mss_by_rpps");
+/// Domain → import time (ms): the trust space's whitelist.
+pub(crate) const MSS_WHITELIST: TableDefinition<&str, u64> = TableDefinition::new("mss_whitelist");
+
+/// The directory key of an address from one source.
+pub(crate) fn mss_key(source: crate::mssante::Source, address: &str) -> String {
+    format!("{}\u{1f}{address}", source.as_str())
+}
 
 /// File name of the store inside the data directory.
 pub const STORE_FILE: &str = "labroute.redb";
@@ -142,6 +154,9 @@ impl Store {
             txn.open_table(CARE_GRANTS).map_err(db_err)?;
             txn.open_table(RESULTS).map_err(db_err)?;
             txn.open_table(PATIENT_IDS).map_err(db_err)?;
+            txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
+            txn.open_table(MSS_BY_RPPS).map_err(db_err)?;
+            txn.open_table(MSS_WHITELIST).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store {
@@ -281,6 +296,74 @@ impl Store {
             Some(v) => Ok(Some(decode(v.value())?)),
             None => Ok(None),
         }
+    }
+
+    /// The mailbox an address is (the national directory's entry first, else the local
+    /// one's).
+    pub fn mailbox(&self, address: &str) -> Result<Option<crate::mssante::Mailbox>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
+        for source in [
+            crate::mssante::Source::National,
+            crate::mssante::Source::Local,
+        ] {
+            if let Some(v) = t.get(mss_key(source, address).as_str()).map_err(db_err)? {
+                return Ok(Some(decode(v.value())?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A practitioner's mailboxes, from both directories.
+    pub fn mailboxes_of(&self, rpps: &str) -> Result<Vec<crate::mssante::Mailbox>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let by = txn.open_table(MSS_BY_RPPS).map_err(db_err)?;
+        let dir = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
+        let start = format!("{rpps}\u{1f}");
+        let end = format!("{rpps}\u{20}");
+        let mut out = Vec::new();
+        for item in by.range(start.as_str()..end.as_str()).map_err(db_err)? {
+            let (k, _) = item.map_err(db_err)?;
+            let Some((source, address)) = k.value()[start.len()..].split_once('\u{1f}') else {
+                continue;
+            };
+            let key = format!("{source}\u{1f}{address}");
+            if let Some(v) = dir.get(key.as_str()).map_err(db_err)? {
+                out.push(decode(v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether a domain is on the trust space's whitelist.
+    pub fn whitelisted(&self, domain: &str) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(MSS_WHITELIST).map_err(db_err)?;
+        Ok(t.get(domain).map_err(db_err)?.is_some())
+    }
+
+    /// Sizes of the MSSanté directory (national, local) and whitelist.
+    pub fn mssante_counts(&self) -> Result<(u64, u64, u64), StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let dir = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
+        let count = |source: crate::mssante::Source| -> Result<u64, StoreError> {
+            let start = format!("{}\u{1f}", source.as_str());
+            let end = format!("{}\u{20}", source.as_str());
+            Ok(dir
+                .range(start.as_str()..end.as_str())
+                .map_err(db_err)?
+                .count() as u64)
+        };
+        let wl = txn
+            .open_table(MSS_WHITELIST)
+            .map_err(db_err)?
+            .len()
+            .map_err(db_err)?;
+        Ok((
+            count(crate::mssante::Source::National)?,
+            count(crate::mssante::Source::Local)?,
+            wl,
+        ))
     }
 
     /// The documents of one report (`dmp::Lineage` key) that labroute published to the DMP

@@ -102,6 +102,11 @@ pub struct PatientAdmin {
     /// An opposition to the DMP feed recorded by an operator (`labroute dmp oppose`).
     #[serde(default)]
     pub opposition: Option<OperatorOpposition>,
+    /// The patient's opposition to sharing his results outside the establishment
+    /// (MSSanté to professionals, the results server), recorded by an operator
+    /// (`labroute mssante oppose`).
+    #[serde(default)]
+    pub sharing_opposition: Option<OperatorOpposition>,
 }
 
 /// Who recorded an opposition, and when.

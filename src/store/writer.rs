@@ -101,6 +101,8 @@ pub enum DeliveryUpdate {
     /// Accepted by the destination; for the DMP, the changes to its document register.
     Delivered {
         dmp: Vec<DmpChange>,
+        /// For MSSanté: each candidate recipient and what became of him.
+        mail: Vec<MailOutcome>,
     },
     Retry {
         attempts: u32,
@@ -115,7 +117,20 @@ pub enum DeliveryUpdate {
     /// reason, not a dead letter.
     Withheld {
         reason: String,
+        /// For MSSanté: each candidate recipient and why he was not mailed.
+        mail: Vec<MailOutcome>,
     },
+}
+
+/// One MSSanté recipient's outcome, as the journal keeps it: `recipient` is the RPPS
+/// (`rpps:…`), an address, or `patient` (a patient's address holds his INS: never kept);
+/// `outcome` is `sent` or a `policy::MailRefusal` name.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MailOutcome {
+    pub recipient: String,
+    /// ordering, copy, recipient, standing.
+    pub named: String,
+    pub outcome: String,
 }
 
 /// Operator commands that change the store.
@@ -141,6 +156,23 @@ pub enum OperatorCommand {
         authority: String,
         id: String,
         opposed: bool,
+    },
+    /// A patient's opposition to sharing his results outside the establishment (MSSanté
+    /// to professionals, the results server), recorded or lifted in one establishment.
+    SharingOpposition {
+        establishment: String,
+        authority: String,
+        id: String,
+        opposed: bool,
+    },
+    /// Replaces the MSSanté directory entries of one source (the whole instance's).
+    DirectoryImport {
+        source: crate::mssante::Source,
+        mailboxes: Vec<crate::mssante::Mailbox>,
+    },
+    /// Replaces the trust space's whitelist (the whole instance's).
+    WhitelistImport {
+        domains: Vec<String>,
     },
     /// Access to a patient's results granted to (or withdrawn from) a practitioner outside
     /// the establishment, known by his RPPS: a care-team member the results do not name.
@@ -179,6 +211,23 @@ impl OperatorCommand {
                 "rpps": rpps,
                 "granted": granted,
             }}),
+            OperatorCommand::SharingOpposition {
+                establishment,
+                authority,
+                id,
+                opposed,
+            } => serde_json::json!({ "SharingOpposition": {
+                "establishment": establishment,
+                "patient": patient_ref(establishment, &patient_key(authority, id)),
+                "opposed": opposed,
+            }}),
+            // A directory is not journalled entry by entry: its size is.
+            OperatorCommand::DirectoryImport { source, mailboxes } => serde_json::json!({
+                "DirectoryImport": { "source": source, "mailboxes": mailboxes.len() }
+            }),
+            OperatorCommand::WhitelistImport { domains } => serde_json::json!({
+                "WhitelistImport": { "domains": domains.len() }
+            }),
             other => serde_json::to_value(other).unwrap_or_default(),
         }
     }
@@ -225,6 +274,10 @@ pub enum OperatorError {
     /// A command whose arguments are wrong.
     #[error("{0}")]
     Invalid(String),
+    /// A whole-instance action asked by an operator not allowed every establishment.
+    /// Audited.
+    #[error("{action} concerns every establishment; yours are {scope}")]
+    NeedsInstance { action: String, scope: String },
     #[error("{0}")]
     Store(String),
 }
@@ -918,15 +971,19 @@ fn ingest(
                 let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
                 let k = patient_admin_key(establishment.as_str(), pk);
                 // An opposition recorded by an operator outlives the next ADT.
-                let opposition = match t.get(k.as_str()).map_err(db_err)? {
-                    Some(v) => decode::<PatientAdmin>(v.value())?.opposition,
-                    None => None,
+                let (opposition, sharing_opposition) = match t.get(k.as_str()).map_err(db_err)? {
+                    Some(v) => {
+                        let before = decode::<PatientAdmin>(v.value())?;
+                        (before.opposition, before.sharing_opposition)
+                    }
+                    None => (None, None),
                 };
                 let p = PatientAdmin {
                     updated_at_ms: now,
                     from_seq: seq,
                     zfa: zfa.clone(),
                     opposition,
+                    sharing_opposition,
                 };
                 t.insert(k.as_str(), encode(&p).as_slice())
                     .map_err(db_err)?;
@@ -1226,8 +1283,13 @@ fn delivery(
         return Ok(());
     };
     let (event, detail) = match update {
-        DeliveryUpdate::Delivered { dmp } if dmp.is_empty() => ("delivered", serde_json::json!({})),
-        DeliveryUpdate::Delivered { dmp } => ("delivered", dmp_register(txn, dmp)?),
+        DeliveryUpdate::Delivered { dmp, mail } if dmp.is_empty() && mail.is_empty() => {
+            ("delivered", serde_json::json!({}))
+        }
+        DeliveryUpdate::Delivered { dmp, mail } if dmp.is_empty() => {
+            ("delivered", serde_json::json!({ "recipients": mail }))
+        }
+        DeliveryUpdate::Delivered { dmp, .. } => ("delivered", dmp_register(txn, dmp)?),
         DeliveryUpdate::Retry {
             attempts, error, ..
         } => (
@@ -1238,19 +1300,24 @@ fn delivery(
             "dead",
             serde_json::json!({ "attempts": attempts, "reason": reason }),
         ),
-        DeliveryUpdate::Withheld { reason } => {
+        DeliveryUpdate::Withheld { reason, mail } if mail.is_empty() => {
             ("withheld", serde_json::json!({ "reason": reason }))
         }
+        DeliveryUpdate::Withheld { reason, mail } => (
+            "withheld",
+            serde_json::json!({ "reason": reason, "recipients": mail }),
+        ),
     };
     // One read of the record serves the audit entry and the application ACK below.
     let record = load_record(txn, seq)?;
     // The DMP feed is not the receiving application: its outcome goes back as a business
     // acknowledgement, never into the application ACK (MSH-16).
-    let for_app_ack = |d: &str| d != crate::config::DMP_DESTINATION;
+    let for_app_ack =
+        |d: &str| d != crate::config::DMP_DESTINATION && d != crate::mssante::DESTINATION;
     let reception = match update {
         _ if dest != crate::config::DMP_DESTINATION => None,
         DeliveryUpdate::Delivered { .. } => Some(Some(crate::dmp::Reception::Accepted)),
-        DeliveryUpdate::Withheld { reason } => Some(
+        DeliveryUpdate::Withheld { reason, .. } => Some(
             crate::dmp::Withheld::from_name(reason).and_then(crate::dmp::Reception::of_withheld),
         ),
         DeliveryUpdate::Dead { .. } => Some(Some(crate::dmp::Reception::DEAD)),
@@ -1855,6 +1922,172 @@ fn operate(
                 )
             }))
         }
+        OperatorCommand::SharingOpposition {
+            establishment,
+            authority,
+            id,
+            opposed,
+        } => {
+            let est = match in_scope(txn, cfg, seqs, cmd, who, establishment)? {
+                Ok(e) => e,
+                Err(refusal) => return Ok(Err(refusal)),
+            };
+            let pk = patient_key(authority, id);
+            let key = patient_admin_key(est.id.as_str(), &pk);
+            let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
+            let mut p: PatientAdmin = match t.get(key.as_str()).map_err(db_err)? {
+                Some(v) => decode(v.value())?,
+                None => PatientAdmin {
+                    updated_at_ms: now,
+                    from_seq: 0,
+                    zfa: Vec::new(),
+                    opposition: None,
+                    sharing_opposition: None,
+                },
+            };
+            p.sharing_opposition = opposed.then(|| OperatorOpposition {
+                at_ms: now,
+                operator: operator.to_owned(),
+            });
+            t.insert(key.as_str(), encode(&p).as_slice())
+                .map_err(db_err)?;
+            drop(t);
+            audit(
+                txn,
+                seqs,
+                "operator",
+                None,
+                Some(est.id.to_string()),
+                Some(operator.to_owned()),
+                serde_json::json!({
+                    "action": if *opposed { "sharing.opposition" } else { "sharing.opposition_lifted" },
+                    "patient": patient_ref(est.id.as_str(), &pk),
+                }),
+            )?;
+            Ok(Ok(if *opposed {
+                format!(
+                    "opposition recorded for this patient of {}: results are no longer mailed to professionals nor served to practitioners outside it",
+                    est.id
+                )
+            } else {
+                format!(
+                    "opposition lifted for this patient of {}: practitioners in his care outside it receive his results again",
+                    est.id
+                )
+            }))
+        }
+        OperatorCommand::DirectoryImport { source, mailboxes } => {
+            if !who.scope.is_instance() {
+                let err = OperatorError::NeedsInstance {
+                    action: "a directory import".into(),
+                    scope: who.scope.describe(),
+                };
+                return refused(txn, seqs, who, cmd, None, err);
+            }
+            let prefix = format!("{}\u{1f}", source.as_str());
+            let end = format!("{}\u{20}", source.as_str());
+            let mut dir = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
+            let mut by = txn.open_table(MSS_BY_RPPS).map_err(db_err)?;
+            // Out with this source's entries (and their RPPS index), in with the new ones.
+            let old: Vec<(String, Option<String>)> = dir
+                .range(prefix.as_str()..end.as_str())
+                .map_err(db_err)?
+                .map(|item| {
+                    let (k, v) = item.map_err(db_err)?;
+                    let m: crate::mssante::Mailbox = decode(v.value())?;
+                    Ok((k.value().to_owned(), m.rpps))
+                })
+                .collect::<Result<_, StoreError>>()?;
+            let removed = old.len();
+            for (k, rpps) in old {
+                dir.remove(k.as_str()).map_err(db_err)?;
+                if let Some(r) = rpps {
+                    by.remove(format!("{r}\u{1f}{k}").as_str())
+                        .map_err(db_err)?;
+                }
+            }
+            let mut added = 0usize;
+            for m in mailboxes {
+                let Some(address) = crate::mssante::normalise_address(&m.address) else {
+                    return Ok(Err(OperatorError::Invalid(
+                        "an entry's address is not an e-mail address".into(),
+                    )));
+                };
+                let k = crate::store::mss_key(*source, &address);
+                let m = crate::mssante::Mailbox {
+                    address,
+                    ..m.clone()
+                };
+                if dir
+                    .insert(k.as_str(), encode(&m).as_slice())
+                    .map_err(db_err)?
+                    .is_none()
+                {
+                    added += 1;
+                }
+                if let Some(r) = m.rpps.as_deref().filter(|r| crate::access::is_rpps(r)) {
+                    by.insert(format!("{r}\u{1f}{k}").as_str(), ())
+                        .map_err(db_err)?;
+                }
+            }
+            drop((dir, by));
+            audit(
+                txn,
+                seqs,
+                "operator",
+                None,
+                None,
+                Some(operator.to_owned()),
+                serde_json::json!({
+                    "action": "mssante.directory_import",
+                    "source": source,
+                    "removed": removed,
+                    "mailboxes": added,
+                }),
+            )?;
+            Ok(Ok(format!(
+                "{} directory: {added} mailboxes (replacing {removed})",
+                source.as_str()
+            )))
+        }
+        OperatorCommand::WhitelistImport { domains } => {
+            if !who.scope.is_instance() {
+                let err = OperatorError::NeedsInstance {
+                    action: "a whitelist import".into(),
+                    scope: who.scope.describe(),
+                };
+                return refused(txn, seqs, who, cmd, None, err);
+            }
+            let mut t = txn.open_table(MSS_WHITELIST).map_err(db_err)?;
+            let removed = t.len().map_err(db_err)?;
+            t.retain(|_, _| false).map_err(db_err)?;
+            for d in domains {
+                let Some(d) = crate::mssante::normalise_domain(d) else {
+                    return Ok(Err(OperatorError::Invalid(
+                        "a whitelist entry is not a domain name".into(),
+                    )));
+                };
+                t.insert(d.as_str(), now).map_err(db_err)?;
+            }
+            let count = t.len().map_err(db_err)?;
+            drop(t);
+            audit(
+                txn,
+                seqs,
+                "operator",
+                None,
+                None,
+                Some(operator.to_owned()),
+                serde_json::json!({
+                    "action": "mssante.whitelist_import",
+                    "removed": removed,
+                    "domains": count,
+                }),
+            )?;
+            Ok(Ok(format!(
+                "whitelist: {count} domains (replacing {removed})"
+            )))
+        }
         OperatorCommand::DmpOpposition {
             establishment,
             authority,
@@ -1875,6 +2108,7 @@ fn operate(
                     from_seq: 0,
                     zfa: Vec::new(),
                     opposition: None,
+                    sharing_opposition: None,
                 },
             };
             p.opposition = opposed.then(|| OperatorOpposition {

@@ -1,0 +1,604 @@
+//! The MSSanté sender: mails a result to the practitioners (and, when the sender asks, the
+//! patient) that `policy::mail_permit` allows, over SMTP with TLS (implicit, or STARTTLS
+//! required: never in clear) and the owning establishment's client certificate, the server
+//! verified against the configured CAs. It runs in the common destination worker
+//! (`sinks::mllp::run_destination`: FIFO, retries with backoff, dead letters, durable
+//! outcomes); what differs is here:
+//!
+//! - recipients are decided at send time (directory, whitelist, care links and oppositions
+//!   as they are then); each candidate's outcome is journalled with the delivery, a refusal
+//!   by its reason; a result nobody may receive is *withheld*, not a dead letter;
+//! - one mail to the professionals, one to the patient's own mailbox; each has a
+//!   Message-ID stable across retries (a resent mail is the same mail);
+//! - 4xx answers are retried with backoff, 5xx are dead letters with the status code only
+//!   (a server's text may quote an address, and a patient's address holds his INS).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use lettre::transport::smtp::client::{
+    Certificate, CertificateStore, Identity, Tls, TlsParameters,
+};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+use super::dmp::Stamp;
+use crate::config::{Config, Destination, DestinationKind, Establishment};
+use crate::dmp::Amendment;
+use crate::hl7::{Message, Segment};
+use crate::mssante::recipients::{self, Candidate};
+use crate::mssante::{mail, xdm};
+use crate::policy::{self, MailCase, MailPermit, Permit};
+use crate::sinks::mllp::PeerAnswer;
+use crate::store::writer::MailOutcome;
+use crate::store::{Store, StoreError, StoreHandle};
+
+type Transport = AsyncSmtpTransport<Tokio1Executor>;
+
+/// The MSSanté destination's sender.
+pub struct MssanteSink {
+    dest: Destination,
+    cfg: Arc<Config>,
+    store: StoreHandle,
+    /// One SMTP transport per establishment (its certificate), made again when one of its
+    /// files changed (a renewed certificate).
+    transports: HashMap<String, (Stamp, Transport)>,
+}
+
+impl crate::policy::MailLookup for Store {
+    type Error = StoreError;
+    fn mailbox(&self, address: &str) -> Result<Option<crate::mssante::Mailbox>, StoreError> {
+        Store::mailbox(self, address)
+    }
+    fn mailboxes_of(&self, rpps: &str) -> Result<Vec<crate::mssante::Mailbox>, StoreError> {
+        Store::mailboxes_of(self, rpps)
+    }
+    fn whitelisted(&self, domain: &str) -> Result<bool, StoreError> {
+        Store::whitelisted(self, domain)
+    }
+    fn care_link(
+        &self,
+        establishment: &str,
+        patient_key: &str,
+        rpps: &str,
+    ) -> Result<Option<crate::access::Link>, StoreError> {
+        Store::care_link(self, establishment, patient_key, rpps)
+    }
+}
+
+/// Counts each candidate's outcome.
+pub fn count(outcomes: &[MailOutcome]) {
+    for o in outcomes {
+        let outcome = policy::MailRefusal::ALL
+            .iter()
+            .map(|r| r.to_string())
+            .find(|r| *r == o.outcome)
+            .map_or("sent", |_| o.outcome.as_str())
+            .to_owned();
+        metrics::counter!(crate::telemetry::names::MSSANTE_RECIPIENTS, "outcome" => outcome)
+            .increment(1);
+    }
+}
+
+impl MssanteSink {
+    pub fn new(dest: Destination, cfg: Arc<Config>, store: StoreHandle) -> MssanteSink {
+        MssanteSink {
+            dest,
+            cfg,
+            store,
+            transports: HashMap::new(),
+        }
+    }
+
+    fn ca(&self) -> Option<PathBuf> {
+        match &self.dest.kind {
+            DestinationKind::Mssante { ca: Some(ca), .. } => Some(ca.clone()),
+            _ => self.cfg.tls.as_ref().map(|t| t.ca.clone()),
+        }
+    }
+
+    fn transport(&mut self, est: &Establishment) -> Result<Transport, String> {
+        let m = est
+            .mssante
+            .as_ref()
+            .ok_or_else(|| format!("establishment {} does not mail by MSSanté", est.id))?;
+        let ca = self
+            .ca()
+            .ok_or("no CA to verify the SMTP server with ([mssante] ca or [tls] ca)")?;
+        let stamp = Stamp::of(&[&ca, &m.cert, &m.key]);
+        let cached = self.transports.get(est.id.as_str());
+        if let Some((s, t)) = cached
+            && *s == stamp
+        {
+            return Ok(t.clone());
+        }
+        match self.make_transport(&ca, m) {
+            Ok(t) => {
+                if cached.is_some() {
+                    tracing::info!(destination = %self.dest.name, establishment = %est.id, "MSSanté client certificate reloaded");
+                }
+                self.transports
+                    .insert(est.id.to_string(), (stamp, t.clone()));
+                Ok(t)
+            }
+            // A renewal half-written: the certificate that worked stays in use.
+            Err(e) => match cached {
+                Some((_, t)) => {
+                    tracing::warn!(destination = %self.dest.name, establishment = %est.id, error = %e, "the MSSanté client certificate changed but does not load: the previous one stays in use");
+                    Ok(t.clone())
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    fn make_transport(
+        &self,
+        ca: &std::path::Path,
+        m: &crate::config::EstablishmentMssante,
+    ) -> Result<Transport, String> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+        };
+        let (ca_pem, key_pem) = (read(ca)?, read(&m.key)?);
+        // lettre 0.11's `Identity::from_pem` keeps the certificate bytes it is given as
+        // the DER of a one-certificate chain (rustls back end): it is given the leaf's DER
+        // (DECISIONS D15: the chain's intermediates are not sent).
+        let leaf = crate::tls::load_certs(&m.cert)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{}: no certificate", m.cert.display()))?;
+        let server_name = self.dest.server_name.clone().unwrap_or_default();
+        let min = match self.cfg.tls.as_ref().map(|t| t.min_version) {
+            Some(crate::tls::MinVersion::Tls12) => {
+                lettre::transport::smtp::client::TlsVersion::Tlsv12
+            }
+            _ => lettre::transport::smtp::client::TlsVersion::Tlsv13,
+        };
+        let params = TlsParameters::builder(server_name)
+            .certificate_store(CertificateStore::None)
+            .add_root_certificate(Certificate::from_pem(&ca_pem).map_err(|e| e.to_string())?)
+            .identify_with(Identity::from_pem(leaf.as_ref(), &key_pem).map_err(|e| e.to_string())?)
+            .set_min_tls_version(min)
+            .build_rustls()
+            .map_err(|e| e.to_string())?;
+        let starttls = matches!(
+            self.dest.kind,
+            DestinationKind::Mssante { starttls: true, .. }
+        );
+        let tls = if starttls {
+            Tls::Required(params)
+        } else {
+            Tls::Wrapper(params)
+        };
+        let (host, port) = self
+            .dest
+            .address
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
+            .ok_or("the SMTP address is not host:port")?;
+        let hello = crate::mssante::domain_of(&m.from).to_owned();
+        Ok(Transport::builder_dangerous(host)
+            .port(port)
+            .tls(tls)
+            .timeout(Some(self.dest.ack_timeout))
+            .hello_name(ClientId::Domain(hello))
+            .build())
+    }
+
+    /// One attempt for one stored message.
+    pub async fn send(&mut self, permit: &Permit, raw: &[u8]) -> PeerAnswer {
+        let store = self.store.store();
+        let rec = match store.record(permit.seq()) {
+            Ok(Some(r)) => r,
+            Ok(None) => return PeerAnswer::Rejected("message record missing".into()),
+            Err(e) => return PeerAnswer::Error(e.to_string()),
+        };
+        let cfg = Arc::clone(&self.cfg);
+        let Some(est) = rec
+            .establishment()
+            .and_then(|e| cfg.establishment_by_name(e.as_str()))
+        else {
+            return PeerAnswer::Rejected("owning establishment not configured".into());
+        };
+        let Some(mss) = est.mssante.as_ref() else {
+            return PeerAnswer::MailWithheld("not_enabled", Vec::new());
+        };
+        let prepared = crate::hl7::message::prepare(raw);
+        let Ok(msg) = Message::parse(&prepared) else {
+            return PeerAnswer::Rejected("stored message unreadable".into());
+        };
+        let mut candidates = recipients::from_message(&msg);
+        for s in recipients::standing(&mss.recipients) {
+            let dup = candidates.iter().any(|c| {
+                (s.rpps.is_some() && c.rpps == s.rpps)
+                    || (s.address.is_some() && c.address == s.address)
+            });
+            if !dup {
+                candidates.push(s);
+            }
+        }
+        if candidates.is_empty() {
+            return PeerAnswer::MailWithheld("no_recipient", Vec::new());
+        }
+        let facts = crate::router::extract(&msg).ok();
+        let patient_key = facts.as_ref().and_then(|f| f.patient_key.clone());
+        let opposed = match &patient_key {
+            Some(k) => match store.patient(est.id.as_str(), k) {
+                Ok(p) => p.is_some_and(|p| p.sharing_opposition.is_some()),
+                Err(e) => return PeerAnswer::Error(e.to_string()),
+            },
+            None => false,
+        };
+        let ins = crate::dmp::ins(&msg).map(|(v, _)| v);
+        let case = MailCase {
+            dest_ps: crate::dmp::flag(&msg, "DESTMSSANTEPS"),
+            dest_patient: crate::dmp::flag(&msg, "DESTMSSANTEPAT"),
+            masked: crate::dmp::flag(&msg, "MASQUE_PS").or_else(|| loose_flag(&msg, "MASQUE_PS")),
+            invisible_patient: crate::dmp::flag(&msg, "INVISIBLE_PATIENT")
+                .or_else(|| loose_flag(&msg, "INVISIBLE_PATIENT")),
+            ins: ins.as_deref(),
+            patient_key: patient_key.as_deref(),
+            opposed,
+            establishment: est,
+        };
+        let mut outcomes: Vec<MailOutcome> = Vec::new();
+        let mut permits: Vec<(MailPermit, usize)> = Vec::new();
+        for c in &candidates {
+            let decision = match policy::mail_permit(permit, c, &case, store) {
+                Ok(d) => d,
+                Err(e) => return PeerAnswer::Error(e.to_string()),
+            };
+            let outcome = match decision {
+                Ok(p) if permits.iter().any(|(q, _)| q.address() == p.address()) => {
+                    "sent".to_owned()
+                }
+                Ok(p) => {
+                    permits.push((p, outcomes.len()));
+                    "sent".to_owned()
+                }
+                Err(r) => r.to_string(),
+            };
+            outcomes.push(outcome_of(c, outcome));
+        }
+        if permits.is_empty() {
+            return PeerAnswer::MailWithheld("no_authorised_recipient", outcomes);
+        }
+        let content = Content::of(&msg, &rec.sha256, rec.received_at_ms, est);
+        let transport = match self.transport(est) {
+            Ok(t) => t,
+            Err(e) => return PeerAnswer::Error(e),
+        };
+        let (pat, pro): (Vec<&MailPermit>, Vec<&MailPermit>) =
+            permits.iter().map(|(p, _)| p).partition(|p| p.patient());
+        for (group, to) in [("ps", pro), ("patient", pat)] {
+            if to.is_empty() {
+                continue;
+            }
+            let to: Vec<String> = to.iter().map(|p| p.address().to_owned()).collect();
+            let m = match content.mail(&self.dest, mss, &msg, permit.seq(), group, &to) {
+                Ok(m) => m,
+                Err(e) => return PeerAnswer::Rejected(e.to_string()),
+            };
+            if let Err(e) = transport.send(m).await {
+                return classify(&e);
+            }
+        }
+        PeerAnswer::Mailed(outcomes)
+    }
+}
+
+fn outcome_of(c: &Candidate, outcome: String) -> MailOutcome {
+    MailOutcome {
+        recipient: c.label(),
+        named: c.named.as_str().to_owned(),
+        outcome,
+    }
+}
+
+/// A lettre error as the worker reads it: 4xx retried, 5xx a dead letter; the status code
+/// only (the server's text may quote an address).
+fn classify(e: &lettre::transport::smtp::Error) -> PeerAnswer {
+    match e.status() {
+        Some(code) if e.is_permanent() => {
+            PeerAnswer::Rejected(format!("the SMTP server refused the mail ({code})"))
+        }
+        Some(code) => PeerAnswer::Error(format!("the SMTP server deferred the mail ({code})")),
+        None if e.is_tls() => PeerAnswer::Error(format!("TLS with the SMTP server failed: {e}")),
+        None => PeerAnswer::Error(format!("SMTP: {e}")),
+    }
+}
+
+/// A flag written the LPS way (OBX-3.1 the name, no coding system: the ANS "LPS MSSanté"
+/// examples).
+fn loose_flag(msg: &Message<'_>, name: &str) -> Option<bool> {
+    msg.segments_named("OBX").find_map(|o| {
+        (o.field(3).component(1).text() == name)
+            .then(|| o.field(5).component(1).text().eq_ignore_ascii_case("Y"))
+    })
+}
+
+/// An ED OBX that carries a mail body: `CORPSMAIL_PS` / `CORPSMAIL_PATIENT` (MetaDMPMSS),
+/// or the LPS profile's `XDM/1.0/DDM` entry.
+fn body_of(msg: &Message<'_>, name: &str) -> Option<String> {
+    msg.segments_named("OBX").find_map(|o| {
+        let id = o.field(3);
+        let named = (id.component(1).text() == name && id.component(3).text() == "MetaDMPMSS")
+            || (name == "CORPSMAIL_PS" && id.component(2).text().starts_with("XDM/1.0/DDM"));
+        if !named || o.field(2).text() != "ED" {
+            return None;
+        }
+        let at = crate::fhir::At {
+            segment: "OBX",
+            occurrence: 1,
+            field: 5,
+        };
+        let (bytes, _) = crate::fhir::v2::ed_bytes(o.field(5).repetition(1), at).ok()?;
+        String::from_utf8(bytes)
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+    })
+}
+
+fn is_mail_body(o: &Segment<'_>) -> bool {
+    o.field(3).component(2).text().starts_with("XDM/1.0/DDM")
+}
+
+/// A document of the message: bytes, MIME type, LOINC type.
+struct Doc {
+    bytes: Vec<u8>,
+    mime: String,
+    type_code: String,
+    type_display: String,
+    created: String,
+}
+
+/// What every mail of one message carries.
+struct Content {
+    docs: Vec<Doc>,
+    /// A text rendering of the results, when the message carries no document.
+    text: Option<Vec<u8>>,
+    amendment: Option<Amendment>,
+    patient_id: String,
+    submission_seed: String,
+    /// When labroute received the message: the submission time, the same on every retry.
+    submitted: String,
+    source_id: String,
+    institution: (String, String),
+    reply_to: Option<String>,
+    read_receipt: bool,
+}
+
+impl Content {
+    fn of(msg: &Message<'_>, sha256: &str, received_ms: u64, est: &Establishment) -> Content {
+        let mut docs = Vec::new();
+        for (i, o) in msg.segments_named("OBX").enumerate() {
+            if !crate::dmp::is_document(&o) || is_mail_body(&o) {
+                continue;
+            }
+            let at = crate::fhir::At {
+                segment: "OBX",
+                occurrence: i + 1,
+                field: 5,
+            };
+            let Ok((bytes, mime)) = crate::fhir::v2::ed_bytes(o.field(5).repetition(1), at) else {
+                continue;
+            };
+            let id = o.field(3);
+            let loinc = id.component(3).text() == "LN";
+            docs.push(Doc {
+                bytes,
+                mime: mime.unwrap_or_else(|| "application/octet-stream".into()),
+                type_code: if loinc {
+                    id.component(1).text().into_owned()
+                } else {
+                    "11502-2".into()
+                },
+                type_display: if loinc {
+                    id.component(2).text().into_owned()
+                } else {
+                    "CR d'examens biologiques".into()
+                },
+                created: o.field(14).component(1).text().into_owned(),
+            });
+        }
+        let text = docs.is_empty().then(|| rendering(msg));
+        let patient_id = crate::dmp::ins(msg)
+            .map(|(v, oid)| format!("{v}^^^&{oid}&ISO"))
+            .unwrap_or_default();
+        let reply_to = msg
+            .segments_named("PRT")
+            .filter(|p| p.field(4).component(1).text() == "REPLY")
+            .flat_map(|p| {
+                p.field(15)
+                    .repetitions()
+                    .filter(|x| x.component(3).text().eq_ignore_ascii_case("X.400"))
+                    .filter_map(|x| crate::mssante::normalise_address(&x.component(4).text()))
+                    .collect::<Vec<_>>()
+            })
+            .next();
+        let read_receipt = crate::dmp::flag(msg, "ACK_LECTURE_MSS")
+            .or_else(|| loose_flag(msg, "ACK_LECTURE"))
+            .unwrap_or(false);
+        let source = crate::fhir::mhd::source_oid(est.id.as_str());
+        Content {
+            docs,
+            text,
+            amendment: crate::dmp::amendment(msg),
+            patient_id,
+            submission_seed: sha256.to_owned(),
+            submitted: crate::time::hl7_timestamp(received_ms)
+                .trim_end_matches("+0000")
+                .to_owned(),
+            source_id: source.trim_start_matches("urn:oid:").to_owned(),
+            institution: (
+                est.name.clone(),
+                est.finess.first().cloned().unwrap_or_default(),
+            ),
+            reply_to,
+            read_receipt,
+        }
+    }
+
+    fn oid(&self, kind: &str, n: usize) -> String {
+        let seed = crate::model::sha256(self.submission_seed.as_bytes());
+        crate::fhir::mhd::oid_of(&crate::fhir::v2::uuid(&seed, kind, n))
+            .trim_start_matches("urn:oid:")
+            .to_owned()
+    }
+
+    fn mail(
+        &self,
+        dest: &Destination,
+        mss: &crate::config::EstablishmentMssante,
+        msg: &Message<'_>,
+        seq: u64,
+        group: &str,
+        to: &[String],
+    ) -> Result<lettre::Message, mail::MailError> {
+        let (subject, default_body) = match &dest.kind {
+            DestinationKind::Mssante { subject, body, .. } => (subject.as_str(), body.as_str()),
+            _ => ("Compte rendu de biologie", ""),
+        };
+        let subject = match self.amendment {
+            Some(Amendment::Correction) => format!("Mise à jour : {subject}"),
+            Some(Amendment::Deletion) => format!("Annulation : {subject}"),
+            None => subject.to_owned(),
+        };
+        let deletion = self.amendment == Some(Amendment::Deletion);
+        let body = if deletion {
+            "Bonjour,\r\n\r\nLe compte rendu transmis précédemment sous la même référence est annulé : ne le prenez plus en compte.\r\n".to_owned()
+        } else {
+            let name = if group == "patient" {
+                "CORPSMAIL_PATIENT"
+            } else {
+                "CORPSMAIL_PS"
+            };
+            body_of(msg, name).unwrap_or_else(|| default_body.to_owned())
+        };
+        let submission_id = self.oid("submission", 0);
+        let docs: Vec<xdm::Document<'_>> = if deletion {
+            Vec::new()
+        } else if self.docs.is_empty() {
+            self.text
+                .iter()
+                .map(|t| xdm::Document {
+                    bytes: t,
+                    mime: "text/plain",
+                    unique_id: "",
+                    title: "Résultats de biologie",
+                    type_code: ("11502-2", "CR d'examens biologiques"),
+                    creation_time: "",
+                    confidentiality: "N",
+                })
+                .collect()
+        } else {
+            self.docs
+                .iter()
+                .map(|d| xdm::Document {
+                    bytes: &d.bytes,
+                    mime: &d.mime,
+                    unique_id: "",
+                    title: &d.type_display,
+                    type_code: (&d.type_code, &d.type_display),
+                    creation_time: &d.created,
+                    confidentiality: "N",
+                })
+                .collect()
+        };
+        let doc_ids: Vec<String> = (0..docs.len()).map(|n| self.oid("document", n)).collect();
+        let docs: Vec<xdm::Document<'_>> = docs
+            .into_iter()
+            .zip(&doc_ids)
+            .map(|(d, id)| xdm::Document { unique_id: id, ..d })
+            .collect();
+        let xdm = (!docs.is_empty()).then(|| {
+            xdm::package(&xdm::Submission {
+                documents: docs,
+                patient_id: &self.patient_id,
+                unique_id: &submission_id,
+                source_id: &self.source_id,
+                submission_time: &self.submitted,
+                institution: (&self.institution.0, &self.institution.1),
+                recipients: to,
+                vendor: concat!("labroute ", env!("CARGO_PKG_VERSION")),
+            })
+        });
+        let mut renderings = Vec::new();
+        if !deletion {
+            for (i, d) in self.docs.iter().enumerate() {
+                if d.mime == "application/pdf" {
+                    renderings.push((
+                        format!("CR{:02}.PDF", i + 1),
+                        d.mime.clone(),
+                        d.bytes.clone(),
+                    ));
+                }
+            }
+        }
+        let domain = crate::mssante::domain_of(&mss.from);
+        mail::build(&mail::Mail {
+            from: &mss.from,
+            to,
+            reply_to: self.reply_to.as_deref(),
+            subject: &subject,
+            body: &body,
+            message_id: format!("<labroute.{seq}.{group}@{domain}>"),
+            read_receipt: self.read_receipt,
+            xdm,
+            renderings,
+        })
+    }
+}
+
+/// The results as text, for a message that carries no document: the patient (name, birth
+/// date, INS), then one line per observation. Only ever inside the mail, never in its
+/// subject, a log or the journal.
+fn rendering(msg: &Message<'_>) -> Vec<u8> {
+    let mut out = String::from("Résultats de biologie\r\n\r\n");
+    if let Some(pid) = msg.segments_named("PID").next() {
+        let name = pid.field(5);
+        out.push_str(&format!(
+            "Patient : {} {}\r\nNé(e) le : {}\r\n",
+            name.component(1).text(),
+            name.component(2).text(),
+            pid.field(7).component(1).text()
+        ));
+        if let Some((ins, _)) = crate::dmp::ins(msg) {
+            out.push_str(&format!("INS : {ins}\r\n"));
+        }
+        out.push_str("\r\n");
+    }
+    for o in msg.segments_named("OBX") {
+        let id = o.field(3);
+        if id.component(3).text() == "MetaDMPMSS" || o.field(2).text() == "ED" {
+            continue;
+        }
+        let label = match id.component(2).text() {
+            l if l.is_empty() => id.component(1).text(),
+            l => l,
+        };
+        let value: Vec<String> = o
+            .field(5)
+            .repetitions()
+            .map(|r| r.text().replace('^', " ").trim().to_owned())
+            .collect();
+        out.push_str(&format!(
+            "{label} : {} {}",
+            value.join(", "),
+            o.field(6).component(1).text()
+        ));
+        let range = o.field(7).text();
+        if !range.is_empty() {
+            out.push_str(&format!(" ({range})"));
+        }
+        let flag = o.field(8).text();
+        if !flag.is_empty() {
+            out.push_str(&format!(" [{flag}]"));
+        }
+        out.push_str("\r\n");
+    }
+    out.into_bytes()
+}

@@ -1,0 +1,564 @@
+//! MSSanté against a real SMTP server (PyPI aiosmtpd, `tests/py/smtp_server.py`: TLS with
+//! a client certificate required). A result reaches the practitioners the policy allows,
+//! with the establishment's certificate; Python's `email` and `zipfile`
+//! (`tests/py/read_mail.py`) open the mail and find the IHE XDM layout with the CDA byte
+//! for byte. Every refusal (off the whitelist, unknown to the directory, not in care,
+//! opposition, `MASQUE_PS`, `DESTMSSANTEPS=N`, establishment not enabled) sends nothing to
+//! that recipient and is journalled with its reason; a server without TLS or with a
+//! certificate from another CA never gets the mail.
+
+mod common;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use labroute::store::audit::AuditFilter;
+use labroute::store::writer::OperatorCommand;
+use serde_json::Value as Json;
+
+/// python3 with aiosmtpd, or `None` (said plainly) when absent.
+fn python() -> Option<&'static str> {
+    let ok = Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "SKIPPED: python3 with `aiosmtpd` not found (pip install -r tests/python-requirements.txt)"
+        );
+    }
+    ok.then_some("python3")
+}
+
+/// The SMTP server, killed on drop.
+struct Smtp {
+    child: std::process::Child,
+    port: u16,
+    out: PathBuf,
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Smtp {
+    /// `pki`: where `server.pem`/`server.key` are; `ca`: the CA client certificates must
+    /// chain to.
+    fn start(mode: &str, pki: &Path, ca: &Path, out: PathBuf, extra: &[&str]) -> Smtp {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/smtp_server.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--mode", mode, "--out"])
+            .arg(&out)
+            .arg("--cert")
+            .arg(pki.join("server.pem"))
+            .arg("--key")
+            .arg(pki.join("server.key"))
+            .arg("--ca")
+            .arg(ca)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("the SMTP server starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("PORT line");
+        let port = line
+            .trim()
+            .strip_prefix("PORT ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("SMTP server said {line:?}"));
+        Smtp { child, port, out }
+    }
+
+    /// The mails received so far: (envelope and TLS facts, the mail as read by Python).
+    fn received(&self) -> Vec<(Json, Json)> {
+        let mut out = Vec::new();
+        for n in 1.. {
+            let json = self.out.join(format!("{n}.json"));
+            let Ok(text) = std::fs::read_to_string(&json) else {
+                break;
+            };
+            let envelope: Json = serde_json::from_str(&text).expect("envelope JSON");
+            let read = Command::new("python3")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/read_mail.py"))
+                .arg(self.out.join(format!("{n}.eml")))
+                .output()
+                .expect("read_mail runs");
+            assert!(
+                read.status.success(),
+                "{}",
+                String::from_utf8_lossy(&read.stderr)
+            );
+            out.push((
+                envelope,
+                serde_json::from_slice(&read.stdout).expect("mail JSON"),
+            ));
+        }
+        out
+    }
+}
+
+const CDA: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><ClinicalDocument xmlns=\"urn:hl7-org:v3\"><title>CR de biologie (fictif)</title></ClinicalDocument>";
+const INS: &str = "248098765432112";
+
+/// A CR-BIO result of ES1 (or ES2): INS and IPP, the CDA in an ED OBX, PRT `RCT`
+/// addresses, OBR-16 / OBR-28 RPPS, the MetaDMPMSS flags given.
+fn result(
+    es: &str,
+    ctrl: &str,
+    ipp: &str,
+    ordering: &[&str],
+    copies: &[&str],
+    rct: &[&str],
+    flags: &[(&str, &str)],
+) -> Vec<u8> {
+    use base64::Engine;
+    let auth = if es == "ES1" {
+        "CHNORD-IPP"
+    } else {
+        "CHSUD-IPP"
+    };
+    let doc = base64::engine::general_purpose::STANDARD.encode(CDA);
+    let xcn = |r: &str| format!("{r}^DOC^A^^^^^^^^^^RPPS");
+    let copies: Vec<String> = copies.iter().map(|c| xcn(c)).collect();
+    let ordering: Vec<String> = ordering.iter().map(|c| xcn(c)).collect();
+    let mut m = format!(
+        "MSH|^~\\&|SIL|LAB|DPI||20250301100000||ORU^R01^ORU_R01|{ctrl}|P|2.5|||||FRA|UNICODE UTF-8|||2.1^CISIS_CDA_HL7_V2\r\
+PID|||{INS}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS~{ipp}^^^{auth}^PI||FICTIF^CAMILLE||19800101|F\r\
+ORC|RE||F-{ctrl}^LAB|||||||||{}\r\
+OBR|1||F-{ctrl}^LAB|11502-2^CR d'examens biologiques^LN|||20250301080000||||||||||||||||||F|||{}\r\
+OBX|1|ED|11502-2^CR d'examens biologiques^LN||^TEXT^XML^Base64^{doc}||||||F\r",
+        ordering.join("~"),
+        copies.join("~")
+    );
+    for a in rct {
+        m.push_str(&format!(
+            "PRT||UC||RCT^^participation|||||||||||^^X.400^{a}\r"
+        ));
+    }
+    m.push_str(
+        "PRT||UC||REPLY^^participation|||||||||||^^X.400^secretariat@ch-nordville.mssante.fr\r",
+    );
+    for (i, (flag, v)) in flags.iter().enumerate() {
+        m.push_str(&format!(
+            "OBX|{}|CE|{flag}^{flag}^MetaDMPMSS||{v}^^expandedYes-NoIndicator||||||F\r",
+            i + 2
+        ));
+    }
+    m.into_bytes()
+}
+
+/// The directory: mailboxes in the FHIR form of the Annuaire Santé export.
+fn directory() -> String {
+    let meta = "https://interop.esante.gouv.fr/ig/fhir/annuaire/StructureDefinition/as-ext-mailbox-mss-metadata";
+    let practitioner = |id: &str, rpps: &str, address: &str| {
+        serde_json::json!({ "resource": {
+            "resourceType": "Practitioner", "id": id,
+            "identifier": [ { "system": "https://rpps.esante.gouv.fr", "value": rpps } ],
+            "telecom": [ { "system": "email", "value": address, "extension": [
+                { "url": meta, "extension": [
+                    { "url": "type", "valueCodeableConcept": { "coding": [ { "code": "PER" } ] } },
+                    { "url": "listeRouge", "valueBoolean": false } ] } ] } ]
+        }})
+    };
+    let mut entries = vec![
+        practitioner("copy", "10000000001", "dr.copy@medecin.mssante.fr"),
+        practitioner(
+            "offlist",
+            "10000000002",
+            "dr.offlist@other-operator.example",
+        ),
+        practitioner("ordering", "10000000005", "dr.ordering@medecin.mssante.fr"),
+        practitioner("standing", "10000000077", "dr.standing@medecin.mssante.fr"),
+    ];
+    // The ordering provider inside ES1: his mailbox belongs to ES1 (FINESS 590000011).
+    entries.push(
+        serde_json::json!({ "resource": { "resourceType": "Practitioner", "id": "inside",
+        "identifier": [ { "system": "https://rpps.esante.gouv.fr", "value": "10000000009" } ] } }),
+    );
+    entries.push(
+        serde_json::json!({ "resource": { "resourceType": "Organization", "id": "chn",
+        "identifier": [ { "system": "https://finess.esante.gouv.fr", "value": "590000011" } ] } }),
+    );
+    entries.push(serde_json::json!({ "resource": { "resourceType": "PractitionerRole", "id": "r",
+        "practitioner": { "reference": "Practitioner/inside" },
+        "organization": { "reference": "Organization/chn" },
+        "telecom": [ { "system": "email", "value": "dr.inside@ch-nordville.mssante.fr", "extension": [
+            { "url": meta, "extension": [
+                { "url": "type", "valueCodeableConcept": { "coding": [ { "code": "PER" } ] } } ] } ] } ] } }));
+    serde_json::json!({ "resourceType": "Bundle", "type": "collection", "entry": entries })
+        .to_string()
+}
+
+const WHITELIST: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<ListeBlanche xmlns="https://listeblanche.mssante.fr/schema">
+  <Domaine><Nom>medecin.mssante.fr</Nom></Domaine>
+  <Domaine><Nom>ch-nordville.mssante.fr</Nom></Domaine>
+  <Domaine><Nom>patient.mssante.fr</Nom></Domaine>
+</ListeBlanche>"#;
+
+/// Routes: ES1 mails by MSSanté from its address with its certificate (a standing
+/// recipient configured), ES2 does not; `[mssante]` points at the server.
+fn with_mssante(r: String, pki: &Path, port: u16, tls: &str, extra: &str) -> String {
+    r.replace(
+        "record = \"dpi-es1\"\n",
+        &format!(
+            "record = \"dpi-es1\"\nfiness = [\"590000011\"]\nmssante = {{ cert = \"{}\", key = \"{}\", from = \"labo@ch-nordville.mssante.fr\", recipients = [\"10000000077\"] }}\n",
+            pki.join("es1-mss.pem").display(),
+            pki.join("es1-mss.key").display()
+        ),
+    ) + &tls_section(
+        &pki.join("ca.pem"),
+        &pki.join("server.pem"),
+        &pki.join("server.key"),
+    ) + &format!(
+        "[mssante]\naddress = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\nserver_name = \"localhost\"\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\ntimeout_secs = 10\n{extra}"
+    )
+}
+
+async fn import(h: &Harness) {
+    let mailboxes =
+        labroute::mssante::directory::parse_fhir("dir.json", &directory()).expect("directory");
+    let domains = labroute::mssante::whitelist::parse("wl.xml", WHITELIST).expect("whitelist");
+    for command in [
+        OperatorCommand::DirectoryImport {
+            source: labroute::mssante::Source::National,
+            mailboxes,
+        },
+        OperatorCommand::WhitelistImport { domains },
+    ] {
+        h.server
+            .store
+            .operator(command, &local_operator("ops"))
+            .await
+            .expect("import");
+    }
+}
+
+/// The journal's settled MSSanté outcomes: (control id, event, detail).
+fn settled(h: &Harness) -> Vec<(String, String, Json)> {
+    let store = h.server.store.store();
+    let mut out = Vec::new();
+    for event in ["delivered", "withheld", "dead"] {
+        for e in labroute::store::audit::query(
+            store,
+            &AuditFilter {
+                event: Some(event.into()),
+                ..Default::default()
+            },
+        )
+        .expect("journal")
+        {
+            if e.actor.as_deref() != Some("mssante") {
+                continue;
+            }
+            let seq = e.message.expect("seq");
+            let ctrl = store
+                .record(seq)
+                .expect("record")
+                .expect("exists")
+                .control_id;
+            out.push((ctrl, event.to_owned(), e.detail.clone()));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// (recipient, outcome) of one settled message.
+fn outcomes(detail: &Json) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = detail["recipients"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            (
+                r["recipient"].as_str().unwrap_or("").to_owned(),
+                r["outcome"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn results_are_mailed_only_to_whom_the_policy_allows_and_every_refusal_is_journalled() {
+    if python().is_none() {
+        return;
+    }
+    let pki = tempfile::tempdir().expect("tempdir");
+    temp_pki(
+        pki.path(),
+        "mssante test CA",
+        &["es1-mss"],
+        &["localhost"],
+        labroute::time::now_ms(),
+    );
+    let smtp = Smtp::start(
+        "implicit",
+        pki.path(),
+        &pki.path().join("ca.pem"),
+        pki.path().join("mail"),
+        &[],
+    );
+    let (p, port) = (pki.path().to_path_buf(), smtp.port);
+    let h = Harness::start(move |r| with_mssante(r, &p, port, "implicit", "")).await;
+    import(&h).await;
+    // P-OPP opposed sharing; P-GRANT's care team includes the standing recipient.
+    h.server
+        .store
+        .operator(
+            OperatorCommand::SharingOpposition {
+                establishment: "ES1".into(),
+                authority: "CHNORD-IPP".into(),
+                id: "P-OPP".into(),
+                opposed: true,
+            },
+            &local_operator("ops"),
+        )
+        .await
+        .expect("opposition");
+    care_grant(&h, "ES1", "CHNORD-IPP", "P-GRANT", "10000000077", true).await;
+
+    let patient_box = format!("{INS}@patient.mssante.fr");
+    let msgs = [
+        // Copy (whitelisted), copy off the whitelist, ordering provider outside (mailed)
+        // and one inside ES1 (not mailed), an address the directory does not know, the
+        // patient's mailbox (asked for), the standing recipient (no care link).
+        result(
+            "ES1",
+            "R-OK",
+            "P-OK",
+            &["10000000005", "10000000009"],
+            &["10000000001", "10000000002"],
+            &["nobody@medecin.mssante.fr", &patient_box],
+            &[("DESTMSSANTEPAT", "Y"), ("ACK_LECTURE_MSS", "Y")],
+        ),
+        result(
+            "ES1",
+            "R-MASKED",
+            "P-OK",
+            &[],
+            &["10000000001"],
+            &[],
+            &[("MASQUE_PS", "Y")],
+        ),
+        result(
+            "ES1",
+            "R-NOPS",
+            "P-OK",
+            &[],
+            &["10000000001"],
+            &[],
+            &[("DESTMSSANTEPS", "N")],
+        ),
+        result("ES1", "R-OPP", "P-OPP", &[], &["10000000001"], &[], &[]),
+        result("ES1", "R-GRANT", "P-GRANT", &[], &[], &[], &[]),
+        result("ES2", "R-ES2", "P-ES2", &[], &["10000000001"], &[], &[]),
+    ];
+    for m in &msgs {
+        let acks = send_all(h.sil(), std::slice::from_ref(m))
+            .await
+            .expect("ACK");
+        assert_eq!(msa(&acks[0]).0, "AA");
+    }
+    assert!(
+        eventually(|| settled(&h).len() >= msgs.len()).await,
+        "{:?}",
+        settled(&h)
+    );
+    let s = settled(&h);
+    let by = |ctrl: &str| {
+        s.iter()
+            .find(|(c, ..)| c == ctrl)
+            .unwrap_or_else(|| panic!("{ctrl} not settled: {s:?}"))
+    };
+    let (_, event, detail) = by("R-OK");
+    assert_eq!(event, "delivered", "{detail}");
+    assert_eq!(
+        outcomes(detail),
+        [
+            (
+                "nobody@medecin.mssante.fr".to_owned(),
+                "not_in_directory".to_owned()
+            ),
+            ("patient".into(), "sent".into()),
+            ("rpps:10000000001".into(), "sent".into()),
+            ("rpps:10000000002".into(), "domain_not_whitelisted".into()),
+            ("rpps:10000000005".into(), "sent".into()),
+            ("rpps:10000000009".into(), "inside_establishment".into()),
+            ("rpps:10000000077".into(), "not_in_care".into()),
+        ]
+    );
+    assert!(
+        !detail.to_string().contains(INS),
+        "a patient's address is never journalled: {detail}"
+    );
+    for (ctrl, reason) in [
+        ("R-MASKED", "masked_from_professionals"),
+        ("R-NOPS", "destmssanteps_no"),
+        ("R-OPP", "patient_opposed"),
+    ] {
+        let (_, event, detail) = by(ctrl);
+        assert_eq!(event, "withheld", "{ctrl}: {detail}");
+        assert_eq!(detail["reason"], "no_authorised_recipient", "{ctrl}");
+        assert!(
+            outcomes(detail).contains(&("rpps:10000000001".into(), reason.into())),
+            "{ctrl}: {detail}"
+        );
+    }
+    let (_, event, detail) = by("R-GRANT");
+    assert_eq!(event, "delivered", "{detail}");
+    assert_eq!(
+        outcomes(detail),
+        [("rpps:10000000077".to_owned(), "sent".to_owned())]
+    );
+    let (_, event, detail) = by("R-ES2");
+    assert_eq!(
+        (event.as_str(), &detail["reason"]),
+        ("withheld", &Json::from("not_enabled"))
+    );
+
+    // What the server received: R-OK's two mails (professionals, patient) and R-GRANT's,
+    // over TLS with ES1's certificate.
+    let got = smtp.received();
+    assert_eq!(got.len(), 3, "{got:?}");
+    let cda_sha = labroute::model::hex(&labroute::model::sha256(CDA.as_bytes()));
+    for (envelope, mail) in &got {
+        assert_eq!(envelope["tls"], true);
+        assert_eq!(
+            envelope["peer_cert_san_uris"][0], "urn:labroute:system:es1-mss",
+            "{envelope}"
+        );
+        assert_eq!(envelope["mail_from"], "labo@ch-nordville.mssante.fr");
+        assert_eq!(mail["subject"], "Compte rendu de biologie");
+        let xdm = &mail["xdm"];
+        assert_eq!(xdm["has_index"], true, "{mail}");
+        assert_eq!(xdm["has_readme"], true);
+        assert_eq!(xdm["metadata_ok"], true);
+        assert_eq!(xdm["documents"][0]["name"], "IHE_XDM/SUBSET01/DOC0001.XML");
+        assert_eq!(
+            xdm["documents"][0]["sha256"],
+            cda_sha.as_str(),
+            "the CDA, byte for byte"
+        );
+        assert_eq!(xdm["documents"][0]["uri_in_metadata"], true);
+        assert_eq!(
+            xdm["metadata_patient_id"],
+            format!("{INS}^^^&1.2.250.1.213.1.4.10&ISO").as_str()
+        );
+    }
+    let rcpts: Vec<Vec<&str>> = got
+        .iter()
+        .map(|(e, _)| {
+            let mut v: Vec<&str> = e["rcpt_tos"]
+                .as_array()
+                .expect("rcpt")
+                .iter()
+                .filter_map(Json::as_str)
+                .collect();
+            v.sort();
+            v
+        })
+        .collect();
+    assert!(
+        rcpts.contains(&vec![
+            "dr.copy@medecin.mssante.fr",
+            "dr.ordering@medecin.mssante.fr"
+        ]),
+        "{rcpts:?}"
+    );
+    assert!(rcpts.contains(&vec![patient_box.as_str()]), "{rcpts:?}");
+    assert!(
+        rcpts.contains(&vec!["dr.standing@medecin.mssante.fr"]),
+        "{rcpts:?}"
+    );
+    let ps = got
+        .iter()
+        .find(|(e, _)| e["rcpt_tos"].as_array().is_some_and(|r| r.len() == 2))
+        .map(|(_, m)| m)
+        .expect("the professionals' mail");
+    assert_eq!(
+        ps["disposition_notification_to"], "<labo@ch-nordville.mssante.fr>",
+        "read receipt asked (ACK_LECTURE_MSS)"
+    );
+
+    // The record systems get every result regardless.
+    assert!(h.es1.wait_for(5, std::time::Duration::from_secs(10)).await);
+}
+
+#[tokio::test]
+async fn mail_never_goes_in_clear_nor_to_a_server_from_another_ca() {
+    if python().is_none() {
+        return;
+    }
+    let pki = tempfile::tempdir().expect("tempdir");
+    temp_pki(
+        pki.path(),
+        "mssante test CA",
+        &["es1-mss"],
+        &["localhost"],
+        labroute::time::now_ms(),
+    );
+    let other = tempfile::tempdir().expect("tempdir");
+    temp_pki(
+        other.path(),
+        "another CA",
+        &[],
+        &["localhost"],
+        labroute::time::now_ms(),
+    );
+    let ca = pki.path().join("ca.pem");
+    // STARTTLS that works, a server offering no TLS, one whose certificate another CA
+    // issued (it would accept our client certificate).
+    let cases = [
+        (
+            "starttls",
+            Smtp::start("starttls", pki.path(), &ca, pki.path().join("ok"), &[]),
+            true,
+        ),
+        (
+            "starttls",
+            Smtp::start("plain", pki.path(), &ca, pki.path().join("plain"), &[]),
+            false,
+        ),
+        (
+            "implicit",
+            Smtp::start("implicit", other.path(), &ca, pki.path().join("other"), &[]),
+            false,
+        ),
+    ];
+    for (tls, smtp, delivers) in cases {
+        let (p, port) = (pki.path().to_path_buf(), smtp.port);
+        let h = Harness::start(move |r| with_mssante(r, &p, port, tls, "max_attempts = 2\n")).await;
+        import(&h).await;
+        let m = result("ES1", "R-1", "P-1", &[], &["10000000001"], &[], &[]);
+        let acks = send_all(h.sil(), &[m]).await.expect("ACK");
+        assert_eq!(msa(&acks[0]).0, "AA");
+        assert!(
+            eventually(|| !settled(&h).is_empty()).await,
+            "{tls} settles"
+        );
+        let s = settled(&h);
+        if delivers {
+            assert_eq!(s[0].1, "delivered", "{s:?}");
+            assert_eq!(smtp.received().len(), 1);
+        } else {
+            assert_eq!(s[0].1, "dead", "{s:?}");
+            let reason = s[0].2["reason"].as_str().unwrap_or("");
+            assert!(reason.starts_with("gave up after 2 attempts"), "{reason}");
+            assert!(smtp.received().is_empty(), "nothing reached the server");
+        }
+        h.server.shutdown().await;
+    }
+}
