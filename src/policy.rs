@@ -227,7 +227,8 @@ pub struct MailCase<'a> {
     pub dest_patient: Option<bool>,
     pub masked: Option<bool>,
     pub invisible_patient: Option<bool>,
-    /// The patient's INS (PID-3), when the message carries one.
+    /// The patient's INS (PID-3), only when his identity is qualified (PID-32 `VALI`): a
+    /// provisional identity never opens a patient's mailbox.
     pub ins: Option<&'a str>,
     /// `router::Facts::patient_key`.
     pub patient_key: Option<&'a str>,
@@ -300,7 +301,7 @@ pub fn mail_permit<L: MailLookup>(
             return Ok(Err(MailRefusal::InvisibleToPatient));
         }
         let local = address.rsplit_once('@').map_or("", |(l, _)| l);
-        if case.ins.is_none_or(|ins| ins != local) {
+        if case.ins.is_none_or(|ins| !ins.eq_ignore_ascii_case(local)) {
             return Ok(Err(MailRefusal::NotThisPatient));
         }
         if !lookup.whitelisted(domain_of(&address))? {
@@ -333,6 +334,7 @@ pub fn mail_permit<L: MailLookup>(
                 .into_iter()
                 .filter(|m| !m.unlisted)
                 .collect();
+            listed.retain(|m| m.rpps.as_deref() == Some(rpps.as_str()));
             listed.sort_by(|a, b| (a.kind, &a.address).cmp(&(b.kind, &b.address)));
             let Some(first) = listed.first() else {
                 return Ok(Err(MailRefusal::NotInDirectory));
@@ -347,10 +349,11 @@ pub fn mail_permit<L: MailLookup>(
         .or_else(|| mailboxes.first().and_then(|m| m.rpps.clone()));
     if candidate.named == crate::mssante::recipients::Named::Ordering {
         let own = &case.establishment.finess;
-        let inside = !mailboxes.is_empty()
-            && mailboxes
-                .iter()
-                .all(|m| m.finess.iter().any(|f| own.contains(f)));
+        // Any mailbox of his attached to the establishment says he works there (a
+        // practitioner's own mailbox usually carries no FINESS).
+        let inside = mailboxes
+            .iter()
+            .any(|m| m.finess.iter().any(|f| own.contains(f)));
         if inside {
             return Ok(Err(MailRefusal::Inside));
         }

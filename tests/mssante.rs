@@ -132,7 +132,7 @@ fn result(
     let ordering: Vec<String> = ordering.iter().map(|c| xcn(c)).collect();
     let mut m = format!(
         "MSH|^~\\&|SIL|LAB|DPI||20250301100000||ORU^R01^ORU_R01|{ctrl}|P|2.5|||||FRA|UNICODE UTF-8|||2.1^CISIS_CDA_HL7_V2\r\
-PID|||{INS}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS~{ipp}^^^{auth}^PI||FICTIF^CAMILLE||19800101|F\r\
+PID|||{INS}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS~{ipp}^^^{auth}^PI||FICTIF^CAMILLE||19800101|F||||||||||||||||||||||||VALI\r\
 ORC|RE||F-{ctrl}^LAB|||||||||{}\r\
 OBR|1||F-{ctrl}^LAB|11502-2^CR d'examens biologiques^LN|||20250301080000||||||||||||||||||F|||{}\r\
 OBX|1|ED|11502-2^CR d'examens biologiques^LN||^TEXT^XML^Base64^{doc}||||||F\r",
@@ -560,5 +560,192 @@ async fn mail_never_goes_in_clear_nor_to_a_server_from_another_ca() {
             assert!(smtp.received().is_empty(), "nothing reached the server");
         }
         h.server.shutdown().await;
+    }
+}
+
+/// The ANS "LPS MSSanté" examples (`Trans_LPS_CDA_MSSante_*`, MDM with the CDA, PRT `RCT`
+/// naming an organisation's mailbox, the LPS mail-body entry): each is routed to the
+/// establishment the ANS fixture gives it and mailed to that mailbox; an initial or
+/// replacement document arrives byte for byte in the XDM; a deletion arrives as a notice
+/// without the document.
+#[tokio::test]
+async fn the_ans_mssante_examples_go_through() {
+    if python().is_none() {
+        return;
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/ansforge");
+    if !dir.is_dir() {
+        eprintln!(
+            "SKIPPED: {} is absent (the shared corpus is not part of the project)",
+            dir.display()
+        );
+        return;
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("corpus readable")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            n.starts_with("Trans_LPS_CDA_MSSante_") && n.contains("_message")
+        })
+        .collect();
+    files.sort();
+    assert_eq!(
+        files.len(),
+        6,
+        "the ANS MSSanté examples changed: {files:?}"
+    );
+
+    let pki = tempfile::tempdir().expect("tempdir");
+    temp_pki(
+        pki.path(),
+        "mssante test CA",
+        &["cha-mss"],
+        &["localhost"],
+        labroute::time::now_ms(),
+    );
+    let smtp = Smtp::start(
+        "starttls",
+        pki.path(),
+        &pki.path().join("ca.pem"),
+        pki.path().join("mail"),
+        &[],
+    );
+    let cha = Receiver::start("127.0.0.1:0", labroute::hl7::ack::AckCode::AA).await;
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ansforge-establishments.toml");
+    let text = std::fs::read_to_string(&fixture)
+        .expect("fixture")
+        .replace(
+            "record = \"dpi-cha\"\n",
+            &format!(
+                "record = \"dpi-cha\"\nmssante = {{ cert = \"{}\", key = \"{}\", from = \"labo@cha.mssante.fr\" }}\n",
+                pki.path().join("cha-mss.pem").display(),
+                pki.path().join("cha-mss.key").display()
+            ),
+        );
+    let mut network = String::from(
+        "[engine]\nidle_timeout_secs = 60\n[[listener]]\nname = \"sil\"\nbind = \"127.0.0.1:0\"\ninsecure = true\n",
+    );
+    for name in ["sil", "dpi-cha", "dpi-chux"] {
+        network.push_str(&destination_toml(name, cha.addr, 100));
+    }
+    network.push_str(&format!(
+        "[mssante]\naddress = \"127.0.0.1:{}\"\ntls = \"starttls\"\nserver_name = \"localhost\"\nca = \"{}\"\nbackoff_initial_ms = 50\nbackoff_max_ms = 100\n",
+        smtp.port,
+        pki.path().join("ca.pem").display()
+    ));
+    let cfg = std::sync::Arc::new(
+        labroute::config::Config::from_sources(&[
+            (fixture, text),
+            ("network.toml".into(), network),
+        ])
+        .unwrap_or_else(|e| panic!("routes:\n{e}")),
+    );
+    let local =
+        labroute::mssante::directory::parse_csv("local.csv", ",dpi@hopitalA.mssante.fr,ORG\n")
+            .expect("csv");
+    let wl = "<L xmlns='https://listeblanche.mssante.fr/schema'><Domaine><Nom>hopitalA.mssante.fr</Nom></Domaine></L>";
+    let domains = labroute::mssante::whitelist::parse("wl.xml", wl).expect("whitelist");
+
+    for (i, path) in files.iter().enumerate() {
+        let mailed = i + 1;
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("")
+            .to_owned();
+        // Every example reuses MSH-10 `015`: one store per example.
+        let data = tempfile::tempdir().expect("tempdir");
+        let server = labroute::server::Server::start(cfg.clone(), data.path().to_path_buf())
+            .await
+            .expect("server starts");
+        for command in [
+            OperatorCommand::DirectoryImport {
+                source: labroute::mssante::Source::Local,
+                mailboxes: local.clone(),
+            },
+            OperatorCommand::WhitelistImport {
+                domains: domains.clone(),
+            },
+        ] {
+            server
+                .store
+                .operator(command, &local_operator("ops"))
+                .await
+                .expect("import");
+        }
+        let raw = std::fs::read(path).expect("example");
+        let acks = send_all(server.addr("sil").expect("sil"), &[raw])
+            .await
+            .expect("ACK");
+        assert_eq!(msa(&acks[0]).0, "AA", "{name}");
+        let store = server.store.store();
+        let journal = |event: &str| {
+            labroute::store::audit::query(
+                store,
+                &AuditFilter {
+                    event: Some(event.into()),
+                    ..Default::default()
+                },
+            )
+            .expect("journal")
+            .into_iter()
+            .filter(|e| e.actor.as_deref() == Some("mssante"))
+            .collect::<Vec<_>>()
+        };
+        assert!(
+            eventually(|| !journal("delivered").is_empty() || !journal("dead").is_empty()).await,
+            "{name}: not settled"
+        );
+        let delivered = journal("delivered");
+        assert_eq!(delivered.len(), 1, "{name}: {:?}", journal("dead"));
+        assert_eq!(
+            outcomes(&delivered[0].detail),
+            [("dpi@hopitala.mssante.fr".to_owned(), "sent".to_owned())],
+            "{name}"
+        );
+        assert!(
+            eventually(|| smtp.received().len() == mailed).await,
+            "{name}: no mail"
+        );
+        let n = mailed;
+        let read = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/read_mail.py"))
+            .arg(smtp.out.join(format!("{n}.eml")))
+            .arg("--cda-from-hl7")
+            .arg(path)
+            .output()
+            .expect("read_mail runs");
+        assert!(
+            read.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&read.stderr)
+        );
+        let mail: Json = serde_json::from_slice(&read.stdout).expect("mail JSON");
+        assert_eq!(mail["to"][0], "dpi@hopitala.mssante.fr", "{name}");
+        let body = mail["body_text"].as_str().unwrap_or("").trim().to_owned();
+        if name.contains("Suppression") {
+            assert!(body.contains("annulé"), "{name}: {body}");
+            assert!(
+                mail["subject"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Annulation"),
+                "{name}: {mail}"
+            );
+            assert_eq!(
+                mail["xdm"],
+                Json::Null,
+                "{name}: a deletion carries no document"
+            );
+        } else {
+            assert_eq!(body, "Corps du courriel", "{name}: the LPS body entry");
+            assert_eq!(
+                mail["xdm"]["documents"][0]["sha256"], mail["hl7_cda_sha256"],
+                "{name}: the CDA byte for byte"
+            );
+        }
+        server.shutdown().await;
     }
 }

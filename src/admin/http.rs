@@ -411,12 +411,14 @@ async fn respond(
         )),
         Err(e) => Err(e.clone()),
     };
-    let limit =
-        if who.is_ok() && matches!(path.as_str(), "/mssante/directory" | "/mssante/whitelist") {
-            MAX_IMPORT_BODY
-        } else {
-            MAX_BODY
-        };
+    // Only an operator of the whole instance may import: only his body may be that large.
+    let importer = matches!(&who, Ok(o) if o.scope.is_instance());
+    let limit = if importer && matches!(path.as_str(), "/mssante/directory" | "/mssante/whitelist")
+    {
+        MAX_IMPORT_BODY
+    } else {
+        MAX_BODY
+    };
     let result = async {
         let body = Limited::new(req.into_body(), limit)
             .collect()

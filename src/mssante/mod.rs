@@ -102,14 +102,18 @@ pub struct Mailbox {
 /// one `@` with something on each side, no space or control character, no angle bracket
 /// (it must not be able to inject an SMTP command or a header). `None` otherwise.
 pub fn normalise_address(s: &str) -> Option<String> {
-    let s = s.trim().to_ascii_lowercase();
+    let s = s.trim().trim_end_matches('.').to_ascii_lowercase();
     let (local, domain) = s.split_once('@')?;
     let ok = !local.is_empty()
         && !domain.is_empty()
         && !domain.contains('@')
         && domain.contains('.')
         && s.bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b',' | b';' | b'"'));
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b',' | b';' | b'"'))
+        // What the mail builder and the SMTP envelope take (no comments, no empty labels).
+        && s.parse::<lettre::Address>().is_ok()
+        && !s.contains(['(', ')'])
+        && !domain.split('.').any(str::is_empty);
     ok.then_some(s)
 }
 
@@ -146,7 +150,7 @@ mod tests {
     #[test]
     fn addresses_are_normalised_or_refused() {
         assert_eq!(
-            normalise_address(" Dr.Who@Medecin.MSSante.fr ").as_deref(),
+            normalise_address(" Dr.Who@Medecin.MSSante.fr. ").as_deref(),
             Some("dr.who@medecin.mssante.fr")
         );
         for bad in [
@@ -159,6 +163,8 @@ mod tests {
             "a@c.fr>\r\nRCPT TO:<x@y.fr",
             "a@localhost",
             "<a@b.fr>",
+            "a(b)@x.fr",
+            "a@x..fr",
         ] {
             assert_eq!(normalise_address(bad), None, "{bad:?}");
         }

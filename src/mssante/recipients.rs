@@ -100,8 +100,11 @@ pub fn from_message(msg: &Message<'_>) -> Vec<Candidate> {
             .clone()
             .or_else(|| c.address.clone())
             .unwrap_or_default();
-        if key.is_empty() || !seen.contains(&key) {
-            seen.push(key);
+        // An unreadable address is kept (refused later) but never hides another naming.
+        if c.bad_address || key.is_empty() || !seen.contains(&key) {
+            if !c.bad_address {
+                seen.push(key);
+            }
             true
         } else {
             false
@@ -169,11 +172,17 @@ fn prt(seg: &Segment<'_>, out: &mut Vec<Candidate>) {
         push_rpps(out, rpps, Named::Recipient);
         return;
     }
+    // The patient himself: PRT-5 typed INS (XCN-13), or the patients' domain.
+    let ins_typed = seg
+        .field(5)
+        .repetitions()
+        .any(|x| x.component(13).text() == "INS");
     for raw in addresses {
         let address = super::normalise_address(&raw);
-        let patient = address
-            .as_deref()
-            .is_some_and(|a| super::domain_of(a) == super::PATIENT_DOMAIN);
+        let patient = ins_typed
+            || address
+                .as_deref()
+                .is_some_and(|a| super::domain_of(a) == super::PATIENT_DOMAIN);
         out.push(Candidate {
             named: Named::Recipient,
             rpps: if patient { None } else { rpps.clone() },

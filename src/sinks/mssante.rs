@@ -223,24 +223,46 @@ impl MssanteSink {
         if candidates.is_empty() {
             return PeerAnswer::MailWithheld("no_recipient", Vec::new());
         }
+        // Without the directory or the whitelist nobody could be mailed: an instance started
+        // before its first import waits (retries) instead of withholding for good.
+        match store.mssante_counts() {
+            Ok((national, local, whitelist)) if (national + local == 0) || whitelist == 0 => {
+                return PeerAnswer::Error(
+                    "the MSSanté directory or whitelist is empty: import them".into(),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => return PeerAnswer::Error(e.to_string()),
+        }
         let facts = crate::router::extract(&msg).ok();
-        let patient_key = facts.as_ref().and_then(|f| f.patient_key.clone());
-        let opposed = match &patient_key {
-            Some(k) => match store.patient(est.id.as_str(), k) {
-                Ok(p) => p.is_some_and(|p| p.sharing_opposition.is_some()),
-                Err(e) => return PeerAnswer::Error(e.to_string()),
-            },
-            None => false,
+        // The patient's opposition is read by his key (his local identifier, else his INS
+        // under its OID: `labroute mssante oppose --authority <OID> --id <INS>`); a result
+        // whose patient has neither is not mailed (an opposition could not be seen).
+        let patient_key = facts
+            .as_ref()
+            .and_then(|f| f.patient_key.clone())
+            .or_else(|| {
+                crate::dmp::ins(&msg)
+                    .map(|(value, oid)| crate::store::writer::patient_key(&oid, &value))
+            });
+        let Some(patient_key) = patient_key else {
+            return PeerAnswer::MailWithheld("no_patient_key", Vec::new());
         };
-        let ins = crate::dmp::ins(&msg).map(|(v, _)| v);
+        let opposed = match store.patient(est.id.as_str(), &patient_key) {
+            Ok(p) => p.is_some_and(|p| p.sharing_opposition.is_some()),
+            Err(e) => return PeerAnswer::Error(e.to_string()),
+        };
+        let ins = crate::dmp::identity_qualified(&msg)
+            .then(|| crate::dmp::ins(&msg).map(|(v, _)| v))
+            .flatten();
+        let flag = |name: &str| crate::dmp::flag(&msg, name).or_else(|| loose_flag(&msg, name));
         let case = MailCase {
-            dest_ps: crate::dmp::flag(&msg, "DESTMSSANTEPS"),
-            dest_patient: crate::dmp::flag(&msg, "DESTMSSANTEPAT"),
-            masked: crate::dmp::flag(&msg, "MASQUE_PS").or_else(|| loose_flag(&msg, "MASQUE_PS")),
-            invisible_patient: crate::dmp::flag(&msg, "INVISIBLE_PATIENT")
-                .or_else(|| loose_flag(&msg, "INVISIBLE_PATIENT")),
+            dest_ps: flag("DESTMSSANTEPS"),
+            dest_patient: flag("DESTMSSANTEPAT"),
+            masked: flag("MASQUE_PS"),
+            invisible_patient: flag("INVISIBLE_PATIENT"),
             ins: ins.as_deref(),
-            patient_key: patient_key.as_deref(),
+            patient_key: Some(patient_key.as_str()),
             opposed,
             establishment: est,
         };
@@ -306,8 +328,15 @@ fn classify(e: &lettre::transport::smtp::Error) -> PeerAnswer {
             PeerAnswer::Rejected(format!("the SMTP server refused the mail ({code})"))
         }
         Some(code) => PeerAnswer::Error(format!("the SMTP server deferred the mail ({code})")),
-        None if e.is_tls() => PeerAnswer::Error(format!("TLS with the SMTP server failed: {e}")),
-        None => PeerAnswer::Error(format!("SMTP: {e}")),
+        // Fixed texts: lettre's own may quote the server's answer.
+        None if e.is_tls() => PeerAnswer::Error("TLS with the SMTP server failed".into()),
+        None if e.is_timeout() => {
+            PeerAnswer::Error("the SMTP server did not answer in time".into())
+        }
+        None if e.is_response() => {
+            PeerAnswer::Error("the SMTP server's answer could not be read".into())
+        }
+        None => PeerAnswer::Error("SMTP connection failed".into()),
     }
 }
 

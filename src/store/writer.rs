@@ -1984,6 +1984,31 @@ fn operate(
                 };
                 return refused(txn, seqs, who, cmd, None, err);
             }
+            // Everything checked before anything changes: an import applies whole or not.
+            let mut valid: Vec<crate::mssante::Mailbox> = Vec::with_capacity(mailboxes.len());
+            let mut seen = std::collections::HashSet::new();
+            for m in mailboxes {
+                let Some(address) = crate::mssante::normalise_address(&m.address) else {
+                    return Ok(Err(OperatorError::Invalid(
+                        "an entry's address is not an e-mail address".into(),
+                    )));
+                };
+                if !seen.insert(address.clone()) {
+                    return Ok(Err(OperatorError::Invalid(
+                        "an address appears twice".into(),
+                    )));
+                }
+                if m.rpps
+                    .as_deref()
+                    .is_some_and(|r| !crate::access::is_rpps(r))
+                {
+                    return Ok(Err(OperatorError::Invalid("an RPPS is 11 digits".into())));
+                }
+                valid.push(crate::mssante::Mailbox {
+                    address,
+                    ..m.clone()
+                });
+            }
             let prefix = format!("{}\u{1f}", source.as_str());
             let end = format!("{}\u{20}", source.as_str());
             let mut dir = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
@@ -2007,17 +2032,8 @@ fn operate(
                 }
             }
             let mut added = 0usize;
-            for m in mailboxes {
-                let Some(address) = crate::mssante::normalise_address(&m.address) else {
-                    return Ok(Err(OperatorError::Invalid(
-                        "an entry's address is not an e-mail address".into(),
-                    )));
-                };
-                let k = crate::store::mss_key(*source, &address);
-                let m = crate::mssante::Mailbox {
-                    address,
-                    ..m.clone()
-                };
+            for m in valid {
+                let k = crate::store::mss_key(*source, &m.address);
                 if dir
                     .insert(k.as_str(), encode(&m).as_slice())
                     .map_err(db_err)?
@@ -2025,7 +2041,7 @@ fn operate(
                 {
                     added += 1;
                 }
-                if let Some(r) = m.rpps.as_deref().filter(|r| crate::access::is_rpps(r)) {
+                if let Some(r) = m.rpps.as_deref() {
                     by.insert(format!("{r}\u{1f}{k}").as_str(), ())
                         .map_err(db_err)?;
                 }
@@ -2058,15 +2074,20 @@ fn operate(
                 };
                 return refused(txn, seqs, who, cmd, None, err);
             }
+            let Some(valid) = domains
+                .iter()
+                .map(|d| crate::mssante::normalise_domain(d))
+                .collect::<Option<Vec<String>>>()
+                .filter(|v| !v.is_empty())
+            else {
+                return Ok(Err(OperatorError::Invalid(
+                    "a whitelist entry is not a domain name, or there is none".into(),
+                )));
+            };
             let mut t = txn.open_table(MSS_WHITELIST).map_err(db_err)?;
             let removed = t.len().map_err(db_err)?;
             t.retain(|_, _| false).map_err(db_err)?;
-            for d in domains {
-                let Some(d) = crate::mssante::normalise_domain(d) else {
-                    return Ok(Err(OperatorError::Invalid(
-                        "a whitelist entry is not a domain name".into(),
-                    )));
-                };
+            for d in valid {
                 t.insert(d.as_str(), now).map_err(db_err)?;
             }
             let count = t.len().map_err(db_err)?;
