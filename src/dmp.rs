@@ -115,9 +115,17 @@ pub fn identity_qualified(msg: &Message<'_>) -> bool {
     vali && ins(msg).is_some()
 }
 
-/// Whether an OBX carries a document (ED, and not MetaDMPMSS metadata such as a mail body).
+/// Whether an OBX carries a document (ED, and not a mail body: MetaDMPMSS metadata such as
+/// `CORPSMAIL_PS`, or the LPS MSSanté profile's `XDM/1.0/DDM` entry).
 pub fn is_document(obx: &Segment<'_>) -> bool {
-    obx.field(2).text() == "ED" && obx.field(3).component(3).text() != "MetaDMPMSS"
+    obx.field(2).text() == "ED"
+        && obx.field(3).component(3).text() != "MetaDMPMSS"
+        && !is_lps_mail_body(obx)
+}
+
+/// The LPS MSSanté profile's mail body: an ED OBX whose OBX-3.2 is `XDM/1.0/DDM+<subject>`.
+pub fn is_lps_mail_body(obx: &Segment<'_>) -> bool {
+    obx.field(3).component(2).text().starts_with("XDM/1.0/DDM")
 }
 
 /// A later version of something published before.

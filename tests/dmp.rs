@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,30 +32,25 @@ impl Drop for Recipient {
 
 impl Recipient {
     fn start(python: &Path, pki: &Path, out: std::path::PathBuf) -> Recipient {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/mhd_receiver.py");
-        let mut child = std::process::Command::new(python)
-            .arg(script)
-            .arg("--ca")
-            .arg(pki.join("ca.pem"))
-            .arg("--cert")
-            .arg(pki.join("server.pem"))
-            .arg("--key")
-            .arg(pki.join("server.key"))
-            .arg("--out")
-            .arg(&out)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the receiver starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("PORT line");
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("receiver said {line:?}"));
+        let (ca, cert, key) = (
+            pki.join("ca.pem"),
+            pki.join("server.pem"),
+            pki.join("server.key"),
+        );
+        let (child, port) = python_peer(
+            python,
+            "mhd_receiver.py",
+            &[
+                "--ca".as_ref(),
+                ca.as_os_str(),
+                "--cert".as_ref(),
+                cert.as_os_str(),
+                "--key".as_ref(),
+                key.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ],
+        );
         Recipient { child, port, out }
     }
 

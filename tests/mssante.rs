@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -50,31 +49,21 @@ impl Smtp {
     /// `pki`: where `server.pem`/`server.key` are; `ca`: the CA client certificates must
     /// chain to.
     fn start(mode: &str, pki: &Path, ca: &Path, out: PathBuf, extra: &[&str]) -> Smtp {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/smtp_server.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .args(["--mode", mode, "--out"])
-            .arg(&out)
-            .arg("--cert")
-            .arg(pki.join("server.pem"))
-            .arg("--key")
-            .arg(pki.join("server.key"))
-            .arg("--ca")
-            .arg(ca)
-            .args(extra)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("the SMTP server starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("PORT line");
-        let port = line
-            .trim()
-            .strip_prefix("PORT ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("SMTP server said {line:?}"));
+        let (cert, key) = (pki.join("server.pem"), pki.join("server.key"));
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--mode".as_ref(),
+            mode.as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--cert".as_ref(),
+            cert.as_os_str(),
+            "--key".as_ref(),
+            key.as_os_str(),
+            "--ca".as_ref(),
+            ca.as_os_str(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let (child, port) = python_peer("python3", "smtp_server.py", &args);
         Smtp { child, port, out }
     }
 

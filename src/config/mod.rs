@@ -963,29 +963,8 @@ impl Validator {
             );
             return;
         };
-        let server_name = d
-            .server_name
-            .as_ref()
-            .map_or_else(|| host.clone(), |n| n.get_ref().clone());
-        if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
-            let at = d
-                .server_name
-                .as_ref()
-                .map_or(cx.line(&d.url), |n| cx.line(n));
-            self.err(
-                cx,
-                at,
-                "dmp.server_name",
-                format!("{server_name:?} is not a DNS name or IP address"),
-            );
-        }
-        let ca = d.ca.as_ref().map(|c| {
-            let path = cx.path(c.get_ref());
-            if let Err(e) = crate::tls::load_certs(&path) {
-                self.err(cx, cx.line(c), "dmp.ca", e.to_string());
-            }
-            path
-        });
+        let (server_name, ca) =
+            self.peer_trust(cx, "dmp", &host, cx.line(&d.url), &d.server_name, &d.ca);
         let t = self.timing(
             cx,
             line,
@@ -1018,6 +997,53 @@ impl Validator {
             server_name: Some(server_name),
             system: None,
         });
+    }
+
+    /// The name a sender's peer certificate must carry (`server_name`, default the
+    /// address's host) and the CA that verifies it (`ca`), checked; `prefix` names the
+    /// section (`dmp`, `mssante`), `at` the line errors point to without those fields.
+    fn peer_trust(
+        &mut self,
+        cx: &Ctx<'_>,
+        prefix: &str,
+        host: &str,
+        at: usize,
+        server_name: &Option<S>,
+        ca: &Option<S>,
+    ) -> (String, Option<PathBuf>) {
+        let name = server_name
+            .as_ref()
+            .map_or_else(|| host.to_owned(), |n| n.get_ref().clone());
+        if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+            let line = server_name.as_ref().map_or(at, |n| cx.line(n));
+            self.err(
+                cx,
+                line,
+                format!("{prefix}.server_name"),
+                format!("{name:?} is not a DNS name or IP address"),
+            );
+        }
+        let ca = ca.as_ref().map(|c| {
+            let path = cx.path(c.get_ref());
+            if let Err(e) = crate::tls::load_certs(&path) {
+                self.err(cx, cx.line(c), format!("{prefix}.ca"), e.to_string());
+            }
+            path
+        });
+        (name, ca)
+    }
+
+    /// A client certificate and key (PEM, relative to the file), checked; `field` names
+    /// them (`establishment[0].dmp`).
+    fn client_pair(&mut self, cx: &Ctx<'_>, field: &str, cert: &S, key: &S) -> (PathBuf, PathBuf) {
+        let (c, k) = (cx.path(cert.get_ref()), cx.path(key.get_ref()));
+        if let Err(err) = crate::tls::load_certs(&c) {
+            self.err(cx, cx.line(cert), format!("{field}.cert"), err.to_string());
+        }
+        if let Err(err) = crate::tls::load_key(&k) {
+            self.err(cx, cx.line(key), format!("{field}.key"), err.to_string());
+        }
+        (c, k)
     }
 
     fn mssante(&mut self, cx: &Ctx<'_>, m: &Spanned<RawMssante>) {
@@ -1065,29 +1091,14 @@ impl Validator {
                 false
             }
         };
-        let server_name = m
-            .server_name
-            .as_ref()
-            .map_or_else(|| host.clone(), |n| n.get_ref().clone());
-        if rustls::pki_types::ServerName::try_from(server_name.as_str()).is_err() {
-            let at = m
-                .server_name
-                .as_ref()
-                .map_or(cx.line(&m.address), |n| cx.line(n));
-            self.err(
-                cx,
-                at,
-                "mssante.server_name",
-                format!("{server_name:?} is not a DNS name or IP address"),
-            );
-        }
-        let ca = m.ca.as_ref().map(|c| {
-            let path = cx.path(c.get_ref());
-            if let Err(e) = crate::tls::load_certs(&path) {
-                self.err(cx, cx.line(c), "mssante.ca", e.to_string());
-            }
-            path
-        });
+        let (server_name, ca) = self.peer_trust(
+            cx,
+            "mssante",
+            &host,
+            cx.line(&m.address),
+            &m.server_name,
+            &m.ca,
+        );
         if ca.is_none() {
             self.mssante_ca_from_tls = Some((cx.file.to_owned(), cx.line(&m.address)));
         }
@@ -1244,26 +1255,14 @@ impl Validator {
             self.dmp_users
                 .push((cx.file.to_owned(), cx.line(d), field("dmp")));
             let d = d.get_ref();
-            let (cert, key) = (cx.path(d.cert.get_ref()), cx.path(d.key.get_ref()));
-            if let Err(err) = crate::tls::load_certs(&cert) {
-                self.err(cx, cx.line(&d.cert), field("dmp.cert"), err.to_string());
-            }
-            if let Err(err) = crate::tls::load_key(&key) {
-                self.err(cx, cx.line(&d.key), field("dmp.key"), err.to_string());
-            }
+            let (cert, key) = self.client_pair(cx, &field("dmp"), &d.cert, &d.key);
             EstablishmentDmp { cert, key }
         });
         let mssante = e.mssante.as_ref().map(|m| {
             self.mssante_users
                 .push((cx.file.to_owned(), cx.line(m), field("mssante")));
             let m = m.get_ref();
-            let (cert, key) = (cx.path(m.cert.get_ref()), cx.path(m.key.get_ref()));
-            if let Err(err) = crate::tls::load_certs(&cert) {
-                self.err(cx, cx.line(&m.cert), field("mssante.cert"), err.to_string());
-            }
-            if let Err(err) = crate::tls::load_key(&key) {
-                self.err(cx, cx.line(&m.key), field("mssante.key"), err.to_string());
-            }
+            let (cert, key) = self.client_pair(cx, &field("mssante"), &m.cert, &m.key);
             let from = crate::mssante::normalise_address(m.from.get_ref()).unwrap_or_else(|| {
                 self.err(
                     cx,

@@ -83,13 +83,16 @@ pub struct Replaces<'a> {
 }
 
 /// One document to publish.
-struct Document {
-    bytes: Vec<u8>,
-    mime: String,
+/// A document a message carries (an ED OBX that `dmp::is_document` accepts).
+pub(crate) struct Document {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) mime: String,
     /// LOINC type (OBX-3.1 when coded in LN, else 11502-2).
-    type_code: String,
-    type_display: String,
-    cda: bool,
+    pub(crate) type_code: String,
+    pub(crate) type_display: String,
+    pub(crate) cda: bool,
+    /// OBX-14 (HL7 DTM), or empty.
+    pub(crate) created: String,
 }
 
 /// An OID under `2.25` (ISO/IEC 9834-8: from a UUID): an XDS uniqueId for what we create.
@@ -165,7 +168,7 @@ fn patient(msg: &Message<'_>, ins_id: &Identifier) -> Patient {
 }
 
 /// The ED OBX that are documents (MetaDMPMSS metadata, such as the mail bodies, are not).
-fn documents(msg: &Message<'_>) -> Result<Vec<Document>, MapError> {
+pub(crate) fn documents(msg: &Message<'_>) -> Result<Vec<Document>, MapError> {
     let mut out = Vec::new();
     for (i, obx) in msg.segments_named("OBX").enumerate() {
         if !crate::dmp::is_document(&obx) {
@@ -195,6 +198,7 @@ fn documents(msg: &Message<'_>) -> Result<Vec<Document>, MapError> {
                 "CR d'examens biologiques".into()
             },
             cda,
+            created: obx.field(14).component(1).text().into_owned(),
         });
     }
     Ok(out)
@@ -258,6 +262,7 @@ pub fn provide_bundle(
             type_code: "11502-2".into(),
             type_display: "CR d'examens biologiques".into(),
             cda: false,
+            created: String::new(),
         });
     }
     let mut labels = Vec::new();

@@ -26,7 +26,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use super::dmp::Stamp;
 use crate::config::{Config, Destination, DestinationKind, Establishment};
 use crate::dmp::Amendment;
-use crate::hl7::{Message, Segment};
+use crate::hl7::Message;
 use crate::mssante::recipients::{self, Candidate};
 use crate::mssante::{mail, xdm};
 use crate::policy::{self, MailCase, MailPermit, Permit};
@@ -67,16 +67,10 @@ impl crate::policy::MailLookup for Store {
     }
 }
 
-/// Counts each candidate's outcome.
+/// Counts each candidate's outcome (`sent` or a `policy::MailRefusal` name: fixed labels).
 pub fn count(outcomes: &[MailOutcome]) {
     for o in outcomes {
-        let outcome = policy::MailRefusal::ALL
-            .iter()
-            .map(|r| r.to_string())
-            .find(|r| *r == o.outcome)
-            .map_or("sent", |_| o.outcome.as_str())
-            .to_owned();
-        metrics::counter!(crate::telemetry::names::MSSANTE_RECIPIENTS, "outcome" => outcome)
+        metrics::counter!(crate::telemetry::names::MSSANTE_RECIPIENTS, "outcome" => o.outcome.clone())
             .increment(1);
     }
 }
@@ -267,18 +261,16 @@ impl MssanteSink {
             establishment: est,
         };
         let mut outcomes: Vec<MailOutcome> = Vec::new();
-        let mut permits: Vec<(MailPermit, usize)> = Vec::new();
+        let mut permits: Vec<MailPermit> = Vec::new();
         for c in &candidates {
             let decision = match policy::mail_permit(permit, c, &case, store) {
                 Ok(d) => d,
                 Err(e) => return PeerAnswer::Error(e.to_string()),
             };
             let outcome = match decision {
-                Ok(p) if permits.iter().any(|(q, _)| q.address() == p.address()) => {
-                    "sent".to_owned()
-                }
+                Ok(p) if permits.iter().any(|q| q.address() == p.address()) => "sent".to_owned(),
                 Ok(p) => {
-                    permits.push((p, outcomes.len()));
+                    permits.push(p);
                     "sent".to_owned()
                 }
                 Err(r) => r.to_string(),
@@ -288,13 +280,18 @@ impl MssanteSink {
         if permits.is_empty() {
             return PeerAnswer::MailWithheld("no_authorised_recipient", outcomes);
         }
-        let content = Content::of(&msg, &rec.sha256, rec.received_at_ms, est);
+        // A document that cannot be read is the sender's error: never mailed without it.
+        let docs = match crate::fhir::mhd::documents(&msg) {
+            Ok(d) => d,
+            Err(e) => return PeerAnswer::Rejected(e.to_string()),
+        };
+        let content = Content::of(&msg, docs, &rec.sha256, rec.received_at_ms, est);
         let transport = match self.transport(est) {
             Ok(t) => t,
             Err(e) => return PeerAnswer::Error(e),
         };
         let (pat, pro): (Vec<&MailPermit>, Vec<&MailPermit>) =
-            permits.iter().map(|(p, _)| p).partition(|p| p.patient());
+            permits.iter().partition(|p| p.patient());
         for (group, to) in [("ps", pro), ("patient", pat)] {
             if to.is_empty() {
                 continue;
@@ -355,7 +352,7 @@ fn body_of(msg: &Message<'_>, name: &str) -> Option<String> {
     msg.segments_named("OBX").find_map(|o| {
         let id = o.field(3);
         let named = (id.component(1).text() == name && id.component(3).text() == "MetaDMPMSS")
-            || (name == "CORPSMAIL_PS" && id.component(2).text().starts_with("XDM/1.0/DDM"));
+            || (name == "CORPSMAIL_PS" && crate::dmp::is_lps_mail_body(&o));
         if !named || o.field(2).text() != "ED" {
             return None;
         }
@@ -371,22 +368,9 @@ fn body_of(msg: &Message<'_>, name: &str) -> Option<String> {
     })
 }
 
-fn is_mail_body(o: &Segment<'_>) -> bool {
-    o.field(3).component(2).text().starts_with("XDM/1.0/DDM")
-}
-
-/// A document of the message: bytes, MIME type, LOINC type.
-struct Doc {
-    bytes: Vec<u8>,
-    mime: String,
-    type_code: String,
-    type_display: String,
-    created: String,
-}
-
 /// What every mail of one message carries.
 struct Content {
-    docs: Vec<Doc>,
+    docs: Vec<crate::fhir::mhd::Document>,
     /// A text rendering of the results, when the message carries no document.
     text: Option<Vec<u8>>,
     amendment: Option<Amendment>,
@@ -401,38 +385,13 @@ struct Content {
 }
 
 impl Content {
-    fn of(msg: &Message<'_>, sha256: &str, received_ms: u64, est: &Establishment) -> Content {
-        let mut docs = Vec::new();
-        for (i, o) in msg.segments_named("OBX").enumerate() {
-            if !crate::dmp::is_document(&o) || is_mail_body(&o) {
-                continue;
-            }
-            let at = crate::fhir::At {
-                segment: "OBX",
-                occurrence: i + 1,
-                field: 5,
-            };
-            let Ok((bytes, mime)) = crate::fhir::v2::ed_bytes(o.field(5).repetition(1), at) else {
-                continue;
-            };
-            let id = o.field(3);
-            let loinc = id.component(3).text() == "LN";
-            docs.push(Doc {
-                bytes,
-                mime: mime.unwrap_or_else(|| "application/octet-stream".into()),
-                type_code: if loinc {
-                    id.component(1).text().into_owned()
-                } else {
-                    "11502-2".into()
-                },
-                type_display: if loinc {
-                    id.component(2).text().into_owned()
-                } else {
-                    "CR d'examens biologiques".into()
-                },
-                created: o.field(14).component(1).text().into_owned(),
-            });
-        }
+    fn of(
+        msg: &Message<'_>,
+        docs: Vec<crate::fhir::mhd::Document>,
+        sha256: &str,
+        received_ms: u64,
+        est: &Establishment,
+    ) -> Content {
         let text = docs.is_empty().then(|| rendering(msg));
         let patient_id = crate::dmp::ins(msg)
             .map(|(v, oid)| format!("{v}^^^&{oid}&ISO"))

@@ -194,11 +194,23 @@ impl OperatorCommand {
                 authority,
                 id,
                 opposed,
-            } => serde_json::json!({ "DmpOpposition": {
-                "establishment": establishment,
-                "patient": patient_ref(establishment, &patient_key(authority, id)),
-                "opposed": opposed,
-            }}),
+            }
+            | OperatorCommand::SharingOpposition {
+                establishment,
+                authority,
+                id,
+                opposed,
+            } => {
+                let name = match self {
+                    OperatorCommand::DmpOpposition { .. } => "DmpOpposition",
+                    _ => "SharingOpposition",
+                };
+                serde_json::json!({ name: {
+                    "establishment": establishment,
+                    "patient": patient_ref(establishment, &patient_key(authority, id)),
+                    "opposed": opposed,
+                }})
+            }
             OperatorCommand::CareGrant {
                 establishment,
                 authority,
@@ -210,16 +222,6 @@ impl OperatorCommand {
                 "patient": patient_ref(establishment, &patient_key(authority, id)),
                 "rpps": rpps,
                 "granted": granted,
-            }}),
-            OperatorCommand::SharingOpposition {
-                establishment,
-                authority,
-                id,
-                opposed,
-            } => serde_json::json!({ "SharingOpposition": {
-                "establishment": establishment,
-                "patient": patient_ref(establishment, &patient_key(authority, id)),
-                "opposed": opposed,
             }}),
             // A directory is not journalled entry by entry: its size is.
             OperatorCommand::DirectoryImport { source, mailboxes } => serde_json::json!({
@@ -1922,60 +1924,6 @@ fn operate(
                 )
             }))
         }
-        OperatorCommand::SharingOpposition {
-            establishment,
-            authority,
-            id,
-            opposed,
-        } => {
-            let est = match in_scope(txn, cfg, seqs, cmd, who, establishment)? {
-                Ok(e) => e,
-                Err(refusal) => return Ok(Err(refusal)),
-            };
-            let pk = patient_key(authority, id);
-            let key = patient_admin_key(est.id.as_str(), &pk);
-            let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
-            let mut p: PatientAdmin = match t.get(key.as_str()).map_err(db_err)? {
-                Some(v) => decode(v.value())?,
-                None => PatientAdmin {
-                    updated_at_ms: now,
-                    from_seq: 0,
-                    zfa: Vec::new(),
-                    opposition: None,
-                    sharing_opposition: None,
-                },
-            };
-            p.sharing_opposition = opposed.then(|| OperatorOpposition {
-                at_ms: now,
-                operator: operator.to_owned(),
-            });
-            t.insert(key.as_str(), encode(&p).as_slice())
-                .map_err(db_err)?;
-            drop(t);
-            audit(
-                txn,
-                seqs,
-                "operator",
-                None,
-                Some(est.id.to_string()),
-                Some(operator.to_owned()),
-                serde_json::json!({
-                    "action": if *opposed { "sharing.opposition" } else { "sharing.opposition_lifted" },
-                    "patient": patient_ref(est.id.as_str(), &pk),
-                }),
-            )?;
-            Ok(Ok(if *opposed {
-                format!(
-                    "opposition recorded for this patient of {}: results are no longer mailed to professionals nor served to practitioners outside it",
-                    est.id
-                )
-            } else {
-                format!(
-                    "opposition lifted for this patient of {}: practitioners in his care outside it receive his results again",
-                    est.id
-                )
-            }))
-        }
         OperatorCommand::DirectoryImport { source, mailboxes } => {
             if !who.scope.is_instance() {
                 let err = OperatorError::NeedsInstance {
@@ -2114,7 +2062,16 @@ fn operate(
             authority,
             id,
             opposed,
+        }
+        | OperatorCommand::SharingOpposition {
+            establishment,
+            authority,
+            id,
+            opposed,
         } => {
+            // The same record, two oppositions: to the DMP feed, and to sharing outside the
+            // establishment (MSSanté to professionals, the results server).
+            let sharing = matches!(cmd, OperatorCommand::SharingOpposition { .. });
             let est = match in_scope(txn, cfg, seqs, cmd, who, establishment)? {
                 Ok(e) => e,
                 Err(refusal) => return Ok(Err(refusal)),
@@ -2132,14 +2089,25 @@ fn operate(
                     sharing_opposition: None,
                 },
             };
-            p.opposition = opposed.then(|| OperatorOpposition {
+            let recorded = opposed.then(|| OperatorOpposition {
                 at_ms: now,
                 operator: operator.to_owned(),
             });
-            let zfa_opposes = p.zfa.get(8).is_some_and(|v| v == "IO");
+            if sharing {
+                p.sharing_opposition = recorded;
+            } else {
+                p.opposition = recorded;
+            }
+            let zfa_opposes = !sharing && p.zfa.get(8).is_some_and(|v| v == "IO");
             t.insert(key.as_str(), encode(&p).as_slice())
                 .map_err(db_err)?;
             drop(t);
+            let action = match (sharing, opposed) {
+                (false, true) => "dmp.opposition",
+                (false, false) => "dmp.opposition_lifted",
+                (true, true) => "sharing.opposition",
+                (true, false) => "sharing.opposition_lifted",
+            };
             audit(
                 txn,
                 seqs,
@@ -2148,22 +2116,26 @@ fn operate(
                 Some(est.id.to_string()),
                 Some(operator.to_owned()),
                 serde_json::json!({
-                    "action": if *opposed { "dmp.opposition" } else { "dmp.opposition_lifted" },
+                    "action": action,
                     "patient": patient_ref(est.id.as_str(), &pk),
                 }),
             )?;
-            Ok(Ok(match (opposed, zfa_opposes) {
-                (true, _) => format!(
-                    "opposition recorded for this patient of {}: results are no longer published to the DMP",
-                    est.id
+            let e = &est.id;
+            Ok(Ok(match (sharing, opposed, zfa_opposes) {
+                (true, true, _) => format!(
+                    "opposition recorded for this patient of {e}: results are no longer mailed to professionals nor served to practitioners outside it"
                 ),
-                (false, false) => format!(
-                    "opposition lifted for this patient of {}: results are published to the DMP again",
-                    est.id
+                (true, false, _) => format!(
+                    "opposition lifted for this patient of {e}: practitioners in his care outside it receive his results again"
                 ),
-                (false, true) => format!(
-                    "opposition recorded through labroute lifted for this patient of {}; the latest ADT from the patient record system still says opposition (ZFA-9 IO), so results stay withheld",
-                    est.id
+                (false, true, _) => format!(
+                    "opposition recorded for this patient of {e}: results are no longer published to the DMP"
+                ),
+                (false, false, false) => format!(
+                    "opposition lifted for this patient of {e}: results are published to the DMP again"
+                ),
+                (false, false, true) => format!(
+                    "opposition recorded through labroute lifted for this patient of {e}; the latest ADT from the patient record system still says opposition (ZFA-9 IO), so results stay withheld"
                 ),
             }))
         }

@@ -524,3 +524,33 @@ pub async fn tls_send(
     s.write_all(&frame(msg)).await.map_err(|e| e.to_string())?;
     read_frame(&mut s).await.map_err(|e| format!("read: {e}"))
 }
+
+/// Starts a Python test peer (`tests/py/<script>` run by `python` with `args`) and reads
+/// the `PORT <n>` line it prints once listening.
+pub fn python_peer(
+    python: impl AsRef<std::ffi::OsStr>,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let mut child = std::process::Command::new(python)
+        .arg(path)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{script} starts: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("PORT line");
+    let port = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{script} said {line:?}"));
+    (child, port)
+}
