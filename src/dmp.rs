@@ -242,11 +242,8 @@ impl Reception {
 }
 
 /// The business acknowledgement `ZAM^Z01` of the French CDA-in-HL7 profile (ANS
-/// `…_Message_metier_reception_DMP.hl7`): the DMP's outcome for the message `h` describes
-/// (its control id in OBX-4), sent back to its sender. `profile` is the original's MSH-21
-/// (`2.1^CISIS_CDA_HL7_V2`), which also picks the coding-system names (2.0: HL7 table
-/// numbers). It is written in the original's charset (MSH-18: UTF-8, ISO 8859-1 or -15;
-/// another one gets ASCII texts).
+/// `…_Message_metier_reception_DMP.hl7`): the DMP's outcome for the message `h` describes,
+/// sent back to its sender (`hl7::zam`).
 pub fn reception_ack(
     h: &crate::hl7::ack::AckHeader,
     profile: &[u8],
@@ -254,82 +251,29 @@ pub fn reception_ack(
     control_id: &str,
     timestamp: &str,
 ) -> Vec<u8> {
-    let d = h
-        .delims
-        .unwrap_or(crate::hl7::message::Delimiters::standard());
-    let (fs, cs) = (d.field as char, d.component as char);
-    use crate::hl7::text::{Charset, encode};
-    let utf8 = h.charset.is_empty() || h.charset == b"UNICODE UTF-8";
-    // The original's charset (ASCII when labroute cannot write it): the ZAM is written in it.
-    let charset_of = match Charset::from_msh18(&h.charset) {
-        Ok(Some(c)) => c,
-        Ok(None) => Charset::Utf8,
-        Err(_) => Charset::Ascii,
+    use crate::hl7::zam;
+    let error = match outcome {
+        Reception::Accepted => None,
+        Reception::Refused { code, text } => Some(zam::Error {
+            code,
+            text,
+            system: "DMPERRORCODE",
+        }),
     };
-    let text = |t: &str| -> String {
-        if encode(charset_of, t).is_some() {
-            t.to_owned()
-        } else {
-            t.chars()
-                .map(|c| match c {
-                    'é' | 'è' | 'ê' => 'e',
-                    'à' => 'a',
-                    c if c.is_ascii() => c,
-                    _ => '?',
-                })
-                .collect()
-        }
-    };
-    let s = |b: &[u8]| match charset_of.decode(b) {
-        Ok(t) => t.into_owned(),
-        Err(_) => String::from_utf8_lossy(b).into_owned(),
-    };
-    let v20 = profile.starts_with(b"2.0");
-    let (yes_no, condition) = if v20 {
-        ("HL70136", "HL70357")
-    } else {
-        ("expandedYes-NoIndicator", "messageErrorCondition")
-    };
-    let charset = if utf8 {
-        "UNICODE UTF-8".to_owned()
-    } else {
-        s(&h.charset)
-    };
-    let country = if h.country.is_empty() {
-        "FRA".to_owned()
-    } else {
-        s(&h.country)
-    };
-    let mut out = format!(
-        "MSH{fs}{enc}{fs}{ra}{fs}{rf}{fs}{sa}{fs}{sf}{fs}{timestamp}{fs}{fs}ZAM{cs}Z01{cs}ZAM_Z01{fs}{control_id}{fs}{pid}{fs}2.6{fs}{fs}{fs}{fs}{fs}{country}{fs}{charset}{fs}{fs}{fs}{profile}\r\
-EVN{fs}{fs}{timestamp}\r\
-OBX{fs}1{fs}CWE{fs}ACK_RECEPTION_DMP{cs}{label}{cs}AckMetierZAM{fs}{original}{fs}{yn}{cs}{cs}{yes_no}{fs}{fs}{fs}{fs}{fs}{fs}F{fs}\r",
-        enc = s(&d.encoding_characters()),
-        ra = s(&h.receiving_app),
-        rf = s(&h.receiving_facility),
-        sa = s(&h.sending_app),
-        sf = s(&h.sending_facility),
-        pid = if h.processing_id.is_empty() {
-            "P".to_owned()
-        } else {
-            s(&h.processing_id)
+    zam::write(
+        h,
+        profile,
+        &zam::Zam {
+            trigger: "Z01",
+            code: "ACK_RECEPTION_DMP",
+            label: "Accusé de réception DMP",
+            yes: outcome == Reception::Accepted,
+            items: &[],
+            error,
         },
-        profile = s(profile),
-        label = text("Accusé de réception DMP"),
-        original = s(&h.control_id),
-        yn = if outcome == Reception::Accepted {
-            "Y"
-        } else {
-            "N"
-        },
-    );
-    if let Reception::Refused { code, text: t } = outcome {
-        out.push_str(&format!(
-            "ERR{fs}{fs}{fs}207{cs}Application internal error{cs}{condition}{fs}E{fs}{code}{cs}{t}{cs}DMPERRORCODE\r",
-            t = text(t)
-        ));
-    }
-    encode(charset_of, &out).unwrap_or_else(|| out.into_bytes())
+        control_id,
+        timestamp,
+    )
 }
 
 /// The gate for a deletion: only the establishment's switch.

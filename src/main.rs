@@ -365,6 +365,9 @@ enum MssanteAction {
         #[command(flatten)]
         patient: PatientArgs,
     },
+    /// Record a read receipt: FILE is the notification mail (RFC 8098) as received in the
+    /// establishment's mailbox. The sender gets a ZAM^Z03 when it asked (ACK_LECTURE_MSS).
+    Mdn { file: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -487,15 +490,29 @@ async fn run(cli: Cli) -> Result<()> {
             admin_call(&admin, AdminRequest::Command { command }).await
         }
         Command::Mssante { action, admin } => {
-            let (p, opposed) = match action {
-                MssanteAction::Oppose { patient } => (patient, true),
-                MssanteAction::Lift { patient } => (patient, false),
-            };
-            let command = OperatorCommand::SharingOpposition {
-                establishment: p.establishment,
-                authority: p.authority,
-                id: p.id,
-                opposed,
+            let command = match action {
+                MssanteAction::Mdn { file } => {
+                    let raw = std::fs::read(&file)
+                        .with_context(|| format!("cannot read {}", file.display()))?;
+                    let mdn = labroute::mssante::mdn::parse(&raw)
+                        .with_context(|| format!("{}", file.display()))?;
+                    OperatorCommand::MailRead {
+                        message_id: mdn.original_message_id,
+                        disposition: mdn.disposition,
+                    }
+                }
+                MssanteAction::Oppose { patient: p } => OperatorCommand::SharingOpposition {
+                    establishment: p.establishment,
+                    authority: p.authority,
+                    id: p.id,
+                    opposed: true,
+                },
+                MssanteAction::Lift { patient: p } => OperatorCommand::SharingOpposition {
+                    establishment: p.establishment,
+                    authority: p.authority,
+                    id: p.id,
+                    opposed: false,
+                },
             };
             admin_call(&admin, AdminRequest::Command { command }).await
         }

@@ -138,6 +138,7 @@ pub struct MailPermit {
     seq: u64,
     address: String,
     patient: bool,
+    rpps: Option<String>,
 }
 
 impl MailPermit {
@@ -150,6 +151,10 @@ impl MailPermit {
     /// The patient's own mailbox (its own mail, its own body).
     pub fn patient(&self) -> bool {
         self.patient
+    }
+    /// The practitioner's RPPS (the message's, else the directory's).
+    pub fn rpps(&self) -> Option<&str> {
+        self.rpps.as_deref()
     }
 }
 
@@ -201,6 +206,32 @@ pub enum MailRefusal {
 }
 
 impl MailRefusal {
+    /// The refusal a journal name stands for.
+    pub fn from_name(name: &str) -> Option<MailRefusal> {
+        MailRefusal::ALL.into_iter().find(|r| r.to_string() == name)
+    }
+
+    /// What the sender reads in its business acknowledgement (ZAM^Z02 ERR-5.2).
+    pub fn text(self) -> &'static str {
+        match self {
+            MailRefusal::NotForProfessionals => {
+                "Envoi aux professionnels non demandé (DESTMSSANTEPS)"
+            }
+            MailRefusal::Masked => "Document masqué aux professionnels (MASQUE_PS)",
+            MailRefusal::PatientNotAsked => "Envoi au patient non demandé (DESTMSSANTEPAT)",
+            MailRefusal::InvisibleToPatient => "Document invisible au patient (INVISIBLE_PATIENT)",
+            MailRefusal::NotThisPatient => "Boîte aux lettres d'un autre patient",
+            MailRefusal::BadAddress => "Adresse MSSanté illisible",
+            MailRefusal::NotInDirectory => "Destinataire absent de l'annuaire",
+            MailRefusal::AddressOfAnother => "Adresse d'un autre professionnel dans l'annuaire",
+            MailRefusal::NotWhitelisted => "Domaine hors de l'espace de confiance MSSanté",
+            MailRefusal::NotInCare => "Destinataire hors de l'équipe de soins du patient",
+            MailRefusal::Opposed => "Opposition du patient au partage",
+            MailRefusal::NotEnabled => "Messagerie sécurisée non activée pour l'établissement",
+            MailRefusal::Inside => "Prescripteur de l'établissement : résultat dans le dossier",
+        }
+    }
+
     /// Every name, for metrics and documentation.
     pub const ALL: [MailRefusal; 13] = [
         MailRefusal::NotForProfessionals,
@@ -283,11 +314,12 @@ pub fn mail_permit<L: MailLookup>(
     if candidate.bad_address {
         return Ok(Err(MailRefusal::BadAddress));
     }
-    let ok = |address: String, patient: bool| {
+    let ok = |address: String, patient: bool, rpps: Option<String>| {
         Ok(Ok(MailPermit {
             seq: permit.seq,
             address,
             patient,
+            rpps,
         }))
     };
     if candidate.patient {
@@ -307,7 +339,7 @@ pub fn mail_permit<L: MailLookup>(
         if !lookup.whitelisted(domain_of(&address))? {
             return Ok(Err(MailRefusal::NotWhitelisted));
         }
-        return ok(address, true);
+        return ok(address, true, None);
     }
     if case.dest_ps == Some(false) {
         return Ok(Err(MailRefusal::NotForProfessionals));
@@ -376,7 +408,7 @@ pub fn mail_permit<L: MailLookup>(
     if case.opposed {
         return Ok(Err(MailRefusal::Opposed));
     }
-    ok(address, false)
+    ok(address, false, rpps)
 }
 
 /// Who runs an operator command, and within what.
@@ -545,6 +577,7 @@ identify.placer_namespaces = ["S"]
             sender: None,
             answers: None,
             business_ack: None,
+            mail_acks: None,
         }
     }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
+use labroute::admin::http::ClientError;
 use labroute::store::audit::AuditFilter;
 use labroute::store::writer::OperatorCommand;
 use serde_json::Value as Json;
@@ -418,10 +419,10 @@ async fn results_are_mailed_only_to_whom_the_policy_allows_and_every_refusal_is_
         ("withheld", &Json::from("not_enabled"))
     );
 
-    // What the server received: R-OK's two mails (professionals, patient) and R-GRANT's,
-    // over TLS with ES1's certificate.
+    // What the server received: R-OK's three mails (one per recipient: two professionals,
+    // the patient) and R-GRANT's, over TLS with ES1's certificate.
     let got = smtp.received();
-    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got.len(), 4, "{got:?}");
     let cda_sha = labroute::model::hex(&labroute::model::sha256(CDA.as_bytes()));
     for (envelope, mail) in &got {
         assert_eq!(envelope["tls"], true);
@@ -447,43 +448,312 @@ async fn results_are_mailed_only_to_whom_the_policy_allows_and_every_refusal_is_
             format!("{INS}^^^&1.2.250.1.213.1.4.10&ISO").as_str()
         );
     }
-    let rcpts: Vec<Vec<&str>> = got
+    let mut rcpts: Vec<&str> = got
         .iter()
         .map(|(e, _)| {
-            let mut v: Vec<&str> = e["rcpt_tos"]
-                .as_array()
-                .expect("rcpt")
-                .iter()
-                .filter_map(Json::as_str)
-                .collect();
-            v.sort();
-            v
+            let r = e["rcpt_tos"].as_array().expect("rcpt");
+            assert_eq!(r.len(), 1, "one recipient per mail: {e}");
+            r[0].as_str().unwrap_or("")
         })
         .collect();
-    assert!(
-        rcpts.contains(&vec![
-            "dr.copy@medecin.mssante.fr",
-            "dr.ordering@medecin.mssante.fr"
-        ]),
-        "{rcpts:?}"
-    );
-    assert!(rcpts.contains(&vec![patient_box.as_str()]), "{rcpts:?}");
-    assert!(
-        rcpts.contains(&vec!["dr.standing@medecin.mssante.fr"]),
-        "{rcpts:?}"
-    );
-    let ps = got
-        .iter()
-        .find(|(e, _)| e["rcpt_tos"].as_array().is_some_and(|r| r.len() == 2))
-        .map(|(_, m)| m)
-        .expect("the professionals' mail");
+    rcpts.sort();
     assert_eq!(
-        ps["disposition_notification_to"], "<labo@ch-nordville.mssante.fr>",
-        "read receipt asked (ACK_LECTURE_MSS)"
+        rcpts,
+        [
+            patient_box.as_str(),
+            "dr.copy@medecin.mssante.fr",
+            "dr.ordering@medecin.mssante.fr",
+            "dr.standing@medecin.mssante.fr",
+        ]
     );
+    for (e, m) in &got {
+        let asked = e["rcpt_tos"][0] != "dr.standing@medecin.mssante.fr";
+        assert_eq!(
+            m["disposition_notification_to"] == "<labo@ch-nordville.mssante.fr>",
+            asked,
+            "a read receipt only where asked (R-OK's ACK_LECTURE_MSS): {m}"
+        );
+    }
 
     // The record systems get every result regardless.
     assert!(h.es1.wait_for(5, std::time::Duration::from_secs(10)).await);
+}
+
+/// The ZAMs the lab (the sender's `application_acks_to`) received, each as its segments.
+fn zams(h: &Harness) -> Vec<Vec<String>> {
+    h.lab
+        .messages()
+        .iter()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .filter(|m| m.contains("|ZAM^"))
+        .map(|m| {
+            m.split('\r')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+/// A read receipt as a mail client sends it (RFC 8098, Thunderbird's layout).
+fn mdn(message_id: &str, reader: &str, disposition: &str) -> Vec<u8> {
+    format!(
+        "From: {reader}\r\nTo: labo@ch-nordville.mssante.fr\r\nSubject: =?UTF-8?Q?Accus=C3=A9_de_lecture?=\r\nIn-Reply-To: {message_id}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=disposition-notification;\r\n boundary=\"----=_mdn\"\r\n\r\nThis is a multi-part message in MIME format.\r\n------=_mdn\r\nContent-Type: text/plain; charset=UTF-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nCeci est un accusé de lecture.\r\n\r\n------=_mdn\r\nContent-Type: message/disposition-notification; name=\"MDNPart2.txt\"\r\nContent-Disposition: inline\r\nContent-Transfer-Encoding: 7bit\r\n\r\nReporting-UA: medecin.mssante.fr; Thunderbird 115.0\r\nFinal-Recipient: rfc822;{reader}\r\nOriginal-Message-ID: {message_id}\r\nDisposition: manual-action/MDN-sent-manually; {disposition}\r\n\r\n------=_mdn--\r\n"
+    )
+    .into_bytes()
+}
+
+/// The sender asked for receptions (`ACK_RECEPTION`) and read receipts (`ACK_LECTURE_MSS`):
+/// each recipient's mail the server takes comes back as a ZAM^Z02 Y, each recipient not
+/// mailed as a ZAM^Z02 N with the reason, each read receipt posted to the admin API as a
+/// ZAM^Z03, in the ANS examples' form. One mail per recipient: a server's 550 for one is his
+/// alone, and a retry after a 451 does not mail again whoever already got it.
+#[tokio::test]
+async fn receptions_and_read_receipts_go_back_to_the_sender() {
+    if python().is_none() {
+        return;
+    }
+    let pki = tempfile::tempdir().expect("tempdir");
+    temp_pki(
+        pki.path(),
+        "mssante test CA",
+        &["es1-mss", "operator-es1", "operator-es2"],
+        &["localhost"],
+        labroute::time::now_ms(),
+    );
+    // The ordering provider's mailbox is refused by the server; the second mail is
+    // deferred once.
+    let smtp = Smtp::start(
+        "implicit",
+        pki.path(),
+        &pki.path().join("ca.pem"),
+        pki.path().join("mail"),
+        &[
+            "--reject-rcpt",
+            "dr.ordering@medecin.mssante.fr",
+            "--tempfail-at",
+            "2",
+        ],
+    );
+    let (p, port) = (pki.path().to_path_buf(), smtp.port);
+    let h = Harness::start(move |r| {
+        with_mssante(
+            r.replacen(
+                "[[listener]]\nname = \"dpi\"",
+                "application_acks_to = \"sil\"\n[[listener]]\nname = \"dpi\"",
+                1,
+            ),
+            &p,
+            port,
+            "implicit",
+            "",
+        ) + &admin_section("operator-es1", &["ES1"])
+            + &system_toml("operator-es2", "operator", &["ES2"])
+    })
+    .await;
+    import(&h).await;
+    let patient_box = format!("{INS}@patient.mssante.fr");
+    let m = result(
+        "ES1",
+        "R-ACK",
+        "P-ACK",
+        &["10000000005"],
+        &["10000000001", "10000000002"],
+        &[&patient_box],
+        &[
+            ("DESTMSSANTEPAT", "Y"),
+            ("ACK_RECEPTION", "Y"),
+            ("ACK_LECTURE_MSS", "Y"),
+        ],
+    );
+    let acks = send_all(h.sil(), &[m]).await.expect("ACK");
+    assert_eq!(msa(&acks[0]).0, "AA");
+    assert!(eventually(|| !settled(&h).is_empty()).await);
+    let s = settled(&h);
+    assert_eq!(s[0].1, "delivered", "{s:?}");
+    assert_eq!(
+        outcomes(&s[0].2),
+        [
+            ("patient".to_owned(), "sent".to_owned()),
+            ("rpps:10000000001".into(), "sent".into()),
+            ("rpps:10000000002".into(), "domain_not_whitelisted".into()),
+            ("rpps:10000000005".into(), "server_refused".into()),
+            ("rpps:10000000077".into(), "not_in_care".into()),
+        ]
+    );
+    // Two mails, one recipient each, each once: the retry after the 451 skipped the
+    // patient's, which the server had taken.
+    let got = smtp.received();
+    let mut rcpts: Vec<String> = got
+        .iter()
+        .map(|(e, _)| {
+            let r = e["rcpt_tos"].as_array().expect("rcpt");
+            assert_eq!(r.len(), 1, "one recipient per mail: {e}");
+            r[0].as_str().unwrap_or("").to_owned()
+        })
+        .collect();
+    rcpts.sort();
+    assert_eq!(
+        rcpts,
+        [patient_box.clone(), "dr.copy@medecin.mssante.fr".into()]
+    );
+
+    // Five ZAM^Z02: Y for the two mails the server took, N with the reason for the others.
+    assert!(eventually(|| zams(&h).len() >= 5).await, "{:?}", zams(&h));
+    let z = zams(&h);
+    assert_eq!(z.len(), 5, "{z:?}");
+    for zam in &z {
+        assert!(
+            zam[0].starts_with("MSH|^~\\&|DPI||SIL|LAB|")
+                && zam[0].contains("|ZAM^Z02^ZAM_Z01|")
+                && zam[0].ends_with("|2.1^CISIS_CDA_HL7_V2"),
+            "{zam:?}"
+        );
+        assert_eq!(zam[1].split('|').next(), Some("EVN"));
+    }
+    let line = |obx2: &str| -> Vec<String> {
+        z.iter()
+            .find(|zam| zam.get(3).is_some_and(|o| o.contains(obx2)))
+            .unwrap_or_else(|| panic!("no ZAM with {obx2}: {z:?}"))
+            .clone()
+    };
+    let copy = line("|810000000001|");
+    assert_eq!(
+        copy[2],
+        "OBX|1|CWE|ACK_RECEPTION_MSS^Accusé de réception MSSanté^AckMetierZAM|R-ACK|Y^^expandedYes-NoIndicator||||||F|"
+    );
+    assert_eq!(
+        copy[3],
+        "OBX|2|XTN|DESTINATAIRE_MSS^Destinataire MSSanté^AckMetierZAM|810000000001|^^X.400^dr.copy@medecin.mssante.fr||||||F|"
+    );
+    assert_eq!(copy.len(), 4, "no ERR when received: {copy:?}");
+    let patient = line(&format!("^^X.400^{patient_box}|"));
+    assert!(patient[2].contains("|R-ACK|Y^"), "{patient:?}");
+    for (who, code) in [
+        ("|810000000002|", "domain_not_whitelisted"),
+        ("|810000000005|", "server_refused"),
+        ("|810000000077|", "not_in_care"),
+    ] {
+        let zam = line(who);
+        assert!(
+            zam[2].contains("|R-ACK|N^^expandedYes-NoIndicator|"),
+            "{zam:?}"
+        );
+        assert!(
+            zam[4].starts_with(&format!(
+                "ERR|||207^Application internal error^messageErrorCondition|E|{code}^"
+            )) && zam[4].ends_with("^99LABROUTE"),
+            "{zam:?}"
+        );
+    }
+
+    // The copy recipient reads his mail; his client's receipt, as received, is posted to
+    // the admin API: the sender gets a ZAM^Z03 naming him.
+    let mail_of = |address: &str| {
+        got.iter()
+            .find(|(e, _)| e["rcpt_tos"][0] == address)
+            .map(|(_, m)| m["message_id"].as_str().expect("Message-ID").to_owned())
+            .expect("mailed")
+    };
+    let copy_id = mail_of("dr.copy@medecin.mssante.fr");
+    let p = pki.path();
+    let client = |who: &str| {
+        admin_client(
+            &h.server,
+            &p.join("ca.pem"),
+            &p.join(format!("{who}.pem")),
+            &p.join(format!("{who}.key")),
+        )
+    };
+    let receipt = mdn(&copy_id, "dr.copy@medecin.mssante.fr", "displayed");
+    // Another establishment's operator may not record it.
+    let foreign = client("operator-es2")
+        .post_raw("/mssante/mdn", receipt.clone())
+        .await;
+    assert!(
+        matches!(foreign, Err(ClientError::Refused { status: 403, .. })),
+        "{foreign:?}"
+    );
+    let ops = client("operator-es1");
+    let answer = ops
+        .post_raw("/mssante/mdn", receipt.clone())
+        .await
+        .expect("recorded");
+    assert!(
+        answer
+            .as_str()
+            .is_some_and(|a| a.ends_with("rpps:10000000001: displayed")),
+        "{answer}"
+    );
+    assert!(eventually(|| zams(&h).len() >= 6).await);
+    let read = zams(&h)
+        .into_iter()
+        .find(|zam| zam[0].contains("|ZAM^Z03^ZAM_Z01|"))
+        .expect("a ZAM^Z03");
+    assert_eq!(
+        read[2..],
+        [
+            "OBX|1|CWE|ACK_LECTURE_MSS^Accusé de lecture^AckMetierZAM|R-ACK|Y^^expandedYes-NoIndicator||||||F|",
+            "OBX|2|XTN|LECTEUR_MSS^Lecteur du courriel MSSanté^AckMetierZAM|810000000001|^^X.400^dr.copy@medecin.mssante.fr||||||F|"
+        ]
+    );
+    // The same receipt again: recorded already, no second ZAM. A receipt for a mail
+    // labroute did not send, or that is not a read receipt: refused plainly.
+    let again = ops
+        .post_raw("/mssante/mdn", receipt)
+        .await
+        .expect("answered");
+    assert!(
+        again
+            .as_str()
+            .is_some_and(|a| a.contains("recorded already")),
+        "{again}"
+    );
+    let (seq, _) = labroute::mssante::mdn::ours(&copy_id).expect("labroute's Message-ID");
+    let domain = "ch-nordville.mssante.fr";
+    let unknown = labroute::mssante::mdn::message_id(999_999, "dr.copy@medecin.mssante.fr", domain);
+    let other = labroute::mssante::mdn::message_id(seq, "dr.other@medecin.mssante.fr", domain);
+    for (bad, why) in [
+        (
+            mdn("<abc@elsewhere.fr>", "x@medecin.mssante.fr", "displayed"),
+            "did not send",
+        ),
+        (
+            mdn(&unknown, "x@medecin.mssante.fr", "displayed"),
+            "does not have",
+        ),
+        (
+            mdn(&other, "x@medecin.mssante.fr", "displayed"),
+            "has that Message-ID",
+        ),
+        (
+            mdn(&copy_id, "dr.copy@medecin.mssante.fr", "processed"),
+            "not a read receipt",
+        ),
+    ] {
+        match ops.post_raw("/mssante/mdn", bad).await {
+            Err(ClientError::Refused {
+                status: 400,
+                message,
+            }) => {
+                assert!(message.contains(why), "{message}")
+            }
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(zams(&h).len(), 6, "{:?}", zams(&h));
+
+    // The journal has each mail sent and the read, never the patient's address.
+    let journal = labroute::store::audit::query(h.server.store.store(), &AuditFilter::default())
+        .expect("journal");
+    let events = |name: &str| journal.iter().filter(|e| e.event == name).count();
+    assert_eq!(events("mail_sent"), 2);
+    assert_eq!(events("mail_read"), 1);
+    assert_eq!(events("business_ack"), 6);
+    for e in &journal {
+        assert!(!e.detail.to_string().contains(INS), "{:?}", e.detail);
+    }
 }
 
 #[tokio::test]

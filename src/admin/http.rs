@@ -14,6 +14,12 @@
 //! | GET | `/operator-log` | operator actions in scope |
 //! | GET | `/audit?establishment=ES1&from_ms=&to_ms=&event=` | journal entries in scope |
 //! | GET | `/audit/verify` | checks the journal's chain and seals |
+//! | POST | `/access/grant` | `{"establishment", "authority", "id", "rpps", "granted"}` |
+//! | POST | `/dmp/opposition` | `{"establishment", "authority", "id", "opposed"}` |
+//! | POST | `/mssante/opposition` | `{"establishment", "authority", "id", "opposed"}` |
+//! | POST | `/mssante/directory` | `{"source": "national" \| "local", "mailboxes"}` (whole-instance operators) |
+//! | POST | `/mssante/whitelist` | `{"domains"}` (whole-instance operators) |
+//! | POST | `/mssante/mdn` | a read receipt: the mail (RFC 8098) or `{"message_id", "disposition"}` |
 //! | POST | `/reload-tls` | reads certificates and keys again (whole-instance operators) |
 //! | GET | `/metrics` | Prometheus text; operators and `monitor` systems |
 
@@ -133,6 +139,14 @@ impl AdminRequest {
                     Method::POST,
                     "/mssante/directory".into(),
                     Some(json!({ "source": source, "mailboxes": mailboxes })),
+                ),
+                OperatorCommand::MailRead {
+                    message_id,
+                    disposition,
+                } => (
+                    Method::POST,
+                    "/mssante/mdn".into(),
+                    Some(json!({ "message_id": message_id, "disposition": disposition })),
                 ),
                 OperatorCommand::WhitelistImport { domains } => (
                     Method::POST,
@@ -272,6 +286,33 @@ impl AdminRequest {
                         })?,
                 },
             },
+            // A JSON object, or the read receipt itself as received (RFC 8098), as a mail
+            // gateway posts it.
+            ["mssante", "mdn"] if post => {
+                let (message_id, disposition) = if body.first() == Some(&b'{') {
+                    let disposition = field("disposition")?;
+                    (
+                        field("message_id")?,
+                        crate::mssante::mdn::Disposition::from_name(&disposition).ok_or_else(
+                            || {
+                                AdminError::BadRequest(
+                                    "\"disposition\" is \"displayed\" or \"deleted\"".into(),
+                                )
+                            },
+                        )?,
+                    )
+                } else {
+                    let mdn = crate::mssante::mdn::parse(body)
+                        .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+                    (mdn.original_message_id, mdn.disposition)
+                };
+                AdminRequest::Command {
+                    command: OperatorCommand::MailRead {
+                        message_id,
+                        disposition,
+                    },
+                }
+            }
             ["mssante", "whitelist"] if post => AdminRequest::Command {
                 command: OperatorCommand::WhitelistImport {
                     domains: member("domains")?
@@ -282,7 +323,7 @@ impl AdminRequest {
                 },
             },
             ["status"]
-            | ["mssante", "opposition" | "directory" | "whitelist"]
+            | ["mssante", "opposition" | "directory" | "whitelist" | "mdn"]
             | ["quarantine"]
             | ["quarantine", _]
             | ["quarantine", _, "release" | "discard"]
@@ -468,6 +509,24 @@ fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
 
 pub use crate::https::ClientError;
 
+/// The admin endpoint's answer: its JSON, or its error.
+fn answer(status: u16, bytes: &[u8]) -> Result<Value, ClientError> {
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ClientError::Http(format!("the answer is not JSON: {e}")))?;
+    if status == 200 {
+        Ok(v)
+    } else {
+        Err(ClientError::Refused {
+            status,
+            message: v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("no error message")
+                .to_owned(),
+        })
+    }
+}
+
 /// A client of the admin endpoint (the CLI, tests).
 #[derive(Clone)]
 pub struct AdminClient {
@@ -484,20 +543,14 @@ impl AdminClient {
             .map(|b| serde_json::to_vec(&b).unwrap_or_default())
             .unwrap_or_default();
         let (status, bytes) = self.send(method, &path, body).await?;
-        let v: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Http(format!("the answer is not JSON: {e}")))?;
-        if status == 200 {
-            Ok(v)
-        } else {
-            Err(ClientError::Refused {
-                status,
-                message: v
-                    .get("error")
-                    .and_then(Value::as_str)
-                    .unwrap_or("no error message")
-                    .to_owned(),
-            })
-        }
+        answer(status, &bytes)
+    }
+
+    /// POSTs `body` as it is (a read receipt mail to `/mssante/mdn`, as a mail gateway
+    /// does); the JSON answer, or the endpoint's error.
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> Result<Value, ClientError> {
+        let (status, bytes) = self.send(Method::POST, path, body).await?;
+        answer(status, &bytes)
     }
 
     /// The Prometheus text of `/metrics`.

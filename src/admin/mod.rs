@@ -189,9 +189,14 @@ pub async fn execute(
         }
         AdminRequest::Status => s
             .counts()
-            .map(|c| {
+            .and_then(|c| Ok((c, s.mssante_counts()?)))
+            .map(|(c, (national, local, whitelist))| {
                 json!({
                     "store": c,
+                    "mssante": {
+                        "directory": { "national": national, "local": local },
+                        "whitelist": whitelist,
+                    },
                     "since_start": crate::stats::STATS.snapshot(),
                     "tls_cert_not_after_unix": tls.and_then(|t| t.cert_not_after()),
                     "operator": who.name,

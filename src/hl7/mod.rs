@@ -6,6 +6,7 @@ pub mod ack;
 pub mod message;
 pub mod mllp;
 pub mod text;
+pub mod zam;
 
 pub use message::{Delimiters, Field, Message, ParseError, ParseErrorKind, Segment, Value};
 pub use text::Charset;

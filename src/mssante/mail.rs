@@ -13,8 +13,8 @@ pub struct Mail<'a> {
     /// One line, no patient data (the configuration's).
     pub subject: &'a str,
     pub body: &'a str,
-    /// Stable across retries (`<labroute.{seq}.{group}@{domain}>`): a resent mail is the
-    /// same mail, which the receiver can recognise.
+    /// Stable across retries (`mdn::message_id`): a resent mail is the same mail, which
+    /// the receiver can recognise, and its read receipt names it.
     pub message_id: String,
     /// Ask for a read receipt (MDN) at the `From` address.
     pub read_receipt: bool,

@@ -6,12 +6,16 @@
 //! - `whitelist`: the trust space's domains (`labroute whitelist import`);
 //! - `recipients`: who a message names (PRT `RCT`, OBR-28 copies, the ordering provider) and
 //!   the establishment's standing recipients; `policy::mail_permit` decides each one;
-//! - `xdm`: the `IHE_XDM.ZIP` attachment; `mail`: the MIME message.
+//! - `xdm`: the `IHE_XDM.ZIP` attachment; `mail`: the MIME message;
+//! - `receipts`: the business acknowledgements (ZAM^Z02 reception, ZAM^Z03 read) the sender
+//!   asked for; `mdn`: the read receipts (RFC 8098) they are made from.
 //!
 //! The sender is `sinks::mssante` (SMTP over TLS with the establishment's certificate).
 
 pub mod directory;
 pub mod mail;
+pub mod mdn;
+pub mod receipts;
 pub mod recipients;
 pub mod whitelist;
 pub mod xdm;

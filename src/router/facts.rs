@@ -65,6 +65,10 @@ pub struct Facts {
     /// acknowledgement (ZAM^Z01).
     #[serde(default)]
     pub ack_reception: bool,
+    /// MetaDMPMSS `ACK_LECTURE_MSS` = Y: the sender wants the MSSanté read receipts
+    /// (ZAM^Z03).
+    #[serde(default)]
+    pub ack_read: bool,
     /// A result's patient identifiers (PID-3, INS included), as FHIR `Patient.identifier`
     /// has them: the results server finds the patient by them. Empty when the message is
     /// about several patients (several PID).
@@ -202,6 +206,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         zfa: None,
         care_team: Vec::new(),
         ack_reception: false,
+        ack_read: false,
         patient_ids: Vec::new(),
     };
     push_found(
@@ -226,8 +231,9 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
             crate::access::add_care(&seg, &mut f.care_team);
         }
         match seg.id() {
-            b"OBX" if dmp_meta && !f.ack_reception => {
-                f.ack_reception = crate::dmp::flag_in(&seg, "ACK_RECEPTION") == Some(true);
+            b"OBX" if dmp_meta => {
+                f.ack_reception |= crate::dmp::flag_in(&seg, "ACK_RECEPTION") == Some(true);
+                f.ack_read |= crate::dmp::flag_in(&seg, "ACK_LECTURE_MSS") == Some(true);
             }
             b"ORC" | b"OBR" => {
                 let name = if seg.id() == b"ORC" { "ORC" } else { "OBR" };

@@ -8,10 +8,15 @@
 //! - recipients are decided at send time (directory, whitelist, care links and oppositions
 //!   as they are then); each candidate's outcome is journalled with the delivery, a refusal
 //!   by its reason; a result nobody may receive is *withheld*, not a dead letter;
-//! - one mail to the professionals, one to the patient's own mailbox; each has a
-//!   Message-ID stable across retries (a resent mail is the same mail);
-//! - 4xx answers are retried with backoff, 5xx are dead letters with the status code only
-//!   (a server's text may quote an address, and a patient's address holds his INS).
+//! - one mail per recipient (nobody learns another's address; a server's refusal is one
+//!   recipient's), each with a Message-ID stable across retries (`mssante::mdn::message_id`:
+//!   a resent mail is the same mail, and a read receipt names its mail); each mail the
+//!   server takes is recorded durably before the next (`StoreHandle::mail_sent`, which also
+//!   acknowledges it to the sender as a ZAM^Z02 when asked), and a retry skips those;
+//! - 4xx answers are retried with backoff; a 5xx refuses that recipient (`server_refused`),
+//!   and the message is a dead letter when the server refused every one; only the status
+//!   code is kept (a server's text may quote an address, and a patient's address holds his
+//!   INS).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,12 +32,13 @@ use super::dmp::Stamp;
 use crate::config::{Config, Destination, DestinationKind, Establishment};
 use crate::dmp::Amendment;
 use crate::hl7::Message;
+use crate::mssante::receipts::{self, Who};
 use crate::mssante::recipients::{self, Candidate};
-use crate::mssante::{mail, xdm};
+use crate::mssante::{mail, mdn, xdm};
 use crate::policy::{self, MailCase, MailPermit, Permit};
 use crate::sinks::mllp::PeerAnswer;
 use crate::store::writer::MailOutcome;
-use crate::store::{Store, StoreError, StoreHandle};
+use crate::store::{SentMail, Store, StoreError, StoreHandle};
 
 type Transport = AsyncSmtpTransport<Tokio1Executor>;
 
@@ -219,13 +225,13 @@ impl MssanteSink {
         }
         // Without the directory or the whitelist nobody could be mailed: an instance started
         // before its first import waits (retries) instead of withholding for good.
-        match store.mssante_counts() {
-            Ok((national, local, whitelist)) if (national + local == 0) || whitelist == 0 => {
+        match store.mssante_ready() {
+            Ok(false) => {
                 return PeerAnswer::Error(
                     "the MSSanté directory or whitelist is empty: import them".into(),
                 );
             }
-            Ok(_) => {}
+            Ok(true) => {}
             Err(e) => return PeerAnswer::Error(e.to_string()),
         }
         let facts = crate::router::extract(&msg).ok();
@@ -260,6 +266,12 @@ impl MssanteSink {
             opposed,
             establishment: est,
         };
+        let seq = permit.seq();
+        // Mails an earlier attempt handed over: not sent again.
+        let already = match store.mails_sent(seq) {
+            Ok(m) => m,
+            Err(e) => return PeerAnswer::Error(e.to_string()),
+        };
         let mut outcomes: Vec<MailOutcome> = Vec::new();
         let mut permits: Vec<MailPermit> = Vec::new();
         for c in &candidates {
@@ -268,14 +280,25 @@ impl MssanteSink {
                 Err(e) => return PeerAnswer::Error(e.to_string()),
             };
             let outcome = match decision {
-                Ok(p) if permits.iter().any(|q| q.address() == p.address()) => "sent".to_owned(),
                 Ok(p) => {
-                    permits.push(p);
-                    "sent".to_owned()
+                    let who = Who {
+                        address: Some(p.address().to_owned()),
+                        rpps: p.rpps().map(str::to_owned),
+                    };
+                    if !permits.iter().any(|q| q.address() == p.address()) {
+                        permits.push(p);
+                    }
+                    outcome_of(c, "sent".into(), who)
                 }
-                Err(r) => r.to_string(),
+                Err(r) => {
+                    let who = Who {
+                        address: c.address.clone(),
+                        rpps: c.rpps.clone(),
+                    };
+                    outcome_of(c, r.to_string(), who)
+                }
             };
-            outcomes.push(outcome_of(c, outcome));
+            outcomes.push(outcome);
         }
         if permits.is_empty() {
             return PeerAnswer::MailWithheld("no_authorised_recipient", outcomes);
@@ -290,30 +313,64 @@ impl MssanteSink {
             Ok(t) => t,
             Err(e) => return PeerAnswer::Error(e),
         };
-        let (pat, pro): (Vec<&MailPermit>, Vec<&MailPermit>) =
-            permits.iter().partition(|p| p.patient());
-        for (group, to) in [("ps", pro), ("patient", pat)] {
-            if to.is_empty() {
+        // One mail per recipient: no recipient learns another's address (an RPPS may
+        // resolve to a mailbox its owner keeps unlisted from the others), a server's refusal
+        // of one recipient is his alone, and each read receipt names its mail.
+        let domain = crate::mssante::domain_of(&mss.from).to_owned();
+        let mut refused = None;
+        for p in &permits {
+            if already.iter().any(|m| m.address == p.address()) {
                 continue;
             }
-            let to: Vec<String> = to.iter().map(|p| p.address().to_owned()).collect();
-            let m = match content.mail(&self.dest, mss, &msg, permit.seq(), group, &to) {
+            let group = if p.patient() { "patient" } else { "ps" };
+            let to = [p.address().to_owned()];
+            let message_id = mdn::message_id(seq, p.address(), &domain);
+            let m = match content.mail(&self.dest, mss, &msg, group, &to, message_id) {
                 Ok(m) => m,
                 Err(e) => return PeerAnswer::Rejected(e.to_string()),
             };
-            if let Err(e) = transport.send(m).await {
-                return classify(&e);
+            match transport.send(m).await {
+                Ok(_) => {
+                    let sent = SentMail {
+                        address: p.address().to_owned(),
+                        rpps: p.rpps().map(str::to_owned),
+                        patient: p.patient(),
+                        tag: mdn::tag(p.address()),
+                        at_ms: 0,
+                        read: None,
+                    };
+                    // Durable before the next one: a retry after a crash skips him.
+                    if let Err(e) = self.store.mail_sent(seq, sent).await {
+                        return PeerAnswer::Error(e.to_string());
+                    }
+                }
+                // This recipient refused by the server (5xx): his outcome, not the others'.
+                Err(e) if e.is_permanent() => {
+                    for o in outcomes
+                        .iter_mut()
+                        .filter(|o| o.who.address.as_deref() == Some(p.address()))
+                    {
+                        o.outcome = receipts::SERVER_REFUSED.into();
+                    }
+                    refused = Some(classify(&e));
+                }
+                Err(e) => return classify(&e),
             }
         }
-        PeerAnswer::Mailed(outcomes)
+        // Nobody's mail taken: the server refused them all, a dead letter.
+        match refused {
+            Some(answer) if !outcomes.iter().any(|o| o.outcome == "sent") => answer,
+            _ => PeerAnswer::Mailed(outcomes),
+        }
     }
 }
 
-fn outcome_of(c: &Candidate, outcome: String) -> MailOutcome {
+fn outcome_of(c: &Candidate, outcome: String, who: Who) -> MailOutcome {
     MailOutcome {
         recipient: c.label(),
         named: c.named.as_str().to_owned(),
         outcome,
+        who,
     }
 }
 
@@ -442,9 +499,9 @@ impl Content {
         dest: &Destination,
         mss: &crate::config::EstablishmentMssante,
         msg: &Message<'_>,
-        seq: u64,
         group: &str,
         to: &[String],
+        message_id: String,
     ) -> Result<lettre::Message, mail::MailError> {
         let (subject, default_body) = match &dest.kind {
             DestinationKind::Mssante { subject, body, .. } => (subject.as_str(), body.as_str()),
@@ -526,14 +583,13 @@ impl Content {
                 }
             }
         }
-        let domain = crate::mssante::domain_of(&mss.from);
         mail::build(&mail::Mail {
             from: &mss.from,
             to,
             reply_to: self.reply_to.as_deref(),
             subject: &subject,
             body: &body,
-            message_id: format!("<labroute.{seq}.{group}@{domain}>"),
+            message_id,
             read_receipt: self.read_receipt,
             xdm,
             renderings,

@@ -54,6 +54,15 @@ pub(crate) const MSS_DIRECTORY: TableDefinition<&str, &[u8]> =
 pub(crate) const MSS_BY_RPPS: TableDefinition<&str, ()> = TableDefinition::new("mss_by_rpps");
 /// Domain → import time (ms): the trust space's whitelist.
 pub(crate) const MSS_WHITELIST: TableDefinition<&str, u64> = TableDefinition::new("mss_whitelist");
+/// `mss_sent_key(seq, address)` → SentMail: each mail the MSSanté sender handed over.
+pub(crate) const MSS_SENT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mss_sent");
+
+/// The key of one mail sent for a message: its seq (BE), then the address.
+pub(crate) fn mss_sent_key(seq: u64, address: &str) -> Vec<u8> {
+    let mut k = seq.to_be_bytes().to_vec();
+    k.extend_from_slice(address.as_bytes());
+    k
+}
 
 /// The directory key of an address from one source.
 pub(crate) fn mss_key(source: crate::mssante::Source, address: &str) -> String {
@@ -157,6 +166,7 @@ impl Store {
             txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
             txn.open_table(MSS_BY_RPPS).map_err(db_err)?;
             txn.open_table(MSS_WHITELIST).map_err(db_err)?;
+            txn.open_table(MSS_SENT).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store {
@@ -340,6 +350,28 @@ impl Store {
         let txn = self.db.begin_read().map_err(db_err)?;
         let t = txn.open_table(MSS_WHITELIST).map_err(db_err)?;
         Ok(t.get(domain).map_err(db_err)?.is_some())
+    }
+
+    /// Whether the MSSanté directory (either source) and the whitelist hold anything:
+    /// without both, nobody could be mailed.
+    pub fn mssante_ready(&self) -> Result<bool, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let dir = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
+        let wl = txn.open_table(MSS_WHITELIST).map_err(db_err)?;
+        Ok(dir.first().map_err(db_err)?.is_some() && wl.first().map_err(db_err)?.is_some())
+    }
+
+    /// The mails the MSSanté sender handed over for one message.
+    pub fn mails_sent(&self, seq: u64) -> Result<Vec<SentMail>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(MSS_SENT).map_err(db_err)?;
+        let (start, end) = (seq.to_be_bytes(), seq.saturating_add(1).to_be_bytes());
+        let mut out = Vec::new();
+        for item in t.range(start.as_slice()..end.as_slice()).map_err(db_err)? {
+            let (_, v) = item.map_err(db_err)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
     }
 
     /// Sizes of the MSSanté directory (national, local) and whitelist.

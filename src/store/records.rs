@@ -50,6 +50,52 @@ pub struct MessageRecord {
     /// known, and where it goes (the listener's `application_acks_to`).
     #[serde(default)]
     pub business_ack: Option<DestinationName>,
+    /// MSSanté business acknowledgements the sender asked for (ZAM^Z02 for each
+    /// recipient's reception or refusal, ZAM^Z03 for each read receipt), and where they go.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_acks: Option<MailAcks>,
+}
+
+/// The MSSanté acknowledgements a message's sender asked for (`ACK_RECEPTION`,
+/// `ACK_LECTURE_MSS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailAcks {
+    pub to: DestinationName,
+    pub reception: bool,
+    pub read: bool,
+}
+
+/// One mail the MSSanté sender handed to the SMTP server (250) for one recipient of one
+/// message: what its read receipt (MDN) is matched with, and what a retry skips.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SentMail {
+    pub address: String,
+    /// The recipient's RPPS, when known.
+    #[serde(default)]
+    pub rpps: Option<String>,
+    /// The patient's own mailbox (its address holds his INS: never journalled).
+    #[serde(default)]
+    pub patient: bool,
+    /// The Message-ID's distinguishing part (`<labroute.{seq}.{tag}@domain>`).
+    pub tag: String,
+    pub at_ms: u64,
+    /// The read receipt, once one came: displayed (Y) or deleted unread (N), and when.
+    #[serde(default)]
+    pub read: Option<(bool, u64)>,
+}
+
+impl SentMail {
+    /// How the journal names the recipient: his RPPS, else his address; `patient` for the
+    /// patient's mailbox.
+    pub fn label(&self) -> String {
+        if self.patient {
+            "patient".into()
+        } else if let Some(r) = &self.rpps {
+            format!("rpps:{r}")
+        } else {
+            self.address.clone()
+        }
+    }
 }
 
 /// An application ACK the sender asked for, sent once the message's outcome is final:

@@ -131,6 +131,10 @@ pub struct MailOutcome {
     /// ordering, copy, recipient, standing.
     pub named: String,
     pub outcome: String,
+    /// Who he is for the sender's business acknowledgement (not journalled: a patient's
+    /// address holds his INS).
+    #[serde(skip)]
+    pub who: crate::mssante::receipts::Who,
 }
 
 /// Operator commands that change the store.
@@ -173,6 +177,12 @@ pub enum OperatorCommand {
     /// Replaces the trust space's whitelist (the whole instance's).
     WhitelistImport {
         domains: Vec<String>,
+    },
+    /// A read receipt (MDN) for one mail the MSSanté sender sent: its Message-ID
+    /// (`mssante::mdn::message_id`) and what the recipient did.
+    MailRead {
+        message_id: String,
+        disposition: crate::mssante::mdn::Disposition,
     },
     /// Access to a patient's results granted to (or withdrawn from) a practitioner outside
     /// the establishment, known by his RPPS: a care-team member the results do not name.
@@ -300,6 +310,11 @@ enum Request {
     },
     /// An event with no message to store (a refused TLS handshake).
     Audit(super::audit::AuditEvent),
+    /// The MSSanté sender handed one recipient's mail to the SMTP server.
+    MailSent {
+        seq: u64,
+        mail: SentMail,
+    },
 }
 
 /// Where the answer to a request goes, once the batch is committed (or has failed).
@@ -504,6 +519,16 @@ impl StoreHandle {
             update,
         };
         self.submit(request, Reply::Unit).await
+    }
+
+    /// Records that the MSSanté sender handed message `seq`'s mail for one recipient to the
+    /// SMTP server (a retry skips him; his reception is acknowledged to the sender when it
+    /// asked); resolves once it is durable.
+    pub async fn mail_sent(&self, seq: u64, mail: SentMail) -> Result<(), StoreError> {
+        let rx = self
+            .submit(Request::MailSent { seq, mail }, Reply::Unit)
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Records an event in the audit journal; resolves once it is durable.
@@ -739,6 +764,10 @@ fn apply(
             }
             Request::Audit(e) => {
                 seqs.audit.append(&txn, now_ms(), e)?;
+                Answer::Unit
+            }
+            Request::MailSent { seq, mail } => {
+                mail_sent(&txn, seqs, seq, mail, touched)?;
                 Answer::Unit
             }
         });
@@ -1015,21 +1044,7 @@ fn ingest(
         }
         to.map(|to| PendingAppAck { mode, to })
     });
-    let business_ack = if req.facts.ack_reception
-        && dests
-            .iter()
-            .any(|d| d.as_str() == crate::config::DMP_DESTINATION)
-    {
-        let to = cfg
-            .listener(&req.listener)
-            .and_then(|l| l.application_acks_to.clone());
-        if to.is_none() {
-            tracing::warn!(listener = %req.listener, "DMP business acknowledgement asked for (ACK_RECEPTION) but the listener has no application_acks_to: none will be sent");
-        }
-        to
-    } else {
-        None
-    };
+    let (business_ack, mail_acks) = answer_debts(cfg, &req.listener, &req.facts, &dests);
     let no_destination = !quarantined && dests.is_empty();
     let mut rec = MessageRecord {
         seq,
@@ -1048,6 +1063,7 @@ fn ingest(
         sender: sender_name,
         answers: None,
         business_ack,
+        mail_acks,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
     audit_message(txn, seqs, "received", &rec)?;
@@ -1071,6 +1087,36 @@ fn ingest(
 }
 
 /// Writes a received message: its record, its bytes and the ACK it was answered with.
+/// The business acknowledgements a message's sender asked for and where they go (the
+/// listener's `application_acks_to`): the DMP's reception (`ACK_RECEPTION`, ZAM^Z01), the
+/// MSSanté receptions (`ACK_RECEPTION`, ZAM^Z02) and read receipts (`ACK_LECTURE_MSS`,
+/// ZAM^Z03), each only when the message goes to that destination.
+fn answer_debts(
+    cfg: &Config,
+    listener: &str,
+    facts: &Facts,
+    dests: &[DestinationName],
+) -> (Option<DestinationName>, Option<MailAcks>) {
+    let goes = |name: &str| dests.iter().any(|d| d.as_str() == name);
+    let dmp = facts.ack_reception && goes(crate::config::DMP_DESTINATION);
+    let mail = (facts.ack_reception || facts.ack_read) && goes(crate::mssante::DESTINATION);
+    if !dmp && !mail {
+        return (None, None);
+    }
+    let to = cfg
+        .listener(listener)
+        .and_then(|l| l.application_acks_to.clone());
+    if to.is_none() {
+        tracing::warn!(%listener, "business acknowledgements asked for (ACK_RECEPTION, ACK_LECTURE_MSS) but the listener has no application_acks_to: none will be sent");
+    }
+    let mail_acks = to.clone().filter(|_| mail).map(|to| MailAcks {
+        to,
+        reception: facts.ack_reception,
+        read: facts.ack_read,
+    });
+    (to.filter(|_| dmp), mail_acks)
+}
+
 fn store_message(
     txn: &WriteTransaction,
     rec: &MessageRecord,
@@ -1170,6 +1216,7 @@ fn reject(
         sender: req.sender,
         answers: None,
         business_ack: None,
+        mail_acks: None,
     };
     store_message(txn, &rec, &req.raw, &ack)?;
     audit_message(txn, seqs, "refused", &rec)?;
@@ -1331,6 +1378,10 @@ fn delivery(
             .filter(|r| r.business_ack.is_some())
             .cloned(),
     );
+    let mail_record = record
+        .as_ref()
+        .filter(|_| dest == crate::mssante::DESTINATION)
+        .cloned();
     audit(
         txn,
         seqs,
@@ -1411,6 +1462,110 @@ fn delivery(
         let dead = matches!(update, DeliveryUpdate::Dead { .. });
         business_ack(txn, seqs, rec, outcome, dead, touched)?;
     }
+    // The MSSanté receptions: a mail handed over was acknowledged when it was (`mail_sent`);
+    // here each recipient who was not mailed, or the whole mail when it is a dead letter.
+    if let Some(rec) = mail_record.filter(|r| r.mail_acks.as_ref().is_some_and(|a| a.reception)) {
+        use crate::mssante::receipts::Receipt;
+        let receipts: Vec<Receipt> = match update {
+            DeliveryUpdate::Delivered { mail, .. } | DeliveryUpdate::Withheld { mail, .. } => mail
+                .iter()
+                .filter(|o| o.outcome != "sent")
+                .map(|o| Receipt::Refused(o.who.clone(), o.outcome.clone()))
+                .collect(),
+            DeliveryUpdate::Dead { .. } => vec![Receipt::NotDelivered],
+            DeliveryUpdate::Retry { .. } => Vec::new(),
+        };
+        for r in &receipts {
+            mail_receipt(txn, seqs, &rec, r, None, touched)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records one mail handed to the SMTP server (once: a mail recorded already is not
+/// acknowledged again), journals it, and sends its ZAM^Z02 when the sender asked.
+fn mail_sent(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    seq: u64,
+    mut mail: SentMail,
+    touched: &mut BTreeSet<String>,
+) -> Result<(), StoreError> {
+    let key = mss_sent_key(seq, &mail.address);
+    let mut t = txn.open_table(MSS_SENT).map_err(db_err)?;
+    if t.get(key.as_slice()).map_err(db_err)?.is_some() {
+        return Ok(());
+    }
+    mail.at_ms = now_ms();
+    t.insert(key.as_slice(), encode(&mail).as_slice())
+        .map_err(db_err)?;
+    drop(t);
+    let rec = load_record(txn, seq)?;
+    audit(
+        txn,
+        seqs,
+        "mail_sent",
+        Some(seq),
+        rec.as_ref()
+            .and_then(|r| r.establishment().map(|e| e.to_string())),
+        Some(crate::mssante::DESTINATION.to_owned()),
+        serde_json::json!({ "recipient": mail.label() }),
+    )?;
+    if let Some(rec) = rec.filter(|r| r.mail_acks.as_ref().is_some_and(|a| a.reception)) {
+        let receipt = crate::mssante::receipts::Receipt::Received(who_of(&mail));
+        mail_receipt(txn, seqs, &rec, &receipt, None, touched)?;
+    }
+    Ok(())
+}
+
+fn who_of(mail: &SentMail) -> crate::mssante::receipts::Who {
+    crate::mssante::receipts::Who {
+        address: Some(mail.address.clone()),
+        rpps: mail.rpps.clone(),
+    }
+}
+
+/// Queues one MSSanté business acknowledgement (ZAM^Z02 or ZAM^Z03) to where the record's
+/// sender asked for them, and journals it (the outcome name, never an address).
+fn mail_receipt(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    rec: &MessageRecord,
+    receipt: &crate::mssante::receipts::Receipt,
+    actor: Option<String>,
+    touched: &mut BTreeSet<String>,
+) -> Result<(), StoreError> {
+    use crate::mssante::receipts::{self, Receipt};
+    let Some(acks) = rec.mail_acks.as_ref() else {
+        return Ok(());
+    };
+    let seq = queue_answer(
+        txn,
+        seqs,
+        rec,
+        &acks.to,
+        Answering::BusinessAck(receipt.message_type()),
+        |header, profile, control_id, now| {
+            receipts::zam(header, profile, receipt, control_id, &hl7_timestamp(now))
+        },
+        touched,
+    )?;
+    let code = match receipt {
+        Receipt::Received(_) => "Y",
+        Receipt::Read(_, true) => "Y",
+        Receipt::Read(_, false) => "N",
+        Receipt::Refused(_, r) => r.as_str(),
+        Receipt::NotDelivered => receipts::NOT_DELIVERED,
+    };
+    audit(
+        txn,
+        seqs,
+        "business_ack",
+        Some(rec.seq),
+        rec.establishment().map(|e| e.to_string()),
+        Some(actor.unwrap_or_else(|| acks.to.to_string())),
+        serde_json::json!({ "type": receipt.message_type(), "code": code, "zam_seq": seq }),
+    )?;
     Ok(())
 }
 
@@ -1435,7 +1590,7 @@ fn business_ack(
             seqs,
             &rec,
             &to,
-            Answering::BusinessAck,
+            Answering::BusinessAck("ZAM^Z01"),
             |header, profile, control_id, now| {
                 crate::dmp::reception_ack(header, profile, outcome, control_id, &hl7_timestamp(now))
             },
@@ -1470,8 +1625,9 @@ fn business_ack(
 enum Answering {
     /// The MSH-16 application ACK.
     AppAck,
-    /// The DMP business acknowledgement (ZAM^Z01).
-    BusinessAck,
+    /// A business acknowledgement of the French profile, by its message type (ZAM^Z01 the
+    /// DMP's, ZAM^Z02 and ZAM^Z03 MSSanté's).
+    BusinessAck(&'static str),
 }
 
 /// Builds (`build`: from the original's header, its MSH-21, the answer's control id and the
@@ -1506,7 +1662,7 @@ fn queue_answer(
     let seq = seqs.message;
     let (prefix, message_type, peer) = match kind {
         Answering::AppAck => ("LRA", "ACK", "application ACK"),
-        Answering::BusinessAck => ("LRZ", "ZAM^Z01", "DMP business acknowledgement"),
+        Answering::BusinessAck(t) => ("LRZ", t, "business acknowledgement"),
     };
     let control_id = format!("{prefix}{seq}");
     let bytes = build(&header, &profile, &control_id, now);
@@ -1527,6 +1683,7 @@ fn queue_answer(
         sender: None,
         answers: Some(original.seq),
         business_ack: None,
+        mail_acks: None,
     };
     store_message(txn, &answer, &bytes, &[])?;
     enqueue(txn, seqs, to.as_str(), seq, None, now)?;
@@ -1776,6 +1933,9 @@ fn operate(
                 evidence,
             });
             rec.status = RecordStatus::Released;
+            if let Some(f) = &facts {
+                (rec.business_ack, rec.mail_acks) = answer_debts(cfg, &rec.listener, f, &dests);
+            }
             rec.destinations = dests.clone();
             txn.open_table(RECORDS)
                 .map_err(db_err)?
@@ -1869,6 +2029,76 @@ fn operate(
                 format!("requeued to {destination}"),
             )?;
             Ok(Ok(format!("message {seq} requeued to {destination}")))
+        }
+        OperatorCommand::MailRead {
+            message_id,
+            disposition,
+        } => {
+            let Some((seq, tag)) = crate::mssante::mdn::ours(message_id) else {
+                return Ok(Err(OperatorError::Invalid(
+                    "the read receipt answers a mail labroute did not send (its Original-Message-ID is not one of labroute's)".into(),
+                )));
+            };
+            let Some(rec) = load_record(txn, seq)? else {
+                return Ok(Err(OperatorError::Invalid(format!(
+                    "the read receipt answers message {seq}, which this instance does not have"
+                ))));
+            };
+            if !who.scope.sees(&rec, cfg) {
+                return forbidden(txn, seqs, who, cmd, seq);
+            }
+            let (start, end) = (seq.to_be_bytes(), seq.saturating_add(1).to_be_bytes());
+            let mut t = txn.open_table(MSS_SENT).map_err(db_err)?;
+            let mut found = None;
+            for item in t.range(start.as_slice()..end.as_slice()).map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let m: SentMail = decode(v.value())?;
+                if m.tag == tag {
+                    found = Some((k.value().to_vec(), m));
+                    break;
+                }
+            }
+            let Some((key, mut mail)) = found else {
+                return Ok(Err(OperatorError::Invalid(format!(
+                    "no mail of message {seq} has that Message-ID"
+                ))));
+            };
+            if mail.read.is_some() {
+                return Ok(Ok(format!(
+                    "the read receipt of message {seq} for {} was recorded already",
+                    mail.label()
+                )));
+            }
+            let displayed = *disposition == crate::mssante::mdn::Disposition::Displayed;
+            mail.read = Some((displayed, now));
+            t.insert(key.as_slice(), encode(&mail).as_slice())
+                .map_err(db_err)?;
+            drop(t);
+            audit(
+                txn,
+                seqs,
+                "mail_read",
+                Some(seq),
+                rec.establishment().map(|e| e.to_string()),
+                Some(operator.to_owned()),
+                serde_json::json!({ "recipient": mail.label(), "disposition": disposition.as_str() }),
+            )?;
+            if rec.mail_acks.as_ref().is_some_and(|a| a.read) {
+                let receipt = crate::mssante::receipts::Receipt::Read(who_of(&mail), displayed);
+                mail_receipt(
+                    txn,
+                    seqs,
+                    &rec,
+                    &receipt,
+                    Some(operator.to_owned()),
+                    touched,
+                )?;
+            }
+            Ok(Ok(format!(
+                "read receipt of message {seq} for {}: {}",
+                mail.label(),
+                disposition.as_str()
+            )))
         }
         OperatorCommand::CareGrant {
             establishment,

@@ -14,7 +14,8 @@ Every accepted message is written to --out as <n>.eml (the raw DATA bytes) and t
 
 --reject-rcpt ADDRESS (repeatable) answers RCPT TO for it with 550 5.1.1; --tempfail-first N
 answers the first N DATA transactions with 451 4.3.0 (after the data, where an SMTP server
-gives its verdict), then accepts.
+gives its verdict), then accepts; --tempfail-at N (repeatable) answers the Nth DATA
+transaction (counted from 1, refused ones included) with 451 4.3.0.
 
 Prints "PORT <n>" once listening; runs until SIGTERM or SIGINT. Nothing about the messages'
 content goes to stdout; aiosmtpd's warnings and errors go to stderr.
@@ -64,8 +65,9 @@ def tls_facts(server):
 
 
 class Handler:
-    def __init__(self, out, reject, tempfail):
+    def __init__(self, out, reject, tempfail, tempfail_at):
         self.out, self.reject, self.tempfail = out, reject, tempfail
+        self.tempfail_at = set(tempfail_at)
         self.numbers = itertools.count(1)
         self.datas = 0
 
@@ -77,7 +79,7 @@ class Handler:
 
     async def handle_DATA(self, server, session, envelope):
         self.datas += 1
-        if self.datas <= self.tempfail:
+        if self.datas <= self.tempfail or self.datas in self.tempfail_at:
             return "451 4.3.0 try again later"
         n = next(self.numbers)
         record = {"mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos),
@@ -99,7 +101,8 @@ def tls_context(a):
 
 async def serve(a):
     loop = asyncio.get_running_loop()
-    handler = Handler(a.out, {r.lower() for r in a.reject_rcpt}, a.tempfail_first)
+    handler = Handler(a.out, {r.lower() for r in a.reject_rcpt}, a.tempfail_first,
+                      a.tempfail_at)
     ctx = tls_context(a) if a.mode != "plain" else None
     starttls = a.mode == "starttls"
 
@@ -129,6 +132,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--reject-rcpt", action="append", default=[], metavar="ADDRESS")
     p.add_argument("--tempfail-first", type=int, default=0, metavar="N")
+    p.add_argument("--tempfail-at", type=int, action="append", default=[], metavar="N")
     p.add_argument("--max-size", type=int, default=50 * 1024 * 1024, help="bytes")
     a = p.parse_args()
     if a.mode != "plain" and not (a.cert and a.key and a.ca):
