@@ -754,6 +754,54 @@ async fn receptions_and_read_receipts_go_back_to_the_sender() {
     for e in &journal {
         assert!(!e.detail.to_string().contains(INS), "{:?}", e.detail);
     }
+
+    // A correction of the report (same order, OBR-25 C) that names nobody goes to whoever
+    // was mailed the original (not to the one the server refused), as an update.
+    let original = result(
+        "ES1",
+        "R-ACK",
+        "P-ACK",
+        &[],
+        &[],
+        &[],
+        &[("DESTMSSANTEPAT", "Y")],
+    );
+    let correction = String::from_utf8(original)
+        .expect("text")
+        .replacen("|R-ACK|P|", "|R-ACK-C|P|", 1)
+        .replacen("||F|||", "||C|||", 1);
+    let acks = send_all(h.sil(), &[correction.into_bytes()])
+        .await
+        .expect("ACK");
+    assert_eq!(msa(&acks[0]).0, "AA");
+    assert!(eventually(|| settled(&h).len() >= 2).await);
+    let s = settled(&h);
+    assert_eq!((s[1].0.as_str(), s[1].1.as_str()), ("R-ACK-C", "delivered"));
+    assert_eq!(
+        outcomes(&s[1].2),
+        [
+            ("patient".to_owned(), "sent".to_owned()),
+            ("rpps:10000000001".into(), "sent".into()),
+            ("rpps:10000000077".into(), "not_in_care".into()),
+        ]
+    );
+    let got = smtp.received();
+    assert_eq!(got.len(), 4, "{got:?}");
+    let mut updated: Vec<&str> = got[2..]
+        .iter()
+        .map(|(e, m)| {
+            assert_eq!(
+                m["subject"], "Mise à jour : Compte rendu de biologie",
+                "{m}"
+            );
+            e["rcpt_tos"][0].as_str().unwrap_or("")
+        })
+        .collect();
+    updated.sort();
+    assert_eq!(
+        updated,
+        [patient_box.as_str(), "dr.copy@medecin.mssante.fr"]
+    );
 }
 
 #[tokio::test]

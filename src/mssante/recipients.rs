@@ -16,6 +16,9 @@ pub enum Named {
     Ordering,
     /// The establishment's configuration (`mssante.recipients`).
     Standing,
+    /// Mailed an earlier version of the report this one corrects or deletes: he gets the
+    /// amendment too (`StoreHandle::mail_sent` keeps who got each report).
+    Earlier,
 }
 
 impl Named {
@@ -25,6 +28,7 @@ impl Named {
             Named::Copy => "copy",
             Named::Ordering => "ordering",
             Named::Standing => "standing",
+            Named::Earlier => "earlier",
         }
     }
     /// The care link a message naming him establishes (`None`: the configuration names
@@ -35,6 +39,8 @@ impl Named {
             Named::Copy => Some(crate::access::Link::Copy),
             Named::Ordering => Some(crate::access::Link::Ordering),
             Named::Standing => None,
+            // A message named him for this report before.
+            Named::Earlier => Some(crate::access::Link::Recipient),
         }
     }
 }

@@ -38,7 +38,7 @@ use crate::mssante::{mail, mdn, xdm};
 use crate::policy::{self, MailCase, MailPermit, Permit};
 use crate::sinks::mllp::PeerAnswer;
 use crate::store::writer::MailOutcome;
-use crate::store::{SentMail, Store, StoreError, StoreHandle};
+use crate::store::{SentMail, Store, StoreError, StoreHandle, mss_report_key};
 
 type Transport = AsyncSmtpTransport<Tokio1Executor>;
 
@@ -220,6 +220,40 @@ impl MssanteSink {
                 candidates.push(s);
             }
         }
+        // The report this message is a version of; an amendment also goes to whoever was
+        // mailed an earlier version (the policy decides him again).
+        let facts = crate::router::extract(&msg).ok();
+        let order = facts.as_ref().and_then(|f| {
+            f.filler_orders
+                .first()
+                .or(f.placer_orders.first())
+                .map(|o| o.key())
+        });
+        let lineage = crate::dmp::lineage(&msg, order);
+        if crate::dmp::amendment(&msg).is_some() {
+            for key in lineage.iter().flat_map(|l| &l.previous) {
+                let earlier = match store.report_recipients(&mss_report_key(est.id.as_str(), key)) {
+                    Ok(r) => r,
+                    Err(e) => return PeerAnswer::Error(e.to_string()),
+                };
+                for r in earlier {
+                    let dup = candidates.iter().any(|c| {
+                        c.address.as_deref() == Some(r.address.as_str())
+                            || (r.rpps.is_some() && c.rpps == r.rpps)
+                    });
+                    if !dup {
+                        candidates.push(Candidate {
+                            named: recipients::Named::Earlier,
+                            rpps: r.rpps,
+                            address: Some(r.address),
+                            bad_address: false,
+                            patient: r.patient,
+                        });
+                    }
+                }
+            }
+        }
+        let report = lineage.map(|l| mss_report_key(est.id.as_str(), &l.current));
         if candidates.is_empty() {
             return PeerAnswer::MailWithheld("no_recipient", Vec::new());
         }
@@ -234,7 +268,6 @@ impl MssanteSink {
             Ok(true) => {}
             Err(e) => return PeerAnswer::Error(e.to_string()),
         }
-        let facts = crate::router::extract(&msg).ok();
         // The patient's opposition is read by his key (his local identifier, else his INS
         // under its OID: `labroute mssante oppose --authority <OID> --id <INS>`); a result
         // whose patient has neither is not mailed (an opposition could not be seen).
@@ -338,6 +371,7 @@ impl MssanteSink {
                         tag: mdn::tag(p.address()),
                         at_ms: 0,
                         read: None,
+                        report: report.clone(),
                     };
                     // Durable before the next one: a retry after a crash skips him.
                     if let Err(e) = self.store.mail_sent(seq, sent).await {

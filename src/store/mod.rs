@@ -57,6 +57,9 @@ pub(crate) const MSS_WHITELIST: TableDefinition<&str, u64> = TableDefinition::ne
 /// `mss_sent_key(seq, address)` → SentMail: each mail the MSSanté sender handed over.
 pub(crate) const MSS_SENT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mss_sent");
 
+/// `mss_report_key` + address → ReportRecipient: who was mailed a version of a report.
+pub(crate) const MSS_REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("mss_reports");
+
 /// The key of one mail sent for a message: its seq (BE), then the address.
 pub(crate) fn mss_sent_key(seq: u64, address: &str) -> Vec<u8> {
     let mut k = seq.to_be_bytes().to_vec();
@@ -167,6 +170,7 @@ impl Store {
             txn.open_table(MSS_BY_RPPS).map_err(db_err)?;
             txn.open_table(MSS_WHITELIST).map_err(db_err)?;
             txn.open_table(MSS_SENT).map_err(db_err)?;
+            txn.open_table(MSS_REPORTS).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store {
@@ -368,6 +372,19 @@ impl Store {
         let (start, end) = (seq.to_be_bytes(), seq.saturating_add(1).to_be_bytes());
         let mut out = Vec::new();
         for item in t.range(start.as_slice()..end.as_slice()).map_err(db_err)? {
+            let (_, v) = item.map_err(db_err)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Who was mailed a version of a report (`mss_report_key`).
+    pub fn report_recipients(&self, report: &str) -> Result<Vec<ReportRecipient>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(MSS_REPORTS).map_err(db_err)?;
+        let end = format!("{}\u{20}", report.trim_end_matches('\u{1f}'));
+        let mut out = Vec::new();
+        for item in t.range(report..end.as_str()).map_err(db_err)? {
             let (_, v) = item.map_err(db_err)?;
             out.push(decode(v.value())?);
         }

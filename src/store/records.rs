@@ -82,6 +82,23 @@ pub struct SentMail {
     /// The read receipt, once one came: displayed (Y) or deleted unread (N), and when.
     #[serde(default)]
     pub read: Option<(bool, u64)>,
+    /// The report it was a version of (`mss_report_key`): who gets its amendments.
+    #[serde(default)]
+    pub report: Option<String>,
+}
+
+/// Someone mailed a version of a report (`MSS_REPORTS`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportRecipient {
+    pub address: String,
+    pub rpps: Option<String>,
+    pub patient: bool,
+}
+
+/// The key of a report (`dmp::lineage`: its order, or its document number) in one
+/// establishment, for the MSSanté recipients of its versions.
+pub fn mss_report_key(establishment: &str, lineage: &str) -> String {
+    format!("{establishment}\u{1f}{lineage}\u{1f}")
 }
 
 impl SentMail {

@@ -1500,6 +1500,20 @@ fn mail_sent(
     t.insert(key.as_slice(), encode(&mail).as_slice())
         .map_err(db_err)?;
     drop(t);
+    if let Some(report) = &mail.report {
+        let r = ReportRecipient {
+            address: mail.address.clone(),
+            rpps: mail.rpps.clone(),
+            patient: mail.patient,
+        };
+        txn.open_table(MSS_REPORTS)
+            .map_err(db_err)?
+            .insert(
+                format!("{report}{}", mail.address).as_str(),
+                encode(&r).as_slice(),
+            )
+            .map_err(db_err)?;
+    }
     let rec = load_record(txn, seq)?;
     audit(
         txn,
