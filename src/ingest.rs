@@ -94,6 +94,10 @@ pub async fn handle_message(
     };
     let enhanced = accept.enhanced();
     let app_ack = parsed.as_ref().ok().and_then(ack::deferred_app_ack);
+    let type_label = match &parsed {
+        Ok(m) => crate::telemetry::type_label(&m.text("MSH-9.1"), &m.text("MSH-9.2")),
+        Err(_) => "other".to_owned(),
+    };
     let facts = match &parsed {
         Ok(m) => {
             router::extract(m).map_err(|r| (r.error, m.text("MSH-10").into_owned(), type_of(m)))
@@ -178,10 +182,12 @@ pub async fn handle_message(
                     AckOutcome::Rejected,
                 ),
             };
+            count(&origin.listener, type_label, &handled);
             (accept.sends(outcome).then_some(ack), handled)
         }
         Err(e) => {
             tracing::error!(listener = %origin.listener, error = %e, "message not stored; answered AE");
+            count(&origin.listener, type_label, &Handled::StoreFailed);
             (
                 accept
                     .sends(AckOutcome::Error)
@@ -189,6 +195,48 @@ pub async fn handle_message(
                 Handled::StoreFailed,
             )
         }
+    }
+}
+
+/// Counts a message for Prometheus: by listener, owning establishment, type (one this
+/// engine takes, else `other`) and outcome; a refusal for the message's own fault also by
+/// reason (refusals of the sender, code 207, are counted where they are decided:
+/// `store::writer`).
+pub fn count(listener: &str, type_label: String, h: &Handled) {
+    use crate::telemetry::names;
+    let (outcome, establishment) = match h {
+        Handled::Accepted { establishment, .. } => (
+            "accepted",
+            establishment.clone().unwrap_or_else(|| "none".into()),
+        ),
+        Handled::Quarantined { .. } => ("quarantined", "none".into()),
+        Handled::Duplicate { .. } => ("duplicate", "none".into()),
+        Handled::Rejected { .. } => ("rejected", "none".into()),
+        Handled::StoreFailed => ("store_failed", "none".into()),
+        Handled::Oversized => ("oversized", "none".into()),
+    };
+    metrics::counter!(names::MESSAGES,
+        "listener" => listener.to_owned(),
+        "establishment" => establishment,
+        "type" => type_label,
+        "outcome" => outcome)
+    .increment(1);
+    let reason = match h {
+        Handled::Rejected { code: 207, .. } => None,
+        Handled::Rejected { code: 101, .. } => Some("missing_field"),
+        Handled::Rejected {
+            code: 102 | 103, ..
+        } => Some("invalid_value"),
+        Handled::Rejected {
+            code: 200 | 201, ..
+        } => Some("unsupported_type"),
+        Handled::Rejected { .. } => Some("unreadable"),
+        Handled::Oversized => Some("oversized"),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        metrics::counter!(names::REFUSALS, "listener" => listener.to_owned(), "reason" => reason)
+            .increment(1);
     }
 }
 

@@ -51,6 +51,8 @@ struct HttpsContext<'a> {
     refusals: &'a Arc<crate::sources::accept::RefusalLimiter>,
     store: &'a StoreHandle,
     shutdown: &'a watch::Receiver<bool>,
+    /// The admin endpoint's peers that need no certificate for metrics and health.
+    open_to: Arc<[std::net::IpAddr]>,
 }
 
 impl HttpsContext<'_> {
@@ -79,6 +81,11 @@ impl HttpsContext<'_> {
         let tls = crate::sources::accept::TlsListener {
             state,
             refusals: self.refusals.clone(),
+            open_to: if name == crate::admin::http::LISTENER {
+                self.open_to.clone()
+            } else {
+                Arc::from(Vec::new())
+            },
         };
         let task = tokio::spawn(serve(
             listener,
@@ -158,6 +165,7 @@ impl Server {
                 listener_tls.map(|state| crate::sources::accept::TlsListener {
                     state,
                     refusals: refusals.clone(),
+                    open_to: Arc::from(Vec::new()),
                 }),
                 rx.clone(),
             )));
@@ -176,6 +184,12 @@ impl Server {
             refusals: &refusals,
             store: &handle,
             shutdown: &rx,
+            open_to: Arc::from(
+                cfg.admin
+                    .as_ref()
+                    .map(|a| a.without_certificate.clone())
+                    .unwrap_or_default(),
+            ),
         };
         let mut admin = None;
         if let Some(a) = &cfg.admin {

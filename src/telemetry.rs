@@ -6,8 +6,44 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-/// Metric names.
+/// Metric names. Labels: `listener`, `destination`, `establishment` (configured names, or
+/// `none`), `type` (an accepted message type, `model::MessageClass::of`, else `other`), and
+/// fixed words (`outcome`, `reason`).
 pub mod names {
+    /// Messages received, by `listener`, `establishment`, `type` and `outcome`
+    /// (`accepted`, `quarantined`, `duplicate`, `rejected`, `store_failed`, `oversized`).
+    pub const MESSAGES: &str = "labroute_messages_total";
+    /// Messages refused (answered AR/CR and kept for review), by `listener` and `reason`:
+    /// `cross_tenant` (the sender may not speak for the owner), `unknown_system`, `role`
+    /// (identity), or the message's fault (`unreadable`, `unsupported_type`,
+    /// `missing_field`, `invalid_value`).
+    pub const REFUSALS: &str = "labroute_refusals_total";
+    /// Seconds from a whole frame received to its ACK written, by `listener`.
+    pub const ACK_LATENCY: &str = "labroute_ack_latency_seconds";
+    /// Delivery attempts, by `destination` and `outcome` (`delivered`, `retry`, `dead`,
+    /// `withheld`).
+    pub const DELIVERY_ATTEMPTS: &str = "labroute_delivery_attempts_total";
+    /// Seconds from queued (received, or released from quarantine) to delivered, by
+    /// `destination`.
+    pub const DELIVERY_LATENCY: &str = "labroute_delivery_latency_seconds";
+    /// Messages waiting for a destination, by `destination`.
+    pub const QUEUE_DEPTH: &str = "labroute_queue_depth";
+    /// Age of the oldest message waiting for a destination (0 when none), by `destination`.
+    pub const QUEUE_OLDEST_AGE: &str = "labroute_queue_oldest_age_seconds";
+    /// Dead letters held, by `destination`.
+    pub const DEAD_LETTERS: &str = "labroute_dead_letters_held";
+    /// Messages held in quarantine.
+    pub const QUARANTINE: &str = "labroute_quarantine_size";
+    /// TLS handshakes refused, by `listener` and `reason` (`no_certificate`,
+    /// `unknown_ca`, `expired`, `bad_certificate`, `protocol_version`, `not_tls`,
+    /// `timeout`, `other`).
+    pub const TLS_HANDSHAKE_FAILURES: &str = "labroute_tls_handshake_failures_total";
+    /// Seconds to commit one batch of the store (write and sync).
+    pub const STORE_COMMIT: &str = "labroute_store_commit_seconds";
+    /// Requests committed together (group commit), per batch.
+    pub const STORE_BATCH: &str = "labroute_store_batch_size";
+    /// Store batches that failed (each request answered with an error).
+    pub const STORE_ERRORS: &str = "labroute_store_errors_total";
     /// Expiry of the instance's TLS certificate (Unix seconds), as last (re)loaded.
     pub const TLS_CERT_EXPIRY: &str = "labroute_tls_certificate_expiry_timestamp_seconds";
     /// Results the DMP gate withheld, by `reason` (`not_enabled`, `destdmp_no`,
@@ -37,14 +73,17 @@ static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 pub fn install() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            let handle = PrometheusBuilder::new().install_recorder();
+            let handle = buckets(PrometheusBuilder::new()).and_then(|b| {
+                b.install_recorder()
+                    .map_err(|e| tracing::warn!(error = %e, "metrics recorder not installed"))
+            });
             match handle {
                 Ok(h) => {
                     describe();
                     Some(h)
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics is unavailable");
+                Err(()) => {
+                    tracing::warn!("/metrics is unavailable");
                     None
                 }
             }
@@ -52,7 +91,83 @@ pub fn install() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Latency buckets (seconds): 100 µs to 60 s.
+const SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0, 60.0,
+];
+/// Delivery latency buckets (seconds): 1 ms to 1 day (a stalled destination).
+const DELIVERY_SECONDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+    21600.0, 86400.0,
+];
+/// Batch size buckets.
+const BATCH: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Real histograms (`_bucket`), not the exporter's default summaries.
+fn buckets(b: PrometheusBuilder) -> Result<PrometheusBuilder, ()> {
+    use metrics_exporter_prometheus::Matcher;
+    let set = |b: PrometheusBuilder, name: &str, buckets: &[f64]| {
+        b.set_buckets_for_metric(Matcher::Full(name.to_owned()), buckets)
+            .map_err(|e| tracing::warn!(error = %e, metric = name, "histogram buckets refused"))
+    };
+    let b = set(b, names::ACK_LATENCY, SECONDS)?;
+    let b = set(b, names::STORE_COMMIT, SECONDS)?;
+    let b = set(b, names::DELIVERY_LATENCY, DELIVERY_SECONDS)?;
+    set(b, names::STORE_BATCH, BATCH)
+}
+
 fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        names::MESSAGES,
+        "Messages received, by listener, establishment, type and outcome"
+    );
+    describe_counter!(
+        names::REFUSALS,
+        "Messages refused (AR/CR, kept for review), by listener and reason"
+    );
+    describe_histogram!(
+        names::ACK_LATENCY,
+        Unit::Seconds,
+        "From a whole frame received to its ACK written, by listener"
+    );
+    describe_counter!(
+        names::DELIVERY_ATTEMPTS,
+        "Delivery attempts, by destination and outcome"
+    );
+    describe_histogram!(
+        names::DELIVERY_LATENCY,
+        Unit::Seconds,
+        "From queued to delivered, by destination"
+    );
+    describe_gauge!(names::QUEUE_DEPTH, "Messages waiting for a destination");
+    describe_gauge!(
+        names::QUEUE_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest message waiting for a destination (0 when none)"
+    );
+    describe_gauge!(names::DEAD_LETTERS, "Dead letters held, by destination");
+    describe_gauge!(names::QUARANTINE, "Messages held in quarantine");
+    describe_counter!(
+        names::TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes refused, by listener and reason"
+    );
+    describe_histogram!(
+        names::STORE_COMMIT,
+        Unit::Seconds,
+        "Time to commit one batch of the store (write and sync)"
+    );
+    describe_histogram!(
+        names::STORE_BATCH,
+        "Requests committed together, per batch (group commit)"
+    );
+    describe_counter!(
+        names::STORE_ERRORS,
+        "Store batches that failed (every request in them answered with an error)"
+    );
     metrics::describe_gauge!(
         names::TLS_CERT_EXPIRY,
         metrics::Unit::Seconds,
@@ -87,6 +202,52 @@ fn describe() {
 pub fn set_cert_expiry(unix_seconds: Option<i64>) {
     if let Some(t) = unix_seconds {
         metrics::gauge!(names::TLS_CERT_EXPIRY).set(t as f64);
+    }
+}
+
+/// Sets the gauges read from the store at scrape time: each destination's oldest waiting
+/// message (one key read per destination), its queue depth and dead letters (counts the
+/// writer keeps in `META` with every change, `Store::queue_counts`), and the quarantine's
+/// size.
+pub fn refresh(store: &crate::store::Store, cfg: &crate::config::Config) {
+    let now = crate::time::now_ms();
+    for d in &cfg.destinations {
+        match store.oldest_enqueued(d.name.as_str()) {
+            Ok(oldest) => {
+                let age = oldest.map_or(0, |t| now.saturating_sub(t));
+                metrics::gauge!(names::QUEUE_OLDEST_AGE, "destination" => d.name.to_string())
+                    .set(age as f64 / 1000.0);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read a queue for /metrics"),
+        }
+    }
+    match store.queue_counts() {
+        Ok(counts) => {
+            for d in &cfg.destinations {
+                let (depth, dead) = counts
+                    .iter()
+                    .find(|(name, ..)| name == d.name.as_str())
+                    .map_or((0, 0), |(_, q, x)| (*q, *x));
+                let label = d.name.to_string();
+                metrics::gauge!(names::QUEUE_DEPTH, "destination" => label.clone())
+                    .set(depth as f64);
+                metrics::gauge!(names::DEAD_LETTERS, "destination" => label).set(dead as f64);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the queue counts for /metrics"),
+    }
+    match store.counts() {
+        Ok(c) => metrics::gauge!(names::QUARANTINE).set(c.quarantine as f64),
+        Err(e) => tracing::warn!(error = %e, "cannot read the quarantine for /metrics"),
+    }
+}
+
+/// The label of a message type: one this engine takes (`MSH-9.1^MSH-9.2`), else `other`
+/// (a label never carries what a sender made up).
+pub fn type_label(message_type: &str, trigger: &str) -> String {
+    match crate::model::MessageClass::of(message_type, trigger) {
+        Ok(_) => format!("{message_type}^{trigger}"),
+        Err(_) => "other".to_owned(),
     }
 }
 

@@ -82,7 +82,22 @@ fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 /// Server configuration for MLLP/TLS listeners: a client certificate issued by `ca` is
 /// required.
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider())
+    server_config_with(files, false)
+}
+
+/// [`server_config`] where a client may present no certificate.
+fn server_config_open(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(files, true)
+}
+
+fn server_config_with(files: &TlsFiles, open: bool) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider());
+    let builder = if open {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let verifier = builder
         .build()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let cfg = ServerConfig::builder_with_provider(provider())
@@ -117,13 +132,34 @@ pub struct PeerIdentity {
 }
 
 impl PeerIdentity {
+    /// A peer that presented no certificate (allowed only where `TlsListener::open_to`
+    /// says so, and only for metrics and health).
+    pub fn anonymous() -> PeerIdentity {
+        PeerIdentity {
+            uris: Vec::new(),
+            dns: Vec::new(),
+            sha256: String::new(),
+        }
+    }
+
+    /// Whether this is [`PeerIdentity::anonymous`].
+    pub fn is_anonymous(&self) -> bool {
+        self.sha256.is_empty()
+    }
+
     /// A short label for logs and records (the first URI, else DNS name, else fingerprint).
     pub fn label(&self) -> String {
         self.uris
             .first()
             .or(self.dns.first())
             .cloned()
-            .unwrap_or_else(|| format!("sha256:{}", self.sha256))
+            .unwrap_or_else(|| {
+                if self.is_anonymous() {
+                    "no certificate".to_owned()
+                } else {
+                    format!("sha256:{}", self.sha256)
+                }
+            })
     }
 }
 
@@ -182,6 +218,7 @@ pub struct TlsState {
 /// What one read of the `[tls]` files gives.
 struct Loaded {
     server: Arc<ServerConfig>,
+    server_open: Arc<ServerConfig>,
     client: Arc<rustls::ClientConfig>,
     not_after: Option<i64>,
     instance_key: Arc<InstanceKey>,
@@ -191,6 +228,7 @@ impl Loaded {
     fn read(files: &TlsFiles) -> Result<Loaded, TlsError> {
         Ok(Loaded {
             server: server_config(files)?,
+            server_open: server_config_open(files)?,
             client: client_config(files)?,
             not_after: not_after(&files.cert),
             instance_key: Arc::new(InstanceKey::load(files)?),
@@ -236,6 +274,13 @@ impl TlsState {
 
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         tokio_rustls::TlsAcceptor::from(self.current().server.clone())
+    }
+
+    /// An acceptor for which a client certificate is optional (one given is verified as
+    /// always): for the admin endpoint's peers allowed to read metrics and health without
+    /// one (`[admin] without_certificate`).
+    pub fn acceptor_open(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.current().server_open.clone())
     }
 
     pub fn connector(&self) -> tokio_rustls::TlsConnector {

@@ -376,10 +376,42 @@ fn decode(s: &str) -> Result<String, AdminError> {
 enum Caller {
     Operator(Operator),
     Monitor(String),
+    /// A peer allowed without a certificate (`[admin] without_certificate`) that gave
+    /// none: metrics and health only.
+    Anonymous,
+}
+
+/// Ready when the store answers a read and its writer runs (the MLLP listeners are bound
+/// before the admin endpoint starts): 200, else 503, with each check.
+fn readiness(store: &StoreHandle) -> (StatusCode, Value) {
+    let read = store
+        .store()
+        .counts()
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    let writer = !store.is_closed();
+    let ready = read.is_ok() && writer;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        json!({
+            "ready": ready,
+            "store": read.err().unwrap_or_else(|| "ok".into()),
+            "writer": if writer { "ok" } else { "stopped" },
+            "config": "loaded",
+        }),
+    )
 }
 
 /// Who is calling, from the client certificate's identity.
 fn caller(store: &StoreHandle, id: &PeerIdentity) -> Result<Caller, String> {
+    if id.is_anonymous() {
+        return Ok(Caller::Anonymous);
+    }
     let cfg = store.config();
     let sys = cfg
         .system_of(id)
@@ -436,7 +468,17 @@ async fn respond(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
+    // Health: any peer that got this far (a certificate of ours, or an address allowed
+    // without one).
+    if method == Method::GET && path == "/healthz" {
+        return json_response(StatusCode::OK, &json!({ "status": "alive" }));
+    }
+    if method == Method::GET && path == "/readyz" {
+        let (status, body) = readiness(store);
+        return json_response(status, &body);
+    }
     if path == "/metrics" && method == Method::GET && who.is_ok() {
+        crate::telemetry::refresh(store.store(), store.config());
         return match crate::telemetry::render() {
             Some(text) => crate::https::response(StatusCode::OK, "text/plain; version=0.0.4", text),
             None => json_response(
@@ -450,6 +492,10 @@ async fn respond(
         Ok(Caller::Monitor(name)) => Err(format!(
             "system {name:?} has role monitor: it may read /metrics only"
         )),
+        Ok(Caller::Anonymous) => Err(
+            "no client certificate: only /metrics, /healthz and /readyz are open to this address"
+                .to_owned(),
+        ),
         Err(e) => Err(e.clone()),
     };
     // Only an operator of the whole instance may import: only his body may be that large.

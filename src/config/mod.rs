@@ -130,6 +130,9 @@ pub struct Destination {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admin {
     pub bind: SocketAddr,
+    /// Peers that may read `/metrics`, `/healthz` and `/readyz` without a client
+    /// certificate; every other path, and every other peer, needs one.
+    pub without_certificate: Vec<std::net::IpAddr>,
 }
 
 /// The FHIR endpoint and mapping settings (`[fhir]`).
@@ -1541,8 +1544,25 @@ impl Validator {
             return;
         }
         let a = a.get_ref();
+        let mut open = Vec::new();
+        for ip in &a.without_certificate {
+            match ip.get_ref().trim().parse::<std::net::IpAddr>() {
+                Ok(v) => open.push(v),
+                Err(_) => self.err(
+                    cx,
+                    cx.line(ip),
+                    "admin.without_certificate",
+                    format!("{:?} is not an IP address", ip.get_ref()),
+                ),
+            }
+        }
         match a.bind.get_ref().parse::<SocketAddr>() {
-            Ok(bind) => self.cfg.admin = Some(Admin { bind }),
+            Ok(bind) => {
+                self.cfg.admin = Some(Admin {
+                    bind,
+                    without_certificate: open,
+                })
+            }
             Err(_) => self.err(
                 cx,
                 cx.line(&a.bind),

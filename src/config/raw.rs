@@ -54,6 +54,10 @@ pub struct RawSystem {
 pub struct RawAdmin {
     /// `IP:port` to bind.
     pub bind: S,
+    /// IP addresses that may read `/metrics`, `/healthz` and `/readyz` without a client
+    /// certificate (a Prometheus or a probe that has none).
+    #[serde(default)]
+    pub without_certificate: Vec<S>,
 }
 
 /// The DMP feed: an IHE MHD Document Recipient (ITI-65, ANS PDSm) over HTTPS.

@@ -511,13 +511,21 @@ async fn deliver_one(
                 }
             }
         }
-        let counter = match &update {
-            DeliveryUpdate::Delivered { .. } => &STATS.deliveries,
-            DeliveryUpdate::Retry { .. } => &STATS.delivery_retries,
-            DeliveryUpdate::Dead { .. } => &STATS.dead_letters,
-            DeliveryUpdate::Withheld { .. } => &STATS.withheld,
+        let (counter, outcome) = match &update {
+            DeliveryUpdate::Delivered { .. } => (&STATS.deliveries, "delivered"),
+            DeliveryUpdate::Retry { .. } => (&STATS.delivery_retries, "retry"),
+            DeliveryUpdate::Dead { .. } => (&STATS.dead_letters, "dead"),
+            DeliveryUpdate::Withheld { .. } => (&STATS.withheld, "withheld"),
         };
         stats::add(counter, 1);
+        use crate::telemetry::names;
+        metrics::counter!(names::DELIVERY_ATTEMPTS, "destination" => name.to_owned(), "outcome" => outcome)
+            .increment(1);
+        if matches!(update, DeliveryUpdate::Delivered { .. }) {
+            let waited = now_ms().saturating_sub(entry.enqueued_at_ms);
+            metrics::histogram!(names::DELIVERY_LATENCY, "destination" => name.to_owned())
+                .record(waited as f64 / 1000.0);
+        }
         match update {
             DeliveryUpdate::Delivered { .. } => {
                 tracing::debug!(destination = %name, seq = entry.seq, "delivered");

@@ -43,6 +43,9 @@ pub async fn next_connection(
 pub struct TlsListener {
     pub state: Arc<crate::tls::TlsState>,
     pub refusals: Arc<RefusalLimiter>,
+    /// Peers whose certificate is optional ([`PeerIdentity::anonymous`] when they give
+    /// none): the admin endpoint's `without_certificate`; empty everywhere else.
+    pub open_to: Arc<[std::net::IpAddr]>,
 }
 
 impl TlsListener {
@@ -58,15 +61,22 @@ impl TlsListener {
         listener: &str,
         peer: &str,
     ) -> Option<(TlsStream<TcpStream>, PeerIdentity)> {
-        let acceptor = self.state.acceptor();
+        let open = !self.open_to.is_empty()
+            && peer
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| self.open_to.contains(&a.ip()));
+        let acceptor = if open {
+            self.state.acceptor_open()
+        } else {
+            self.state.acceptor()
+        };
         let error = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
             Ok(Ok(s)) => {
-                let identity = s
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(crate::tls::identity);
+                let certs = s.get_ref().1.peer_certificates();
+                if open && certs.is_none_or(|c| c.is_empty()) {
+                    return Some((s, PeerIdentity::anonymous()));
+                }
+                let identity = certs.and_then(|c| c.first()).and_then(crate::tls::identity);
                 match identity {
                     Some(id) => return Some((s, id)),
                     None => "client certificate verified but unreadable: no identity".to_owned(),
@@ -135,6 +145,29 @@ impl RefusalLimiter {
     }
 }
 
+/// A refused handshake's reason, a fixed word for the metric (the error text, from rustls,
+/// goes to the log and the journal).
+pub fn handshake_reason(error: &str) -> &'static str {
+    let e = error.to_ascii_lowercase();
+    if e.contains("timed out") {
+        "timeout"
+    } else if e.contains("no certificates") || e.contains("nocertificatespresented") {
+        "no_certificate"
+    } else if e.contains("unknownissuer") || e.contains("unknown issuer") {
+        "unknown_ca"
+    } else if e.contains("expired") {
+        "expired"
+    } else if e.contains("certificate") {
+        "bad_certificate"
+    } else if e.contains("version") || e.contains("incompatible") {
+        "protocol_version"
+    } else if e.contains("corrupt message") || e.contains("invalidcontenttype") {
+        "not_tls"
+    } else {
+        "other"
+    }
+}
+
 /// A TLS handshake refused (no or bad certificate, old version, plain TCP): counted, logged
 /// and audited (no message exists to store), the log and journal at most once per kind and
 /// interval ([`RefusalLimiter`]).
@@ -146,6 +179,10 @@ pub(crate) async fn refused_handshake(
     error: String,
 ) {
     stats::add(&STATS.tls_handshakes_failed, 1);
+    metrics::counter!(crate::telemetry::names::TLS_HANDSHAKE_FAILURES,
+        "listener" => listener.to_owned(),
+        "reason" => handshake_reason(&error))
+    .increment(1);
     let ip = peer
         .parse::<std::net::SocketAddr>()
         .map(|a| a.ip().to_string())
@@ -184,5 +221,37 @@ mod tests {
         assert_eq!(l.admit("sil", "10.0.0.2", "no certificate"), Some(0));
         assert_eq!(l.admit("sil", "10.0.0.1", "expired"), Some(0));
         assert_eq!(l.admit("dpi", "10.0.0.1", "no certificate"), Some(0));
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::handshake_reason;
+
+    /// rustls 0.23's texts for the refusals the TLS tests provoke, each to its word.
+    #[test]
+    fn refusals_have_fixed_reasons() {
+        for (text, reason) in [
+            ("peer sent no certificates", "no_certificate"),
+            ("invalid peer certificate: UnknownIssuer", "unknown_ca"),
+            (
+                "invalid peer certificate: certificate expired: verification time 1, but certificate is not valid after 0",
+                "expired",
+            ),
+            ("invalid peer certificate: BadEncoding", "bad_certificate"),
+            (
+                "client certificate verified but unreadable: no identity",
+                "bad_certificate",
+            ),
+            ("peer is incompatible: Tls12NotOffered", "protocol_version"),
+            (
+                "received corrupt message of type InvalidContentType",
+                "not_tls",
+            ),
+            ("timed out", "timeout"),
+            ("connection reset by peer", "other"),
+        ] {
+            assert_eq!(handshake_reason(text), reason, "{text}");
+        }
     }
 }

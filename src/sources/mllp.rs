@@ -106,10 +106,12 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             tracing::warn!(listener = %origin.listener, peer = %origin.peer, bytes = skipped, "bytes outside an MLLP frame skipped");
         }
         for unit in units {
+            let received = std::time::Instant::now();
             let (ack, handled) = match unit {
                 Decoded::Frame(f) => handle_frame(f, &origin, &store).await,
                 Decoded::Oversized { head, len } => {
                     tracing::warn!(listener = %origin.listener, peer = %origin.peer, bytes = len, limit = limits.max_frame, "oversized frame refused");
+                    crate::ingest::count(&origin.listener, "other".into(), &Handled::Oversized);
                     (
                         Some(oversized_ack(&head, len, limits.max_frame)),
                         Handled::Oversized,
@@ -123,6 +125,8 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                     return;
                 }
                 answered = true;
+                metrics::histogram!(crate::telemetry::names::ACK_LATENCY, "listener" => origin.listener.clone())
+                    .record(received.elapsed().as_secs_f64());
             }
         }
         // TLS buffers what `write_all` accepted: push the ACKs out before reading again.

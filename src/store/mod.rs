@@ -67,6 +67,12 @@ pub(crate) fn mss_sent_key(seq: u64, address: &str) -> Vec<u8> {
     k
 }
 
+/// `META` keys of the writer's per-destination counts: messages waiting, dead letters.
+pub(crate) const DEPTH_PREFIX: &str = "depth\u{1f}";
+pub(crate) const DEAD_PREFIX: &str = "dead\u{1f}";
+/// Set once the counts above were made from the tables (stores from before they existed).
+pub(crate) const COUNTS_MADE: &str = "queue_counts_made";
+
 /// The directory key of an address from one source.
 pub(crate) fn mss_key(source: crate::mssante::Source, address: &str) -> String {
     format!("{}\u{1f}{address}", source.as_str())
@@ -229,6 +235,47 @@ impl Store {
             n += 1;
         }
         Ok((n, oldest))
+    }
+
+    /// When the oldest entry waiting for a destination was queued (one key read).
+    pub fn oldest_enqueued(&self, dest: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(OUTBOX).map_err(db_err)?;
+        let start = queue_key(dest, 0);
+        let end = queue_key(dest, u64::MAX);
+        let first = t
+            .range(start.as_slice()..=end.as_slice())
+            .map_err(db_err)?
+            .next();
+        match first {
+            Some(item) => {
+                let (_, v) = item.map_err(db_err)?;
+                let e: OutboxEntry = decode(v.value())?;
+                Ok(Some(e.enqueued_at_ms))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Messages waiting for each destination and dead letters held for each, as the writer
+    /// keeps them (`META`), by destination name.
+    pub fn queue_counts(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let t = txn.open_table(META).map_err(db_err)?;
+        let mut by: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+        for (prefix, dead) in [(DEPTH_PREFIX, false), (DEAD_PREFIX, true)] {
+            let end = format!("{}\u{20}", prefix.trim_end_matches('\u{1f}'));
+            for item in t.range(prefix..end.as_str()).map_err(db_err)? {
+                let (k, v) = item.map_err(db_err)?;
+                let e = by.entry(k.value()[prefix.len()..].to_owned()).or_default();
+                if dead {
+                    e.1 = v.value();
+                } else {
+                    e.0 = v.value();
+                }
+            }
+        }
+        Ok(by.into_iter().map(|(d, (q, x))| (d, q, x)).collect())
     }
 
     pub fn raw(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {

@@ -1,6 +1,6 @@
 //! The single writer: group commit of every change, replies only after the commit.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use redb::{ReadableTable, WriteTransaction};
@@ -454,6 +454,11 @@ impl StoreHandle {
     pub fn store(&self) -> &Store {
         &self.store
     }
+
+    /// Whether the writer thread has stopped (nothing can be stored any more).
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
     pub fn notifier(&self, dest: &str) -> Option<Arc<Notify>> {
         self.notifiers.get(dest)
     }
@@ -578,6 +583,7 @@ fn run(
         let (requests, replies): (Vec<Request>, Vec<Reply>) =
             batch.into_iter().map(|op| (op.request, op.reply)).unzip();
         let mut touched = BTreeSet::new();
+        let started = std::time::Instant::now();
         match apply(
             &store,
             &cfg,
@@ -587,6 +593,10 @@ fn run(
             &mut touched,
         ) {
             Ok(answers) => {
+                seqs.changed.clear();
+                metrics::histogram!(crate::telemetry::names::STORE_COMMIT)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::histogram!(crate::telemetry::names::STORE_BATCH).record(size as f64);
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.answer(answer);
                 }
@@ -597,6 +607,7 @@ fn run(
                 }
             }
             Err(e) => {
+                metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
                 tracing::error!(error = %e, batch = size, "store commit failed; the batch is answered with errors");
                 // The counters may have moved inside the aborted transaction: reload them.
                 seqs = Sequences::default();
@@ -622,6 +633,11 @@ struct Sequences {
     enqueue: u64,
     oplog: u64,
     audit: super::audit::Chain,
+    /// Per-destination counts kept in `META` (`DEPTH_PREFIX`, `DEAD_PREFIX` + name): what
+    /// `/metrics` shows without walking the queues.
+    counts: BTreeMap<String, u64>,
+    /// The counts this batch changed.
+    changed: BTreeSet<String>,
 }
 
 impl Sequences {
@@ -634,17 +650,66 @@ impl Sequences {
             self.message = get("message_seq")?;
             self.enqueue = get("enqueue_seq")?;
             self.oplog = get("oplog_seq")?;
+            let made = t.get(COUNTS_MADE).map_err(db_err)?.is_some();
+            self.counts.clear();
+            self.changed.clear();
+            if made {
+                for prefix in [DEPTH_PREFIX, DEAD_PREFIX] {
+                    let end = format!("{}\u{20}", prefix.trim_end_matches('\u{1f}'));
+                    for item in t.range(prefix..end.as_str()).map_err(db_err)? {
+                        let (k, v) = item.map_err(db_err)?;
+                        self.counts.insert(k.value().to_owned(), v.value());
+                    }
+                }
+            }
             drop(t);
+            if !made {
+                self.make_counts(txn)?;
+            }
             self.audit = super::audit::Chain::load(txn)?;
             self.loaded = true;
         }
         Ok(())
     }
+
+    /// Counts the queues and dead letters from their tables (a store from before the
+    /// counts existed; once).
+    fn make_counts(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+        for (table, prefix) in [(OUTBOX, DEPTH_PREFIX), (DEAD, DEAD_PREFIX)] {
+            let t = txn.open_table(table).map_err(db_err)?;
+            for item in t.iter().map_err(db_err)? {
+                let (k, _) = item.map_err(db_err)?;
+                if let Some((dest, _)) = split_queue_key(k.value()) {
+                    let key = format!("{prefix}{dest}");
+                    *self.counts.entry(key.clone()).or_default() += 1;
+                    self.changed.insert(key);
+                }
+            }
+        }
+        txn.open_table(META)
+            .map_err(db_err)?
+            .insert(COUNTS_MADE, 1)
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Adds `delta` to a destination's count (`DEPTH_PREFIX` or `DEAD_PREFIX`).
+    fn bump(&mut self, prefix: &str, dest: &str, delta: i64) {
+        let key = format!("{prefix}{dest}");
+        let v = self.counts.entry(key.clone()).or_default();
+        *v = v.saturating_add_signed(delta);
+        self.changed.insert(key);
+    }
+
     fn save(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
         let mut t = txn.open_table(META).map_err(db_err)?;
         t.insert("message_seq", self.message).map_err(db_err)?;
         t.insert("enqueue_seq", self.enqueue).map_err(db_err)?;
         t.insert("oplog_seq", self.oplog).map_err(db_err)?;
+        for k in &self.changed {
+            let v = self.counts.get(k).copied().unwrap_or(0);
+            t.insert(k.as_str(), v).map_err(db_err)?;
+        }
         drop(t);
         self.audit.save(txn)?;
         Ok(())
@@ -843,6 +908,7 @@ fn enqueue(
         encode(&e).as_slice(),
     )
     .map_err(db_err)?;
+    seqs.bump(DEPTH_PREFIX, dest, 1);
     Ok(())
 }
 
@@ -1169,6 +1235,13 @@ fn refuse(
         1,
     );
     tracing::warn!(listener = %req.listener, sender = sender.as_deref().unwrap_or("-"), reason = ?why, "message refused: sender not authorised");
+    let reason = match why {
+        Refused::UnknownSystem => "unknown_system",
+        Refused::Role => "role",
+        Refused::Establishment => "cross_tenant",
+    };
+    metrics::counter!(crate::telemetry::names::REFUSALS, "listener" => req.listener.clone(), "reason" => reason)
+        .increment(1);
     let error = AckError {
         code: 207,
         text,
@@ -1396,6 +1469,7 @@ fn delivery(
     match update {
         DeliveryUpdate::Delivered { .. } => {
             outbox.remove(key.as_slice()).map_err(db_err)?;
+            seqs.bump(DEPTH_PREFIX, dest, -1);
             txn.open_table(DELIVERED)
                 .map_err(db_err)?
                 .insert(queue_key(dest, seq).as_slice(), now)
@@ -1431,20 +1505,27 @@ fn delivery(
         }
         DeliveryUpdate::Withheld { .. } => {
             outbox.remove(key.as_slice()).map_err(db_err)?;
+            seqs.bump(DEPTH_PREFIX, dest, -1);
             drop(outbox);
         }
         DeliveryUpdate::Dead { attempts, reason } => {
             outbox.remove(key.as_slice()).map_err(db_err)?;
+            seqs.bump(DEPTH_PREFIX, dest, -1);
             let d = DeadLetter {
                 seq,
                 reason: reason.clone(),
                 at_ms: now,
                 attempts: *attempts,
             };
-            txn.open_table(DEAD)
+            let before = txn
+                .open_table(DEAD)
                 .map_err(db_err)?
                 .insert(queue_key(dest, seq).as_slice(), encode(&d).as_slice())
-                .map_err(db_err)?;
+                .map_err(db_err)?
+                .is_some();
+            if !before {
+                seqs.bump(DEAD_PREFIX, dest, 1);
+            }
             touched.insert(dest.to_owned());
             drop(outbox);
             if let Some(mut rec) = record.filter(|r| r.app_ack.is_some() && for_app_ack(dest)) {
@@ -2032,6 +2113,7 @@ fn operate(
             if !existed {
                 return Ok(Err(OperatorError::NotDead(destination.clone(), *seq)));
             }
+            seqs.bump(DEAD_PREFIX, destination, -1);
             enqueue(txn, seqs, destination, *seq, None, now)?;
             touched.insert(destination.clone());
             log_operator(

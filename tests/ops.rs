@@ -1,0 +1,291 @@
+//! Operations: what Prometheus and the probes read from a running instance. `/metrics`
+//! (real histograms, queue depth and oldest age per destination, dead letters, refusals,
+//! store commits) reflects the test's traffic, carries no patient data, and is readable
+//! without a client certificate only from the addresses `[admin] without_certificate`
+//! lists; `/healthz` and `/readyz` answer probes.
+
+mod common;
+
+use common::*;
+use http::Method;
+use labroute::hl7::ack::AckCode;
+
+/// One sample of the exposition text: the value of `name` whose labels include every
+/// `labels` pair (`None` when there is none).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = match series.split_once('{') {
+            Some((m, r)) => (m, r.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            return None;
+        }
+        let has = |k: &str, v: &str| rest.split(',').any(|p| p == format!("{k}=\"{v}\""));
+        labels
+            .iter()
+            .all(|(k, v)| has(k, v))
+            .then(|| value.parse().ok())?
+    })
+}
+
+/// GET `path` on the admin endpoint with no client certificate.
+async fn anonymous(h: &Harness, path: &str) -> (u16, String) {
+    let tls = client_tls(&dev_certs().join("ca.pem"), None).expect("client TLS");
+    let c = https_client(h.server.admin.expect("admin"), tls);
+    let a = c
+        .send(Method::GET, path, "text/plain", Vec::new())
+        .await
+        .expect("answered");
+    (a.status, String::from_utf8_lossy(&a.body).into_owned())
+}
+
+#[tokio::test]
+async fn metrics_and_probes_reflect_the_traffic_without_patient_data() {
+    // The lab's receiver answers AE (orders wait), ES1's AA, ES2's AR (dead letters).
+    let h = Harness::start_with([AckCode::AE, AckCode::AA, AckCode::AR], |r| {
+        r + &dev_tls_section()
+            + &admin_section("operator", &["ES1", "ES2"]).replacen(
+                "bind = \"127.0.0.1:0\"\n",
+                "bind = \"127.0.0.1:0\"\nwithout_certificate = [\"127.0.0.1\"]\n",
+                1,
+            )
+    })
+    .await;
+    let patients = ["PSECRET1", "PSECRET2", "PSECRET3"];
+    let results: Vec<Vec<u8>> = (0..3)
+        .map(|i| result_by_identifier("ES1", &format!("R{i}"), patients[i], "4.271"))
+        .chain([result_by_identifier("ES2", "R-ES2", "PSECRET9", "9.913")])
+        .collect();
+    let acks = send_all(h.sil(), &results).await.expect("ACKs");
+    assert!(acks.iter().all(|a| msa(a).0 == "AA"), "{acks:?}");
+    let unreadable = send_all(
+        h.sil(),
+        &[b"MSH|^~\\&|SIL|LAB|DPI||2025||ZZZ^Z99|U1|P|2.5\r".to_vec()],
+    )
+    .await
+    .expect("NAK");
+    assert_eq!(msa(&unreadable[0]).0, "AR");
+    let dpi = h.server.addr("dpi").expect("dpi");
+    let acks = send_all(dpi, &[order("ES1", "O1", "PL1", "PSECRET4")])
+        .await
+        .expect("ACK");
+    assert_eq!(msa(&acks[0]).0, "AA");
+    assert!(h.es1.wait_for(3, std::time::Duration::from_secs(10)).await);
+
+    // The dead letter for ES2 and the waiting order show in the gauges.
+    let mut text = String::new();
+    for _ in 0..100 {
+        let (status, t) = anonymous(&h, "/metrics").await;
+        assert_eq!(status, 200, "{t}");
+        text = t;
+        let dead = sample(
+            &text,
+            "labroute_dead_letters_held",
+            &[("destination", "dpi-es2")],
+        );
+        let age = sample(
+            &text,
+            "labroute_queue_oldest_age_seconds",
+            &[("destination", "sil")],
+        );
+        let retried = sample(
+            &text,
+            "labroute_delivery_attempts_total",
+            &[("destination", "sil"), ("outcome", "retry")],
+        );
+        if dead == Some(1.0) && age.is_some_and(|a| a > 0.0) && retried.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let at_least = |name: &str, labels: &[(&str, &str)], min: f64| {
+        let v = sample(&text, name, labels);
+        assert!(
+            v.is_some_and(|v| v >= min),
+            "{name}{labels:?} = {v:?}, expected at least {min}:\n{text}"
+        );
+    };
+    at_least(
+        "labroute_messages_total",
+        &[
+            ("listener", "sil"),
+            ("establishment", "ES1"),
+            ("type", "ORU^R01"),
+            ("outcome", "accepted"),
+        ],
+        3.0,
+    );
+    at_least(
+        "labroute_messages_total",
+        &[
+            ("listener", "sil"),
+            ("type", "other"),
+            ("outcome", "rejected"),
+        ],
+        1.0,
+    );
+    at_least(
+        "labroute_refusals_total",
+        &[("listener", "sil"), ("reason", "unsupported_type")],
+        1.0,
+    );
+    at_least(
+        "labroute_delivery_attempts_total",
+        &[("destination", "dpi-es1"), ("outcome", "delivered")],
+        3.0,
+    );
+    at_least(
+        "labroute_delivery_attempts_total",
+        &[("destination", "dpi-es2"), ("outcome", "dead")],
+        1.0,
+    );
+    at_least(
+        "labroute_delivery_attempts_total",
+        &[("destination", "sil"), ("outcome", "retry")],
+        1.0,
+    );
+    at_least("labroute_queue_depth", &[("destination", "sil")], 1.0);
+    at_least(
+        "labroute_queue_oldest_age_seconds",
+        &[("destination", "sil")],
+        0.001,
+    );
+    assert_eq!(
+        sample(&text, "labroute_queue_depth", &[("destination", "dpi-es1")]),
+        Some(0.0),
+        "{text}"
+    );
+    at_least(
+        "labroute_dead_letters_held",
+        &[("destination", "dpi-es2")],
+        1.0,
+    );
+    assert_eq!(sample(&text, "labroute_quarantine_size", &[]), Some(0.0));
+    // Real histograms: buckets, a count and a sum.
+    at_least(
+        "labroute_ack_latency_seconds_bucket",
+        &[("listener", "sil"), ("le", "+Inf")],
+        5.0,
+    );
+    at_least(
+        "labroute_ack_latency_seconds_count",
+        &[("listener", "sil")],
+        5.0,
+    );
+    at_least(
+        "labroute_delivery_latency_seconds_bucket",
+        &[("destination", "dpi-es1"), ("le", "+Inf")],
+        3.0,
+    );
+    at_least(
+        "labroute_store_commit_seconds_bucket",
+        &[("le", "+Inf")],
+        1.0,
+    );
+    at_least("labroute_store_batch_size_bucket", &[("le", "1")], 0.0);
+    assert!(
+        !text.contains("quantile="),
+        "histograms, not summaries:\n{text}"
+    );
+    // No patient data: no identifier, no result value.
+    for secret in patients
+        .iter()
+        .chain(&["PSECRET4", "PSECRET9", "4.271", "9.913"])
+    {
+        assert!(!text.contains(secret), "{secret} in /metrics");
+    }
+
+    // Probes answer without a certificate; nothing else does.
+    let (status, body) = anonymous(&h, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, "{\"status\":\"alive\"}"));
+    let (status, body) = anonymous(&h, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    let ready: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(ready["ready"], true, "{body}");
+    let (status, body) = anonymous(&h, "/status").await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("only /metrics, /healthz and /readyz"),
+        "{body}"
+    );
+}
+
+/// Without `without_certificate`, a client with no certificate is refused at the
+/// handshake, metrics included (the default).
+#[tokio::test]
+async fn metrics_need_a_certificate_unless_the_address_is_listed() {
+    let h =
+        Harness::start(|r| r + &dev_tls_section() + &admin_section("operator", &["ES1", "ES2"]))
+            .await;
+    let tls = client_tls(&dev_certs().join("ca.pem"), None).expect("client TLS");
+    let c = https_client(h.server.admin.expect("admin"), tls);
+    let r = c
+        .send(Method::GET, "/metrics", "text/plain", Vec::new())
+        .await;
+    assert!(r.is_err(), "{:?}", r.map(|a| a.status));
+}
+
+/// The queue and dead-letter counts the gauges show are the store's: a restart finds them
+/// as they were.
+#[tokio::test]
+async fn queue_counts_survive_a_restart() {
+    let h = Harness::start_with([AckCode::AE, AckCode::AA, AckCode::AR], |r| {
+        r + &dev_tls_section()
+            + &admin_section("operator", &["ES1", "ES2"]).replacen(
+                "bind = \"127.0.0.1:0\"\n",
+                "bind = \"127.0.0.1:0\"\nwithout_certificate = [\"127.0.0.1\"]\n",
+                1,
+            )
+    })
+    .await;
+    send_all(
+        h.sil(),
+        &[
+            result_by_identifier("ES2", "R1", "P1", "1"),
+            result_by_identifier("ES2", "R2", "P2", "2"),
+        ],
+    )
+    .await
+    .expect("ACKs");
+    let dpi = h.server.addr("dpi").expect("dpi");
+    send_all(
+        dpi,
+        &[
+            order("ES1", "O1", "PL1", "P3"),
+            order("ES1", "O2", "PL2", "P4"),
+        ],
+    )
+    .await
+    .expect("ACKs");
+    let store = h.server.store.clone();
+    assert!(
+        eventually(|| store.store().dead_letters().is_ok_and(|d| d.len() == 2)).await,
+        "two dead letters"
+    );
+    drop(store);
+    let Harness {
+        server,
+        dir,
+        routes,
+        ..
+    } = h;
+    server.shutdown().await;
+    let cfg = labroute::config::Config::from_sources(&[("t.toml".into(), routes)]).expect("routes");
+    let server =
+        labroute::server::Server::start(std::sync::Arc::new(cfg), dir.path().to_path_buf())
+            .await
+            .expect("restarts");
+    let counts = server.store.store().queue_counts().expect("counts");
+    let of = |d: &str| {
+        counts
+            .iter()
+            .find(|(n, ..)| n == d)
+            .map(|(_, q, x)| (*q, *x))
+            .unwrap_or_default()
+    };
+    assert_eq!(of("dpi-es2"), (0, 2), "{counts:?}");
+    assert_eq!(of("sil"), (2, 0), "{counts:?}");
+    server.shutdown().await;
+}
