@@ -117,6 +117,7 @@ impl Server {
     /// Opens the store, binds every listener and starts every worker.
     pub async fn start(cfg: Arc<Config>, data_dir: PathBuf) -> Result<Server, ServeError> {
         crate::telemetry::install();
+        crate::telemetry::register(&cfg);
         let tls = match &cfg.tls {
             Some(files) => Some(crate::tls::TlsState::load(files)?),
             None => None,

@@ -198,6 +198,68 @@ fn describe() {
     }
 }
 
+/// Refusal reasons (`REFUSALS`): of the sender, then of the message.
+pub const REFUSAL_REASONS: [&str; 8] = [
+    "cross_tenant",
+    "unknown_system",
+    "role",
+    "missing_field",
+    "invalid_value",
+    "unsupported_type",
+    "unreadable",
+    "oversized",
+];
+/// Reasons of refused TLS handshakes (`TLS_HANDSHAKE_FAILURES`).
+pub const TLS_REASONS: [&str; 8] = [
+    "no_certificate",
+    "unknown_ca",
+    "expired",
+    "bad_certificate",
+    "protocol_version",
+    "not_tls",
+    "timeout",
+    "other",
+];
+/// Outcomes of a delivery attempt (`DELIVERY_ATTEMPTS`).
+pub const DELIVERY_OUTCOMES: [&str; 4] = ["delivered", "retry", "dead", "withheld"];
+
+/// Creates, at zero, the counters whose labels the configuration fixes, so that an alert
+/// on `increase(…)` sees the first event and a dashboard shows zero rather than nothing.
+pub fn register(cfg: &crate::config::Config) {
+    let mut listeners: Vec<String> = cfg.listeners.iter().map(|l| l.name.to_string()).collect();
+    let mut tls: Vec<String> = cfg
+        .listeners
+        .iter()
+        .filter(|l| !l.insecure)
+        .map(|l| l.name.to_string())
+        .collect();
+    if cfg.fhir.bind.is_some() {
+        listeners.push(crate::sources::fhir::LISTENER.into());
+        tls.push(crate::sources::fhir::LISTENER.into());
+    }
+    if cfg.admin.is_some() {
+        tls.push(crate::admin::http::LISTENER.into());
+    }
+    for l in &listeners {
+        for r in REFUSAL_REASONS {
+            metrics::counter!(names::REFUSALS, "listener" => l.clone(), "reason" => r).increment(0);
+        }
+    }
+    for l in &tls {
+        for r in TLS_REASONS {
+            metrics::counter!(names::TLS_HANDSHAKE_FAILURES, "listener" => l.clone(), "reason" => r)
+                .increment(0);
+        }
+    }
+    for d in &cfg.destinations {
+        for o in DELIVERY_OUTCOMES {
+            metrics::counter!(names::DELIVERY_ATTEMPTS, "destination" => d.name.to_string(), "outcome" => o)
+                .increment(0);
+        }
+    }
+    metrics::counter!(names::STORE_ERRORS).increment(0);
+}
+
 /// Records the instance certificate's expiry.
 pub fn set_cert_expiry(unix_seconds: Option<i64>) {
     if let Some(t) = unix_seconds {

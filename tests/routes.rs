@@ -34,7 +34,8 @@ fn shipped_routes_validate_and_their_test_cases_pass() {
 /// answers a result sent by the example lab system over TLS with its certificate, and
 /// refuses the same client without one; its admin endpoint answers `labroute status` and
 /// curl (an HTTPS client nobody here wrote) with the operator certificate, and neither
-/// without one; its FHIR endpoint answers curl with a DPI's certificate.
+/// without one (this host may read only metrics and health without a certificate); its
+/// FHIR endpoint answers curl with a DPI's certificate.
 #[test]
 fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
     if std::net::TcpListener::bind("127.0.0.1:2575").is_err() {
@@ -117,7 +118,14 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
         c.arg(url).output()
     };
     let curl_ok = curl(Some("operator"), "https://127.0.0.1:2580/status");
-    let curl_no_cert = curl(None, "https://127.0.0.1:2580/status");
+    // The defaults let this host read metrics and health without a certificate
+    // (`without_certificate`), nothing else.
+    let curl_no_cert = std::process::Command::new("curl")
+        .current_dir(root)
+        .args(["-sS", "--max-time", "10", "--cacert", "certs/ca.pem"])
+        .args(["-w", "\n%{http_code}", "https://127.0.0.1:2580/status"])
+        .output();
+    let curl_health = curl(None, "https://127.0.0.1:2580/healthz");
     let curl_fhir = curl(Some("dpi-es1"), "https://127.0.0.1:2581/metadata");
     // The README's FHIR example, as written there.
     let curl_order = std::process::Command::new("curl")
@@ -211,9 +219,15 @@ fn the_default_run_serves_mllp_over_tls_with_the_development_pki() {
             assert!(ok.status.success(), "{body}");
             let v: serde_json::Value = serde_json::from_str(&body).expect("curl gets JSON");
             assert_eq!(v["operator"], "operator");
+            let text = String::from_utf8_lossy(&no.stdout);
             assert!(
-                !no.status.success(),
-                "curl without a certificate was answered"
+                text.ends_with("\n403") && text.contains("only /metrics, /healthz and /readyz"),
+                "curl without a certificate: {text}"
+            );
+            let health = curl_health.expect("curl runs");
+            assert_eq!(
+                String::from_utf8_lossy(&health.stdout),
+                "{\"status\":\"alive\"}"
             );
         }
         _ => eprintln!("SKIPPED (curl part): curl is not installed (.ci/run installs it)"),
