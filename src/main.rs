@@ -393,13 +393,17 @@ fn local_user() -> String {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LABROUTE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LABROUTE_LOG")
+        .unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // One JSON object per line for a log collector; text otherwise.
+    if std::env::var("LABROUTE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -726,8 +730,17 @@ async fn serve(routes: &Path, data: &Path) -> Result<()> {
             },
         }
     }
-    tracing::info!("shutting down");
-    server.shutdown().await;
+    tracing::info!(
+        drain_secs = cfg.engine.drain.as_secs(),
+        "shutting down: no new connections; in-flight messages finish"
+    );
+    if server.shutdown().await {
+        tracing::info!("stopped: every connection answered, the store synced and closed");
+    } else {
+        // Nothing acknowledged is lost (an ACK follows its commit); a sender cut off
+        // before its ACK sends the message again.
+        tracing::warn!("stopped at the end of the drain with work still in flight");
+    }
     Ok(())
 }
 

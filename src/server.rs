@@ -110,6 +110,7 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     slots: Arc<Semaphore>,
     max_connections: usize,
+    drain: Duration,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -225,6 +226,7 @@ impl Server {
             shutdown,
             slots,
             max_connections: cfg.engine.max_connections,
+            drain: cfg.engine.drain,
             tasks,
         })
     }
@@ -237,29 +239,42 @@ impl Server {
             .map(|(_, a)| *a)
     }
 
-    /// Stops accepting, lets in-flight work end (bounded: 10 s per stage), and returns once
-    /// the store is closed, so that it can be reopened at once (a restart, an operator
-    /// command). A message whose commit had not answered is not acknowledged: the sender
-    /// sends it again.
-    pub async fn shutdown(self) {
+    /// Stops accepting, lets in-flight work end, and returns once the store is closed, so
+    /// that it can be reopened at once (a restart, an operator command); all within the
+    /// configured `[engine] drain_secs`. A message whose commit had not answered is not
+    /// acknowledged: the sender sends it again. Whether everything ended in time.
+    pub async fn shutdown(self) -> bool {
+        let drain = self.drain;
+        self.shutdown_within(drain).await
+    }
+
+    /// [`Server::shutdown`] within `limit`.
+    pub async fn shutdown_within(self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
         let _ = self.shutdown.send(true);
+        let mut clean = true;
         for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+            clean &= tokio::time::timeout_at(deadline, t).await.is_ok();
         }
         // Every connection task holds a slot: all slots back means all connections ended.
         let permits = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        let drained =
-            tokio::time::timeout(Duration::from_secs(10), self.slots.acquire_many(permits)).await;
+        let drained = tokio::time::timeout_at(deadline, self.slots.acquire_many(permits)).await;
         if drained.is_err() {
-            tracing::warn!("connections still open after 10 s; closing anyway");
+            clean = false;
+            tracing::warn!(
+                drain_secs = limit.as_secs(),
+                "connections still open at the end of the drain; closing anyway"
+            );
         }
         let closed = self.store.closed();
         drop(self.store);
-        if tokio::time::timeout(Duration::from_secs(10), closed)
-            .await
-            .is_err()
-        {
-            tracing::warn!("store writer still busy after 10 s");
+        // The store's last commit is waited for even past the deadline (bounded): what a
+        // sender was acknowledged is already durable, and the writer only finishes a batch.
+        let grace = deadline.max(tokio::time::Instant::now() + Duration::from_secs(5));
+        if tokio::time::timeout_at(grace, closed).await.is_err() {
+            clean = false;
+            tracing::warn!("store writer still busy at the end of the drain");
         }
+        clean
     }
 }

@@ -280,6 +280,37 @@ async fn metrics_and_probes_reflect_the_traffic_without_patient_data() {
         body.contains("only /metrics, /healthz and /readyz"),
         "{body}"
     );
+
+    // `labroute status`: queues, oldest ages and dead letters, per destination and per
+    // establishment.
+    let certs = dev_certs();
+    let ops = admin_client(
+        &h.server,
+        &certs.join("ca.pem"),
+        &certs.join("operator.pem"),
+        &certs.join("operator.key"),
+    );
+    let status = ops
+        .call(&labroute::admin::AdminRequest::Status)
+        .await
+        .expect("status");
+    let dest = |name: &str| {
+        status["destinations"]
+            .as_array()
+            .and_then(|d| d.iter().find(|x| x["destination"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    assert!(dest("sil")["waiting"].as_u64() >= Some(1), "{status}");
+    assert!(dest("sil")["oldest_waiting_secs"].is_u64(), "{status}");
+    assert_eq!(dest("dpi-es2")["dead_letters"], 1, "{status}");
+    assert_eq!(dest("dpi-es2")["establishment"], "ES2", "{status}");
+    let es2 = status["establishments"]
+        .as_array()
+        .and_then(|e| e.iter().find(|x| x["establishment"] == "ES2"))
+        .cloned()
+        .expect("ES2");
+    assert_eq!(es2["dead_letters"], 1, "{status}");
 }
 
 /// Without `without_certificate`, a client with no certificate is refused at the

@@ -94,6 +94,66 @@ impl From<OperatorError> for AdminError {
     }
 }
 
+/// What `status` shows of the queues, within the operator's scope: each destination (an
+/// establishment's record destination to the operators of that establishment; a shared
+/// one, the lab's, the DMP feed, MSSanté, to whole-instance operators) with its waiting
+/// messages, the age of the oldest and its dead letters; each establishment with its dead
+/// letters (on every destination) and the state of its record destination.
+fn queues(
+    s: &crate::store::Store,
+    cfg: &crate::config::Config,
+    scope: &OperatorScope,
+) -> Result<(Value, Value), crate::store::StoreError> {
+    let now = crate::time::now_ms();
+    let counts = s.queue_counts()?;
+    let owner_of = |dest: &str| {
+        cfg.establishments
+            .iter()
+            .find(|e| e.record.as_str() == dest)
+    };
+    let mut destinations = Vec::new();
+    for d in &cfg.destinations {
+        let owner = owner_of(d.name.as_str());
+        let visible = match owner {
+            Some(e) => scope.covers(&e.id),
+            None => scope.is_instance(),
+        };
+        if !visible {
+            continue;
+        }
+        let (waiting, dead) = counts
+            .iter()
+            .find(|(n, ..)| n == d.name.as_str())
+            .map_or((0, 0), |(_, q, x)| (*q, *x));
+        let oldest = s.oldest_enqueued(d.name.as_str())?;
+        destinations.push(json!({
+            "destination": d.name.as_str(),
+            "establishment": owner.map(|e| e.id.as_str()),
+            "waiting": waiting,
+            "oldest_waiting_secs": oldest.map(|t| now.saturating_sub(t) / 1000),
+            "dead_letters": dead,
+        }));
+    }
+    // Dead letters by owning establishment (a message with no owner: the instance's).
+    let mut dead_by: std::collections::BTreeMap<String, u64> = Default::default();
+    for (_, d) in s.dead_letters()? {
+        let owner = s
+            .record(d.seq)?
+            .and_then(|r| r.establishment().map(|e| e.to_string()))
+            .unwrap_or_else(|| "none".into());
+        *dead_by.entry(owner).or_default() += 1;
+    }
+    let mut establishments = Vec::new();
+    for e in cfg.establishments.iter().filter(|e| scope.covers(&e.id)) {
+        establishments.push(json!({
+            "establishment": e.id.as_str(),
+            "record": e.record.as_str(),
+            "dead_letters": dead_by.get(e.id.as_str()).copied().unwrap_or(0),
+        }));
+    }
+    Ok((json!(destinations), json!(establishments)))
+}
+
 fn store_err(e: impl std::fmt::Display) -> AdminError {
     AdminError::Store(e.to_string())
 }
@@ -189,9 +249,11 @@ pub async fn execute(
         }
         AdminRequest::Status => s
             .counts()
-            .and_then(|c| Ok((c, s.mssante_counts()?)))
-            .map(|(c, (national, local, whitelist))| {
+            .and_then(|c| Ok((c, s.mssante_counts()?, queues(s, cfg, &who.scope)?)))
+            .map(|(c, (national, local, whitelist), (destinations, establishments))| {
                 json!({
+                    "destinations": destinations,
+                    "establishments": establishments,
                     "store": c,
                     "mssante": {
                         "directory": { "national": national, "local": local },

@@ -59,6 +59,9 @@ pub struct Engine {
     pub max_connections: usize,
     pub group_commit_max: usize,
     pub audit_seal_every: u64,
+    /// Shutdown (SIGTERM): the longest in-flight work may take (connections answered,
+    /// deliveries recorded, the store synced) before the process exits anyway.
+    pub drain: Duration,
 }
 
 impl Default for Engine {
@@ -70,6 +73,7 @@ impl Default for Engine {
             max_connections: 256,
             group_commit_max: 512,
             audit_seal_every: 1000,
+            drain: Duration::from_secs(30),
         }
     }
 }
@@ -648,6 +652,13 @@ impl Validator {
                         d.audit_seal_every,
                         1_000_000,
                     ),
+                    drain: Duration::from_secs(self.positive(
+                        &cx,
+                        &e.drain_secs,
+                        "engine.drain_secs",
+                        d.drain.as_secs(),
+                        3_600,
+                    )),
                 };
             }
         }

@@ -168,6 +168,8 @@ pub struct RawEngine {
     pub group_commit_max: Option<Spanned<u64>>,
     /// Audit entries between two signed seals of the journal.
     pub audit_seal_every: Option<Spanned<u64>>,
+    /// On SIGTERM, how long in-flight work may take before the process exits anyway.
+    pub drain_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
