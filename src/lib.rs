@@ -12,6 +12,7 @@ pub mod model;
 pub mod mssante;
 pub mod pki;
 pub mod policy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod sinks;

@@ -128,6 +128,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Makes the running instance read its routes again (as SIGHUP does): validated whole
+    /// first (errors name file, line and field; the routing test cases must pass); a refused
+    /// one leaves the running routes in force. No connection is closed.
+    Reload {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// The audit journal.
     Audit {
         #[command(subcommand)]
@@ -565,6 +572,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Status { admin } => admin_call(&admin, AdminRequest::Status).await,
         Command::Oplog { admin } => admin_call(&admin, AdminRequest::OperatorLog).await,
         Command::ReloadTls { admin } => admin_call(&admin, AdminRequest::ReloadTls).await,
+        Command::Reload { admin } => admin_call(&admin, AdminRequest::ReloadRoutes).await,
         Command::Audit { action, admin } => match action {
             AuditAction::Verify => {
                 let v = admin_value(&admin, AdminRequest::AuditVerify).await?;
@@ -713,7 +721,7 @@ const NO_ACK_TLS: &str =
 
 async fn serve(routes: &Path, data: &Path) -> Result<()> {
     let cfg = Arc::new(load(routes)?);
-    let server = Server::start(cfg.clone(), data.to_owned()).await?;
+    let server = Server::start_with(cfg.clone(), data.to_owned(), Some(routes.to_owned())).await?;
     tracing::info!(routes = %routes.display(), data = %data.display(), establishments = cfg.establishments.len(), "labroute started");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -721,13 +729,21 @@ async fn serve(routes: &Path, data: &Path) -> Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = hup.recv() => match &server.tls {
-                None => tracing::warn!("SIGHUP: no [tls] section, nothing to reload"),
-                Some(t) => match t.reload() {
-                    Ok(_) => tracing::info!("SIGHUP: TLS certificates and keys reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificates stay in use"),
-                },
-            },
+            _ = hup.recv() => {
+                // The routes (validated whole first; refused, the running ones stay), then
+                // the certificates.
+                match server.reload(None).await {
+                    Ok(summary) => tracing::info!(%summary, "SIGHUP: routes reloaded"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: routes not reloaded"),
+                }
+                match &server.tls {
+                    None => {}
+                    Some(t) => match t.reload() {
+                        Ok(_) => tracing::info!("SIGHUP: TLS certificates and keys reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificates stay in use"),
+                    },
+                }
+            }
         }
     }
     tracing::info!(

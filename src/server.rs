@@ -9,7 +9,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::Config;
-use crate::sinks::mllp::run_destination;
 use crate::sources::mllp::{ConnLimits, run_listener};
 use crate::store::{Store, StoreError, StoreHandle, WriterConfig};
 
@@ -101,6 +100,8 @@ impl HttpsContext<'_> {
 pub struct Server {
     /// The instance's TLS configurations (reloadable), when `[tls]` is set.
     pub tls: Option<Arc<crate::tls::TlsState>>,
+    /// Reloads the routes (`crate::reload`).
+    pub reloader: crate::reload::Reloader,
     pub store: StoreHandle,
     pub bound: Vec<(String, std::net::SocketAddr)>,
     /// Where the admin endpoint listens, when `[admin]` is set.
@@ -117,6 +118,16 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds every listener and starts every worker.
     pub async fn start(cfg: Arc<Config>, data_dir: PathBuf) -> Result<Server, ServeError> {
+        Server::start_with(cfg, data_dir, None).await
+    }
+
+    /// [`Server::start`] for a configuration read from `routes`, the directory a reload
+    /// (SIGHUP, `POST /reload`) reads again.
+    pub async fn start_with(
+        cfg: Arc<Config>,
+        data_dir: PathBuf,
+        routes: Option<PathBuf>,
+    ) -> Result<Server, ServeError> {
         crate::telemetry::install();
         crate::telemetry::register(&cfg);
         let tls = match &cfg.tls {
@@ -172,15 +183,11 @@ impl Server {
                 rx.clone(),
             )));
         }
-        for d in &cfg.destinations {
-            tasks.push(tokio::spawn(run_destination(
-                d.clone(),
-                cfg.clone(),
-                handle.clone(),
-                tls.clone().filter(|_| d.tls),
-                rx.clone(),
-            )));
-        }
+        // The destination workers belong to the reload task, which replaces them when the
+        // routes change and stops them at shutdown.
+        let (reloader, reload_task) =
+            crate::reload::start(handle.clone(), tls.clone(), routes, rx.clone());
+        tasks.push(reload_task);
         let https = HttpsContext {
             tls: &tls,
             refusals: &refusals,
@@ -195,11 +202,14 @@ impl Server {
         };
         let mut admin = None;
         if let Some(a) = &cfg.admin {
+            let r = reloader.clone();
             let (addr, task) = https
                 .start(
                     crate::admin::http::LISTENER,
                     a.bind,
-                    crate::admin::http::serve,
+                    move |listener, store, tls, shutdown| {
+                        crate::admin::http::serve(listener, store, tls, shutdown, r)
+                    },
                 )
                 .await?;
             admin = Some(addr);
@@ -219,6 +229,7 @@ impl Server {
         }
         Ok(Server {
             tls,
+            reloader,
             store: handle,
             bound,
             admin,
@@ -229,6 +240,16 @@ impl Server {
             drain: cfg.engine.drain,
             tasks,
         })
+    }
+
+    /// Reloads the routes: from the directory it was started from, or `cfg` (validated the
+    /// same way). What is now in force, or why nothing changed.
+    pub async fn reload(&self, cfg: Option<Config>) -> Result<String, String> {
+        let source = match cfg {
+            Some(c) => crate::reload::Source::Config(Box::new(c)),
+            None => crate::reload::Source::Disk,
+        };
+        self.reloader.reload(source).await
     }
 
     /// Address a listener is bound to.

@@ -101,7 +101,7 @@ async fn who_reads_whose_results_where() {
                     .map(|(es, pk)| {
                         match decide(
                             h.server.store.store(),
-                            h.server.store.config(),
+                            &h.server.store.config(),
                             &rpps(n),
                             es,
                             pk,
@@ -169,7 +169,7 @@ async fn a_released_result_records_its_care_links() {
     assert_eq!(quarantined.len(), 1);
     let pk = "UNKNOWN-IPP\u{1f}P9";
     assert_eq!(
-        decide(store, cfg, &rpps(8), "ES1", pk).expect("store"),
+        decide(store, &cfg, &rpps(8), "ES1", pk).expect("store"),
         Err(Denial::NotInCare)
     );
     h.server
@@ -184,7 +184,7 @@ async fn a_released_result_records_its_care_links() {
         .await
         .expect("released");
     assert_eq!(
-        decide(store, cfg, &rpps(8), "ES1", pk).expect("store"),
+        decide(store, &cfg, &rpps(8), "ES1", pk).expect("store"),
         Ok(Link::Ordering)
     );
 }

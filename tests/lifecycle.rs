@@ -328,7 +328,7 @@ async fn sigterm_drains_and_every_acknowledged_message_is_kept() {
     let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
     let (sil, dpi, admin) = (free_port(), free_port(), free_port());
     let dir = tempfile::tempdir().expect("tempdir");
-    let establishments = "[routing]\norders_to = [\"sil\"]\nadt_to = [\"sil\"]\n[[establishment]]\nid = \"ES1\"\nname = \"Nordville\"\nrecord = \"dpi-es1\"\nidentify.sending_facilities = [\"CHNORD\"]\n";
+    let establishments = "[routing]\norders_to = [\"sil\"]\nadt_to = [\"sil\"]\n[[establishment]]\nid = \"ES1\"\nname = \"Nordville\"\nrecord = \"dpi-es1\"\nidentify.sending_facilities = [\"CHNORD\"]\nidentify.patient_authorities = [\"CHNORD-IPP\"]\n";
     let text = routes(
         sil,
         dpi,
@@ -393,5 +393,213 @@ async fn sigterm_drains_and_every_acknowledged_message_is_kept() {
         "{} of {} acknowledged lost: {lost:?}",
         lost.len(),
         acked.len()
+    );
+}
+
+/// The control id (MSH-10) of a message.
+fn control_id(m: &[u8]) -> String {
+    let prepared = prepare(m);
+    Message::parse(&prepared)
+        .map(|p| p.text("MSH-10").into_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn routes_reload_under_load_refusing_a_bad_one_dropping_no_connection_and_no_message() {
+    // ES1's record destination answers AE: its results wait (retried) until a reload moves
+    // ES1's record to the new destination, which takes them.
+    let old = Receiver::start("127.0.0.1:0", AckCode::AE).await;
+    let new = Receiver::start("127.0.0.1:0", AckCode::AA).await;
+    let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
+    let (sil, dpi, admin) = (free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let establishment = |record: &str| {
+        format!(
+            "[routing]\norders_to = [\"sil\"]\nadt_to = [\"sil\"]\n[[establishment]]\nid = \"ES1\"\nname = \"Nordville\"\nrecord = \"{record}\"\nidentify.sending_facilities = [\"CHNORD\"]\nidentify.patient_authorities = [\"CHNORD-IPP\"]\n{}",
+            system_toml("operator", "operator", &["ES1"])
+        )
+    };
+    let dests = [
+        ("sil", lab.addr),
+        ("dpi-es1", old.addr),
+        ("dpi-es1-new", new.addr),
+    ];
+    let v1 = routes(sil, dpi, admin, &dests, &establishment("dpi-es1"), "");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{sil}").parse().expect("addr");
+    let instance = Instance::start(dir.path(), &v1, addr);
+    let routes_file = dir.path().join("routes/routes.toml");
+
+    // Two connections send all along; each stops at its first failure.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut senders = Vec::new();
+    for c in 0..2 {
+        let (stop, acked) = (stop.clone(), acked.clone());
+        senders.push(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            for i in 0.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    return Ok::<u32, String>(i);
+                }
+                let ctrl = format!("L{c}-{i}");
+                let m = format!(
+                    "MSH|^~\\&|SIL|CHNORD|DPI||20250301100000||ORU^R01^ORU_R01|{ctrl}|P|2.5\rPID|||{c}{i}^^^CHNORD-IPP^PI\rOBR|1|||K^Potassium^L\rOBX|1|NM|K^Potassium^L||4|mmol/L|||||F\r"
+                );
+                s.write_all(&frame(m.as_bytes())).await.map_err(|e| format!("{ctrl}: {e}"))?;
+                let ack = read_frame(&mut s).await.map_err(|e| format!("{ctrl}: {e}"))?;
+                if msa(&ack).0 != "AA" {
+                    return Err(format!("{ctrl}: {}", msa(&ack).0));
+                }
+                acked.lock().expect("lock").push(ctrl);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(0)
+        }));
+    }
+    let certs = dev_certs();
+    let operator = labroute::admin::http::AdminClient {
+        address: format!("127.0.0.1:{admin}"),
+        connector: tokio_rustls::TlsConnector::from(
+            client_tls(
+                &certs.join("ca.pem"),
+                Some((&certs.join("operator.pem"), &certs.join("operator.key"))),
+            )
+            .expect("client TLS"),
+        ),
+        server_name: rustls::pki_types::ServerName::try_from("localhost").expect("name"),
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A bad routes file (a record destination that does not exist): refused with the file,
+    // line and field; the running routes stay.
+    std::fs::write(
+        &routes_file,
+        v1.replace("record = \"dpi-es1\"", "record = \"dpi-nowhere\""),
+    )
+    .expect("write");
+    match operator
+        .call(&labroute::admin::AdminRequest::ReloadRoutes)
+        .await
+    {
+        Err(labroute::admin::http::ClientError::Refused {
+            status: 409,
+            message,
+        }) => assert!(
+            message.contains("routes.toml") && message.contains("record"),
+            "{message}"
+        ),
+        other => panic!("a bad routes file was not refused: {other:?}"),
+    }
+    let waiting = || async {
+        operator
+            .call(&labroute::admin::AdminRequest::Status)
+            .await
+            .ok()
+            .and_then(|v| {
+                v["destinations"]
+                    .as_array()?
+                    .iter()
+                    .find(|d| d["destination"] == "dpi-es1")?["waiting"]
+                    .as_u64()
+            })
+            .unwrap_or(0)
+    };
+    let before = waiting().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = waiting().await;
+    assert!(
+        after > before,
+        "the running routes still queue ES1's results for dpi-es1: {before} then {after}"
+    );
+
+    // A good one that moves ES1's record to another destination, by SIGHUP.
+    std::fs::write(
+        &routes_file,
+        routes(sil, dpi, admin, &dests, &establishment("dpi-es1-new"), ""),
+    )
+    .expect("write");
+    let hup = Command::new("kill")
+        .args(["-HUP", &instance.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(hup.success());
+    assert!(
+        eventually(|| new.count() > after as usize).await,
+        "the new record destination receives after the reload"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in senders {
+        let sent = s.await.expect("sender");
+        assert!(
+            sent.is_ok(),
+            "a connection failed during the reloads: {sent:?}"
+        );
+    }
+    let acked = acked.lock().expect("lock").clone();
+    // Every acknowledged message reaches one of the two record destinations.
+    // Every acknowledged message reaches the new record destination: those queued for the
+    // old one moved there by the reload, in order.
+    let received = || -> std::collections::HashSet<String> {
+        new.messages().iter().map(|m| control_id(m)).collect()
+    };
+    let delivered = eventually(|| {
+        let got = received();
+        acked.iter().all(|c| got.contains(c))
+    })
+    .await;
+    if !delivered {
+        let got = received();
+        let missing: Vec<&String> = acked.iter().filter(|c| !got.contains(*c)).collect();
+        let status = operator
+            .call(&labroute::admin::AdminRequest::Status)
+            .await
+            .map(|v| v["destinations"].clone());
+        panic!(
+            "{} acknowledged, {} delivered; missing {missing:?}; {status:?}",
+            acked.len(),
+            got.len()
+        );
+    }
+    // In order: each connection's results reach the new destination in the order sent (the
+    // moved ones first), each counted at its first delivery.
+    let ids: Vec<String> = new.messages().iter().map(|m| control_id(m)).collect();
+    for c in 0..2 {
+        let mut seen = std::collections::HashSet::new();
+        let order: Vec<u32> = ids
+            .iter()
+            .filter_map(|id| id.strip_prefix(&format!("L{c}-"))?.parse().ok())
+            .filter(|i| seen.insert(*i))
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "connection {c} out of order: {order:?}"
+        );
+    }
+    let journal = operator
+        .call(&labroute::admin::AdminRequest::AuditQuery {
+            filter: labroute::store::audit::AuditFilter {
+                event: Some("rerouted".into()),
+                ..Default::default()
+            },
+        })
+        .await
+        .expect("journal");
+    let rerouted = journal.as_array().map(Vec::len).unwrap_or(0);
+    assert!(
+        rerouted as u64 >= after,
+        "{rerouted} rerouted, {after} were waiting"
+    );
+    let log = instance.log.clone();
+    let (status, _) = instance.terminate().await;
+    assert!(status.success());
+    let logs = std::fs::read_to_string(log).expect("logs");
+    assert!(
+        logs.contains("routes not reloaded"),
+        "the refusal is logged"
+    );
+    assert!(
+        logs.contains("SIGHUP: routes reloaded"),
+        "the reload is logged"
     );
 }

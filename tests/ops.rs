@@ -390,3 +390,62 @@ async fn queue_counts_survive_a_restart() {
     assert_eq!(of("sil"), (2, 0), "{counts:?}");
     server.shutdown().await;
 }
+
+/// A reload is validated whole first: a change only a restart can make, or routes whose own
+/// test cases fail, is refused and the running routes stay; a good one is put in force.
+#[tokio::test]
+async fn a_reload_is_refused_unless_it_can_be_put_in_force_whole() {
+    let h = Harness::start(|r| r).await;
+    let parse = |text: &str| {
+        labroute::config::Config::from_sources(&[("t.toml".into(), text.to_owned())])
+            .expect("routes parse")
+    };
+    let moved = h.routes.replacen(
+        "name = \"sil\"\nbind = \"127.0.0.1:0\"",
+        "name = \"sil\"\nbind = \"127.0.0.1:1\"",
+        1,
+    );
+    assert_ne!(moved, h.routes);
+    let why = h
+        .server
+        .reload(Some(parse(&moved)))
+        .await
+        .expect_err("refused");
+    assert!(
+        why.contains("restart") && why.contains("[[listener]]"),
+        "{why}"
+    );
+    let failing = h.routes.clone()
+        + "[[test]]\nname = \"wrong on purpose\"\ninput = '''\nMSH|^~\\&|DPI|CHNORD|SIL|LAB|20250301080000||OML^O21^OML_O21|T1|P|2.5\nPID|||1^^^CHNORD-IPP^PI\nORC|NW|PL-1^DPI-CHNORD\nOBR|1|PL-1^DPI-CHNORD||GLU^Glucose^L\n'''\nexpect.establishment = \"ES2\"\n";
+    let why = h
+        .server
+        .reload(Some(parse(&failing)))
+        .await
+        .expect_err("refused");
+    assert!(why.contains("routing test case"), "{why}");
+    // The running routes still route ES1's result to its record.
+    let acks = send_all(h.sil(), &[result_by_identifier("ES1", "R1", "P1", "1")])
+        .await
+        .expect("ACK");
+    assert_eq!(msa(&acks[0]).0, "AA");
+    assert!(h.es1.wait_for(1, std::time::Duration::from_secs(10)).await);
+    // A good reload (ES2 now also identified by another patient authority).
+    let good = h.routes.replacen(
+        "identify.patient_authorities = [\"CHSUD-IPP\"]",
+        "identify.patient_authorities = [\"CHSUD-IPP\", \"CHSUD-NEW\"]",
+        1,
+    );
+    assert_ne!(good, h.routes);
+    let summary = h.server.reload(Some(parse(&good))).await.expect("reloaded");
+    assert!(summary.starts_with("routes reloaded"), "{summary}");
+    let m = result_by_identifier("ES2", "R2", "P2", "2");
+    let m = String::from_utf8(m)
+        .expect("text")
+        .replacen("CHSUD-IPP", "CHSUD-NEW", 1);
+    let acks = send_all(h.sil(), &[m.into_bytes()]).await.expect("ACK");
+    assert_eq!(msa(&acks[0]).0, "AA");
+    assert!(
+        h.es2.wait_for(1, std::time::Duration::from_secs(10)).await,
+        "routed by the new routes"
+    );
+}

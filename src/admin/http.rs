@@ -20,6 +20,7 @@
 //! | POST | `/mssante/directory` | `{"source": "national" \| "local", "mailboxes"}` (whole-instance operators) |
 //! | POST | `/mssante/whitelist` | `{"domains"}` (whole-instance operators) |
 //! | POST | `/mssante/mdn` | a read receipt: the mail (RFC 8098) or `{"message_id", "disposition"}` |
+//! | POST | `/reload` | reads the routes again, validated whole first (whole-instance operators) |
 //! | POST | `/reload-tls` | reads certificates and keys again (whole-instance operators) |
 //! | GET | `/metrics` | Prometheus text; operators and `monitor` systems |
 
@@ -40,7 +41,7 @@ use crate::sources::accept::TlsListener;
 use crate::store::StoreHandle;
 use crate::store::audit::AuditFilter;
 use crate::store::writer::OperatorCommand;
-use crate::tls::{PeerIdentity, TlsState};
+use crate::tls::PeerIdentity;
 
 /// Largest request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -65,6 +66,7 @@ impl AdminRequest {
             AdminRequest::OperatorLog => (Method::GET, "/operator-log".into(), None),
             AdminRequest::AuditVerify => (Method::GET, "/audit/verify".into(), None),
             AdminRequest::ReloadTls => (Method::POST, "/reload-tls".into(), None),
+            AdminRequest::ReloadRoutes => (Method::POST, "/reload".into(), None),
             AdminRequest::AuditQuery { filter } => {
                 let mut q: Vec<String> = filter
                     .establishments
@@ -245,6 +247,7 @@ impl AdminRequest {
                 filter: audit_filter(query.unwrap_or(""))?,
             },
             ["reload-tls"] if post => AdminRequest::ReloadTls,
+            ["reload"] if post => AdminRequest::ReloadRoutes,
             ["access", "grant"] if post => AdminRequest::Command {
                 command: OperatorCommand::CareGrant {
                     establishment: field("establishment")?,
@@ -333,6 +336,7 @@ impl AdminRequest {
             | ["audit"]
             | ["audit", "verify"]
             | ["reload-tls"]
+            | ["reload"]
             | ["dmp", "opposition"]
             | ["access", "grant"] => return Err(wrong()),
             _ => return Err(AdminError::NotFound(format!("no such path: {path}"))),
@@ -419,7 +423,7 @@ fn caller(store: &StoreHandle, id: &PeerIdentity) -> Result<Caller, String> {
     match sys.role {
         crate::config::Role::Operator => Ok(Caller::Operator(Operator {
             name: sys.name.clone(),
-            scope: OperatorScope::of_system(sys, cfg),
+            scope: OperatorScope::of_system(sys, &cfg),
         })),
         crate::config::Role::Monitor => Ok(Caller::Monitor(sys.name.clone())),
         other => Err(format!(
@@ -436,9 +440,14 @@ pub async fn serve(
     store: StoreHandle,
     tls: TlsListener,
     shutdown: watch::Receiver<bool>,
+    reloader: crate::reload::Reloader,
 ) {
-    let state = tls.state.clone();
+    let live = Arc::new(super::Live {
+        tls: tls.state.clone(),
+        reloader,
+    });
     let handler_store = store.clone();
+    let state = live;
     crate::https::serve(
         listener,
         LISTENER,
@@ -461,7 +470,7 @@ pub async fn serve(
 async fn respond(
     req: Request<Incoming>,
     store: &StoreHandle,
-    tls: &TlsState,
+    live: &super::Live,
     who: &Result<Caller, String>,
     peer: &str,
 ) -> Response<Full<Bytes>> {
@@ -478,7 +487,7 @@ async fn respond(
         return json_response(status, &body);
     }
     if path == "/metrics" && method == Method::GET && who.is_ok() {
-        crate::telemetry::refresh(store.store(), store.config());
+        crate::telemetry::refresh(store.store(), &store.config());
         return match crate::telemetry::render() {
             Some(text) => crate::https::response(StatusCode::OK, "text/plain; version=0.0.4", text),
             None => json_response(
@@ -535,7 +544,7 @@ async fn respond(
         };
         let req = AdminRequest::from_http(&method, &path, query.as_deref(), &body)?;
         tracing::info!(operator = %who.name, %method, %path, "admin request");
-        execute(req, store, Some(tls), who).await
+        execute(req, store, Some(live), who).await
     }
     .await;
     let (status, body) = match result {

@@ -27,6 +27,8 @@ pub enum AdminRequest {
     AuditVerify,
     /// Reads the TLS certificates and keys again.
     ReloadTls,
+    /// Read the routes again and put them in force (`crate::reload`).
+    ReloadRoutes,
     AuditQuery {
         filter: AuditFilter,
     },
@@ -182,14 +184,22 @@ async fn refuse(
 }
 
 /// Runs one request for one operator.
+/// What a running instance lends the admin endpoint: its certificates and its reloader.
+pub struct Live {
+    pub tls: std::sync::Arc<crate::tls::TlsState>,
+    pub reloader: crate::reload::Reloader,
+}
+
 pub async fn execute(
     req: AdminRequest,
     store: &StoreHandle,
-    tls: Option<&crate::tls::TlsState>,
+    live: Option<&Live>,
     who: &Operator,
 ) -> Result<Value, AdminError> {
+    let tls = live.map(|l| l.tls.as_ref());
     let s = store.store();
-    let cfg = store.config();
+    let current = store.config();
+    let cfg = current.as_ref();
     let sees = |seq: u64| -> bool {
         matches!(who.scope, OperatorScope::Instance)
             || s.record(seq)
@@ -198,6 +208,19 @@ pub async fn execute(
                 .is_some_and(|r| who.scope.sees(&r, cfg))
     };
     match req {
+        AdminRequest::ReloadRoutes => {
+            if !who.scope.is_instance() {
+                return Err(refuse(store, who, "reloading the routes", None).await);
+            }
+            let live = live.ok_or_else(|| {
+                AdminError::Unavailable("no running instance to reload".into())
+            })?;
+            audit_action(store, who, "routes.reload", None).await;
+            match live.reloader.reload(crate::reload::Source::Disk).await {
+                Ok(summary) => Ok(json!({ "reloaded": true, "summary": summary })),
+                Err(why) => Err(AdminError::Conflict(why)),
+            }
+        }
         AdminRequest::ReloadTls => {
             if !who.scope.is_instance() {
                 return Err(refuse(store, who, "reloading the instance's certificates", None).await);

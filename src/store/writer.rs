@@ -315,6 +315,8 @@ enum Request {
         seq: u64,
         mail: SentMail,
     },
+    /// Put a new configuration in force (a reload), moving what it reroutes.
+    Reconfigure(Arc<Config>),
 }
 
 /// Where the answer to a request goes, once the batch is committed (or has failed).
@@ -368,23 +370,53 @@ struct Op {
     reply: Reply,
 }
 
-/// Wakes destination workers when their queue changes.
+/// Wakes destination workers when their queue changes: one `Notify` per destination name,
+/// made on first use (a destination a reload adds gets one too).
 #[derive(Default)]
 pub struct Notifiers {
-    map: HashMap<String, Arc<Notify>>,
+    map: std::sync::Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl Notifiers {
     pub fn new(dests: impl IntoIterator<Item = DestinationName>) -> Self {
         Notifiers {
-            map: dests
-                .into_iter()
-                .map(|d| (d.as_str().to_owned(), Arc::new(Notify::new())))
-                .collect(),
+            map: std::sync::Mutex::new(
+                dests
+                    .into_iter()
+                    .map(|d| (d.as_str().to_owned(), Arc::new(Notify::new())))
+                    .collect(),
+            ),
         }
     }
     pub fn get(&self, dest: &str) -> Option<Arc<Notify>> {
-        self.map.get(dest).cloned()
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        Some(map.entry(dest.to_owned()).or_default().clone())
+    }
+}
+
+/// The configuration in force, replaced whole by a reload (`Server::reload`): every reader
+/// takes the current one for what it is doing and keeps it to the end of that.
+#[derive(Clone)]
+pub struct ConfigCell(Arc<std::sync::RwLock<Arc<Config>>>);
+
+impl ConfigCell {
+    pub fn new(cfg: Arc<Config>) -> ConfigCell {
+        ConfigCell(Arc::new(std::sync::RwLock::new(cfg)))
+    }
+    pub fn current(&self) -> Arc<Config> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+    pub fn replace(&self, cfg: Arc<Config>) {
+        match self.0.write() {
+            Ok(mut g) => *g = cfg,
+            Err(p) => *p.into_inner() = cfg,
+        }
     }
 }
 
@@ -403,7 +435,7 @@ pub struct StoreHandle {
     store: Store,
     notifiers: Arc<Notifiers>,
     closed: watch::Receiver<bool>,
-    cfg: Arc<Config>,
+    cfg: ConfigCell,
 }
 
 impl StoreHandle {
@@ -415,6 +447,7 @@ impl StoreHandle {
         ));
         let n2 = notifiers.clone();
         let s2 = store.clone();
+        let cfg = ConfigCell::new(cfg);
         let cfg2 = cfg.clone();
         let (closed_tx, closed) = watch::channel(false);
         std::thread::Builder::new()
@@ -437,9 +470,24 @@ impl StoreHandle {
         }
     }
 
-    /// The configuration the writer runs with.
-    pub fn config(&self) -> &Arc<Config> {
-        &self.cfg
+    /// The configuration in force (the writer takes it for each batch).
+    pub fn config(&self) -> Arc<Config> {
+        self.cfg.current()
+    }
+
+    /// Puts a new configuration in force (`crate::reload`, which validated it and stopped
+    /// the destination workers): in one transaction, the messages queued for an
+    /// establishment's old record destination move to its new one; the writer uses the new
+    /// configuration from the next request on. What moved.
+    pub async fn reconfigure(&self, cfg: Arc<Config>) -> Result<String, StoreError> {
+        let rx = self
+            .submit(Request::Reconfigure(cfg), Reply::Operator)
+            .await?;
+        match rx.await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(StoreError::Commit(e.to_string())),
+            Err(_) => Err(StoreError::Closed),
+        }
     }
 
     /// Resolves once the writer thread has stopped, which it does when every handle is
@@ -564,7 +612,7 @@ impl StoreHandle {
 
 fn run(
     store: Store,
-    cfg: Arc<Config>,
+    cfg: ConfigCell,
     mut rx: mpsc::Receiver<Op>,
     max_batch: usize,
     sealer: Option<Arc<super::audit::Sealer>>,
@@ -586,13 +634,16 @@ fn run(
         let started = std::time::Instant::now();
         match apply(
             &store,
-            &cfg,
+            cfg.current(),
             requests,
             &mut seqs,
             sealer.as_deref(),
             &mut touched,
         ) {
-            Ok(answers) => {
+            Ok((answers, reconfigured)) => {
+                if let Some(new) = reconfigured {
+                    cfg.replace(new);
+                }
                 seqs.changed.clear();
                 metrics::histogram!(crate::telemetry::names::STORE_COMMIT)
                     .record(started.elapsed().as_secs_f64());
@@ -800,20 +851,33 @@ impl OrderIndex for TxnOrders<'_> {
 
 /// Applies a batch in one transaction and commits it. All or nothing: on any error the
 /// transaction is dropped (aborted) and every request of the batch gets that error.
+/// Applies a batch in one transaction. The answers, and the configuration a
+/// `Reconfigure` in it put in force (the requests after it in the batch already use it).
 fn apply(
     store: &Store,
-    cfg: &Config,
+    cfg: Arc<Config>,
     requests: Vec<Request>,
     seqs: &mut Sequences,
     sealer: Option<&super::audit::Sealer>,
     touched: &mut BTreeSet<String>,
-) -> Result<Vec<Answer>, StoreError> {
+) -> Result<(Vec<Answer>, Option<Arc<Config>>), StoreError> {
     let txn = store.db().begin_write().map_err(db_err)?;
     seqs.load(&txn)?;
     let mut answers = Vec::with_capacity(requests.len());
+    let mut cfg = cfg;
+    let mut reconfigured = None;
     for request in requests {
+        let cfg_now: &Config = &cfg.clone();
         answers.push(match request {
-            Request::Ingest(req) => Answer::Ingest(ingest(&txn, cfg, seqs, *req, touched)?),
+            Request::Reconfigure(new) => {
+                let moved = reroute(&txn, seqs, cfg_now, &new, touched)?;
+                cfg = new.clone();
+                reconfigured = Some(new);
+                Answer::Operator(Ok(format!(
+                    "{moved} queued message(s) moved to their establishment's new record destination"
+                )))
+            }
+            Request::Ingest(req) => Answer::Ingest(ingest(&txn, cfg_now, seqs, *req, touched)?),
             Request::Reject(req) => Answer::Ingest(reject(&txn, seqs, *req)?),
             Request::Delivery {
                 dest,
@@ -825,7 +889,7 @@ fn apply(
                 Answer::Unit
             }
             Request::Operator { cmd, operator } => {
-                Answer::Operator(operate(&txn, cfg, seqs, &cmd, &operator, touched)?)
+                Answer::Operator(operate(&txn, cfg_now, seqs, &cmd, &operator, touched)?)
             }
             Request::Audit(e) => {
                 seqs.audit.append(&txn, now_ms(), e)?;
@@ -842,7 +906,97 @@ fn apply(
     }
     seqs.save(&txn)?;
     txn.commit().map_err(db_err)?;
-    Ok(answers)
+    Ok((answers, reconfigured))
+}
+
+/// A reload moved an establishment's record to another destination: its messages queued
+/// for the old one move to the new one, in order, in the transaction that puts the new
+/// configuration in force (so that no message routed by the new one goes before them).
+/// Their wait counts from when they were first queued. Other queued messages stay where
+/// they are (a destination the new routes no longer allow dead-letters them with the
+/// policy's reason). How many moved.
+fn reroute(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    old: &Config,
+    new: &Config,
+    touched: &mut BTreeSet<String>,
+) -> Result<usize, StoreError> {
+    let moves: Vec<(String, String)> = old
+        .establishments
+        .iter()
+        .filter_map(|e| {
+            let now = new.establishment_by_name(e.id.as_str())?;
+            (now.record != e.record && new.destination(&now.record).is_some())
+                .then(|| (e.record.to_string(), now.record.to_string()))
+        })
+        .collect();
+    let mut moved = 0;
+    for (from, to) in moves {
+        let entries = {
+            let t = txn.open_table(OUTBOX).map_err(db_err)?;
+            let (start, end) = (queue_key(&from, 0), queue_key(&from, u64::MAX));
+            let mut v = Vec::new();
+            for item in t.range(start.as_slice()..=end.as_slice()).map_err(db_err)? {
+                let (k, e) = item.map_err(db_err)?;
+                v.push((k.value().to_vec(), decode::<OutboxEntry>(e.value())?));
+            }
+            v
+        };
+        for (key, entry) in entries {
+            let Some(mut rec) = load_record(txn, entry.seq)? else {
+                continue;
+            };
+            // Only what the establishment owns: an answer to a sender keeps its destination.
+            let owner_moved = rec.answers.is_none()
+                && rec
+                    .establishment()
+                    .and_then(|e| old.establishment_by_name(e.as_str()))
+                    .is_some_and(|e| e.record.as_str() == from);
+            if !owner_moved {
+                continue;
+            }
+            txn.open_table(OUTBOX)
+                .map_err(db_err)?
+                .remove(key.as_slice())
+                .map_err(db_err)?;
+            seqs.bump(DEPTH_PREFIX, &from, -1);
+            seqs.enqueue += 1;
+            let e = OutboxEntry {
+                attempts: 0,
+                next_attempt_ms: 0,
+                last_error: None,
+                ..entry
+            };
+            txn.open_table(OUTBOX)
+                .map_err(db_err)?
+                .insert(
+                    queue_key(&to, seqs.enqueue).as_slice(),
+                    encode(&e).as_slice(),
+                )
+                .map_err(db_err)?;
+            seqs.bump(DEPTH_PREFIX, &to, 1);
+            for d in rec.destinations.iter_mut().filter(|d| d.as_str() == from) {
+                *d = DestinationName::new(&to);
+            }
+            txn.open_table(RECORDS)
+                .map_err(db_err)?
+                .insert(rec.seq, encode(&rec).as_slice())
+                .map_err(db_err)?;
+            audit(
+                txn,
+                seqs,
+                "rerouted",
+                Some(rec.seq),
+                rec.establishment().map(|e| e.to_string()),
+                Some(to.clone()),
+                serde_json::json!({ "from": from, "to": to, "why": "routes reloaded" }),
+            )?;
+            touched.insert(to.clone());
+            moved += 1;
+        }
+    }
+    Ok(moved)
 }
 
 /// Seals what is left of the journal when the writer stops.

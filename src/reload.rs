@@ -1,0 +1,235 @@
+//! Reloading the routes on a running instance (SIGHUP, `labroute reload`, `POST /reload`):
+//! the new configuration is read and validated whole first (its file, line and field on an
+//! error; its routing test cases must pass; what only a restart can change must be
+//! unchanged); a refused one leaves the running one as it was. An accepted one is put in
+//! force without closing a listener or an inbound connection: the writer takes it from its
+//! next batch, and the destination workers are replaced (each finishes the attempt it is on
+//! and records its outcome; the new ones resume from the store's outboxes, so nothing
+//! queued is lost and each destination keeps its order).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::sinks::mllp::run_destination;
+use crate::store::StoreHandle;
+
+/// The destination workers of one configuration.
+pub struct Deliveries {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Deliveries {
+    /// One worker per destination of `cfg`.
+    pub fn start(
+        cfg: &Arc<Config>,
+        store: &StoreHandle,
+        tls: &Option<Arc<crate::tls::TlsState>>,
+    ) -> Deliveries {
+        let (stop, rx) = watch::channel(false);
+        let tasks = cfg
+            .destinations
+            .iter()
+            .map(|d| {
+                tokio::spawn(run_destination(
+                    d.clone(),
+                    cfg.clone(),
+                    store.clone(),
+                    tls.clone().filter(|_| d.tls),
+                    rx.clone(),
+                ))
+            })
+            .collect();
+        Deliveries { stop, tasks }
+    }
+
+    /// Stops every worker once its current attempt is recorded; returns when all have.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// What a running instance can only change by a restart: what is bound and how
+/// connections are accepted. Each difference, named.
+pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let listeners = |c: &Config| {
+        let mut v: Vec<(String, std::net::SocketAddr, bool)> = c
+            .listeners
+            .iter()
+            .map(|l| (l.name.to_string(), l.bind, l.insecure))
+            .collect();
+        v.sort();
+        v
+    };
+    if listeners(old) != listeners(new) {
+        out.push("[[listener]] (name, bind, insecure)".to_owned());
+    }
+    let tls = |c: &Config| {
+        c.tls
+            .as_ref()
+            .map(|t| (t.ca.clone(), t.cert.clone(), t.key.clone(), t.min_version))
+    };
+    if tls(old) != tls(new) {
+        out.push("[tls] (files and min_version; renewed certificates at the same paths reload with `labroute reload-tls`)".to_owned());
+    }
+    let admin = |c: &Config| {
+        c.admin
+            .as_ref()
+            .map(|a| (a.bind, a.without_certificate.clone()))
+    };
+    if admin(old) != admin(new) {
+        out.push("[admin]".to_owned());
+    }
+    if old.fhir.bind != new.fhir.bind {
+        out.push("[fhir] bind".to_owned());
+    }
+    let engine = |c: &Config| {
+        let e = &c.engine;
+        (
+            e.max_frame_bytes,
+            e.idle_timeout,
+            e.max_connections,
+            e.group_commit_max,
+            e.audit_seal_every,
+            e.drain,
+        )
+    };
+    if engine(old) != engine(new) {
+        out.push("[engine]".to_owned());
+    }
+    out
+}
+
+/// What to reload from.
+pub enum Source {
+    /// The routes directory the instance was started from.
+    Disk,
+    /// This configuration (tests, embedding).
+    Config(Box<Config>),
+}
+
+type Request = (Source, oneshot::Sender<Result<String, String>>);
+
+/// Asks the running instance to reload.
+#[derive(Clone)]
+pub struct Reloader {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Reloader {
+    /// The outcome: what is now in force, or why nothing changed.
+    pub async fn reload(&self, source: Source) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send((source, tx))
+            .await
+            .map_err(|_| "the instance is shutting down".to_owned())?;
+        rx.await
+            .map_err(|_| "the instance is shutting down".to_owned())?
+    }
+}
+
+/// Starts the task that owns the destination workers and applies reloads, one at a time,
+/// until `shutdown`; then it stops the workers.
+pub fn start(
+    store: StoreHandle,
+    tls: Option<Arc<crate::tls::TlsState>>,
+    routes: Option<PathBuf>,
+    mut shutdown: watch::Receiver<bool>,
+) -> (Reloader, JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::channel::<Request>(4);
+    let task = tokio::spawn(async move {
+        let mut deliveries = Deliveries::start(&store.config(), &store, &tls);
+        loop {
+            tokio::select! {
+                r = rx.recv() => {
+                    let Some((source, answer)) = r else { break };
+                    let outcome = match prepare(&store.config(), source, routes.as_ref()) {
+                        Ok(new) => {
+                            let new = Arc::new(new);
+                            deliveries.stop().await;
+                            let switched = store.reconfigure(new.clone()).await;
+                            // Workers again in any case: for the new routes, or (the store
+                            // refused the switch) for the running ones.
+                            let now = store.config();
+                            crate::telemetry::register(&now);
+                            deliveries = Deliveries::start(&now, &store, &tls);
+                            match switched {
+                                Ok(moved) => {
+                                    let summary = format!(
+                                        "routes reloaded: {} establishment(s), {} destination(s), {} system(s); {moved}",
+                                        new.establishments.len(),
+                                        new.destinations.len(),
+                                        new.systems.len()
+                                    );
+                                    tracing::info!(establishments = new.establishments.len(), destinations = new.destinations.len(), "routes reloaded");
+                                    Ok(summary)
+                                }
+                                Err(e) => Err(format!("routes not reloaded: the store could not switch: {e}")),
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "routes not reloaded; the running ones stay in force");
+                            Err(e)
+                        }
+                    };
+                    let event = crate::store::audit::AuditEvent {
+                        event: "routes_reload",
+                        message: None,
+                        establishment: None,
+                        actor: None,
+                        detail: match &outcome {
+                            Ok(s) => serde_json::json!({ "reloaded": true, "summary": s }),
+                            Err(e) => serde_json::json!({ "reloaded": false, "why": e }),
+                        },
+                    };
+                    if let Err(e) = store.audit(event).await {
+                        tracing::error!(error = %e, "cannot journal a routes reload");
+                    }
+                    let _ = answer.send(outcome);
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+        deliveries.stop().await;
+    });
+    (Reloader { tx }, task)
+}
+
+/// Reads and checks the configuration to put in force.
+fn prepare(old: &Config, source: Source, routes: Option<&PathBuf>) -> Result<Config, String> {
+    let new = match source {
+        Source::Config(c) => *c,
+        Source::Disk => {
+            let dir = routes.ok_or(
+                "this instance was not started from a routes directory: nothing to reload from",
+            )?;
+            Config::load(dir).map_err(|e| format!("routes not reloaded: {e}"))?
+        }
+    };
+    let failures = crate::router::tests_runner::run_all(&new);
+    if !failures.is_empty() {
+        let list: Vec<String> = failures.iter().map(|f| f.to_string()).collect();
+        return Err(format!(
+            "routes not reloaded: {} routing test case(s) fail: {}",
+            failures.len(),
+            list.join("; ")
+        ));
+    }
+    let restart = needs_restart(old, &new);
+    if !restart.is_empty() {
+        return Err(format!(
+            "routes not reloaded: a restart is needed to change {}",
+            restart.join(", ")
+        ));
+    }
+    Ok(new)
+}
