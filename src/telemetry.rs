@@ -18,6 +18,9 @@ pub mod names {
     /// (identity), or the message's fault (`unreadable`, `unsupported_type`,
     /// `missing_field`, `invalid_value`).
     pub const REFUSALS: &str = "labroute_refusals_total";
+    /// Deliveries the delivery policy refused (the message may not go to that destination
+    /// under the routes in force: dead-lettered with the reason), by `destination`.
+    pub const POLICY_REFUSALS: &str = "labroute_policy_refusals_total";
     /// Seconds from a whole frame received to its ACK written, by `listener`.
     pub const ACK_LATENCY: &str = "labroute_ack_latency_seconds";
     /// Delivery attempts, by `destination` and `outcome` (`delivered`, `retry`, `dead`,
@@ -128,6 +131,10 @@ fn describe() {
     describe_counter!(
         names::REFUSALS,
         "Messages refused (AR/CR, kept for review), by listener and reason"
+    );
+    describe_counter!(
+        names::POLICY_REFUSALS,
+        "Deliveries the delivery policy refused (dead-lettered with the reason), by destination"
     );
     describe_histogram!(
         names::ACK_LATENCY,
@@ -256,6 +263,7 @@ pub fn register(cfg: &crate::config::Config) {
             metrics::counter!(names::DELIVERY_ATTEMPTS, "destination" => d.name.to_string(), "outcome" => o)
                 .increment(0);
         }
+        metrics::counter!(names::POLICY_REFUSALS, "destination" => d.name.to_string()).increment(0);
     }
     metrics::counter!(names::STORE_ERRORS).increment(0);
 }

@@ -9,6 +9,7 @@ mod common;
 use common::*;
 use http::Method;
 use labroute::hl7::ack::AckCode;
+use serde_json::json;
 
 /// One sample of the exposition text: the value of `name` whose labels include every
 /// `labels` pair (`None` when there is none).
@@ -311,6 +312,11 @@ async fn metrics_and_probes_reflect_the_traffic_without_patient_data() {
         .cloned()
         .expect("ES2");
     assert_eq!(es2["dead_letters"], 1, "{status}");
+    assert_eq!(
+        (&es2["record"], &es2["record_waiting"], &es2["quarantined"]),
+        (&json!("dpi-es2"), &json!(0), &json!(0)),
+        "{status}"
+    );
 }
 
 /// Without `without_certificate`, a client with no certificate is refused at the

@@ -99,8 +99,9 @@ impl From<OperatorError> for AdminError {
 /// What `status` shows of the queues, within the operator's scope: each destination (an
 /// establishment's record destination to the operators of that establishment; a shared
 /// one, the lab's, the DMP feed, MSSanté, to whole-instance operators) with its waiting
-/// messages, the age of the oldest and its dead letters; each establishment with its dead
-/// letters (on every destination) and the state of its record destination.
+/// messages, the age of the oldest and its dead letters; each establishment with its record
+/// destination's waiting messages and oldest age, its dead letters (on every destination)
+/// and the quarantined messages whose evidence names it.
 fn queues(
     s: &crate::store::Store,
     cfg: &crate::config::Config,
@@ -145,12 +146,27 @@ fn queues(
             .unwrap_or_else(|| "none".into());
         *dead_by.entry(owner).or_default() += 1;
     }
+    // Quarantined messages by the establishments their evidence implicates.
+    let mut quarantined_by: std::collections::BTreeMap<String, u64> = Default::default();
+    for (rec, _) in s.quarantine()? {
+        for e in crate::policy::implicated(&rec, cfg) {
+            *quarantined_by.entry(e.to_string()).or_default() += 1;
+        }
+    }
     let mut establishments = Vec::new();
     for e in cfg.establishments.iter().filter(|e| scope.covers(&e.id)) {
+        let record = destinations
+            .iter()
+            .find(|d| d["destination"] == e.record.as_str())
+            .cloned()
+            .unwrap_or(Value::Null);
         establishments.push(json!({
             "establishment": e.id.as_str(),
             "record": e.record.as_str(),
+            "record_waiting": record["waiting"],
+            "record_oldest_waiting_secs": record["oldest_waiting_secs"],
             "dead_letters": dead_by.get(e.id.as_str()).copied().unwrap_or(0),
+            "quarantined": quarantined_by.get(e.id.as_str()).copied().unwrap_or(0),
         }));
     }
     Ok((json!(destinations), json!(establishments)))

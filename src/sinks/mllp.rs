@@ -406,80 +406,83 @@ async fn deliver_one(
         {
             return false;
         }
-        let update =
-            if now_ms().saturating_sub(entry.enqueued_at_ms) > dest.max_age.as_millis() as u64 {
-                DeliveryUpdate::Dead {
-                    attempts: entry.attempts,
-                    reason: format!("not delivered within max_age ({:?})", dest.max_age),
-                }
-            } else {
-                match (
-                    store.store().raw(entry.seq),
-                    permit_for(store, &dest.name, cfg, entry.seq),
-                ) {
-                    (_, Err(denied)) => {
-                        stats::add(&STATS.refused_by_policy, 1);
-                        DeliveryUpdate::Dead {
-                            attempts: entry.attempts,
-                            reason: format!("refused by the delivery policy: {denied}"),
-                        }
-                    }
-                    (Ok(Some(raw)), Ok(permit)) => {
-                        let attempts = entry.attempts + 1;
-                        match conn.send(&permit, &raw).await {
-                            Ok(PeerAnswer::Accepted) => DeliveryUpdate::Delivered {
-                                dmp: Vec::new(),
-                                mail: Vec::new(),
-                            },
-                            Ok(PeerAnswer::Published(dmp)) => DeliveryUpdate::Delivered {
-                                dmp,
-                                mail: Vec::new(),
-                            },
-                            Ok(PeerAnswer::Mailed(mail)) => {
-                                super::mssante::count(&mail);
-                                DeliveryUpdate::Delivered {
-                                    dmp: Vec::new(),
-                                    mail,
-                                }
-                            }
-                            Ok(PeerAnswer::MailWithheld(reason, mail)) => {
-                                super::mssante::count(&mail);
-                                metrics::counter!(
-                                    crate::telemetry::names::MSSANTE_WITHHELD,
-                                    "reason" => reason
-                                )
-                                .increment(1);
-                                DeliveryUpdate::Withheld {
-                                    reason: reason.to_owned(),
-                                    mail,
-                                }
-                            }
-                            Ok(PeerAnswer::Rejected(r)) => DeliveryUpdate::Dead {
-                                attempts,
-                                reason: r,
-                            },
-                            Ok(PeerAnswer::Error(e)) => retry_or_dead(dest, attempts, e),
-                            Ok(PeerAnswer::Withheld(reason)) => {
-                                metrics::counter!(
-                                    crate::telemetry::names::DMP_WITHHELD,
-                                    "reason" => reason
-                                )
-                                .increment(1);
-                                DeliveryUpdate::Withheld {
-                                    reason: reason.to_owned(),
-                                    mail: Vec::new(),
-                                }
-                            }
-                            Err(e) => retry_or_dead(dest, attempts, e.to_string()),
-                        }
-                    }
-                    (Ok(None), _) => DeliveryUpdate::Dead {
+        let update = if now_ms().saturating_sub(entry.enqueued_at_ms)
+            > dest.max_age.as_millis() as u64
+        {
+            DeliveryUpdate::Dead {
+                attempts: entry.attempts,
+                reason: format!("not delivered within max_age ({:?})", dest.max_age),
+            }
+        } else {
+            match (
+                store.store().raw(entry.seq),
+                permit_for(store, &dest.name, cfg, entry.seq),
+            ) {
+                (_, Err(denied)) => {
+                    stats::add(&STATS.refused_by_policy, 1);
+                    metrics::counter!(crate::telemetry::names::POLICY_REFUSALS, "destination" => name.to_owned())
+                            .increment(1);
+                    DeliveryUpdate::Dead {
                         attempts: entry.attempts,
-                        reason: "message bytes missing from the store".into(),
-                    },
-                    (Err(e), _) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
+                        reason: format!("refused by the delivery policy: {denied}"),
+                    }
                 }
-            };
+                (Ok(Some(raw)), Ok(permit)) => {
+                    let attempts = entry.attempts + 1;
+                    match conn.send(&permit, &raw).await {
+                        Ok(PeerAnswer::Accepted) => DeliveryUpdate::Delivered {
+                            dmp: Vec::new(),
+                            mail: Vec::new(),
+                        },
+                        Ok(PeerAnswer::Published(dmp)) => DeliveryUpdate::Delivered {
+                            dmp,
+                            mail: Vec::new(),
+                        },
+                        Ok(PeerAnswer::Mailed(mail)) => {
+                            super::mssante::count(&mail);
+                            DeliveryUpdate::Delivered {
+                                dmp: Vec::new(),
+                                mail,
+                            }
+                        }
+                        Ok(PeerAnswer::MailWithheld(reason, mail)) => {
+                            super::mssante::count(&mail);
+                            metrics::counter!(
+                                crate::telemetry::names::MSSANTE_WITHHELD,
+                                "reason" => reason
+                            )
+                            .increment(1);
+                            DeliveryUpdate::Withheld {
+                                reason: reason.to_owned(),
+                                mail,
+                            }
+                        }
+                        Ok(PeerAnswer::Rejected(r)) => DeliveryUpdate::Dead {
+                            attempts,
+                            reason: r,
+                        },
+                        Ok(PeerAnswer::Error(e)) => retry_or_dead(dest, attempts, e),
+                        Ok(PeerAnswer::Withheld(reason)) => {
+                            metrics::counter!(
+                                crate::telemetry::names::DMP_WITHHELD,
+                                "reason" => reason
+                            )
+                            .increment(1);
+                            DeliveryUpdate::Withheld {
+                                reason: reason.to_owned(),
+                                mail: Vec::new(),
+                            }
+                        }
+                        Err(e) => retry_or_dead(dest, attempts, e.to_string()),
+                    }
+                }
+                (Ok(None), _) => DeliveryUpdate::Dead {
+                    attempts: entry.attempts,
+                    reason: "message bytes missing from the store".into(),
+                },
+                (Err(e), _) => retry_or_dead(dest, entry.attempts + 1, e.to_string()),
+            }
+        };
         // Persist the outcome (a restart resumes from the store): a delivered mark commits
         // while the next message goes out; any other outcome is durable before going on.
         let queued = matches!(update, DeliveryUpdate::Delivered { .. });
