@@ -731,18 +731,21 @@ async fn serve(routes: &Path, data: &Path) -> Result<()> {
             _ = term.recv() => break,
             _ = hup.recv() => {
                 // The routes (validated whole first; refused, the running ones stay), then
-                // the certificates.
-                match server.reload(None).await {
-                    Ok(summary) => tracing::info!(%summary, "SIGHUP: routes reloaded"),
-                    Err(e) => tracing::error!(error = %e, "SIGHUP: routes not reloaded"),
-                }
-                match &server.tls {
-                    None => {}
-                    Some(t) => match t.reload() {
-                        Ok(_) => tracing::info!("SIGHUP: TLS certificates and keys reloaded"),
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificates stay in use"),
-                    },
-                }
+                // the certificates; in a task of its own, so that a SIGTERM meanwhile is
+                // heard at once.
+                let (reloader, tls) = (server.reloader.clone(), server.tls.clone());
+                tokio::spawn(async move {
+                    match reloader.reload(labroute::reload::Source::Disk).await {
+                        Ok(summary) => tracing::info!(%summary, "SIGHUP: routes reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: routes not reloaded"),
+                    }
+                    if let Some(t) = tls {
+                        match t.reload() {
+                            Ok(_) => tracing::info!("SIGHUP: TLS certificates and keys reloaded"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: TLS reload failed; the previous certificates stay in use"),
+                        }
+                    }
+                });
             }
         }
     }

@@ -17,6 +17,9 @@ use crate::config::Config;
 use crate::sinks::mllp::run_destination;
 use crate::store::StoreHandle;
 
+/// How long a reload waits for the destination workers' current attempts.
+pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The destination workers of one configuration.
 pub struct Deliveries {
     stop: watch::Sender<bool>,
@@ -47,11 +50,19 @@ impl Deliveries {
         Deliveries { stop, tasks }
     }
 
-    /// Stops every worker once its current attempt is recorded; returns when all have.
+    /// Stops every worker once its current attempt is recorded; returns when all have, or
+    /// after [`STOP_WAIT`], aborting the ones still in an attempt (its outcome unrecorded,
+    /// the message is sent again: delivery is at-least-once).
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let deadline = tokio::time::Instant::now() + STOP_WAIT;
+        for mut t in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut t).await.is_err() {
+                tracing::warn!(
+                    "a destination worker still in an attempt after {STOP_WAIT:?}: stopped"
+                );
+                t.abort();
+            }
         }
     }
 }
@@ -150,9 +161,11 @@ pub fn start(
         let mut deliveries = Deliveries::start(&store.config(), &store, &tls);
         loop {
             tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
                 r = rx.recv() => {
                     let Some((source, answer)) = r else { break };
-                    let outcome = match prepare(&store.config(), source, routes.as_ref()) {
+                    let outcome = match prepare(&store, source, routes.as_ref()) {
                         Ok(new) => {
                             let new = Arc::new(new);
                             deliveries.stop().await;
@@ -196,7 +209,6 @@ pub fn start(
                     }
                     let _ = answer.send(outcome);
                 }
-                _ = shutdown.changed() => break,
             }
         }
         deliveries.stop().await;
@@ -205,7 +217,12 @@ pub fn start(
 }
 
 /// Reads and checks the configuration to put in force.
-fn prepare(old: &Config, source: Source, routes: Option<&PathBuf>) -> Result<Config, String> {
+fn prepare(
+    store: &StoreHandle,
+    source: Source,
+    routes: Option<&PathBuf>,
+) -> Result<Config, String> {
+    let old = store.config();
     let new = match source {
         Source::Config(c) => *c,
         Source::Disk => {
@@ -224,11 +241,35 @@ fn prepare(old: &Config, source: Source, routes: Option<&PathBuf>) -> Result<Con
             list.join("; ")
         ));
     }
-    let restart = needs_restart(old, &new);
+    let restart = needs_restart(&old, &new);
     if !restart.is_empty() {
         return Err(format!(
             "routes not reloaded: a restart is needed to change {}",
             restart.join(", ")
+        ));
+    }
+    // A destination removed while messages wait for it would strand them: no worker would
+    // deliver them, nothing would dead-letter them.
+    let counts = store
+        .store()
+        .queue_counts()
+        .map_err(|e| format!("routes not reloaded: {e}"))?;
+    let stranded: Vec<String> = old
+        .destinations
+        .iter()
+        .filter(|d| new.destination(&d.name).is_none())
+        .filter_map(|d| {
+            let waiting = counts
+                .iter()
+                .find(|(n, ..)| n == d.name.as_str())
+                .map_or(0, |(_, q, _)| *q);
+            (waiting > 0).then(|| format!("{} ({waiting} waiting)", d.name))
+        })
+        .collect();
+    if !stranded.is_empty() {
+        return Err(format!(
+            "routes not reloaded: they remove destinations that messages still wait for: {}; let them deliver (or move the establishment's record in the same reload) first",
+            stranded.join(", ")
         ));
     }
     Ok(new)

@@ -281,30 +281,40 @@ pub fn set_cert_expiry(unix_seconds: Option<i64>) {
 /// size.
 pub fn refresh(store: &crate::store::Store, cfg: &crate::config::Config) {
     let now = crate::time::now_ms();
-    for d in &cfg.destinations {
-        match store.oldest_enqueued(d.name.as_str()) {
+    let counts = match store.queue_counts() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the queue counts for /metrics");
+            Vec::new()
+        }
+    };
+    // The configured destinations, and any a reload removed that the store still counts
+    // (its dead letters): no gauge is left at a stale value.
+    let mut destinations: Vec<String> = cfg
+        .destinations
+        .iter()
+        .map(|d| d.name.to_string())
+        .collect();
+    for (n, ..) in &counts {
+        if !destinations.contains(n) {
+            destinations.push(n.clone());
+        }
+    }
+    for name in &destinations {
+        match store.oldest_enqueued(name) {
             Ok(oldest) => {
                 let age = oldest.map_or(0, |t| now.saturating_sub(t));
-                metrics::gauge!(names::QUEUE_OLDEST_AGE, "destination" => d.name.to_string())
+                metrics::gauge!(names::QUEUE_OLDEST_AGE, "destination" => name.clone())
                     .set(age as f64 / 1000.0);
             }
             Err(e) => tracing::warn!(error = %e, "cannot read a queue for /metrics"),
         }
-    }
-    match store.queue_counts() {
-        Ok(counts) => {
-            for d in &cfg.destinations {
-                let (depth, dead) = counts
-                    .iter()
-                    .find(|(name, ..)| name == d.name.as_str())
-                    .map_or((0, 0), |(_, q, x)| (*q, *x));
-                let label = d.name.to_string();
-                metrics::gauge!(names::QUEUE_DEPTH, "destination" => label.clone())
-                    .set(depth as f64);
-                metrics::gauge!(names::DEAD_LETTERS, "destination" => label).set(dead as f64);
-            }
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read the queue counts for /metrics"),
+        let (depth, dead) = counts
+            .iter()
+            .find(|(n, ..)| n == name)
+            .map_or((0, 0), |(_, q, x)| (*q, *x));
+        metrics::gauge!(names::QUEUE_DEPTH, "destination" => name.clone()).set(depth as f64);
+        metrics::gauge!(names::DEAD_LETTERS, "destination" => name.clone()).set(dead as f64);
     }
     match store.counts() {
         Ok(c) => metrics::gauge!(names::QUARANTINE).set(c.quarantine as f64),

@@ -265,17 +265,29 @@ async fn no_patient_data_reaches_the_logs_or_the_metrics() {
             );
         }
     }
-    // Every message answered; wait for deliveries to be logged too.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-
+    // Every message answered; wait until every queue is empty, so that the deliveries
+    // were logged too.
     let tls = client_tls(&dev_certs().join("ca.pem"), None).expect("client TLS");
     let c = https_client(format!("127.0.0.1:{admin}").parse().expect("addr"), tls);
-    let metrics = c
-        .send(Method::GET, "/metrics", "text/plain", Vec::new())
-        .await
-        .expect("metrics");
-    assert_eq!(metrics.status, 200);
-    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let m = c
+            .send(Method::GET, "/metrics", "text/plain", Vec::new())
+            .await
+            .expect("metrics");
+        assert_eq!(m.status, 200);
+        let metrics = String::from_utf8_lossy(&m.body).into_owned();
+        let waiting: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("labroute_queue_depth{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        if waiting == 0.0 && metrics.contains("labroute_queue_depth{") {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "queues not drained:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert!(metrics.contains("labroute_messages_total"), "{metrics}");
 
     let (status, _) = instance.terminate().await;

@@ -496,15 +496,20 @@ async fn respond(
             ),
         };
     }
+    // A peer without a certificate gets nothing else, and no journal entry (an address
+    // allowed for metrics must not be able to fill the journal).
+    if matches!(who, Ok(Caller::Anonymous)) {
+        return json_response(
+            StatusCode::FORBIDDEN,
+            &json!({ "error": "no client certificate: only /metrics, /healthz and /readyz are open to this address" }),
+        );
+    }
     let who = match who {
         Ok(Caller::Operator(o)) => Ok(o),
         Ok(Caller::Monitor(name)) => Err(format!(
             "system {name:?} has role monitor: it may read /metrics only"
         )),
-        Ok(Caller::Anonymous) => Err(
-            "no client certificate: only /metrics, /healthz and /readyz are open to this address"
-                .to_owned(),
-        ),
+        Ok(Caller::Anonymous) => Err("no client certificate".to_owned()),
         Err(e) => Err(e.clone()),
     };
     // Only an operator of the whole instance may import: only his body may be that large.

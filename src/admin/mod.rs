@@ -109,10 +109,17 @@ fn queues(
 ) -> Result<(Value, Value), crate::store::StoreError> {
     let now = crate::time::now_ms();
     let counts = s.queue_counts()?;
+    // A destination is an establishment's own when it is the record of that one only; one
+    // that several share is shown to whole-instance operators only.
     let owner_of = |dest: &str| {
-        cfg.establishments
+        let mut owners = cfg
+            .establishments
             .iter()
-            .find(|e| e.record.as_str() == dest)
+            .filter(|e| e.record.as_str() == dest);
+        match (owners.next(), owners.next()) {
+            (Some(e), None) => Some(e),
+            _ => None,
+        }
     };
     let mut destinations = Vec::new();
     for d in &cfg.destinations {

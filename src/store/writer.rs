@@ -619,6 +619,20 @@ fn run(
     notifiers: Arc<Notifiers>,
 ) {
     let mut seqs = Sequences::default();
+    // Load the counters at once (a store from before the queue counts gets them now, not
+    // at its first write): an empty batch.
+    let mut touched = BTreeSet::new();
+    if let Err(e) = apply(
+        &store,
+        cfg.current(),
+        Vec::new(),
+        &mut seqs,
+        None,
+        &mut touched,
+    ) {
+        tracing::error!(error = %e, "cannot load the store's counters; the first batch will retry");
+        seqs = Sequences::default();
+    }
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
@@ -922,17 +936,24 @@ fn reroute(
     new: &Config,
     touched: &mut BTreeSet<String>,
 ) -> Result<usize, StoreError> {
-    let moves: Vec<(String, String)> = old
+    // (establishment, old record destination, new one): a destination several
+    // establishments share keeps the messages of those that did not move.
+    let moves: Vec<(String, String, String)> = old
         .establishments
         .iter()
         .filter_map(|e| {
             let now = new.establishment_by_name(e.id.as_str())?;
-            (now.record != e.record && new.destination(&now.record).is_some())
-                .then(|| (e.record.to_string(), now.record.to_string()))
+            (now.record != e.record && new.destination(&now.record).is_some()).then(|| {
+                (
+                    e.id.to_string(),
+                    e.record.to_string(),
+                    now.record.to_string(),
+                )
+            })
         })
         .collect();
     let mut moved = 0;
-    for (from, to) in moves {
+    for (establishment, from, to) in moves {
         let entries = {
             let t = txn.open_table(OUTBOX).map_err(db_err)?;
             let (start, end) = (queue_key(&from, 0), queue_key(&from, u64::MAX));
@@ -947,13 +968,11 @@ fn reroute(
             let Some(mut rec) = load_record(txn, entry.seq)? else {
                 continue;
             };
-            // Only what the establishment owns: an answer to a sender keeps its destination.
-            let owner_moved = rec.answers.is_none()
-                && rec
-                    .establishment()
-                    .and_then(|e| old.establishment_by_name(e.as_str()))
-                    .is_some_and(|e| e.record.as_str() == from);
-            if !owner_moved {
+            // Only what this establishment owns: an answer to a sender keeps its
+            // destination, and so does another establishment's message.
+            let owned = rec.answers.is_none()
+                && rec.establishment().map(|e| e.as_str()) == Some(establishment.as_str());
+            if !owned {
                 continue;
             }
             txn.open_table(OUTBOX)
