@@ -92,6 +92,19 @@ fn alerting_rules_pass_promtool() {
     }
 }
 
+/// The routes with the development PKI and an admin endpoint whose metrics and health this
+/// host may read without a certificate. The receivers the tests start answer: the lab AE
+/// (orders wait), ES1 AA, ES2 AR (dead letters).
+fn with_open_admin(routes: String) -> String {
+    routes
+        + &dev_tls_section()
+        + &admin_section("operator", &["ES1", "ES2"]).replacen(
+            "bind = \"127.0.0.1:0\"\n",
+            "bind = \"127.0.0.1:0\"\nwithout_certificate = [\"127.0.0.1\"]\n",
+            1,
+        )
+}
+
 /// GET `path` on the admin endpoint with no client certificate.
 async fn anonymous(h: &Harness, path: &str) -> (u16, String) {
     let tls = client_tls(&dev_certs().join("ca.pem"), None).expect("client TLS");
@@ -105,16 +118,7 @@ async fn anonymous(h: &Harness, path: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn metrics_and_probes_reflect_the_traffic_without_patient_data() {
-    // The lab's receiver answers AE (orders wait), ES1's AA, ES2's AR (dead letters).
-    let h = Harness::start_with([AckCode::AE, AckCode::AA, AckCode::AR], |r| {
-        r + &dev_tls_section()
-            + &admin_section("operator", &["ES1", "ES2"]).replacen(
-                "bind = \"127.0.0.1:0\"\n",
-                "bind = \"127.0.0.1:0\"\nwithout_certificate = [\"127.0.0.1\"]\n",
-                1,
-            )
-    })
-    .await;
+    let h = Harness::start_with([AckCode::AE, AckCode::AA, AckCode::AR], with_open_admin).await;
     let patients = ["PSECRET1", "PSECRET2", "PSECRET3"];
     let results: Vec<Vec<u8>> = (0..3)
         .map(|i| result_by_identifier("ES1", &format!("R{i}"), patients[i], "4.271"))
@@ -343,15 +347,7 @@ async fn metrics_need_a_certificate_unless_the_address_is_listed() {
 /// as they were.
 #[tokio::test]
 async fn queue_counts_survive_a_restart() {
-    let h = Harness::start_with([AckCode::AE, AckCode::AA, AckCode::AR], |r| {
-        r + &dev_tls_section()
-            + &admin_section("operator", &["ES1", "ES2"]).replacen(
-                "bind = \"127.0.0.1:0\"\n",
-                "bind = \"127.0.0.1:0\"\nwithout_certificate = [\"127.0.0.1\"]\n",
-                1,
-            )
-    })
-    .await;
+    let h = Harness::start_with([AckCode::AE, AckCode::AA, AckCode::AR], with_open_admin).await;
     send_all(
         h.sil(),
         &[
