@@ -205,6 +205,18 @@ pub fn lineage(msg: &Message<'_>, order: Option<String>) -> Option<Lineage> {
     Some(Lineage { current, previous })
 }
 
+/// [`lineage`] of a message whose routing facts are `facts`: the report's order is its
+/// filler number, else its placer number (what a later version of the report names).
+pub fn report_lineage(msg: &Message<'_>, facts: Option<&crate::router::Facts>) -> Option<Lineage> {
+    let order = facts.and_then(|f| {
+        f.filler_orders
+            .first()
+            .or(f.placer_orders.first())
+            .map(|o| o.key())
+    });
+    lineage(msg, order)
+}
+
 /// The DMP's outcome as a business acknowledgement states it: accepted, or refused with the
 /// ERR-5 code (table DMPERRORCODE) and its text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

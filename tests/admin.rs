@@ -56,9 +56,7 @@ impl Setup {
 }
 
 async fn setup() -> Setup {
-    let pki = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        pki.path(),
+    let pki = pki_dir(
         "admin test CA",
         &[
             "sil",
@@ -69,8 +67,6 @@ async fn setup() -> Setup {
             "intruder",
             "prometheus",
         ],
-        &["localhost"],
-        labroute::time::now_ms(),
     );
     let p = pki.path().to_path_buf();
     let h = Harness::start(move |r| {
@@ -340,14 +336,7 @@ async fn non_operators_no_certificate_and_other_cas_are_refused() {
     assert_eq!(st.expect("status")["operator"], "operator-gcs");
 
     // Another CA's operator certificate: the handshake fails.
-    let other = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        other.path(),
-        "another CA",
-        &["operator-gcs"],
-        &["localhost"],
-        labroute::time::now_ms(),
-    );
+    let other = pki_dir("another CA", &["operator-gcs"]);
     let foreign = admin_client(
         &s.h.server,
         &s.pki.path().join("ca.pem"),

@@ -131,14 +131,7 @@ struct Setup {
 }
 
 async fn setup(python: &Path) -> Setup {
-    let pki = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        pki.path(),
-        "dmp test CA",
-        &["es1-dmp", "es2-dmp"],
-        &["localhost"],
-        labroute::time::now_ms(),
-    );
+    let pki = pki_dir("dmp test CA", &["es1-dmp", "es2-dmp"]);
     let recipient = Recipient::start(python, pki.path(), pki.path().join("received.jsonl"));
     let p = pki.path().to_path_buf();
     let port = recipient.port;

@@ -286,14 +286,7 @@ async fn results_are_mailed_only_to_whom_the_policy_allows_and_every_refusal_is_
     if python().is_none() {
         return;
     }
-    let pki = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        pki.path(),
-        "mssante test CA",
-        &["es1-mss"],
-        &["localhost"],
-        labroute::time::now_ms(),
-    );
+    let pki = pki_dir("mssante test CA", &["es1-mss"]);
     let smtp = Smtp::start(
         "implicit",
         pki.path(),
@@ -513,13 +506,9 @@ async fn receptions_and_read_receipts_go_back_to_the_sender() {
     if python().is_none() {
         return;
     }
-    let pki = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        pki.path(),
+    let pki = pki_dir(
         "mssante test CA",
         &["es1-mss", "operator-es1", "operator-es2"],
-        &["localhost"],
-        labroute::time::now_ms(),
     );
     // The ordering provider's mailbox is refused by the server; the second mail is
     // deferred once.
@@ -809,22 +798,8 @@ async fn mail_never_goes_in_clear_nor_to_a_server_from_another_ca() {
     if python().is_none() {
         return;
     }
-    let pki = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        pki.path(),
-        "mssante test CA",
-        &["es1-mss"],
-        &["localhost"],
-        labroute::time::now_ms(),
-    );
-    let other = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        other.path(),
-        "another CA",
-        &[],
-        &["localhost"],
-        labroute::time::now_ms(),
-    );
+    let pki = pki_dir("mssante test CA", &["es1-mss"]);
+    let other = pki_dir("another CA", &[]);
     let ca = pki.path().join("ca.pem");
     // STARTTLS that works, a server offering no TLS, one whose certificate another CA
     // issued (it would accept our client certificate).
@@ -903,14 +878,7 @@ async fn the_ans_mssante_examples_go_through() {
         "the ANS MSSanté examples changed: {files:?}"
     );
 
-    let pki = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        pki.path(),
-        "mssante test CA",
-        &["cha-mss"],
-        &["localhost"],
-        labroute::time::now_ms(),
-    );
+    let pki = pki_dir("mssante test CA", &["cha-mss"]);
     let smtp = Smtp::start(
         "starttls",
         pki.path(),

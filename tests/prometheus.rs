@@ -109,14 +109,7 @@ async fn prometheus_scrapes_the_instance_and_its_queries_count_the_traffic() {
         eprintln!("SKIPPED: prometheus not found (Debian package prometheus; .ci/run installs it)");
         return;
     }
-    let pki = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        pki.path(),
-        "prometheus test CA",
-        &["prometheus", "operator"],
-        &["localhost"],
-        labroute::time::now_ms(),
-    );
+    let pki = pki_dir("prometheus test CA", &["prometheus", "operator"]);
     let p = pki.path().to_path_buf();
     // ES2's record answers AR: its results become dead letters.
     let h = Harness::start_with([AckCode::AA, AckCode::AA, AckCode::AR], move |r| {

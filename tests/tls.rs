@@ -104,14 +104,7 @@ async fn only_clients_with_a_certificate_from_our_ca_over_tls13_are_answered() {
     assert!(!out.contains("MSA|"), "{out}");
 
     // A certificate from another CA.
-    let other = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        other.path(),
-        "foreign CA",
-        &["sil"],
-        &["localhost"],
-        labroute::time::now_ms(),
-    );
+    let other = pki_dir("foreign CA", &["sil"]);
     let r = tls_send(
         addr,
         Some((
@@ -618,14 +611,7 @@ async fn certificates_reload_without_a_restart_and_a_bad_file_changes_nothing() 
     for f in ["server.pem", "server.key"] {
         std::fs::copy(c.join(f), live.path().join(f)).expect("copy");
     }
-    let next = tempfile::tempdir().expect("tempdir");
-    temp_pki(
-        next.path(),
-        "next CA",
-        &["sil"],
-        &["localhost"],
-        labroute::time::now_ms(),
-    );
+    let next = pki_dir("next CA", &["sil"]);
     let bundle = live.path().join("ca-bundle.pem");
     std::fs::write(
         &bundle,

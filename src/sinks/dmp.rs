@@ -186,13 +186,7 @@ impl DmpSink {
         };
         // The report's order (filler number, else placer), or for a document its TXA
         // numbers: what a later version names.
-        let order = facts.as_ref().and_then(|f| {
-            f.filler_orders
-                .first()
-                .or(f.placer_orders.first())
-                .map(|o| o.key())
-        });
-        let lineage = crate::dmp::lineage(&msg, order);
+        let lineage = crate::dmp::report_lineage(&msg, facts.as_ref());
         let mut found = None;
         for key in lineage.iter().flat_map(|l| &l.previous) {
             match store.dmp_documents(&owner, key) {

@@ -321,9 +321,7 @@ pub async fn run_destination(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = dest.name.as_str().to_owned();
-    let Some(notify) = store.notifier(&name) else {
-        return;
-    };
+    let notify = store.notifier(&name);
     let mut conn = match dest.kind {
         crate::config::DestinationKind::Mllp => {
             let expected = dest.system.as_ref().and_then(|n| cfg.system(n)).cloned();

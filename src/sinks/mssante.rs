@@ -223,13 +223,7 @@ impl MssanteSink {
         // The report this message is a version of; an amendment also goes to whoever was
         // mailed an earlier version (the policy decides him again).
         let facts = crate::router::extract(&msg).ok();
-        let order = facts.as_ref().and_then(|f| {
-            f.filler_orders
-                .first()
-                .or(f.placer_orders.first())
-                .map(|o| o.key())
-        });
-        let lineage = crate::dmp::lineage(&msg, order);
+        let lineage = crate::dmp::report_lineage(&msg, facts.as_ref());
         if crate::dmp::amendment(&msg).is_some() {
             for key in lineage.iter().flat_map(|l| &l.previous) {
                 let earlier = match store.report_recipients(&mss_report_key(est.id.as_str(), key)) {
@@ -368,7 +362,6 @@ impl MssanteSink {
                         address: p.address().to_owned(),
                         rpps: p.rpps().map(str::to_owned),
                         patient: p.patient(),
-                        tag: mdn::tag(p.address()),
                         at_ms: 0,
                         read: None,
                         report: report.clone(),

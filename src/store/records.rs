@@ -76,8 +76,6 @@ pub struct SentMail {
     /// The patient's own mailbox (its address holds his INS: never journalled).
     #[serde(default)]
     pub patient: bool,
-    /// The Message-ID's distinguishing part (`<labroute.{seq}.{tag}@domain>`).
-    pub tag: String,
     pub at_ms: u64,
     /// The read receipt, once one came: displayed (Y) or deleted unread (N), and when.
     #[serde(default)]

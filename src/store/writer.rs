@@ -388,12 +388,12 @@ impl Notifiers {
             ),
         }
     }
-    pub fn get(&self, dest: &str) -> Option<Arc<Notify>> {
+    pub fn get(&self, dest: &str) -> Arc<Notify> {
         let mut map = match self.map.lock() {
             Ok(m) => m,
             Err(p) => p.into_inner(),
         };
-        Some(map.entry(dest.to_owned()).or_default().clone())
+        map.entry(dest.to_owned()).or_default().clone()
     }
 }
 
@@ -507,7 +507,7 @@ impl StoreHandle {
     pub fn is_closed(&self) -> bool {
         *self.closed.borrow()
     }
-    pub fn notifier(&self, dest: &str) -> Option<Arc<Notify>> {
+    pub fn notifier(&self, dest: &str) -> Arc<Notify> {
         self.notifiers.get(dest)
     }
 
@@ -666,9 +666,7 @@ fn run(
                     reply.answer(answer);
                 }
                 for d in touched {
-                    if let Some(n) = notifiers.get(&d) {
-                        n.notify_one();
-                    }
+                    notifiers.get(&d).notify_one();
                 }
             }
             Err(e) => {
@@ -2322,7 +2320,7 @@ fn operate(
             for item in t.range(start.as_slice()..end.as_slice()).map_err(db_err)? {
                 let (k, v) = item.map_err(db_err)?;
                 let m: SentMail = decode(v.value())?;
-                if m.tag == tag {
+                if crate::mssante::mdn::tag(&m.address) == tag {
                     found = Some((k.value().to_vec(), m));
                     break;
                 }

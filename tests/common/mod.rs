@@ -381,6 +381,20 @@ pub fn temp_pki(
     .expect("test PKI");
 }
 
+/// A temporary directory holding a test PKI ([`temp_pki`]): a CA named `ca_name`, a client
+/// certificate for each of `systems`, and a server certificate for `localhost`.
+pub fn pki_dir(ca_name: &str, systems: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    temp_pki(
+        dir.path(),
+        ca_name,
+        systems,
+        &["localhost"],
+        labroute::time::now_ms(),
+    );
+    dir
+}
+
 /// Waits (polling every 50 ms, at most 20 s) until `done` holds; whether it does.
 pub async fn eventually(mut done: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
