@@ -6,7 +6,7 @@
 //! sealed: signed with the instance's TLS key, so that rewriting the whole chain, which a
 //! person with the file could do, no longer matches the seals.
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -253,7 +253,7 @@ pub fn verify(
     store: &Store,
     cert: Option<&rustls::pki_types::CertificateDer<'_>>,
 ) -> Result<Verification, StoreError> {
-    let txn = store.db().begin_read().map_err(db_err)?;
+    let txn = store.read()?;
     let head_seq = txn
         .open_table(META)
         .map_err(db_err)?
@@ -416,7 +416,7 @@ pub struct AuditFilter {
 }
 
 pub fn query(store: &Store, f: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
-    let txn = store.db().begin_read().map_err(db_err)?;
+    let txn = store.read()?;
     let t = match txn.open_table(AUDIT) {
         Ok(t) => t,
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),

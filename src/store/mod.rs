@@ -107,6 +107,62 @@ pub enum StoreError {
     Commit(String),
     #[error("the store writer has stopped")]
     Closed,
+    #[error("the store {0} is being reopened after a write failure (disk full or I/O error)")]
+    Unavailable(PathBuf),
+}
+
+/// Opens (or creates) the store file and its tables. A file that is not a valid store is an
+/// error naming the file: it is never reset silently.
+fn open_file(path: &Path) -> Result<Database, StoreError> {
+    let db = Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.to_owned()),
+        e => StoreError::Open {
+            path: path.to_owned(),
+            source: Box::new(e.into()),
+        },
+    })?;
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        txn.open_table(META).map_err(db_err)?;
+        txn.open_table(RECORDS).map_err(db_err)?;
+        txn.open_table(RAW).map_err(db_err)?;
+        txn.open_table(ACKS).map_err(db_err)?;
+        txn.open_table(DEDUP).map_err(db_err)?;
+        txn.open_table(OUTBOX).map_err(db_err)?;
+        txn.open_table(DEAD).map_err(db_err)?;
+        txn.open_table(DELIVERED).map_err(db_err)?;
+        txn.open_table(QUARANTINE).map_err(db_err)?;
+        txn.open_table(ORDERS).map_err(db_err)?;
+        txn.open_table(PATIENTS).map_err(db_err)?;
+        txn.open_table(OPLOG).map_err(db_err)?;
+        txn.open_table(DMP_DOCS).map_err(db_err)?;
+        txn.open_table(CARE_LINKS).map_err(db_err)?;
+        txn.open_table(CARE_GRANTS).map_err(db_err)?;
+        txn.open_table(RESULTS).map_err(db_err)?;
+        txn.open_table(PATIENT_IDS).map_err(db_err)?;
+        txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
+        txn.open_table(MSS_BY_RPPS).map_err(db_err)?;
+        txn.open_table(MSS_WHITELIST).map_err(db_err)?;
+        txn.open_table(MSS_SENT).map_err(db_err)?;
+        txn.open_table(MSS_REPORTS).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(db)
+}
+
+impl StoreError {
+    /// An error after which redb refuses every operation until the file is reopened (a
+    /// write that failed: disk full, I/O error), or the store already waiting for that.
+    pub fn needs_reopen(&self) -> bool {
+        match self {
+            StoreError::Db(e) => matches!(
+                **e,
+                redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed
+            ),
+            StoreError::Unavailable(_) => true,
+            _ => false,
+        }
+    }
 }
 
 pub(crate) fn db_err<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -131,9 +187,18 @@ pub(crate) fn split_queue_key(k: &[u8]) -> Option<(&str, u64)> {
 }
 
 /// Read access to the store (snapshots).
+///
+/// The redb file behind it can be closed and opened again ([`Store::reopen`]): after a
+/// failed write (disk full, I/O error) redb refuses every later operation until the file is
+/// reopened, and the writer does so once it can. Until then reads and writes answer
+/// [`StoreError::Unavailable`].
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: std::sync::RwLock<Option<Arc<Database>>>,
     path: PathBuf,
 }
 
@@ -146,51 +211,60 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(STORE_FILE);
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.clone()),
-            e => StoreError::Open {
-                path: path.clone(),
-                source: Box::new(e.into()),
-            },
-        })?;
-        let txn = db.begin_write().map_err(db_err)?;
-        {
-            txn.open_table(META).map_err(db_err)?;
-            txn.open_table(RECORDS).map_err(db_err)?;
-            txn.open_table(RAW).map_err(db_err)?;
-            txn.open_table(ACKS).map_err(db_err)?;
-            txn.open_table(DEDUP).map_err(db_err)?;
-            txn.open_table(OUTBOX).map_err(db_err)?;
-            txn.open_table(DEAD).map_err(db_err)?;
-            txn.open_table(DELIVERED).map_err(db_err)?;
-            txn.open_table(QUARANTINE).map_err(db_err)?;
-            txn.open_table(ORDERS).map_err(db_err)?;
-            txn.open_table(PATIENTS).map_err(db_err)?;
-            txn.open_table(OPLOG).map_err(db_err)?;
-            txn.open_table(DMP_DOCS).map_err(db_err)?;
-            txn.open_table(CARE_LINKS).map_err(db_err)?;
-            txn.open_table(CARE_GRANTS).map_err(db_err)?;
-            txn.open_table(RESULTS).map_err(db_err)?;
-            txn.open_table(PATIENT_IDS).map_err(db_err)?;
-            txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
-            txn.open_table(MSS_BY_RPPS).map_err(db_err)?;
-            txn.open_table(MSS_WHITELIST).map_err(db_err)?;
-            txn.open_table(MSS_SENT).map_err(db_err)?;
-            txn.open_table(MSS_REPORTS).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
+        let db = open_file(&path)?;
         Ok(Store {
-            db: Arc::new(db),
-            path,
+            shared: Arc::new(Shared {
+                db: std::sync::RwLock::new(Some(Arc::new(db))),
+                path,
+            }),
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
     }
 
-    pub(crate) fn db(&self) -> &Arc<Database> {
-        &self.db
+    /// The open database, unless it is being reopened.
+    fn database(&self) -> Result<Arc<Database>, StoreError> {
+        let slot = match self.shared.db.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        slot.clone()
+            .ok_or_else(|| StoreError::Unavailable(self.shared.path.clone()))
+    }
+
+    /// A read snapshot.
+    pub(crate) fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.database()?.begin_read().map_err(db_err)
+    }
+
+    /// The write transaction (only the writer thread writes).
+    pub(crate) fn write(&self) -> Result<redb::WriteTransaction, StoreError> {
+        self.database()?.begin_write().map_err(db_err)
+    }
+
+    /// Closes the file and opens it again (redb then checks it, and repairs what an
+    /// interrupted commit left). Fails while another user still holds the old handle (a
+    /// read in progress) or the file cannot be opened (the disk still full): the store
+    /// stays unavailable and the writer tries again later.
+    pub(crate) fn reopen(&self) -> Result<(), StoreError> {
+        let mut slot = match self.shared.db.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        // Dropping the handle closes the file once no read snapshot holds it any more.
+        *slot = None;
+        drop(slot);
+        // Opened without the lock: a repair may take a while, and readers get
+        // `Unavailable` meanwhile rather than waiting.
+        let db = open_file(&self.shared.path)?;
+        let mut slot = match self.shared.db.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *slot = Some(Arc::new(db));
+        Ok(())
     }
 
     /// Up to `limit` outbox entries of a destination after `after` (an enqueue number).
@@ -200,7 +274,7 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(OUTBOX).map_err(db_err)?;
         let start = queue_key(dest, after.map_or(0, |a| a.saturating_add(1)));
         let end = queue_key(dest, u64::MAX);
@@ -220,7 +294,7 @@ impl Store {
 
     /// Number of undelivered entries of a destination and the enqueue time of the oldest.
     pub fn queue_stats(&self, dest: &str) -> Result<(u64, Option<u64>), StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(OUTBOX).map_err(db_err)?;
         let start = queue_key(dest, 0);
         let end = queue_key(dest, u64::MAX);
@@ -239,7 +313,7 @@ impl Store {
 
     /// When the oldest entry waiting for a destination was queued (one key read).
     pub fn oldest_enqueued(&self, dest: &str) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(OUTBOX).map_err(db_err)?;
         let start = queue_key(dest, 0);
         let end = queue_key(dest, u64::MAX);
@@ -260,7 +334,7 @@ impl Store {
     /// Messages waiting for each destination and dead letters held for each, as the writer
     /// keeps them (`META`), by destination name.
     pub fn queue_counts(&self) -> Result<Vec<(String, u64, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(META).map_err(db_err)?;
         let mut by: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
         for (prefix, dead) in [(DEPTH_PREFIX, false), (DEAD_PREFIX, true)] {
@@ -279,13 +353,13 @@ impl Store {
     }
 
     pub fn raw(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(RAW).map_err(db_err)?;
         Ok(t.get(seq).map_err(db_err)?.map(|v| v.value().to_vec()))
     }
 
     pub fn record(&self, seq: u64) -> Result<Option<MessageRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(RECORDS).map_err(db_err)?;
         match t.get(seq).map_err(db_err)? {
             Some(v) => Ok(Some(decode(v.value())?)),
@@ -295,7 +369,7 @@ impl Store {
 
     /// Every quarantined message, oldest first.
     pub fn quarantine(&self) -> Result<Vec<(MessageRecord, QuarantineEntry)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let q = txn.open_table(QUARANTINE).map_err(db_err)?;
         let r = txn.open_table(RECORDS).map_err(db_err)?;
         let mut out = Vec::new();
@@ -311,7 +385,7 @@ impl Store {
 
     /// Every dead letter: (destination, entry).
     pub fn dead_letters(&self) -> Result<Vec<(String, DeadLetter)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(DEAD).map_err(db_err)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(db_err)? {
@@ -325,7 +399,7 @@ impl Store {
 
     /// Delivery time of a message to a destination, if delivered.
     pub fn delivered_at(&self, dest: &str, seq: u64) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(DELIVERED).map_err(db_err)?;
         Ok(t.get(queue_key(dest, seq).as_slice())
             .map_err(db_err)?
@@ -334,7 +408,7 @@ impl Store {
 
     /// The operator log, oldest first.
     pub fn operator_log(&self) -> Result<Vec<OperatorRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(OPLOG).map_err(db_err)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(db_err)? {
@@ -350,7 +424,7 @@ impl Store {
         establishment: &str,
         patient_key: &str,
     ) -> Result<Option<PatientAdmin>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(PATIENTS).map_err(db_err)?;
         let key = patient_admin_key(establishment, patient_key);
         match t.get(key.as_str()).map_err(db_err)? {
@@ -362,7 +436,7 @@ impl Store {
     /// The mailbox an address is (the national directory's entry first, else the local
     /// one's).
     pub fn mailbox(&self, address: &str) -> Result<Option<crate::mssante::Mailbox>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
         for source in [
             crate::mssante::Source::National,
@@ -377,7 +451,7 @@ impl Store {
 
     /// A practitioner's mailboxes, from both directories.
     pub fn mailboxes_of(&self, rpps: &str) -> Result<Vec<crate::mssante::Mailbox>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let by = txn.open_table(MSS_BY_RPPS).map_err(db_err)?;
         let dir = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
         let start = format!("{rpps}\u{1f}");
@@ -398,7 +472,7 @@ impl Store {
 
     /// Whether a domain is on the trust space's whitelist.
     pub fn whitelisted(&self, domain: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(MSS_WHITELIST).map_err(db_err)?;
         Ok(t.get(domain).map_err(db_err)?.is_some())
     }
@@ -406,7 +480,7 @@ impl Store {
     /// Whether the MSSanté directory (either source) and the whitelist hold anything:
     /// without both, nobody could be mailed.
     pub fn mssante_ready(&self) -> Result<bool, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let dir = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
         let wl = txn.open_table(MSS_WHITELIST).map_err(db_err)?;
         Ok(dir.first().map_err(db_err)?.is_some() && wl.first().map_err(db_err)?.is_some())
@@ -414,7 +488,7 @@ impl Store {
 
     /// The mails the MSSanté sender handed over for one message.
     pub fn mails_sent(&self, seq: u64) -> Result<Vec<SentMail>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(MSS_SENT).map_err(db_err)?;
         let (start, end) = (seq.to_be_bytes(), seq.saturating_add(1).to_be_bytes());
         let mut out = Vec::new();
@@ -427,7 +501,7 @@ impl Store {
 
     /// Who was mailed a version of a report (`mss_report_key`).
     pub fn report_recipients(&self, report: &str) -> Result<Vec<ReportRecipient>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(MSS_REPORTS).map_err(db_err)?;
         let end = format!("{}\u{20}", report.trim_end_matches('\u{1f}'));
         let mut out = Vec::new();
@@ -440,7 +514,7 @@ impl Store {
 
     /// Sizes of the MSSanté directory (national, local) and whitelist.
     pub fn mssante_counts(&self) -> Result<(u64, u64, u64), StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let dir = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
         let count = |source: crate::mssante::Source| -> Result<u64, StoreError> {
             let start = format!("{}\u{1f}", source.as_str());
@@ -469,7 +543,7 @@ impl Store {
         establishment: &str,
         order: &str,
     ) -> Result<Vec<(usize, DmpDocument)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(DMP_DOCS).map_err(db_err)?;
         let prefix = dmp_order_key(establishment, order);
         let mut out = Vec::new();
@@ -494,7 +568,7 @@ impl Store {
         patient_key: &str,
         rpps: &str,
     ) -> Result<Option<crate::access::Link>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let key = care_key(establishment, patient_key, rpps);
         if txn
             .open_table(CARE_GRANTS)
@@ -523,7 +597,7 @@ impl Store {
         system: Option<Option<&str>>,
         value: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(PATIENT_IDS).map_err(db_err)?;
         let prefix = format!("{value}\u{1e}");
         let mut out: Vec<(String, String)> = Vec::new();
@@ -559,7 +633,7 @@ impl Store {
         establishment: &str,
         patient_key: &str,
     ) -> Result<Vec<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         let t = txn.open_table(RESULTS).map_err(db_err)?;
         let prefix = result_key_prefix(establishment, patient_key);
         let mut out = Vec::new();
@@ -576,7 +650,7 @@ impl Store {
 
     /// Counts for status output.
     pub fn counts(&self) -> Result<Counts, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
+        let txn = self.read()?;
         Ok(Counts {
             messages: txn
                 .open_table(RECORDS)

@@ -610,6 +610,9 @@ impl StoreHandle {
     }
 }
 
+/// How often a broken store is reopened while it keeps failing.
+const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn run(
     store: Store,
     cfg: ConfigCell,
@@ -633,7 +636,23 @@ fn run(
         tracing::error!(error = %e, "cannot load the store's counters; the first batch will retry");
         seqs = Sequences::default();
     }
+    // Set after a failed write that left the file needing a reopen: when to try next.
+    let mut broken: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
+        if let Some(at) = broken {
+            if std::time::Instant::now() >= at {
+                match store.reopen() {
+                    Ok(()) => {
+                        tracing::warn!("store reopened after a write failure; accepting again");
+                        broken = None;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "store still cannot be reopened");
+                        broken = Some(std::time::Instant::now() + REOPEN_EVERY);
+                    }
+                }
+            }
+        }
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -646,14 +665,20 @@ fn run(
             batch.into_iter().map(|op| (op.request, op.reply)).unzip();
         let mut touched = BTreeSet::new();
         let started = std::time::Instant::now();
-        match apply(
-            &store,
-            cfg.current(),
-            requests,
-            &mut seqs,
-            sealer.as_deref(),
-            &mut touched,
-        ) {
+        let result = match broken {
+            // Answered at once, without touching the file: senders get a negative
+            // acknowledgement and send again.
+            Some(_) => Err(StoreError::Unavailable(store.path().to_owned())),
+            None => apply(
+                &store,
+                cfg.current(),
+                requests,
+                &mut seqs,
+                sealer.as_deref(),
+                &mut touched,
+            ),
+        };
+        match result {
             Ok((answers, reconfigured)) => {
                 if let Some(new) = reconfigured {
                     cfg.replace(new);
@@ -672,6 +697,12 @@ fn run(
             Err(e) => {
                 metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
                 tracing::error!(error = %e, batch = size, "store commit failed; the batch is answered with errors");
+                if e.needs_reopen() && broken.is_none() {
+                    // redb refuses everything after a failed write until the file is
+                    // reopened; the next batch tries (and the one after, every
+                    // REOPEN_EVERY, until space or the device is back).
+                    broken = Some(std::time::Instant::now());
+                }
                 // The counters may have moved inside the aborted transaction: reload them.
                 seqs = Sequences::default();
                 let e = e.to_string();
@@ -873,7 +904,7 @@ fn apply(
     sealer: Option<&super::audit::Sealer>,
     touched: &mut BTreeSet<String>,
 ) -> Result<(Vec<Answer>, Option<Arc<Config>>), StoreError> {
-    let txn = store.db().begin_write().map_err(db_err)?;
+    let txn = store.write()?;
     seqs.load(&txn)?;
     let mut answers = Vec::with_capacity(requests.len());
     let mut cfg = cfg;
@@ -1018,7 +1049,7 @@ fn reroute(
 
 /// Seals what is left of the journal when the writer stops.
 fn final_seal(store: &Store, sealer: &super::audit::Sealer) -> Result<(), StoreError> {
-    let txn = store.db().begin_write().map_err(db_err)?;
+    let txn = store.write()?;
     let mut seqs = Sequences::default();
     seqs.load(&txn)?;
     seqs.audit.maybe_seal(&txn, sealer, now_ms(), true)?;
