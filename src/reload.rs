@@ -108,6 +108,8 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
             e.max_frame_bytes,
             e.idle_timeout,
             e.max_connections,
+            e.max_connections_per_peer,
+            e.frame_timeout,
             e.group_commit_max,
             e.audit_seal_every,
             e.drain,

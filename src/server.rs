@@ -153,7 +153,10 @@ impl Server {
         let limits = ConnLimits {
             max_frame: cfg.engine.max_frame_bytes,
             idle_timeout: cfg.engine.idle_timeout,
+            frame_timeout: cfg.engine.frame_timeout,
+            per_peer: cfg.engine.max_connections_per_peer,
         };
+        let peers = Arc::new(crate::sources::mllp::PeerSlots::default());
         let mut tasks = Vec::new();
         let mut bound = Vec::new();
         let refusals = Arc::new(crate::sources::accept::RefusalLimiter::default());
@@ -174,6 +177,7 @@ impl Server {
                 l.name.to_string(),
                 limits.clone(),
                 slots.clone(),
+                peers.clone(),
                 handle.clone(),
                 listener_tls.map(|state| crate::sources::accept::TlsListener {
                     state,

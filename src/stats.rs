@@ -39,6 +39,9 @@ macro_rules! counters {
 counters! {
     connections_accepted: "MLLP connections accepted",
     connections_refused: "MLLP connections closed at once: connection limit reached",
+    connections_refused_per_peer: "MLLP connections closed at once: the peer address holds max_connections_per_peer",
+    frames_timed_out: "MLLP connections closed because a frame begun did not end within frame_timeout_secs (never acknowledged)",
+    frames_truncated: "MLLP connections the peer closed inside a frame: the partial frame dropped, never acknowledged",
     connections_idle_closed: "MLLP connections closed by the idle timeout",
     tls_handshakes_failed: "TLS handshakes refused or timed out (no or bad client certificate, old version, plain TCP)",
     fhir_requests_refused: "FHIR endpoint requests refused before a Bundle was read (path, method, media type)",

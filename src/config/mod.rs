@@ -57,6 +57,12 @@ pub struct Engine {
     pub max_frame_bytes: usize,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one peer address may hold at once (a host opening connections and
+    /// sending nothing cannot take every slot).
+    pub max_connections_per_peer: usize,
+    /// Longest a frame may take to arrive once begun (a start byte with no end, sent a byte
+    /// at a time, does not hold a connection for ever).
+    pub frame_timeout: Duration,
     pub group_commit_max: usize,
     pub audit_seal_every: u64,
     /// Shutdown (SIGTERM): the longest in-flight work may take (connections answered,
@@ -71,6 +77,9 @@ impl Default for Engine {
             max_frame_bytes: 16 * 1024 * 1024,
             idle_timeout: Duration::from_secs(300),
             max_connections: 256,
+            max_connections_per_peer: 64,
+            // A 16 MB frame at 2 Mbit/s.
+            frame_timeout: Duration::from_secs(120),
             group_commit_max: 512,
             audit_seal_every: 1000,
             drain: Duration::from_secs(30),
@@ -638,6 +647,20 @@ impl Validator {
                         d.max_connections as u64,
                         65_536,
                     ) as usize,
+                    max_connections_per_peer: self.positive(
+                        &cx,
+                        &e.max_connections_per_peer,
+                        "engine.max_connections_per_peer",
+                        d.max_connections_per_peer as u64,
+                        65_536,
+                    ) as usize,
+                    frame_timeout: Duration::from_secs(self.positive(
+                        &cx,
+                        &e.frame_timeout_secs,
+                        "engine.frame_timeout_secs",
+                        d.frame_timeout.as_secs(),
+                        86_400,
+                    )),
                     group_commit_max: self.positive(
                         &cx,
                         &e.group_commit_max,

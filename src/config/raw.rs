@@ -164,6 +164,10 @@ pub struct RawEngine {
     pub idle_timeout_secs: Option<Spanned<u64>>,
     /// Concurrent inbound connections over all listeners.
     pub max_connections: Option<Spanned<u64>>,
+    /// Concurrent inbound connections from one peer address.
+    pub max_connections_per_peer: Option<Spanned<u64>>,
+    /// A frame begun must end within this long, or the connection is closed.
+    pub frame_timeout_secs: Option<Spanned<u64>>,
     /// Most messages committed in one group commit.
     pub group_commit_max: Option<Spanned<u64>>,
     /// Audit entries between two signed seals of the journal.

@@ -19,15 +19,68 @@ use crate::store::StoreHandle;
 pub struct ConnLimits {
     pub max_frame: usize,
     pub idle_timeout: Duration,
+    /// A frame begun must end within this long.
+    pub frame_timeout: Duration,
+    /// Connections one peer address may hold (over all listeners).
+    pub per_peer: usize,
+}
+
+/// Connections held per peer address, over every MLLP listener of an instance.
+#[derive(Debug, Default)]
+pub struct PeerSlots {
+    held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`PeerSlots`], given back on drop.
+#[derive(Debug)]
+pub struct PeerSlot {
+    slots: Arc<PeerSlots>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlots {
+    /// A place for one more connection from `ip`, unless it already holds `limit`.
+    pub fn take(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<PeerSlot> {
+        let mut held = match self.held.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let n = held.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            slots: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut held = match self.slots.held.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(n) = held.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Runs a listener until `shutdown` turns true. With `tls`, every connection must complete
 /// a TLS handshake with a client certificate issued by the configured CA.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_listener(
     listener: TcpListener,
     name: String,
     limits: ConnLimits,
     slots: Arc<Semaphore>,
+    peers: Arc<PeerSlots>,
     store: StoreHandle,
     tls: Option<TlsListener>,
     mut shutdown: watch::Receiver<bool>,
@@ -36,6 +89,12 @@ pub async fn run_listener(
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             stats::add(&STATS.connections_refused, 1);
             tracing::warn!(listener = %name, peer = %peer, "connection limit reached; connection refused");
+            drop(stream);
+            continue;
+        };
+        let Some(peer_slot) = peers.take(peer.ip(), limits.per_peer) else {
+            stats::add(&STATS.connections_refused_per_peer, 1);
+            tracing::warn!(listener = %name, peer = %peer, limit = limits.per_peer, "per-peer connection limit reached; connection refused");
             drop(stream);
             continue;
         };
@@ -65,6 +124,7 @@ pub async fn run_listener(
                     serve_connection(tls_stream, origin, limits, store, shutdown).await
                 }
             }
+            drop(peer_slot);
             drop(permit);
         });
     }
@@ -81,12 +141,25 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; 64 * 1024];
     let mut answered = false;
     tracing::debug!(listener = %origin.listener, peer = %origin.peer, "connection opened");
+    // When the frame being received began (its deadline is `frame_timeout` later).
+    let mut frame_began: Option<tokio::time::Instant> = None;
     loop {
+        let wait = match frame_began {
+            Some(t) => (t + limits.frame_timeout)
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(limits.idle_timeout),
+            None => limits.idle_timeout,
+        };
         let read = tokio::select! {
-            r = tokio::time::timeout(limits.idle_timeout, stream.read(&mut buf)) => r,
+            r = tokio::time::timeout(wait, stream.read(&mut buf)) => r,
             _ = shutdown.changed() => break,
         };
         let n = match read {
+            Err(_) if frame_began.is_some_and(|t| t.elapsed() >= limits.frame_timeout) => {
+                stats::add(&STATS.frames_timed_out, 1);
+                tracing::warn!(listener = %origin.listener, peer = %origin.peer, secs = limits.frame_timeout.as_secs(), "frame not ended in time; closing (never acknowledged)");
+                return;
+            }
             Err(_) => {
                 stats::add(&STATS.connections_idle_closed, 1);
                 tracing::debug!(listener = %origin.listener, peer = %origin.peer, "idle timeout; closing");
@@ -100,6 +173,13 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let units = decoder.feed(&buf[..n]);
+        frame_began = match (decoder.is_idle(), frame_began) {
+            (true, _) => None,
+            // Still inside the frame begun earlier, or (with frames completed by this read)
+            // a new one: the clock restarts only when this read ended a frame.
+            (false, Some(t)) if units.is_empty() => Some(t),
+            (false, _) => Some(tokio::time::Instant::now()),
+        };
         let skipped = decoder.take_skipped();
         if skipped > 0 {
             stats::add(&STATS.bytes_skipped, skipped);
@@ -139,6 +219,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     if !decoder.is_idle() {
+        stats::add(&STATS.frames_truncated, 1);
         tracing::warn!(listener = %origin.listener, peer = %origin.peer, "connection closed inside a frame; partial frame dropped (never acknowledged)");
     }
 }
