@@ -67,19 +67,27 @@ pub fn is_rpps(s: &str) -> bool {
 pub fn care_team(msg: &Message<'_>) -> Vec<(String, Link)> {
     let mut out = Vec::new();
     for seg in msg.segments() {
-        add_care(&seg, &mut out);
+        // A message naming more practitioners than that was refused at ingest.
+        let _ = add_care(&seg, &mut out);
     }
     out
 }
 
 /// [`care_team`] for one segment (ORC-12; OBR-16, OBR-28; PRT-5 of an `RCT`), added to `out`
 /// unless already there: `router::extract` reads it in its one pass over the message.
-pub fn add_care(seg: &Segment<'_>, out: &mut Vec<(String, Link)>) {
+/// False when a practitioner was left out because `out` holds
+/// [`crate::router::facts::MAX_DISTINCT`] already.
+pub fn add_care(seg: &Segment<'_>, out: &mut Vec<(String, Link)>) -> bool {
+    let mut fits = true;
     let mut add = |xcn: Value<'_>, link: Link| {
         if let Some(r) = rpps_of(&xcn)
             && !out.iter().any(|(o, _)| *o == r)
         {
-            out.push((r, link));
+            if out.len() >= crate::router::facts::MAX_DISTINCT {
+                fits = false;
+            } else {
+                out.push((r, link));
+            }
         }
     };
     match seg.id() {
@@ -99,6 +107,7 @@ pub fn add_care(seg: &Segment<'_>, out: &mut Vec<(String, Link)>) {
             .for_each(|x| add(x, Link::Recipient)),
         _ => {}
     }
+    fits
 }
 
 /// The SAN URI that names a practitioner in a client certificate (the development PKI's

@@ -552,15 +552,29 @@ impl<'a> Field<'a> {
     }
 
     /// Every repetition.
+    /// In one scan of the field, whatever the number of repetitions.
     pub fn repetitions(&self) -> impl Iterator<Item = Value<'a>> + '_ {
-        let count = match (self.whole, self.delims.repetition) {
-            (false, Some(rep)) if !self.raw.is_empty() => {
-                memchr::memchr_iter(rep, self.raw).count() + 1
-            }
-            _ if self.raw.is_empty() => 0,
-            _ => 1,
+        let sep = if self.whole {
+            None
+        } else {
+            self.delims.repetition
         };
-        (1..=count).map(move |i| self.repetition(i))
+        let level = if self.whole {
+            Level::Opaque
+        } else {
+            Level::Repetition
+        };
+        let (delims, charset) = (self.delims, self.charset);
+        let present = if self.raw.is_empty() { 0 } else { usize::MAX };
+        self.raw
+            .split(move |b| Some(*b) == sep)
+            .take(present)
+            .map(move |raw| Value {
+                raw,
+                delims,
+                charset,
+                level,
+            })
     }
 
     /// Shorthand for the first repetition's component `n`.
@@ -840,5 +854,40 @@ OBX|1|ST|X^y||éé\\S\\é||||||F\r";
         assert_eq!(m.segment("OBR").unwrap().field_count(), 3);
         assert_eq!(m.msh().field_count(), 18);
         assert_eq!(m.segment("PID").unwrap().field(3).repetitions().count(), 2);
+    }
+
+    #[test]
+    fn repetitions_in_one_scan_are_repetition_n() {
+        let m = Message::parse(b"MSH|^~\\&|A|B|C|D|||ORU^R01|1|P|2.5\rPID|||1^^^X~~2^^^Y~|||~|a\r")
+            .unwrap();
+        for seg in m.segments() {
+            for n in 0..=seg.field_count() + 1 {
+                let f = seg.field(n);
+                let all: Vec<&[u8]> = f.repetitions().map(|v| v.raw()).collect();
+                let count = if f.raw().is_empty() { 0 } else { all.len() };
+                assert_eq!(all.len(), count);
+                for (i, raw) in all.iter().enumerate() {
+                    assert_eq!(
+                        *raw,
+                        f.repetition(i + 1).raw(),
+                        "field {n} repetition {}",
+                        i + 1
+                    );
+                    assert_eq!(
+                        f.repetitions().nth(i).map(|v| v.text().into_owned()),
+                        Some(f.repetition(i + 1).text().into_owned())
+                    );
+                }
+            }
+        }
+        let pid = m.segment("PID").unwrap();
+        assert_eq!(pid.field(3).repetitions().count(), 4);
+        assert_eq!(pid.field(6).repetitions().count(), 2);
+        assert_eq!(pid.field(4).repetitions().count(), 0);
+        assert_eq!(
+            m.msh().field(2).repetitions().count(),
+            1,
+            "MSH-2 is not split"
+        );
     }
 }

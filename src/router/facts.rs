@@ -102,14 +102,48 @@ impl Refusal {
     }
 }
 
-fn push_found(out: &mut Vec<Found>, field: &str, value: &str) {
+/// Most distinct values one kind of evidence (placer orders, patient authorities, patient
+/// identifiers, practitioners named...) may have in one message. Real messages have a
+/// handful; a message past it is refused (AR 102) rather than read in time that grows with
+/// the square of its repetitions.
+pub const MAX_DISTINCT: usize = 256;
+
+/// Where a message went past [`MAX_DISTINCT`]: the first field that did.
+#[derive(Default)]
+struct Overflow(Option<String>);
+
+impl Overflow {
+    fn note(&mut self, fits: bool, field: &str) {
+        if !fits && self.0.is_none() {
+            self.0 = Some(field.to_owned());
+        }
+    }
+}
+
+/// Adds `item` to `out` unless it is there; false when it is new and `out` is full.
+fn push_unique<T: PartialEq>(out: &mut Vec<T>, item: T) -> bool {
+    if out.contains(&item) {
+        return true;
+    }
+    if out.len() >= MAX_DISTINCT {
+        return false;
+    }
+    out.push(item);
+    true
+}
+
+fn push_found(out: &mut Vec<Found>, field: &str, value: &str) -> bool {
     let value = value.trim();
-    if !value.is_empty() && !out.iter().any(|f| f.value == value && f.field == field) {
-        out.push(Found {
+    if value.is_empty() {
+        return true;
+    }
+    push_unique(
+        out,
+        Found {
             field: field.to_owned(),
             value: value.to_owned(),
-        });
-    }
+        },
+    )
 }
 
 fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
@@ -120,9 +154,9 @@ fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
 /// A PID-3 identifier (value, CX-4.2 universal id, CX-4.3 its type) as FHIR writes it
 /// (`fhir::v2::cx_identifier`: the system `hd_uri` names), from the pieces `extract` has
 /// already read.
-fn push_patient_id(out: &mut Vec<PatientId>, value: &str, uid: &str, uid_type: &str) {
+fn push_patient_id(out: &mut Vec<PatientId>, value: &str, uid: &str, uid_type: &str) -> bool {
     if value.is_empty() {
-        return;
+        return true;
     }
     let system = if uid.is_empty() {
         None
@@ -135,28 +169,28 @@ fn push_patient_id(out: &mut Vec<PatientId>, value: &str, uid: &str, uid_type: &
         .chain(system.iter().flat_map(|s| s.chars()))
         .any(char::is_control)
     {
-        return;
+        return true;
     }
-    if !out.iter().any(|p| p.value == value && p.system == system) {
-        out.push(PatientId {
+    push_unique(
+        out,
+        PatientId {
             system,
             value: value.to_owned(),
-        });
-    }
+        },
+    )
 }
 
-fn push_visit_authority(f: &mut Facts, field: &crate::hl7::message::Field<'_>, name: &str) {
+fn push_visit_authority(f: &mut Facts, field: &crate::hl7::message::Field<'_>, name: &str) -> bool {
     let auth = field.repetition(1).component(4);
     push_found(
         &mut f.visit_authorities,
         &format!("{name}.4.1"),
         &auth.subcomponent(1).text(),
-    );
-    push_found(
+    ) & push_found(
         &mut f.visit_authorities,
         &format!("{name}.4.2"),
         &auth.subcomponent(2).text(),
-    );
+    )
 }
 
 /// Reads the facts, or refuses the message (unsupported type, missing required field).
@@ -226,9 +260,13 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
     let dmp_meta = matches!(class, MessageClass::Result | MessageClass::Document)
         && memchr::memmem::find(msg.bytes(), b"MetaDMPMSS").is_some();
     let mut pids = 0usize;
+    let mut over = Overflow::default();
     for seg in msg.segments() {
         if result {
-            crate::access::add_care(&seg, &mut f.care_team);
+            over.note(
+                crate::access::add_care(&seg, &mut f.care_team),
+                "practitioners named (ORC-12, OBR-16, OBR-28, PRT-5)",
+            );
         }
         match seg.id() {
             b"OBX" if dmp_meta => {
@@ -243,8 +281,14 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                     let ns = v.component(2).text().trim().to_owned();
                     let uid = v.component(3).text().trim().to_owned();
                     if n == 2 {
-                        push_found(&mut f.placer_namespaces, &format!("{name}-2.2"), &ns);
-                        push_found(&mut f.placer_namespaces, &format!("{name}-2.3"), &uid);
+                        let fits =
+                            push_found(&mut f.placer_namespaces, &format!("{name}-2.2"), &ns)
+                                & push_found(
+                                    &mut f.placer_namespaces,
+                                    &format!("{name}-2.3"),
+                                    &uid,
+                                );
+                        over.note(fits, &format!("{name}-2"));
                     }
                     if !id.is_empty() {
                         let r = OrderRef {
@@ -256,26 +300,29 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                         } else {
                             &mut f.filler_orders
                         };
-                        if !list.contains(&r) {
-                            list.push(r);
-                        }
+                        over.note(push_unique(list, r), &format!("{name}-{n}"));
                     }
                 }
                 if name == "ORC" {
                     for rep in seg.field(21).repetitions() {
-                        push_found(&mut f.finess, "ORC-21.10", &rep.component(10).text());
+                        let fits =
+                            push_found(&mut f.finess, "ORC-21.10", &rep.component(10).text());
+                        over.note(fits, "ORC-21");
                     }
                 }
             }
             b"PV1" => {
                 let hd = seg.field(3).component(4);
-                push_found(&mut f.facilities, "PV1-3.4.1", &hd.subcomponent(1).text());
-                push_found(&mut f.facilities, "PV1-3.4.2", &hd.subcomponent(2).text());
-                push_visit_authority(&mut f, &seg.field(19), "PV1-19");
+                let fits = push_found(&mut f.facilities, "PV1-3.4.1", &hd.subcomponent(1).text())
+                    & push_found(&mut f.facilities, "PV1-3.4.2", &hd.subcomponent(2).text());
+                over.note(fits, "PV1-3");
+                let fits = push_visit_authority(&mut f, &seg.field(19), "PV1-19");
+                over.note(fits, "PV1-19");
             }
             b"PID" => {
                 pids += 1;
-                push_visit_authority(&mut f, &seg.field(18), "PID-18");
+                let fits = push_visit_authority(&mut f, &seg.field(18), "PID-18");
+                over.note(fits, "PID-18");
                 for rep in seg.field(3).repetitions() {
                     let auth = rep.component(4);
                     let ns = auth.subcomponent(1).text();
@@ -283,14 +330,21 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                     let id = rep.component(1).text();
                     if result && pids == 1 {
                         let uid_type = auth.subcomponent(3).text();
-                        push_patient_id(&mut f.patient_ids, id.trim(), uid.trim(), uid_type.trim());
+                        let fits = push_patient_id(
+                            &mut f.patient_ids,
+                            id.trim(),
+                            uid.trim(),
+                            uid_type.trim(),
+                        );
+                        over.note(fits, "PID-3");
                     }
                     let id_type = rep.component(5).text();
                     if is_national_patient_id(id_type.trim(), uid.trim()) {
                         continue;
                     }
-                    push_found(&mut f.patient_authorities, "PID-3.4.1", &ns);
-                    push_found(&mut f.patient_authorities, "PID-3.4.2", &uid);
+                    let fits = push_found(&mut f.patient_authorities, "PID-3.4.1", &ns)
+                        & push_found(&mut f.patient_authorities, "PID-3.4.2", &uid);
+                    over.note(fits, "PID-3");
                     if f.patient_key.is_none() && pids == 1 && !id.trim().is_empty() {
                         let a = if ns.trim().is_empty() {
                             uid.trim()
@@ -306,6 +360,13 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
             }
             _ => {}
         }
+    }
+    if let Some(field) = over.0 {
+        return Err(Refusal::new(
+            102,
+            &format!("more than {MAX_DISTINCT} distinct values in {field}: split the message"),
+            None,
+        ));
     }
     if pids > 1 {
         // A message about several patients (a batch ORU): which practitioner cares for
