@@ -1,0 +1,305 @@
+//! The crash campaign (RELIABILITY.md): load over MLLP from several connections while the
+//! built binary is killed with SIGKILL at random points (receiving, committing, delivering,
+//! retrying), restarted, killed again. The record systems (in this process, so they outlive
+//! every kill) answer AE now and then, so that retries are always under way.
+//!
+//! At the end: acknowledged messages lost = 0, delivered to a wrong establishment = 0, each
+//! connection's (hence each patient's) first deliveries in order; duplicate deliveries
+//! (at-least-once: a receiver drops them by MSH-10) counted and reported.
+//!
+//! Short form in CI (5 kills). Long form: `LABROUTE_KILLS=50 cargo test --release --test
+//! crash -- --nocapture`; `LABROUTE_CRASH_SEED` replays a run's kill points.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use labroute::hl7::Message;
+use labroute::hl7::ack::{self, AckCode, AckHeader};
+use labroute::hl7::mllp::{Decoded, Decoder, frame};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What a flaky record system saw: (MSH-10, its answer) in order.
+type Log = Arc<Mutex<Vec<(String, AckCode)>>>;
+
+/// A record system that answers AE to about one message in `ae_one_in` the first time it
+/// sees it (so the engine retries), AA otherwise, after `delay`.
+async fn flaky_receiver(ae_one_in: u64, delay: Duration) -> (SocketAddr, Log) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log: Log = Arc::default();
+    let l2 = log.clone();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        let seen: Arc<Mutex<HashSet<String>>> = Arc::default();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let (log, seen) = (l2.clone(), seen.clone());
+            n += 1;
+            let salt = n;
+            tokio::spawn(async move {
+                let mut dec = Decoder::new(1 << 24);
+                let mut buf = vec![0u8; 65536];
+                let mut k = salt;
+                loop {
+                    let got = match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(got) => got,
+                    };
+                    for u in dec.feed(&buf[..got]) {
+                        let Decoded::Frame(f) = u else { continue };
+                        let prepared = labroute::hl7::message::prepare(&f);
+                        let Ok(m) = Message::parse(&prepared) else {
+                            return;
+                        };
+                        let ctrl = m.text("MSH-10").into_owned();
+                        k = k
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let first = seen.lock().unwrap().insert(ctrl.clone());
+                        let code = if first && (k >> 33) % ae_one_in == 0 {
+                            AckCode::AE
+                        } else {
+                            AckCode::AA
+                        };
+                        tokio::time::sleep(delay).await;
+                        log.lock().unwrap().push((ctrl, code));
+                        let a = ack::build(&AckHeader::of(&m), code, None, "R", "20250101");
+                        if s.write_all(&frame(&a)).await.is_err() || s.flush().await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, log)
+}
+
+/// MSH-10 of the messages a receiver took (answered AA), in order.
+fn taken(log: &Log) -> Vec<String> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, c)| *c == AckCode::AA)
+        .map(|(m, _)| m.clone())
+        .collect()
+}
+
+fn spawn_bin(routes: &Path, data: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_labroute"))
+        .args(["serve", "--routes"])
+        .arg(routes)
+        .arg("--data")
+        .arg(data)
+        .env("LABROUTE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn labroute")
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("port {port} never opened");
+}
+
+/// A small PRNG (xorshift) for the kill points: a seed replays a campaign.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
+/// Messages per connection and round: more than any round can send.
+const PER_CONNECTION: usize = 100_000;
+const CONNECTIONS: usize = 4;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
+    let kills: usize = std::env::var("LABROUTE_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let seed: u64 = std::env::var("LABROUTE_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    eprintln!("crash campaign: {kills} kills, LABROUTE_CRASH_SEED={seed}");
+    let mut rng = Rng(seed);
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
+    let (es1, log1) = flaky_receiver(7, Duration::from_millis(1)).await;
+    let (es2, log2) = flaky_receiver(5, Duration::from_millis(2)).await;
+    let (sil_port, dpi_port) = (free_port(), free_port());
+    let routes = dir.path().join("routes");
+    std::fs::create_dir_all(&routes).unwrap();
+    std::fs::write(
+        routes.join("gcs.toml"),
+        routes_toml(sil_port, dpi_port, lab.addr, es1, es2, 20),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let mut next = 0usize;
+    for round in 0..kills {
+        let mut child = spawn_bin(&routes, &data);
+        wait_port(sil_port).await;
+        // Each connection sends its own patients' results, one after the other, until the
+        // kill cuts it.
+        let mut senders = Vec::new();
+        for c in 0..CONNECTIONS {
+            let acked = acked.clone();
+            let start = next + c * PER_CONNECTION;
+            senders.push(tokio::spawn(async move {
+                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", sil_port)).await
+                else {
+                    return;
+                };
+                for i in start..start + PER_CONNECTION {
+                    let es = if i % 2 == 0 { "ES1" } else { "ES2" };
+                    let ctrl = format!("K{i}");
+                    let patient = format!("{}", c * 10 + i % 5);
+                    let m = result_by_identifier(es, &ctrl, &patient, "1");
+                    if s.write_all(&frame(&m)).await.is_err() {
+                        return;
+                    }
+                    match read_frame(&mut s).await {
+                        Ok(a) if msa(&a).0 == "AA" => {
+                            acked.lock().unwrap().push((es.to_owned(), ctrl))
+                        }
+                        _ => return,
+                    }
+                }
+            }));
+        }
+        // Early kills land in recovery and the first commits; later ones in steady load,
+        // with deliveries and retries (AE) in flight.
+        let after = rng.between(50, 1500);
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        child.kill().expect("SIGKILL");
+        let _ = child.wait();
+        for s in senders {
+            let _ = s.await;
+        }
+        if round % 10 == 9 {
+            eprintln!(
+                "  {} kills, {} acknowledged so far",
+                round + 1,
+                acked.lock().unwrap().len()
+            );
+        }
+        next += CONNECTIONS * PER_CONNECTION;
+    }
+    // Restart once more and let it deliver everything.
+    let mut child = spawn_bin(&routes, &data);
+    wait_port(sil_port).await;
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 20,
+        "the load should have been acknowledged before the kills ({} acked)",
+        acked.len()
+    );
+    let want = |es: &str| -> Vec<String> {
+        acked
+            .iter()
+            .filter(|(e, _)| e == es)
+            .map(|(_, c)| c.clone())
+            .collect()
+    };
+    let (want1, want2) = (want("ES1"), want("ES2"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let missing = loop {
+        let got1: HashSet<String> = taken(&log1).into_iter().collect();
+        let got2: HashSet<String> = taken(&log2).into_iter().collect();
+        let missing = want1.iter().filter(|c| !got1.contains(*c)).count()
+            + want2.iter().filter(|c| !got2.contains(*c)).count();
+        if missing == 0 || tokio::time::Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        missing, 0,
+        "acknowledged messages never delivered (seed {seed})"
+    );
+
+    // Nothing misrouted: even numbers are ES1's, odd ones ES2's.
+    let (got1, got2) = (taken(&log1), taken(&log2));
+    let number = |c: &String| c[1..].parse::<usize>().unwrap();
+    let misrouted = got1.iter().filter(|c| number(c) % 2 == 1).count()
+        + got2.iter().filter(|c| number(c) % 2 == 0).count();
+    assert_eq!(
+        misrouted, 0,
+        "messages delivered to the wrong establishment"
+    );
+
+    // Each connection sent one message after the other: at each receiver, the first
+    // deliveries of one connection's messages (hence of each of its patients) keep that
+    // order.
+    let mut first_seen = HashMap::new();
+    for got in [&got1, &got2] {
+        let mut last: HashMap<usize, usize> = HashMap::new();
+        for c in got.iter() {
+            if first_seen.insert(c.clone(), ()).is_some() {
+                continue;
+            }
+            let i = number(c);
+            if let Some(prev) = last.insert(i / PER_CONNECTION, i) {
+                assert!(
+                    prev < i,
+                    "order broken: K{prev} delivered before K{i} was first delivered (seed {seed})"
+                );
+            }
+        }
+    }
+    let duplicates = got1.len() + got2.len() - first_seen.len();
+    let refused_first = [&log1, &log2]
+        .iter()
+        .map(|l| {
+            l.lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, c)| *c == AckCode::AE)
+                .count()
+        })
+        .sum::<usize>();
+    eprintln!(
+        "crash campaign: {kills} SIGKILLs (seed {seed}), {} acknowledged, 0 lost, 0 misrouted, \
+         order kept, {duplicates} duplicate deliveries, {refused_first} AE answers retried",
+        acked.len()
+    );
+}
