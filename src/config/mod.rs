@@ -26,6 +26,16 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Line 0: about the whole file or configuration, no place in it.
+        if self.line == 0 {
+            return write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            );
+        }
         write!(
             f,
             "{}:{}: {}: {}",
@@ -393,7 +403,14 @@ impl Config {
 
     /// Parses and validates (file name, text) pairs. Pure apart from reading `input_file`s.
     pub fn from_sources(sources: &[(PathBuf, String)]) -> Result<Config, ConfigErrors> {
-        let mut v = Validator::default();
+        let mut v = Validator {
+            dir: sources
+                .first()
+                .and_then(|(f, _)| f.parent())
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("routes"), Path::to_owned),
+            ..Validator::default()
+        };
         let mut parsed = Vec::new();
         for (file, text) in sources {
             match toml::from_str::<RawFile>(text) {
@@ -460,6 +477,8 @@ type PendingTest = (
 #[derive(Default)]
 struct Validator {
     errors: Vec<ConfigError>,
+    /// Where the routes files are (named by errors about the whole configuration).
+    dir: PathBuf,
     cfg: Config,
     /// Sections that may appear once (`engine`, `routing`, `tls`, `admin`, `fhir`, `dmp`),
     /// with where they were first set.
@@ -1767,7 +1786,7 @@ impl Validator {
         }
         if self.cfg.listeners.is_empty() && self.errors.is_empty() {
             self.errors.push(ConfigError {
-                file: PathBuf::from("routes"),
+                file: self.dir.clone(),
                 line: 0,
                 field: "listener".into(),
                 message: "no [[listener]] is configured".into(),

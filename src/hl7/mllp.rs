@@ -64,6 +64,12 @@ impl Decoder {
         }
     }
 
+    /// How much of an oversized frame is kept: the same however the frame was cut into
+    /// reads (it is longer than `max_frame` either way).
+    fn head_len(&self) -> usize {
+        OVERSIZED_HEAD.min(self.max_frame)
+    }
+
     /// Bytes seen outside any frame since the last call (and resets the count).
     pub fn take_skipped(&mut self) -> u64 {
         std::mem::take(&mut self.skipped)
@@ -74,103 +80,119 @@ impl Decoder {
         matches!(self.state, State::Between) && self.buf.is_empty()
     }
 
-    /// Feeds bytes and returns every unit they complete, in order.
+    /// Feeds bytes and returns every unit they complete, in order. A start byte inside a
+    /// frame means the sender abandoned it: what came before is skipped, a new frame
+    /// begins. The units are the same however the bytes are cut into calls.
     pub fn feed(&mut self, mut input: &[u8]) -> Vec<Decoded> {
         let mut out = Vec::new();
         loop {
-            match &mut self.state {
-                State::Between => match memchr(START, input) {
+            if let State::Between = self.state {
+                match memchr(START, input) {
                     Some(i) => {
                         self.skipped += i as u64;
                         input = &input[i + 1..];
-                        self.buf.clear();
-                        self.state = State::InFrame { scanned: 0 };
+                        self.begin();
                     }
                     None => {
                         self.skipped += input.len() as u64;
                         return out;
                     }
-                },
-                State::InFrame { scanned } => {
-                    // Rescan one byte back so an end marker split across reads is found.
-                    let from = scanned.saturating_sub(1);
-                    self.buf.extend_from_slice(input);
-                    if let Some(i) = memmem::find(&self.buf[from..], &END) {
-                        let end = from + i;
-                        let rest = self.buf.split_off(end + 2);
-                        self.buf.truncate(end);
-                        let frame = std::mem::take(&mut self.buf);
-                        // A start byte inside a frame means the sender abandoned the previous
-                        // one: keep only what follows the last start byte.
-                        let frame = match memchr::memrchr(START, &frame) {
-                            Some(s) => {
-                                self.skipped += (s + 1) as u64;
-                                frame[s + 1..].to_vec()
-                            }
-                            None => frame,
-                        };
-                        if frame.len() > self.max_frame {
-                            let head = frame[..OVERSIZED_HEAD.min(frame.len())].to_vec();
-                            out.push(Decoded::Oversized {
-                                head,
-                                len: frame.len(),
-                            });
-                        } else {
-                            out.push(Decoded::Frame(frame));
-                        }
-                        self.state = State::Between;
-                        self.buf = rest;
-                        if !self.buf.is_empty() {
-                            let pending = std::mem::take(&mut self.buf);
-                            let mut more = self.feed(&pending);
-                            out.append(&mut more);
-                        }
-                        return out;
-                    }
-                    if self.buf.len() > self.max_frame {
-                        let head = self.buf[..OVERSIZED_HEAD.min(self.buf.len())].to_vec();
-                        let len = self.buf.len();
-                        let pending_1c = self.buf.last() == Some(&END[0]);
-                        self.buf = Vec::new();
-                        self.state = State::Discarding {
-                            head,
-                            len,
-                            pending_1c,
-                        };
-                    } else {
-                        *scanned = self.buf.len();
-                    }
-                    return out;
                 }
-                State::Discarding {
-                    head,
-                    len,
-                    pending_1c,
-                } => {
-                    if input.is_empty() {
-                        return out;
+                continue;
+            }
+            // Inside a frame: the bytes up to the next start byte.
+            let (now, rest) = match memchr(START, input) {
+                Some(i) => (&input[..i], Some(&input[i + 1..])),
+                None => (input, None),
+            };
+            self.in_frame(now, &mut out);
+            let Some(rest) = rest else {
+                return out;
+            };
+            // A start byte: after a frame that ended, the next one; inside one, it abandons
+            // it (skipped with the start byte that began it).
+            self.skipped += match &self.state {
+                State::Between => 0,
+                State::InFrame { .. } => self.buf.len() as u64 + 1,
+                State::Discarding { len, .. } => *len as u64 + 1,
+            };
+            self.begin();
+            input = rest;
+        }
+    }
+
+    fn begin(&mut self) {
+        self.buf.clear();
+        self.state = State::InFrame { scanned: 0 };
+    }
+
+    /// Bytes of a frame (no start byte among them): completes it, or keeps it, or discards
+    /// it past the limit. Bytes after its end are skipped.
+    fn in_frame(&mut self, input: &[u8], out: &mut Vec<Decoded>) {
+        match &mut self.state {
+            State::Between => self.skipped += input.len() as u64,
+            State::InFrame { scanned } => {
+                // Rescan one byte back so an end marker split across reads is found.
+                let from = scanned.saturating_sub(1);
+                self.buf.extend_from_slice(input);
+                if let Some(i) = memmem::find(&self.buf[from..], &END) {
+                    let end = from + i;
+                    self.skipped += (self.buf.len() - end - 2) as u64;
+                    self.buf.truncate(end);
+                    let frame = std::mem::take(&mut self.buf);
+                    if frame.len() > self.max_frame {
+                        let head = frame[..self.head_len()].to_vec();
+                        out.push(Decoded::Oversized {
+                            head,
+                            len: frame.len(),
+                        });
+                    } else {
+                        out.push(Decoded::Frame(frame));
                     }
-                    if *pending_1c && input[0] == END[1] {
-                        let head = std::mem::take(head);
-                        let len = *len - 1;
-                        out.push(Decoded::Oversized { head, len });
-                        input = &input[1..];
+                    self.state = State::Between;
+                } else if self.buf.len() > self.max_frame {
+                    let head = self.buf[..self.head_len()].to_vec();
+                    let len = self.buf.len();
+                    let pending_1c = self.buf.last() == Some(&END[0]);
+                    self.buf = Vec::new();
+                    self.state = State::Discarding {
+                        head,
+                        len,
+                        pending_1c,
+                    };
+                } else {
+                    *scanned = self.buf.len();
+                }
+            }
+            State::Discarding {
+                head,
+                len,
+                pending_1c,
+            } => {
+                if input.is_empty() {
+                    return;
+                }
+                let ended_at = if *pending_1c && input[0] == END[1] {
+                    *len -= 1;
+                    Some(1)
+                } else {
+                    memmem::find(input, &END).map(|i| {
+                        *len += i;
+                        i + 2
+                    })
+                };
+                match ended_at {
+                    Some(after) => {
+                        out.push(Decoded::Oversized {
+                            head: std::mem::take(head),
+                            len: *len,
+                        });
+                        self.skipped += (input.len() - after) as u64;
                         self.state = State::Between;
-                        continue;
                     }
-                    match memmem::find(input, &END) {
-                        Some(i) => {
-                            let head = std::mem::take(head);
-                            let len = *len + i;
-                            out.push(Decoded::Oversized { head, len });
-                            input = &input[i + 2..];
-                            self.state = State::Between;
-                        }
-                        None => {
-                            *len += input.len();
-                            *pending_1c = input.last() == Some(&END[0]);
-                            return out;
-                        }
+                    None => {
+                        *len += input.len();
+                        *pending_1c = input.last() == Some(&END[0]);
                     }
                 }
             }
@@ -253,5 +275,48 @@ mod tests {
     fn frame_round_trips() {
         let mut d = Decoder::new(100);
         assert_eq!(frames(d.feed(&frame(b"MSH|z"))), vec![b"MSH|z".to_vec()]);
+    }
+
+    /// Found by the `mllp_decoder` fuzz target: with a limit under 4 KiB, the head kept of
+    /// an oversized frame depended on where the reads were cut.
+    #[test]
+    fn an_oversized_frame_keeps_the_same_head_however_it_is_cut() {
+        let mut input = vec![START];
+        input
+            .extend_from_slice(b"MSH|^~\\&#|||||20230501102531-0400||ORU^R01^ORU_R01|12345||2.5.1");
+        input.extend(std::iter::repeat_n(b'|', 200));
+        input.extend_from_slice(&END);
+        let whole = Decoder::new(256).feed(&input);
+        for step in 1..=17 {
+            let mut d = Decoder::new(256);
+            let cut: Vec<Decoded> = input.chunks(step).flat_map(|c| d.feed(c)).collect();
+            assert_eq!(cut, whole, "reads of {step} bytes");
+        }
+        let [Decoded::Oversized { head, len }] = whole.as_slice() else {
+            panic!("{whole:?}");
+        };
+        assert_eq!((head.len(), *len), (256, input.len() - 3));
+    }
+
+    /// Found by the `mllp_decoder` fuzz target: a start byte inside a frame already past
+    /// the limit was ignored when the frame arrived in several reads, and honoured when it
+    /// arrived in one.
+    #[test]
+    fn a_start_byte_inside_an_oversized_frame_abandons_it_however_it_is_cut() {
+        let mut input = vec![START];
+        input.extend(std::iter::repeat_n(b'x', 300));
+        input.push(START);
+        input.extend_from_slice(b"MSH|KEPT");
+        input.extend_from_slice(&END);
+        for step in 1..=input.len() {
+            let mut d = Decoder::new(256);
+            let got: Vec<Decoded> = input.chunks(step).flat_map(|c| d.feed(c)).collect();
+            assert_eq!(
+                got,
+                vec![Decoded::Frame(b"MSH|KEPT".to_vec())],
+                "reads of {step}"
+            );
+            assert_eq!(d.take_skipped(), 301, "reads of {step}");
+        }
     }
 }

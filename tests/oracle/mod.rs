@@ -13,6 +13,8 @@
 //!   messages give every segment a field.
 #![allow(dead_code)]
 
+pub mod generate;
+
 use labroute::hl7::Message;
 
 /// One disagreement, with its location.
