@@ -22,8 +22,8 @@ use std::time::Duration;
 use common::*;
 use labroute::hl7::Message;
 use labroute::hl7::ack::{self, AckCode, AckHeader};
-use labroute::hl7::mllp::{Decoded, Decoder, frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use labroute::hl7::mllp::frame;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// What a flaky record system saw: (MSH-10, its answer) in order.
@@ -47,16 +47,10 @@ async fn flaky_receiver(ae_one_in: u64, delay: Duration) -> (SocketAddr, Log) {
             n += 1;
             let salt = n;
             tokio::spawn(async move {
-                let mut dec = Decoder::new(1 << 24);
-                let mut buf = vec![0u8; 65536];
+                let mut reader = FrameReader::default();
                 let mut k = salt;
-                loop {
-                    let got = match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(got) => got,
-                    };
-                    for u in dec.feed(&buf[..got]) {
-                        let Decoded::Frame(f) = u else { continue };
+                while let Some(frames) = reader.next(&mut s).await {
+                    for f in frames {
                         let prepared = labroute::hl7::message::prepare(&f);
                         let Ok(m) = Message::parse(&prepared) else {
                             return;

@@ -14,8 +14,8 @@ use std::time::Duration;
 use common::*;
 use labroute::hl7::Message;
 use labroute::hl7::ack::{self, AckCode, AckHeader};
-use labroute::hl7::mllp::{Decoded, Decoder, frame};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use labroute::hl7::mllp::frame;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,15 +81,9 @@ impl Faulty {
     }
 
     async fn serve(self, mut s: tokio::net::TcpStream) {
-        let mut dec = Decoder::new(1 << 24);
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let n = match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            for u in dec.feed(&buf[..n]) {
-                let Decoded::Frame(fr) = u else { continue };
+        let mut reader = FrameReader::default();
+        while let Some(frames) = reader.next(&mut s).await {
+            for fr in frames {
                 *self.seen.lock().unwrap() += 1;
                 let prepared = labroute::hl7::message::prepare(&fr);
                 let Ok(m) = Message::parse(&prepared) else {
@@ -126,6 +120,17 @@ impl Faulty {
                 }
             }
         }
+    }
+}
+
+/// Sends one result per control id for `es`'s patient; each must be accepted.
+async fn send_accepted(sil: SocketAddr, es: &str, ids: &[String]) {
+    let msgs: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|c| result_by_identifier(es, c, "100001", "1"))
+        .collect();
+    for a in send_all(sil, &msgs).await.unwrap() {
+        assert_eq!(msa(&a).0, "AA");
     }
 }
 
@@ -168,21 +173,9 @@ async fn each_peer_fault_is_retried_or_dead_lettered_and_never_holds_back_anothe
         let took_before = es2.took().len();
         // Three results for ES2, then twenty for ES1.
         let mine: Vec<String> = (0..3).map(|i| format!("F{k}-{i}")).collect();
-        let msgs: Vec<Vec<u8>> = mine
-            .iter()
-            .map(|c| result_by_identifier("ES2", c, "200001", "1"))
-            .collect();
-        for a in send_all(sil, &msgs).await.unwrap() {
-            assert_eq!(msa(&a).0, "AA");
-        }
+        send_accepted(sil, "ES2", &mine).await;
         let theirs: Vec<String> = (0..20).map(|i| format!("H{k}-{i:02}")).collect();
-        let msgs: Vec<Vec<u8>> = theirs
-            .iter()
-            .map(|c| result_by_identifier("ES1", c, "100001", "1"))
-            .collect();
-        for a in send_all(sil, &msgs).await.unwrap() {
-            assert_eq!(msa(&a).0, "AA");
-        }
+        send_accepted(sil, "ES1", &theirs).await;
         es1_sent.extend(theirs);
         // ES1's record gets all of its results while ES2's is at fault.
         let want = es1_sent.len();

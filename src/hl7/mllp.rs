@@ -150,7 +150,11 @@ impl Decoder {
                         out.push(Decoded::Frame(frame));
                     }
                     self.state = State::Between;
-                } else if self.buf.len() > self.max_frame {
+                } else if self.buf.len()
+                    > self.max_frame + usize::from(self.buf.last() == Some(&END[0]))
+                {
+                    // (A last byte 0x1C may begin the end marker of a frame of exactly the
+                    // limit: kept until the next byte tells.)
                     let head = self.buf[..self.head_len()].to_vec();
                     let len = self.buf.len();
                     let pending_1c = self.buf.last() == Some(&END[0]);
@@ -277,6 +281,14 @@ mod tests {
         assert_eq!(frames(d.feed(&frame(b"MSH|z"))), vec![b"MSH|z".to_vec()]);
     }
 
+    /// What a decoder with a 256-byte limit yields for `input` read `step` bytes at a time,
+    /// and the bytes it skipped.
+    fn in_reads(input: &[u8], step: usize) -> (Vec<Decoded>, u64) {
+        let mut d = Decoder::new(256);
+        let got = input.chunks(step).flat_map(|c| d.feed(c)).collect();
+        (got, d.take_skipped())
+    }
+
     /// Found by the `mllp_decoder` fuzz target: with a limit under 4 KiB, the head kept of
     /// an oversized frame depended on where the reads were cut.
     #[test]
@@ -288,9 +300,7 @@ mod tests {
         input.extend_from_slice(&END);
         let whole = Decoder::new(256).feed(&input);
         for step in 1..=17 {
-            let mut d = Decoder::new(256);
-            let cut: Vec<Decoded> = input.chunks(step).flat_map(|c| d.feed(c)).collect();
-            assert_eq!(cut, whole, "reads of {step} bytes");
+            assert_eq!(in_reads(&input, step).0, whole, "reads of {step} bytes");
         }
         let [Decoded::Oversized { head, len }] = whole.as_slice() else {
             panic!("{whole:?}");
@@ -309,14 +319,40 @@ mod tests {
         input.extend_from_slice(b"MSH|KEPT");
         input.extend_from_slice(&END);
         for step in 1..=input.len() {
-            let mut d = Decoder::new(256);
-            let got: Vec<Decoded> = input.chunks(step).flat_map(|c| d.feed(c)).collect();
+            let (got, skipped) = in_reads(&input, step);
             assert_eq!(
                 got,
                 vec![Decoded::Frame(b"MSH|KEPT".to_vec())],
                 "reads of {step}"
             );
-            assert_eq!(d.take_skipped(), 301, "reads of {step}");
+            assert_eq!(skipped, 301, "reads of {step}");
+        }
+    }
+
+    /// Found by the `mllp_decoder` fuzz target in CI: a frame of exactly the limit, read a
+    /// byte at a time, was taken for an oversized one when its end marker's first byte
+    /// arrived alone.
+    #[test]
+    fn a_frame_of_exactly_the_limit_is_a_frame_however_it_is_cut() {
+        let mut input = vec![START];
+        input.extend(std::iter::repeat_n(b'x', 256));
+        input.extend_from_slice(&END);
+        for step in 1..=input.len() {
+            let got = in_reads(&input, step).0;
+            assert_eq!(
+                got,
+                vec![Decoded::Frame(vec![b'x'; 256])],
+                "reads of {step}"
+            );
+        }
+        // One byte more is oversized, however it is cut.
+        input.insert(1, b'y');
+        for step in 1..=input.len() {
+            let got = in_reads(&input, step).0;
+            assert!(
+                matches!(got.as_slice(), [Decoded::Oversized { len: 257, .. }]),
+                "reads of {step}: {got:?}"
+            );
         }
     }
 }

@@ -24,21 +24,53 @@ pub struct Receiver {
     task: Arc<tokio::task::JoinHandle<()>>,
 }
 
+/// Reads MLLP frames from a stream, one read at a time (test peers).
+pub struct FrameReader {
+    dec: Decoder,
+    buf: Vec<u8>,
+}
+
+impl Default for FrameReader {
+    fn default() -> Self {
+        FrameReader {
+            dec: Decoder::new(64 << 20),
+            buf: vec![0u8; 65536],
+        }
+    }
+}
+
+impl FrameReader {
+    /// The frames the next read completes (maybe none); `None` once the peer closed.
+    pub async fn next<S: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        s: &mut S,
+    ) -> Option<Vec<Vec<u8>>> {
+        let n = match s.read(&mut self.buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => n,
+        };
+        Some(
+            self.dec
+                .feed(&self.buf[..n])
+                .into_iter()
+                .filter_map(|u| match u {
+                    Decoded::Frame(f) => Some(f),
+                    Decoded::Oversized { .. } => None,
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Reads frames, records them, answers each with `code`.
 async fn serve_peer<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut s: S,
     code: AckCode,
     got: Arc<Mutex<Vec<Vec<u8>>>>,
 ) {
-    let mut dec = Decoder::new(64 << 20);
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let n = match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        for u in dec.feed(&buf[..n]) {
-            let Decoded::Frame(f) = u else { continue };
+    let mut reader = FrameReader::default();
+    while let Some(frames) = reader.next(&mut s).await {
+        for f in frames {
             let prepared = labroute::hl7::message::prepare(&f);
             let m = Message::parse(&prepared).expect("receiver got an unreadable message");
             let a = ack::build(&AckHeader::of(&m), code, None, "R", "20250101");
