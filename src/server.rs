@@ -154,9 +154,11 @@ impl Server {
             max_frame: cfg.engine.max_frame_bytes,
             idle_timeout: cfg.engine.idle_timeout,
             frame_timeout: cfg.engine.frame_timeout,
-            per_peer: cfg.engine.max_connections_per_peer,
         };
-        let peers = Arc::new(crate::sources::mllp::PeerSlots::default());
+        let admission = Arc::new(crate::sources::mllp::Admission::new(
+            slots.clone(),
+            cfg.engine.max_connections_per_peer,
+        ));
         let mut tasks = Vec::new();
         let mut bound = Vec::new();
         let refusals = Arc::new(crate::sources::accept::RefusalLimiter::default());
@@ -176,8 +178,7 @@ impl Server {
                 listener,
                 l.name.to_string(),
                 limits.clone(),
-                slots.clone(),
-                peers.clone(),
+                admission.clone(),
                 handle.clone(),
                 listener_tls.map(|state| crate::sources::accept::TlsListener {
                     state,

@@ -113,9 +113,10 @@ pub const MAX_DISTINCT: usize = 256;
 struct Overflow(Option<String>);
 
 impl Overflow {
-    fn note(&mut self, fits: bool, field: &str) {
+    /// `field` is formatted only when it did not fit (the usual case costs nothing).
+    fn note(&mut self, fits: bool, field: std::fmt::Arguments<'_>) {
         if !fits && self.0.is_none() {
-            self.0 = Some(field.to_owned());
+            self.0 = Some(field.to_string());
         }
     }
 }
@@ -265,7 +266,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         if result {
             over.note(
                 crate::access::add_care(&seg, &mut f.care_team),
-                "practitioners named (ORC-12, OBR-16, OBR-28, PRT-5)",
+                format_args!("practitioners named (ORC-12, OBR-16, OBR-28, PRT-5)"),
             );
         }
         match seg.id() {
@@ -288,7 +289,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                                     &format!("{name}-2.3"),
                                     &uid,
                                 );
-                        over.note(fits, &format!("{name}-2"));
+                        over.note(fits, format_args!("{name}-2"));
                     }
                     if !id.is_empty() {
                         let r = OrderRef {
@@ -300,14 +301,14 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                         } else {
                             &mut f.filler_orders
                         };
-                        over.note(push_unique(list, r), &format!("{name}-{n}"));
+                        over.note(push_unique(list, r), format_args!("{name}-{n}"));
                     }
                 }
                 if name == "ORC" {
                     for rep in seg.field(21).repetitions() {
                         let fits =
                             push_found(&mut f.finess, "ORC-21.10", &rep.component(10).text());
-                        over.note(fits, "ORC-21");
+                        over.note(fits, format_args!("ORC-21"));
                     }
                 }
             }
@@ -315,14 +316,14 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                 let hd = seg.field(3).component(4);
                 let fits = push_found(&mut f.facilities, "PV1-3.4.1", &hd.subcomponent(1).text())
                     & push_found(&mut f.facilities, "PV1-3.4.2", &hd.subcomponent(2).text());
-                over.note(fits, "PV1-3");
+                over.note(fits, format_args!("PV1-3"));
                 let fits = push_visit_authority(&mut f, &seg.field(19), "PV1-19");
-                over.note(fits, "PV1-19");
+                over.note(fits, format_args!("PV1-19"));
             }
             b"PID" => {
                 pids += 1;
                 let fits = push_visit_authority(&mut f, &seg.field(18), "PID-18");
-                over.note(fits, "PID-18");
+                over.note(fits, format_args!("PID-18"));
                 for rep in seg.field(3).repetitions() {
                     let auth = rep.component(4);
                     let ns = auth.subcomponent(1).text();
@@ -336,7 +337,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                             uid.trim(),
                             uid_type.trim(),
                         );
-                        over.note(fits, "PID-3");
+                        over.note(fits, format_args!("PID-3"));
                     }
                     let id_type = rep.component(5).text();
                     if is_national_patient_id(id_type.trim(), uid.trim()) {
@@ -344,7 +345,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                     }
                     let fits = push_found(&mut f.patient_authorities, "PID-3.4.1", &ns)
                         & push_found(&mut f.patient_authorities, "PID-3.4.2", &uid);
-                    over.note(fits, "PID-3");
+                    over.note(fits, format_args!("PID-3"));
                     if f.patient_key.is_none() && pids == 1 && !id.trim().is_empty() {
                         let a = if ns.trim().is_empty() {
                             uid.trim()

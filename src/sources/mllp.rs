@@ -21,48 +21,77 @@ pub struct ConnLimits {
     pub idle_timeout: Duration,
     /// A frame begun must end within this long.
     pub frame_timeout: Duration,
-    /// Connections one peer address may hold (over all listeners).
-    pub per_peer: usize,
 }
 
-/// Connections held per peer address, over every MLLP listener of an instance.
-#[derive(Debug, Default)]
-pub struct PeerSlots {
+/// Who may open one more connection, over every MLLP listener of an instance: at most
+/// `max_connections` in all, and `max_connections_per_peer` from one address.
+#[derive(Debug)]
+pub struct Admission {
+    /// One permit per connection (the server waits for all of them back to drain).
+    total: Arc<Semaphore>,
+    per_peer: usize,
     held: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
 
-/// One connection's place in [`PeerSlots`], given back on drop.
+/// A connection's places in [`Admission`], given back on drop.
 #[derive(Debug)]
-pub struct PeerSlot {
-    slots: Arc<PeerSlots>,
+pub struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    admission: Arc<Admission>,
     ip: std::net::IpAddr,
 }
 
-impl PeerSlots {
-    /// A place for one more connection from `ip`, unless it already holds `limit`.
-    pub fn take(self: &Arc<Self>, ip: std::net::IpAddr, limit: usize) -> Option<PeerSlot> {
-        let mut held = match self.held.lock() {
+/// Why a connection was closed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_connections` reached.
+    Total,
+    /// The address holds `max_connections_per_peer`.
+    PerPeer,
+}
+
+impl Admission {
+    pub fn new(total: Arc<Semaphore>, per_peer: usize) -> Admission {
+        Admission {
+            total,
+            per_peer,
+            held: Default::default(),
+        }
+    }
+
+    fn held(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        match self.held.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
-        };
+        }
+    }
+
+    /// Places for one more connection from `ip`, or why not.
+    pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<Admitted, Refused> {
+        let permit = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Total)?;
+        let mut held = self.held();
         let n = held.entry(ip).or_insert(0);
-        if *n >= limit {
-            return None;
+        if *n >= self.per_peer {
+            return Err(Refused::PerPeer);
         }
         *n += 1;
-        Some(PeerSlot {
-            slots: self.clone(),
+        Ok(Admitted {
+            _permit: permit,
+            admission: self.clone(),
             ip,
         })
     }
 }
 
-impl Drop for PeerSlot {
+impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut held = match self.slots.held.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut held = self.admission.held();
         if let Some(n) = held.get_mut(&self.ip) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -74,29 +103,28 @@ impl Drop for PeerSlot {
 
 /// Runs a listener until `shutdown` turns true. With `tls`, every connection must complete
 /// a TLS handshake with a client certificate issued by the configured CA.
-#[allow(clippy::too_many_arguments)]
 pub async fn run_listener(
     listener: TcpListener,
     name: String,
     limits: ConnLimits,
-    slots: Arc<Semaphore>,
-    peers: Arc<PeerSlots>,
+    admission: Arc<Admission>,
     store: StoreHandle,
     tls: Option<TlsListener>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     while let Some((stream, peer)) = next_connection(&listener, &name, &mut shutdown).await {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            stats::add(&STATS.connections_refused, 1);
-            tracing::warn!(listener = %name, peer = %peer, "connection limit reached; connection refused");
-            drop(stream);
-            continue;
-        };
-        let Some(peer_slot) = peers.take(peer.ip(), limits.per_peer) else {
-            stats::add(&STATS.connections_refused_per_peer, 1);
-            tracing::warn!(listener = %name, peer = %peer, limit = limits.per_peer, "per-peer connection limit reached; connection refused");
-            drop(stream);
-            continue;
+        let admitted = match admission.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(Refused::Total) => {
+                stats::add(&STATS.connections_refused, 1);
+                tracing::warn!(listener = %name, peer = %peer, "connection limit reached; connection refused");
+                continue;
+            }
+            Err(Refused::PerPeer) => {
+                stats::add(&STATS.connections_refused_per_peer, 1);
+                tracing::warn!(listener = %name, peer = %peer, limit = admission.per_peer, "per-peer connection limit reached; connection refused");
+                continue;
+            }
         };
         stats::add(&STATS.connections_accepted, 1);
         let mut origin = Origin {
@@ -124,8 +152,7 @@ pub async fn run_listener(
                     serve_connection(tls_stream, origin, limits, store, shutdown).await
                 }
             }
-            drop(peer_slot);
-            drop(permit);
+            drop(admitted);
         });
     }
 }

@@ -111,7 +111,9 @@ pub enum StoreError {
     Commit(String),
     #[error("the store writer has stopped")]
     Closed,
-    #[error("the store {0} is being reopened after a write failure (disk full or I/O error)")]
+    #[error(
+        "the store {0} could not be written (disk full or I/O error): messages are answered AE until it reopens; free space on its filesystem or check the device"
+    )]
     Unavailable(PathBuf),
 }
 
@@ -218,10 +220,10 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(STORE_FILE);
-        let db = open_file(&path)?;
+        let db = Arc::new(open_file(&path)?);
         Ok(Store {
             shared: Arc::new(Shared {
-                db: std::sync::RwLock::new(Some(Arc::new(db))),
+                db: std::sync::RwLock::new(Some(db)),
                 path,
             }),
         })
@@ -241,6 +243,15 @@ impl Store {
             .ok_or_else(|| StoreError::Unavailable(self.shared.path.clone()))
     }
 
+    /// Puts `db` in place of the open database.
+    fn set_database(&self, db: Option<Database>) {
+        let mut slot = match self.shared.db.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        *slot = db.map(Arc::new);
+    }
+
     /// A read snapshot.
     pub(crate) fn read(&self) -> Result<redb::ReadTransaction, StoreError> {
         self.database()?.begin_read().map_err(db_err)
@@ -256,21 +267,11 @@ impl Store {
     /// read in progress) or the file cannot be opened (the disk still full): the store
     /// stays unavailable and the writer tries again later.
     pub(crate) fn reopen(&self) -> Result<(), StoreError> {
-        let mut slot = match self.shared.db.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
         // Dropping the handle closes the file once no read snapshot holds it any more.
-        *slot = None;
-        drop(slot);
+        self.set_database(None);
         // Opened without the lock: a repair may take a while, and readers get
         // `Unavailable` meanwhile rather than waiting.
-        let db = open_file(&self.shared.path)?;
-        let mut slot = match self.shared.db.write() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        *slot = Some(Arc::new(db));
+        self.set_database(Some(open_file(&self.shared.path)?));
         Ok(())
     }
 
