@@ -30,8 +30,27 @@ impl Drop for Peer {
     }
 }
 
-/// Starts `program args… PORT OUT_DIR` and waits for its "listening PORT" line.
+/// Starts `program args… PORT OUT_DIR` and waits for its "listening PORT" line. A port
+/// from `free_port` may be taken by another test before the peer binds it, so a peer that
+/// did not start is started again on another port, three times in all, before it counts
+/// as missing.
 fn spawn_peer(what: &str, program: &str, args: &[&str], install: &str) -> Option<Peer> {
+    let mut why = String::new();
+    for _ in 0..3 {
+        match try_spawn_peer(program, args) {
+            Ok(peer) => return Some(peer),
+            Err(e) => why = e,
+        }
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI must have {what}: {install} ({why})"
+    );
+    eprintln!("SKIPPED: {what} not available: {why} ({install})");
+    None
+}
+
+fn try_spawn_peer(program: &str, args: &[&str]) -> Result<Peer, String> {
     let out = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let child = Command::new(program)
@@ -41,18 +60,7 @@ fn spawn_peer(what: &str, program: &str, args: &[&str], install: &str) -> Option
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn();
-    let skip = |why: String| {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must have {what}: {install} ({why})"
-        );
-        eprintln!("SKIPPED: {what} not available: {why} ({install})");
-        None
-    };
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => return skip(e.to_string()),
-    };
+    let mut child = child.map_err(|e| e.to_string())?;
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -61,14 +69,15 @@ fn spawn_peer(what: &str, program: &str, args: &[&str], install: &str) -> Option
         let _ = tx.send(line);
     });
     match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(line) if line.starts_with("listening") => Some(Peer {
+        Ok(line) if line.starts_with("listening") => Ok(Peer {
             child,
             addr: format!("127.0.0.1:{port}").parse().expect("addr"),
             out,
         }),
         other => {
             let _ = child.kill();
-            skip(format!("did not start: {other:?}"))
+            let _ = child.wait();
+            Err(format!("did not start on port {port}: {other:?}"))
         }
     }
 }
