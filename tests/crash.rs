@@ -5,7 +5,8 @@
 //!
 //! At the end: acknowledged messages lost = 0, delivered to a wrong establishment = 0, each
 //! connection's (hence each patient's) first deliveries in order; duplicate deliveries
-//! (at-least-once: a receiver drops them by MSH-10) counted and reported.
+//! (at-least-once: a receiver drops them by MSH-10) counted and reported; and how many kills
+//! landed with a message being received or committed, delivered, or owed a retry.
 //!
 //! Short form in CI (5 kills). Long form: `LABROUTE_KILLS=50 cargo test --release --test
 //! crash -- --nocapture`; `LABROUTE_CRASH_SEED` replays a run's kill points.
@@ -16,6 +17,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,9 +31,19 @@ use tokio::net::TcpListener;
 /// What a flaky record system saw: (MSH-10, its answer) in order.
 type Log = Arc<Mutex<Vec<(String, AckCode)>>>;
 
+/// What was under way when a kill landed, counted across the kills.
+#[derive(Default)]
+struct Phases {
+    /// Messages written by a sender whose ACK had not come back (being received or
+    /// committed).
+    sending: AtomicUsize,
+    /// Messages a record system had read and not yet answered (being delivered).
+    delivering: AtomicUsize,
+}
+
 /// A record system that answers AE to about one message in `ae_one_in` the first time it
 /// sees it (so the engine retries), AA otherwise, after `delay`.
-async fn flaky_receiver(ae_one_in: u64, delay: Duration) -> (SocketAddr, Log) {
+async fn flaky_receiver(ae_one_in: u64, delay: Duration, phases: Arc<Phases>) -> (SocketAddr, Log) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let log: Log = Arc::default();
@@ -43,7 +55,7 @@ async fn flaky_receiver(ae_one_in: u64, delay: Duration) -> (SocketAddr, Log) {
             let Ok((mut s, _)) = listener.accept().await else {
                 return;
             };
-            let (log, seen) = (l2.clone(), seen.clone());
+            let (log, seen, phases) = (l2.clone(), seen.clone(), phases.clone());
             n += 1;
             let salt = n;
             tokio::spawn(async move {
@@ -51,6 +63,8 @@ async fn flaky_receiver(ae_one_in: u64, delay: Duration) -> (SocketAddr, Log) {
                 let mut k = salt;
                 while let Some(frames) = reader.next(&mut s).await {
                     for f in frames {
+                        phases.delivering.fetch_add(1, Ordering::SeqCst);
+                        let _done = Decrement(&phases.delivering);
                         let prepared = labroute::hl7::message::prepare(&f);
                         let Ok(m) = Message::parse(&prepared) else {
                             return;
@@ -77,6 +91,32 @@ async fn flaky_receiver(ae_one_in: u64, delay: Duration) -> (SocketAddr, Log) {
         }
     });
     (addr, log)
+}
+
+/// Takes one off a gauge when dropped (however the scope ends).
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// MSH-10 of the messages a receiver answered AE and no receiver has taken since: retries
+/// owed.
+fn retries_owed(logs: &[&Log]) -> usize {
+    let mut refused = HashSet::new();
+    let mut taken = HashSet::new();
+    for log in logs {
+        for (m, c) in log.lock().unwrap().iter() {
+            if *c == AckCode::AE {
+                refused.insert(m.clone());
+            } else {
+                taken.insert(m.clone());
+            }
+        }
+    }
+    refused.difference(&taken).count()
 }
 
 /// MSH-10 of the messages a receiver took (answered AA), in order.
@@ -154,8 +194,13 @@ async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let (es1, log1) = flaky_receiver(7, Duration::from_millis(1)).await;
-    let (es2, log2) = flaky_receiver(5, Duration::from_millis(2)).await;
+    let phases: Arc<Phases> = Arc::default();
+    let (es1, log1) = flaky_receiver(7, Duration::from_millis(1), phases.clone()).await;
+    let (es2, log2) = flaky_receiver(5, Duration::from_millis(2), phases.clone()).await;
+    // Kills that landed with a message being received or committed, one being delivered,
+    // a retry owed, acknowledged messages not yet delivered.
+    let (mut while_receiving, mut while_delivering, mut while_retry_owed, mut while_backlog) =
+        (0, 0, 0, 0);
     let (sil_port, dpi_port) = (free_port(), free_port());
     let routes = dir.path().join("routes");
     std::fs::create_dir_all(&routes).unwrap();
@@ -174,7 +219,7 @@ async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
         // kill cuts it.
         let mut senders = Vec::new();
         for c in 0..CONNECTIONS {
-            let acked = acked.clone();
+            let (acked, phases) = (acked.clone(), phases.clone());
             let start = next + c * PER_CONNECTION;
             senders.push(tokio::spawn(async move {
                 let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", sil_port)).await
@@ -186,6 +231,8 @@ async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
                     let ctrl = format!("K{i}");
                     let patient = format!("{}", c * 10 + i % 5);
                     let m = result_by_identifier(es, &ctrl, &patient, "1");
+                    phases.sending.fetch_add(1, Ordering::SeqCst);
+                    let _answered = Decrement(&phases.sending);
                     if s.write_all(&frame(&m)).await.is_err() {
                         return;
                     }
@@ -202,6 +249,13 @@ async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
         // with deliveries and retries (AE) in flight.
         let after = rng.between(50, 1500);
         tokio::time::sleep(Duration::from_millis(after)).await;
+        // What is under way now, just before the kill (the counts move on for the few
+        // microseconds between this look and the signal).
+        while_receiving += usize::from(phases.sending.load(Ordering::SeqCst) > 0);
+        while_delivering += usize::from(phases.delivering.load(Ordering::SeqCst) > 0);
+        while_retry_owed += usize::from(retries_owed(&[&log1, &log2]) > 0);
+        let taken_now = taken(&log1).len() + taken(&log2).len();
+        while_backlog += usize::from(acked.lock().unwrap().len() > taken_now);
         child.kill().expect("SIGKILL");
         let _ = child.wait();
         for s in senders {
@@ -295,5 +349,10 @@ async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
         "crash campaign: {kills} SIGKILLs (seed {seed}), {} acknowledged, 0 lost, 0 misrouted, \
          order kept, {duplicates} duplicate deliveries, {refused_first} AE answers retried",
         acked.len()
+    );
+    eprintln!(
+        "  kills landing with a message being received or committed: {while_receiving}, \
+         being delivered: {while_delivering}, a retry owed: {while_retry_owed}, \
+         acknowledged messages not yet delivered: {while_backlog} (of {kills})"
     );
 }
