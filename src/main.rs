@@ -100,21 +100,39 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Load generator: results over N MLLP connections, each waiting for every ACK; prints
-    /// messages/s and ACK latency p50/p99.
+    /// Load generator: messages over N MLLP connections, each waiting for every ACK, as
+    /// fast as the ACKs come or at --rate; prints one summary line (--json: as JSON) with
+    /// messages/s and ACK latency p50/p99/p99.9/max. With --receive it also stands in for
+    /// the record systems and measures end to end (sent → delivered).
     Loadgen {
         #[arg(long, default_value = "127.0.0.1:2575")]
         to: String,
         #[arg(long, default_value_t = 8)]
         connections: usize,
+        /// Messages in all (with --duration, at most this many).
         #[arg(long, default_value_t = 10_000)]
         messages: usize,
-        /// PID-3 assigning authorities to cycle through (the example routes' ES1 and ES2).
-        #[arg(long, value_delimiter = ',', default_value = "CHNORD-IPP,CHSUD-IPP")]
-        authorities: Vec<String>,
-        /// OBX segments per result.
-        #[arg(long, default_value_t = 5)]
-        obx: usize,
+        /// Send for this many seconds (then --messages is only an upper bound).
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Messages per second in all; default: as fast as the ACKs come.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// results (ORU with 5-30 OBX, one in 50 carrying a 180 KB CDA), orders (OML^O21,
+        /// ADT^A01/A08; for the dpi listener) or oru:N (ORU with N OBX).
+        #[arg(long, default_value = "oru:5")]
+        mix: labroute::loadgen::Mix,
+        /// Establishment tags to cycle through: PID-3.4 TAG-IPP, MSH-4 TAG, placer
+        /// namespace DPI-TAG (the example routes: CHNORD is ES1, CHSUD is ES2).
+        #[arg(long, value_delimiter = ',', default_value = "CHNORD,CHSUD")]
+        establishments: Vec<String>,
+        /// Stand in for the record systems on these addresses (plain MLLP; the example
+        /// routes' dpi-es1 and dpi-es2 are 127.0.0.1:2676,127.0.0.1:2677).
+        #[arg(long, value_delimiter = ',')]
+        receive: Vec<String>,
+        /// Print the summary as one JSON object.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         tls: TlsArgs,
     },
@@ -668,8 +686,12 @@ async fn run(cli: Cli) -> Result<()> {
             to,
             connections,
             messages,
-            authorities,
-            obx,
+            duration,
+            rate,
+            mix,
+            establishments,
+            receive,
+            json,
             tls,
         } => {
             let tls = tls.client()?;
@@ -678,26 +700,38 @@ async fn run(cli: Cli) -> Result<()> {
             } else {
                 NO_ACK_TLS
             };
-            let to = tokio::net::lookup_host(&to)
-                .await
-                .with_context(|| format!("resolving {to}"))?
-                .next()
-                .with_context(|| format!("{to} resolves to no address"))?;
+            let resolve = |a: String| async move {
+                tokio::net::lookup_host(&a)
+                    .await
+                    .with_context(|| format!("resolving {a}"))?
+                    .next()
+                    .with_context(|| format!("{a} resolves to no address"))
+            };
+            let mut receivers = Vec::new();
+            for r in receive {
+                receivers.push(resolve(r).await?);
+            }
             let spec = labroute::loadgen::LoadSpec {
-                to,
                 connections,
-                messages,
-                authorities,
-                obx,
-                ack_timeout: Duration::from_secs(30),
+                duration: duration.map(Duration::from_secs),
+                rate,
+                mix,
+                establishments,
                 run_id: format!("LG{}", now_ms()),
                 tls,
+                receivers,
+                ..labroute::loadgen::LoadSpec::new(resolve(to).await?, messages)
             };
             let report = labroute::loadgen::run(spec).await?;
-            println!("{report}");
-            if report.failed > 0 || report.refused > 0 {
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!("{report}");
+            }
+            let undelivered = report.end_to_end.as_ref().map_or(0, |e| e.undelivered);
+            if report.failed > 0 || report.refused > 0 || undelivered > 0 {
                 anyhow::bail!(
-                    "{} refused, {} without an ACK{}",
+                    "{} refused, {} without an ACK{}, {undelivered} accepted but not delivered",
                     report.refused,
                     report.failed,
                     if report.failed > 0 {
