@@ -24,6 +24,10 @@ for _ in $(seq 200); do
     (exec 3<>/dev/tcp/127.0.0.1/2575) 2>/dev/null && break
     sleep 0.05
 done
+kill -0 "$serve" 2>/dev/null || {
+    echo "labroute serve did not start (another instance on routes/' ports 2575-2581?)"
+    exit 1
+}
 (while kill -0 "$serve" 2>/dev/null; do
     ps -o rss= -p "$serve" >> "$dir/rss" || true
     sleep 5

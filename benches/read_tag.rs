@@ -8,8 +8,11 @@
 //!
 //! `cargo bench --bench read_tag`; BENCHMARKS.md has the latest figures.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::read_everything;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use labroute::config::Config;
 use labroute::hl7::Message;
@@ -33,22 +36,6 @@ NTE|{i}|L|Résultat contrôlé \\T\\ validé\r"
         ));
     }
     m.into_bytes()
-}
-
-/// Reads every field, repetition and component of every segment, decoded; the number of
-/// bytes seen (so nothing is optimised away).
-fn read_everything(m: &Message<'_>) -> usize {
-    let mut n = 0;
-    for seg in m.segments() {
-        for f in 1..=seg.field_count() {
-            for rep in seg.field(f).repetitions() {
-                for comp in rep.components() {
-                    n += comp.text().len();
-                }
-            }
-        }
-    }
-    n
 }
 
 fn bench(c: &mut Criterion) {

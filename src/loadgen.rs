@@ -41,9 +41,8 @@ impl std::str::FromStr for Mix {
         match s {
             "results" => Ok(Mix::Results),
             "orders" => Ok(Mix::Orders),
-            _ => match s.strip_prefix("oru") {
+            _ => match s.strip_prefix("oru:") {
                 Some(n) => n
-                    .trim_start_matches(':')
                     .parse()
                     .map(|obx| Mix::Oru { obx })
                     .map_err(|_| format!("mix {s:?}: oru:N (OBX per result)")),
@@ -197,12 +196,6 @@ pub struct LoadReport {
     pub end_to_end: Option<EndToEnd>,
 }
 
-impl LoadReport {
-    pub fn per_second(&self) -> f64 {
-        self.per_second
-    }
-}
-
 impl std::fmt::Display for LoadReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -240,10 +233,14 @@ impl std::fmt::Display for LoadReport {
 pub enum LoadError {
     #[error("connect to {0}: {1}")]
     Connect(SocketAddr, std::io::Error),
-    #[error("listen on {0} (as a record system): {1}")]
+    #[error(
+        "listen on {0} (as a record system): {1}; stop what already listens there (labroute receive?)"
+    )]
     Listen(SocketAddr, std::io::Error),
     #[error("latency histogram: {0}")]
     Histogram(String),
+    #[error("load generator: {0}")]
+    Internal(String),
     #[error("no establishment to send for")]
     NoEstablishment,
 }
@@ -346,7 +343,7 @@ struct Tracker {
 struct Shared {
     tracker: Mutex<Tracker>,
     e2e: Mutex<Histogram<u64>>,
-    /// Control ids refused or unanswered: never expected at a receiver.
+    /// Whether anybody receives (`LoadSpec::receivers`): otherwise nothing is tracked.
     tracking: bool,
 }
 
@@ -389,48 +386,68 @@ fn histogram() -> Result<Histogram<u64>, LoadError> {
         .map_err(|e| LoadError::Histogram(e.to_string()))
 }
 
+/// Answers AA to every message received on `stream`, as a record system does, until the
+/// peer closes. Each frame goes first to `seen`, with its parsed form when it parses;
+/// `seen` gives the number for the ACK's own control id (`{prefix}{n}`), or `None` to
+/// close the connection without answering. `labroute receive` and the load generator's
+/// stand-ins both answer this way.
+pub async fn answer_as_record_system<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    prefix: &str,
+    mut seen: impl FnMut(&[u8], Option<&Message<'_>>) -> Option<u64>,
+) {
+    let mut dec = Decoder::new(64 << 20);
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let mut out = Vec::new();
+        for u in dec.feed(&buf[..n]) {
+            let Decoded::Frame(f) = u else { continue };
+            let body = prepare(&f);
+            let parsed = Message::parse(&body).ok();
+            let Some(i) = seen(&f, parsed.as_ref()) else {
+                return;
+            };
+            let header = parsed
+                .as_ref()
+                .map(AckHeader::of)
+                .unwrap_or_else(|| AckHeader::salvage(&body));
+            let a = ack::build(
+                &header,
+                AckCode::AA,
+                None,
+                &format!("{prefix}{i}"),
+                &crate::time::hl7_timestamp(crate::time::now_ms()),
+            );
+            out.extend_from_slice(&frame(&a));
+        }
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// A stand-in record system: answers AA to every message and tells `shared` its MSH-10.
 async fn record_system(listener: TcpListener, shared: Arc<Shared>) {
     loop {
-        let Ok((mut s, _)) = listener.accept().await else {
+        let Ok((s, _)) = listener.accept().await else {
             return;
         };
+        let _ = s.set_nodelay(true);
         let shared = shared.clone();
         tokio::spawn(async move {
-            let _ = s.set_nodelay(true);
-            let mut dec = Decoder::new(64 << 20);
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut n_acks = 0u64;
-            loop {
-                let n = match s.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                let mut out = Vec::new();
-                for u in dec.feed(&buf[..n]) {
-                    let Decoded::Frame(f) = u else { continue };
-                    let body = prepare(&f);
-                    let header = match Message::parse(&body) {
-                        Ok(m) => {
-                            shared.delivered(&m.text("MSH-10"));
-                            AckHeader::of(&m)
-                        }
-                        Err(_) => AckHeader::salvage(&body),
-                    };
-                    n_acks += 1;
-                    let a = ack::build(
-                        &header,
-                        AckCode::AA,
-                        None,
-                        &format!("LGR{n_acks}"),
-                        "20250301100000",
-                    );
-                    out.extend_from_slice(&frame(&a));
+            let mut n = 0u64;
+            answer_as_record_system(s, "LGR", |_, m| {
+                if let Some(m) = m {
+                    shared.delivered(&m.text("MSH-10"));
                 }
-                if !out.is_empty() && s.write_all(&out).await.is_err() {
-                    return;
-                }
-            }
+                n += 1;
+                Some(n)
+            })
+            .await
         });
     }
 }
@@ -614,7 +631,11 @@ pub async fn run(spec: LoadSpec) -> Result<LoadReport, LoadError> {
                 bytes += r.bytes;
             }
             Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(LoadError::Histogram(format!("worker ended: {e}"))),
+            Err(e) => {
+                return Err(LoadError::Internal(format!(
+                    "a connection's task ended: {e}"
+                )));
+            }
         }
     }
     let elapsed = start.elapsed();
@@ -638,11 +659,11 @@ pub async fn run(spec: LoadSpec) -> Result<LoadReport, LoadError> {
         let t = shared
             .tracker
             .lock()
-            .map_err(|_| LoadError::Histogram("tracker poisoned".into()))?;
+            .map_err(|_| LoadError::Internal("delivery tracker poisoned".into()))?;
         let e2e = shared
             .e2e
             .lock()
-            .map_err(|_| LoadError::Histogram("histogram poisoned".into()))?;
+            .map_err(|_| LoadError::Internal("latency histogram poisoned".into()))?;
         let span = t
             .last_delivery
             .map_or(Duration::ZERO, |l| l.duration_since(start))

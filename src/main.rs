@@ -12,14 +12,13 @@ use tokio::net::{TcpListener, TcpStream};
 use labroute::admin::http::{AdminClient, ClientError};
 use labroute::admin::{self, AdminRequest};
 use labroute::config::Config;
-use labroute::hl7::ack::{self, AckCode, AckHeader};
+use labroute::hl7::ack::{self, AckCode};
 use labroute::hl7::mllp::{Decoded, Decoder, frame};
-use labroute::hl7::{Message, message::prepare};
 use labroute::router::tests_runner::run_all;
 use labroute::server::Server;
 use labroute::store::writer::OperatorCommand;
 use labroute::store::{Store, StoreHandle, WriterConfig};
-use labroute::time::{hl7_timestamp, now_ms};
+use labroute::time::now_ms;
 
 #[derive(Parser)]
 #[command(
@@ -731,13 +730,19 @@ async fn run(cli: Cli) -> Result<()> {
             let undelivered = report.end_to_end.as_ref().map_or(0, |e| e.undelivered);
             if report.failed > 0 || report.refused > 0 || undelivered > 0 {
                 anyhow::bail!(
-                    "{} refused, {} without an ACK{}, {undelivered} accepted but not delivered",
+                    "{} refused, {} without an ACK{}, {undelivered} accepted but not delivered{}",
                     report.refused,
                     report.failed,
                     if report.failed > 0 {
                         format!(" ({hint})")
                     } else {
                         String::new()
+                    },
+                    if undelivered > 0 {
+                        " (are the routes' record destinations the --receive addresses? \
+                         `labroute status` shows what waits where)"
+                    } else {
+                        ""
                     }
                 );
             }
@@ -984,39 +989,17 @@ async fn receive(listen: &str, out: &Path) -> Result<()> {
     eprintln!("receiving on {}", listener.local_addr()?);
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
     loop {
-        let (mut stream, _) = listener.accept().await?;
+        let (stream, _) = listener.accept().await?;
         let out = out.to_owned();
         let counter = counter.clone();
-        tokio::spawn(async move {
-            let mut dec = Decoder::new(64 * 1024 * 1024);
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                for u in dec.feed(&buf[..n]) {
-                    let Decoded::Frame(f) = u else { continue };
-                    let i = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                    if std::fs::write(out.join(format!("{i:08}.hl7")), &f).is_err() {
-                        return;
-                    }
-                    let header = Message::parse(&prepare(&f))
-                        .map(|m| AckHeader::of(&m))
-                        .unwrap_or_else(|_| AckHeader::salvage(&f));
-                    let now = now_ms();
-                    let a = ack::build(
-                        &header,
-                        AckCode::AA,
-                        None,
-                        &format!("RCV{i}"),
-                        &hl7_timestamp(now),
-                    );
-                    if stream.write_all(&frame(&a)).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+        tokio::spawn(labroute::loadgen::answer_as_record_system(
+            stream,
+            "RCV",
+            move |f, _| {
+                let i = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                std::fs::write(out.join(format!("{i:08}.hl7")), f).ok()?;
+                Some(i)
+            },
+        ));
     }
 }

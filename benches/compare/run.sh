@@ -7,6 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-3}
+python3 -c 'import hl7, hl7apy' 2>/dev/null || {
+    echo "needs the PyPI parsers: python3 -m pip install -r tests/python-requirements.txt"
+    exit 2
+}
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 cargo bench --quiet --bench compare -- --write "$dir/msgs"

@@ -1,0 +1,19 @@
+//! What several benches share.
+
+use labroute::hl7::Message;
+
+/// Reads every component of every field repetition of every segment, decoded, as a reader
+/// that builds the whole tree does; the bytes seen, so that nothing is optimised away.
+pub fn read_everything(m: &Message<'_>) -> usize {
+    let mut n = 0;
+    for seg in m.segments() {
+        for f in 1..=seg.field_count() {
+            for rep in seg.field(f).repetitions() {
+                for comp in rep.components() {
+                    n += comp.text().len() + 1;
+                }
+            }
+        }
+    }
+    n
+}
