@@ -2,6 +2,8 @@
 # Memory of an instance whose record systems accept connections and never answer
 # (RELIABILITY.md, peer faults): its RSS after N and after 3N results queued for them.
 # A backlog lives in the store, not in the process: the two figures should be close.
+# Then it stops the instance (SIGTERM) and starts it again on that backlog: the time until
+# its listener accepts, and its RSS then.
 #   bash benches/stalled_memory.sh [N] [path/to/labroute]
 set -euo pipefail
 n=${1:-20000}
@@ -57,9 +59,13 @@ name = "Sudville"
 record = "dpi-es2"
 identify.patient_authorities = ["CHSUD-IPP"]
 TOML
-LABROUTE_LOG=error "$bin" serve --routes "$dir/routes" --data "$dir/data" &
-pid=$!
-for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$sil) 2>/dev/null && break; sleep 0.1; done
+start() {
+  LABROUTE_LOG=error "$bin" serve --routes "$dir/routes" --data "$dir/data" &
+  pid=$!
+  for _ in $(seq 3000); do (echo > /dev/tcp/127.0.0.1/$sil) 2>/dev/null && return; sleep 0.01; done
+  echo "labroute did not start listening within 30 s"; exit 1
+}
+start
 rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
 echo "start: RSS $(rss) kB"
 "$bin" loadgen --to "127.0.0.1:$sil" --connections 8 --messages "$n" | tail -1
@@ -67,3 +73,7 @@ sleep 2; a=$(rss); echo "after $n queued: RSS $a kB ($(du -sk "$dir/data" | cut 
 "$bin" loadgen --to "127.0.0.1:$sil" --connections 8 --messages $((2 * n)) | tail -1
 sleep 2; b=$(rss); echo "after $((3 * n)) queued: RSS $b kB ($(du -sk "$dir/data" | cut -f1) kB on disk)"
 python3 -c "print(f'RSS ratio (3N / N queued): {$b / $a:.2f}')"
+kill -TERM "$pid"; wait "$pid" || true
+t0=$(date +%s.%N); start; t1=$(date +%s.%N)
+sleep 2
+python3 -c "print(f'restart with $((3 * n)) queued: listening after {$t1 - $t0:.2f} s, RSS $(rss) kB')"

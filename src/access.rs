@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::hl7::{Message, Segment, Value};
+use crate::hl7::{Field, Message, Segment, Value};
 
 /// OID of the national health professional identifiers (RPPS/ADELI, "IDNPS").
 pub const IDNPS_OID: &str = "1.2.250.1.71.4.2.1";
@@ -78,8 +78,24 @@ pub fn care_team(msg: &Message<'_>) -> Vec<(String, Link)> {
 /// False when a practitioner was left out because `out` holds
 /// [`crate::router::facts::MAX_DISTINCT`] already.
 pub fn add_care(seg: &Segment<'_>, out: &mut Vec<(String, Link)>) -> bool {
+    match seg.id() {
+        b"ORC" => add_named(&seg.field(12), Link::Ordering, out),
+        b"OBR" => {
+            let [f16, f28] = seg.fields_at([16, 28]);
+            add_named(&f16, Link::Ordering, out) & add_named(&f28, Link::Copy, out)
+        }
+        b"PRT" if seg.field(4).component(1).text() == "RCT" => {
+            add_named(&seg.field(5), Link::Recipient, out)
+        }
+        _ => true,
+    }
+}
+
+/// The practitioners an XCN field (ORC-12, OBR-16...) names, each added to `out` with
+/// `link` unless already there; false when one was left out because `out` is full.
+pub fn add_named(field: &Field<'_>, link: Link, out: &mut Vec<(String, Link)>) -> bool {
     let mut fits = true;
-    let mut add = |xcn: Value<'_>, link: Link| {
+    for xcn in field.repetitions() {
         if let Some(r) = rpps_of(&xcn)
             && !out.iter().any(|(o, _)| *o == r)
         {
@@ -89,23 +105,6 @@ pub fn add_care(seg: &Segment<'_>, out: &mut Vec<(String, Link)>) -> bool {
                 out.push((r, link));
             }
         }
-    };
-    match seg.id() {
-        b"ORC" => seg
-            .field(12)
-            .repetitions()
-            .for_each(|x| add(x, Link::Ordering)),
-        b"OBR" => {
-            seg.field(16)
-                .repetitions()
-                .for_each(|x| add(x, Link::Ordering));
-            seg.field(28).repetitions().for_each(|x| add(x, Link::Copy));
-        }
-        b"PRT" if seg.field(4).component(1).text() == "RCT" => seg
-            .field(5)
-            .repetitions()
-            .for_each(|x| add(x, Link::Recipient)),
-        _ => {}
     }
     fits
 }

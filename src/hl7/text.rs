@@ -62,14 +62,12 @@ impl Charset {
     /// Decodes bytes in this charset. Invalid bytes are an error with their position.
     pub fn decode(self, bytes: &[u8]) -> Result<Cow<'_, str>, usize> {
         match self {
-            Charset::Ascii | Charset::Utf8 => {
-                if let Some(p) = self.first_invalid(bytes) {
-                    return Err(p);
-                }
-                std::str::from_utf8(bytes)
-                    .map(Cow::Borrowed)
-                    .map_err(|e| e.valid_up_to())
+            Charset::Ascii if !bytes.is_ascii() => {
+                Err(bytes.iter().position(|b| !b.is_ascii()).unwrap_or(0))
             }
+            Charset::Ascii | Charset::Utf8 => std::str::from_utf8(bytes)
+                .map(Cow::Borrowed)
+                .map_err(|e| e.valid_up_to()),
             Charset::Latin1 | Charset::Latin9 => {
                 if bytes.is_ascii() {
                     return std::str::from_utf8(bytes)
@@ -114,6 +112,12 @@ pub fn encode(cs: Charset, text: &str) -> Option<Vec<u8>> {
             .map(|c| (0u8..=255).find(|&b| latin_char(cs, b) == c))
             .collect(),
     }
+}
+
+/// True when `raw` holds the escape character (and may need [`unescape`]).
+pub fn has_escape(raw: &[u8], d: &Delimiters) -> bool {
+    d.escape
+        .is_some_and(|esc| memchr::memchr(esc, raw).is_some())
 }
 
 /// Resolves escape sequences in raw field bytes (no charset decoding yet).

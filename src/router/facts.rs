@@ -1,5 +1,7 @@
 //! The facts routing needs, read once from a parsed message into owned values.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::hl7::Message;
@@ -23,7 +25,7 @@ impl OrderRef {
 /// One identifier value found in the message, with the field it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Found {
-    pub field: String,
+    pub field: Cow<'static, str>,
     pub value: String,
 }
 
@@ -133,7 +135,7 @@ fn push_unique<T: PartialEq>(out: &mut Vec<T>, item: T) -> bool {
     true
 }
 
-fn push_found(out: &mut Vec<Found>, field: &str, value: &str) -> bool {
+fn push_found(out: &mut Vec<Found>, field: &'static str, value: &str) -> bool {
     let value = value.trim();
     if value.is_empty() {
         return true;
@@ -141,7 +143,7 @@ fn push_found(out: &mut Vec<Found>, field: &str, value: &str) -> bool {
     push_unique(
         out,
         Found {
-            field: field.to_owned(),
+            field: Cow::Borrowed(field),
             value: value.to_owned(),
         },
     )
@@ -181,18 +183,28 @@ fn push_patient_id(out: &mut Vec<PatientId>, value: &str, uid: &str, uid_type: &
     )
 }
 
-fn push_visit_authority(f: &mut Facts, field: &crate::hl7::message::Field<'_>, name: &str) -> bool {
+/// The assigning authority (CX-4.1, CX-4.2) of a visit or account number field, under the
+/// names `names` gives them.
+fn push_visit_authority(
+    f: &mut Facts,
+    field: &crate::hl7::message::Field<'_>,
+    names: [&'static str; 2],
+) -> bool {
     let auth = field.repetition(1).component(4);
     push_found(
         &mut f.visit_authorities,
-        &format!("{name}.4.1"),
+        names[0],
         &auth.subcomponent(1).text(),
     ) & push_found(
         &mut f.visit_authorities,
-        &format!("{name}.4.2"),
+        names[1],
         &auth.subcomponent(2).text(),
     )
 }
+
+/// Built once: building a searcher for each message cost more than the search.
+static META_DMP_MSS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"MetaDMPMSS"));
 
 /// Reads the facts, or refuses the message (unsupported type, missing required field).
 pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
@@ -259,36 +271,53 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
     // MetaDMPMSS flags exist only in the French CDA-in-HL7 profile: one search of the bytes
     // spares every other result a look at each OBX.
     let dmp_meta = matches!(class, MessageClass::Result | MessageClass::Document)
-        && memchr::memmem::find(msg.bytes(), b"MetaDMPMSS").is_some();
+        && META_DMP_MSS.find(msg.bytes()).is_some();
     let mut pids = 0usize;
     let mut over = Overflow::default();
+    const CARE: &str = "practitioners named (ORC-12, OBR-16, OBR-28, PRT-5)";
     for seg in msg.segments() {
-        if result {
-            over.note(
-                crate::access::add_care(&seg, &mut f.care_team),
-                format_args!("practitioners named (ORC-12, OBR-16, OBR-28, PRT-5)"),
-            );
-        }
         match seg.id() {
             b"OBX" if dmp_meta => {
                 f.ack_reception |= crate::dmp::flag_in(&seg, "ACK_RECEPTION") == Some(true);
                 f.ack_read |= crate::dmp::flag_in(&seg, "ACK_LECTURE_MSS") == Some(true);
             }
-            b"ORC" | b"OBR" => {
-                let name = if seg.id() == b"ORC" { "ORC" } else { "OBR" };
-                for (n, out) in [(2usize, 0), (3, 1)] {
-                    let v = seg.field(n).repetition(1);
+            b"PRT" if result => {
+                over.note(
+                    crate::access::add_care(&seg, &mut f.care_team),
+                    format_args!("{CARE}"),
+                );
+            }
+            id @ (b"ORC" | b"OBR") => {
+                let orc = id == b"ORC";
+                let (name, placer_ns) = if orc {
+                    ("ORC", ["ORC-2.2", "ORC-2.3"])
+                } else {
+                    ("OBR", ["OBR-2.2", "OBR-2.3"])
+                };
+                // ORC-12 and ORC-21; OBR-16 and OBR-28.
+                let [f2, f3, fa, fb] = if orc {
+                    seg.fields_at([2, 3, 12, 21])
+                } else {
+                    seg.fields_at([2, 3, 16, 28])
+                };
+                if result {
+                    use crate::access::{Link, add_named};
+                    let fits = if orc {
+                        add_named(&fa, Link::Ordering, &mut f.care_team)
+                    } else {
+                        add_named(&fa, Link::Ordering, &mut f.care_team)
+                            & add_named(&fb, Link::Copy, &mut f.care_team)
+                    };
+                    over.note(fits, format_args!("{CARE}"));
+                }
+                for (n, field) in [(2usize, f2), (3, f3)] {
+                    let v = field.repetition(1);
                     let id = v.component(1).text().trim().to_owned();
                     let ns = v.component(2).text().trim().to_owned();
                     let uid = v.component(3).text().trim().to_owned();
                     if n == 2 {
-                        let fits =
-                            push_found(&mut f.placer_namespaces, &format!("{name}-2.2"), &ns)
-                                & push_found(
-                                    &mut f.placer_namespaces,
-                                    &format!("{name}-2.3"),
-                                    &uid,
-                                );
+                        let fits = push_found(&mut f.placer_namespaces, placer_ns[0], &ns)
+                            & push_found(&mut f.placer_namespaces, placer_ns[1], &uid);
                         over.note(fits, format_args!("{name}-2"));
                     }
                     if !id.is_empty() {
@@ -296,7 +325,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                             id,
                             namespace: if ns.is_empty() { uid } else { ns },
                         };
-                        let list = if out == 0 {
+                        let list = if n == 2 {
                             &mut f.placer_orders
                         } else {
                             &mut f.filler_orders
@@ -304,8 +333,8 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                         over.note(push_unique(list, r), format_args!("{name}-{n}"));
                     }
                 }
-                if name == "ORC" {
-                    for rep in seg.field(21).repetitions() {
+                if orc {
+                    for rep in fb.repetitions() {
                         let fits =
                             push_found(&mut f.finess, "ORC-21.10", &rep.component(10).text());
                         over.note(fits, format_args!("ORC-21"));
@@ -313,18 +342,20 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                 }
             }
             b"PV1" => {
-                let hd = seg.field(3).component(4);
+                let [f3, f19] = seg.fields_at([3, 19]);
+                let hd = f3.component(4);
                 let fits = push_found(&mut f.facilities, "PV1-3.4.1", &hd.subcomponent(1).text())
                     & push_found(&mut f.facilities, "PV1-3.4.2", &hd.subcomponent(2).text());
                 over.note(fits, format_args!("PV1-3"));
-                let fits = push_visit_authority(&mut f, &seg.field(19), "PV1-19");
+                let fits = push_visit_authority(&mut f, &f19, ["PV1-19.4.1", "PV1-19.4.2"]);
                 over.note(fits, format_args!("PV1-19"));
             }
             b"PID" => {
                 pids += 1;
-                let fits = push_visit_authority(&mut f, &seg.field(18), "PID-18");
+                let [f3, f18] = seg.fields_at([3, 18]);
+                let fits = push_visit_authority(&mut f, &f18, ["PID-18.4.1", "PID-18.4.2"]);
                 over.note(fits, format_args!("PID-18"));
-                for rep in seg.field(3).repetitions() {
+                for rep in f3.repetitions() {
                     let auth = rep.component(4);
                     let ns = auth.subcomponent(1).text();
                     let uid = auth.subcomponent(2).text();

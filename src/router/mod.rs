@@ -184,7 +184,7 @@ pub fn decide(facts: &Facts, cfg: &Config, orders: &dyn OrderIndex) -> Decision 
     for (kind, found) in identifier_sources(facts) {
         evidence.push(Evidence {
             rule: Rule::Identifier(kind),
-            field: found.field.clone(),
+            field: found.field.to_string(),
             value: found.value.clone(),
             establishment: cfg.identify(kind, &found.value).cloned(),
         });
