@@ -3,7 +3,7 @@
 # (RELIABILITY.md, peer faults): its RSS after N and after 3N results queued for them.
 # A backlog lives in the store, not in the process: the two figures should be close.
 # Then it stops the instance (SIGTERM) and starts it again on that backlog: the time until
-# its listener accepts, and its RSS then.
+# its listener accepts and until a message sent then is acknowledged, and its RSS.
 #   bash benches/stalled_memory.sh [N] [path/to/labroute]
 set -euo pipefail
 n=${1:-20000}
@@ -75,5 +75,7 @@ sleep 2; b=$(rss); echo "after $((3 * n)) queued: RSS $b kB ($(du -sk "$dir/data
 python3 -c "print(f'RSS ratio (3N / N queued): {$b / $a:.2f}')"
 kill -TERM "$pid"; wait "$pid" || true
 t0=$(date +%s.%N); start; t1=$(date +%s.%N)
+# Ready means acknowledging: one message sent and its ACK back.
+"$bin" loadgen --to "127.0.0.1:$sil" --connections 1 --messages 1 > /dev/null; t2=$(date +%s.%N)
 sleep 2
-python3 -c "print(f'restart with $((3 * n)) queued: listening after {$t1 - $t0:.2f} s, RSS $(rss) kB')"
+python3 -c "print(f'restart with $((3 * n)) queued: listening after {$t1 - $t0:.2f} s, first ACK after {$t2 - $t0:.2f} s, RSS $(rss) kB')"

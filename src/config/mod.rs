@@ -331,8 +331,9 @@ pub struct Config {
     pub establishments: Vec<Establishment>,
     pub routing: Routing,
     pub tests: Vec<RouteTest>,
-    /// (kind, value) → the one establishment that value identifies.
-    pub identifiers: HashMap<(IdKind, String), EstablishmentId>,
+    /// kind → value → the one establishment that value identifies (looked up by `&str`:
+    /// the tenant decision makes a dozen lookups per message).
+    pub identifiers: HashMap<IdKind, HashMap<String, EstablishmentId>>,
 }
 
 impl Config {
@@ -361,7 +362,7 @@ impl Config {
         if value.is_empty() {
             return None;
         }
-        self.identifiers.get(&(kind, value.to_owned()))
+        self.identifiers.get(&kind)?.get(value)
     }
 
     /// Loads a routes directory (every `*.toml`, in name order) or a single file.
@@ -1289,8 +1290,12 @@ impl Validator {
                     continue;
                 }
                 self.identifier_sites
-                    .insert(key.clone(), (id.clone(), cx.file.to_owned(), cx.line(v)));
-                self.cfg.identifiers.insert(key, id.clone());
+                    .insert(key, (id.clone(), cx.file.to_owned(), cx.line(v)));
+                self.cfg
+                    .identifiers
+                    .entry(kind)
+                    .or_default()
+                    .insert(value.clone(), id.clone());
             }
         }
         let has_any = !ident.sending_facilities.is_empty()

@@ -137,7 +137,8 @@ fn push_unique<T: PartialEq>(out: &mut Vec<T>, item: T) -> bool {
 
 fn push_found(out: &mut Vec<Found>, field: &'static str, value: &str) -> bool {
     let value = value.trim();
-    if value.is_empty() {
+    // Compared before anything is allocated: ORC and OBR usually repeat each other.
+    if value.is_empty() || out.iter().any(|f| f.field == field && f.value == value) {
         return true;
     }
     push_unique(
@@ -312,23 +313,28 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                 }
                 for (n, field) in [(2usize, f2), (3, f3)] {
                     let v = field.repetition(1);
-                    let id = v.component(1).text().trim().to_owned();
-                    let ns = v.component(2).text().trim().to_owned();
-                    let uid = v.component(3).text().trim().to_owned();
+                    let (id, ns, uid) = (
+                        v.component(1).text(),
+                        v.component(2).text(),
+                        v.component(3).text(),
+                    );
+                    let (id, ns, uid) = (id.trim(), ns.trim(), uid.trim());
                     if n == 2 {
-                        let fits = push_found(&mut f.placer_namespaces, placer_ns[0], &ns)
-                            & push_found(&mut f.placer_namespaces, placer_ns[1], &uid);
+                        let fits = push_found(&mut f.placer_namespaces, placer_ns[0], ns)
+                            & push_found(&mut f.placer_namespaces, placer_ns[1], uid);
                         over.note(fits, format_args!("{name}-2"));
                     }
-                    if !id.is_empty() {
+                    let namespace = if ns.is_empty() { uid } else { ns };
+                    let list = if n == 2 {
+                        &mut f.placer_orders
+                    } else {
+                        &mut f.filler_orders
+                    };
+                    let known = list.iter().any(|o| o.id == id && o.namespace == namespace);
+                    if !id.is_empty() && !known {
                         let r = OrderRef {
-                            id,
-                            namespace: if ns.is_empty() { uid } else { ns },
-                        };
-                        let list = if n == 2 {
-                            &mut f.placer_orders
-                        } else {
-                            &mut f.filler_orders
+                            id: id.to_owned(),
+                            namespace: namespace.to_owned(),
                         };
                         over.note(push_unique(list, r), format_args!("{name}-{n}"));
                     }
