@@ -44,4 +44,9 @@ rss = [int(l) / 1024 for l in open(sys.argv[1]) if l.strip()]
 size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(sys.argv[2]) for f in fs)
 print(f"serve RSS: first {rss[0]:.1f} MB, min {min(rss):.1f}, max {max(rss):.1f}, "
       f"last {rss[-1]:.1f} MB over {len(rss)} samples; data directory {size / 1e6:.0f} MB")
+# Flat or growing: the RSS at each quarter of the run, and how much the second half added.
+q = [rss[min(len(rss) - 1, len(rss) * i // 4)] for i in range(1, 4)] + [rss[-1]]
+half = rss[len(rss) // 2]
+print("serve RSS at 1/4, 1/2, 3/4, end: " + ", ".join(f"{v:.1f}" for v in q)
+      + f" MB; second half {rss[-1] - half:+.1f} MB ({(rss[-1] / half - 1) * 100:+.1f} %)")
 PY
