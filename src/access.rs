@@ -93,7 +93,7 @@ pub fn add_care(seg: &Segment<'_>, out: &mut Vec<(String, Link)>) -> bool {
 
 /// The practitioners an XCN field (ORC-12, OBR-16...) names, each added to `out` with
 /// `link` unless already there; false when one was left out because `out` is full.
-pub fn add_named(field: &Field<'_>, link: Link, out: &mut Vec<(String, Link)>) -> bool {
+fn add_named(field: &Field<'_>, link: Link, out: &mut Vec<(String, Link)>) -> bool {
     let mut fits = true;
     for xcn in field.repetitions() {
         if let Some(r) = rpps_of(&xcn)

@@ -62,9 +62,7 @@ impl Charset {
     /// Decodes bytes in this charset. Invalid bytes are an error with their position.
     pub fn decode(self, bytes: &[u8]) -> Result<Cow<'_, str>, usize> {
         match self {
-            Charset::Ascii if !bytes.is_ascii() => {
-                Err(bytes.iter().position(|b| !b.is_ascii()).unwrap_or(0))
-            }
+            Charset::Ascii if !bytes.is_ascii() => Err(self.first_invalid(bytes).unwrap_or(0)),
             Charset::Ascii | Charset::Utf8 => std::str::from_utf8(bytes)
                 .map(Cow::Borrowed)
                 .map_err(|e| e.valid_up_to()),

@@ -125,9 +125,11 @@ impl Overflow {
 
 /// Adds `item` to `out` unless it is there; false when it is new and `out` is full.
 fn push_unique<T: PartialEq>(out: &mut Vec<T>, item: T) -> bool {
-    if out.contains(&item) {
-        return true;
-    }
+    out.contains(&item) || push_new(out, item)
+}
+
+/// Adds `item`, known not to be in `out`; false when `out` is full.
+fn push_new<T>(out: &mut Vec<T>, item: T) -> bool {
     if out.len() >= MAX_DISTINCT {
         return false;
     }
@@ -141,7 +143,7 @@ fn push_found(out: &mut Vec<Found>, field: &'static str, value: &str) -> bool {
     if value.is_empty() || out.iter().any(|f| f.field == field && f.value == value) {
         return true;
     }
-    push_unique(
+    push_new(
         out,
         Found {
             field: Cow::Borrowed(field),
@@ -275,18 +277,17 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         && META_DMP_MSS.find(msg.bytes()).is_some();
     let mut pids = 0usize;
     let mut over = Overflow::default();
-    const CARE: &str = "practitioners named (ORC-12, OBR-16, OBR-28, PRT-5)";
     for seg in msg.segments() {
+        if result {
+            over.note(
+                crate::access::add_care(&seg, &mut f.care_team),
+                format_args!("practitioners named (ORC-12, OBR-16, OBR-28, PRT-5)"),
+            );
+        }
         match seg.id() {
             b"OBX" if dmp_meta => {
                 f.ack_reception |= crate::dmp::flag_in(&seg, "ACK_RECEPTION") == Some(true);
                 f.ack_read |= crate::dmp::flag_in(&seg, "ACK_LECTURE_MSS") == Some(true);
-            }
-            b"PRT" if result => {
-                over.note(
-                    crate::access::add_care(&seg, &mut f.care_team),
-                    format_args!("{CARE}"),
-                );
             }
             id @ (b"ORC" | b"OBR") => {
                 let orc = id == b"ORC";
@@ -295,22 +296,8 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                 } else {
                     ("OBR", ["OBR-2.2", "OBR-2.3"])
                 };
-                // ORC-12 and ORC-21; OBR-16 and OBR-28.
-                let [f2, f3, fa, fb] = if orc {
-                    seg.fields_at([2, 3, 12, 21])
-                } else {
-                    seg.fields_at([2, 3, 16, 28])
-                };
-                if result {
-                    use crate::access::{Link, add_named};
-                    let fits = if orc {
-                        add_named(&fa, Link::Ordering, &mut f.care_team)
-                    } else {
-                        add_named(&fa, Link::Ordering, &mut f.care_team)
-                            & add_named(&fb, Link::Copy, &mut f.care_team)
-                    };
-                    over.note(fits, format_args!("{CARE}"));
-                }
+                // ORC-21 (FINESS) is used for ORC only.
+                let [f2, f3, f21] = seg.fields_at([2, 3, 21]);
                 for (n, field) in [(2usize, f2), (3, f3)] {
                     let v = field.repetition(1);
                     let (id, ns, uid) = (
@@ -336,11 +323,11 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                             id: id.to_owned(),
                             namespace: namespace.to_owned(),
                         };
-                        over.note(push_unique(list, r), format_args!("{name}-{n}"));
+                        over.note(push_new(list, r), format_args!("{name}-{n}"));
                     }
                 }
                 if orc {
-                    for rep in fb.repetitions() {
+                    for rep in f21.repetitions() {
                         let fits =
                             push_found(&mut f.finess, "ORC-21.10", &rep.component(10).text());
                         over.note(fits, format_args!("ORC-21"));
