@@ -45,6 +45,10 @@ pub mod names {
     pub const STORE_COMMIT: &str = "labroute_store_commit_seconds";
     /// Requests committed together (group commit), per batch.
     pub const STORE_BATCH: &str = "labroute_store_batch_size";
+    /// Seconds to apply the pending index writes behind the ACK path (D22), per application.
+    pub const STORE_INDEX: &str = "labroute_store_index_seconds";
+    /// Messages whose index writes one application applied.
+    pub const STORE_INDEX_BATCH: &str = "labroute_store_index_batch_size";
     /// Store batches that failed (each request answered with an error).
     pub const STORE_ERRORS: &str = "labroute_store_errors_total";
     /// Expiry of the instance's TLS certificate (Unix seconds), as last (re)loaded.
@@ -118,6 +122,8 @@ fn buckets(b: PrometheusBuilder) -> Result<PrometheusBuilder, ()> {
     };
     let b = set(b, names::ACK_LATENCY, SECONDS)?;
     let b = set(b, names::STORE_COMMIT, SECONDS)?;
+    let b = set(b, names::STORE_INDEX, SECONDS)?;
+    let b = set(b, names::STORE_INDEX_BATCH, BATCH)?;
     let b = set(b, names::DELIVERY_LATENCY, DELIVERY_SECONDS)?;
     set(b, names::STORE_BATCH, BATCH)
 }
@@ -170,6 +176,15 @@ fn describe() {
     describe_histogram!(
         names::STORE_BATCH,
         "Requests committed together, per batch (group commit)"
+    );
+    describe_histogram!(
+        names::STORE_INDEX,
+        Unit::Seconds,
+        "Time to apply the results indexes' pending writes behind the ACK path, per application"
+    );
+    describe_histogram!(
+        names::STORE_INDEX_BATCH,
+        "Messages whose index writes one application applied"
     );
     describe_counter!(
         names::STORE_ERRORS,

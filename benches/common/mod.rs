@@ -7,8 +7,8 @@ use labroute::hl7::Message;
 pub fn read_everything(m: &Message<'_>) -> usize {
     let mut n = 0;
     for seg in m.segments() {
-        for f in 1..=seg.field_count() {
-            for rep in seg.field(f).repetitions() {
+        for field in seg.fields() {
+            for rep in field.repetitions() {
                 for comp in rep.components() {
                     n += comp.text().len() + 1;
                 }

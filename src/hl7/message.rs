@@ -572,6 +572,32 @@ impl<'a> Segment<'a> {
         out
     }
 
+    /// Every field present, in order, in one pass over the segment: the `n`-th item is
+    /// `field(n + 1)` (MSH-1 and MSH-2 included), for `field_count()` items.
+    pub fn fields(&self) -> impl Iterator<Item = Field<'a>> + 'a {
+        let this = *self;
+        let msh_head = if self.is_msh() {
+            vec![self.field(1), self.field(2)]
+        } else {
+            Vec::new()
+        };
+        // Skip the id (and for MSH, MSH-1 and MSH-2, the encoding characters' piece).
+        let skip = if self.is_msh() { 2 } else { 1 };
+        let mut pieces = self
+            .bytes
+            .split(move |b| *b == this.delims.field)
+            .skip(skip);
+        msh_head.into_iter().chain(std::iter::from_fn(move || {
+            pieces.next().map(|raw| Field {
+                raw,
+                delims: this.delims,
+                charset: this.charset,
+                valid: this.valid,
+                whole: false,
+            })
+        }))
+    }
+
     /// Number of fields present (highest field number).
     pub fn field_count(&self) -> usize {
         let n = memchr::memchr_iter(self.delims.field, self.bytes).count();
@@ -956,6 +982,23 @@ OBX|1|ST|X^y||éé\\S\\é||||||F\r";
         assert!(Path::parse("PID").is_none());
         assert!(Path::parse("PID-0").is_none());
         assert!(Path::parse("PID-3.x").is_none());
+    }
+
+    #[test]
+    fn fields_in_one_pass_are_field_by_number() {
+        for text in [
+            "MSH|^~\\&|LAB|FAC|||20250101||ORU^R01|1|P|2.5\rPID|||123^^^X||Doe^J\rOBX|1||a||||||||\rNTE\r",
+            "MSH|^~\\&\rZZZ|\r",
+        ] {
+            let m = Message::parse(text.as_bytes()).unwrap();
+            for seg in m.segments() {
+                let all: Vec<_> = seg.fields().map(|f| f.raw()).collect();
+                let by_number: Vec<_> = (1..=seg.field_count())
+                    .map(|n| seg.field(n).raw())
+                    .collect();
+                assert_eq!(all, by_number, "segment {:?}", seg.id());
+            }
+        }
     }
 
     #[test]

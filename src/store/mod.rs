@@ -7,6 +7,7 @@
 //! the writer.
 
 pub mod audit;
+pub(crate) mod index;
 pub mod records;
 pub mod writer;
 
@@ -112,6 +113,10 @@ pub enum StoreError {
     #[error("the store writer has stopped")]
     Closed,
     #[error(
+        "the results indexes are behind the acknowledged messages and did not catch up: the store writer is stuck (see the store's errors)"
+    )]
+    IndexBehind,
+    #[error(
         "the store {0} could not be written (disk full or I/O error): messages are answered AE until it reopens; free space on its filesystem or check the device"
     )]
     Unavailable(PathBuf),
@@ -154,6 +159,12 @@ fn open_file(path: &Path) -> Result<Database, StoreError> {
         txn.open_table(MSS_WHITELIST).map_err(db_err)?;
         txn.open_table(MSS_SENT).map_err(db_err)?;
         txn.open_table(MSS_REPORTS).map_err(db_err)?;
+        txn.open_table(index::PENDING_INDEX).map_err(db_err)?;
+        // Index writes a crash left pending (D22): applied before anything reads.
+        let n = index::apply_pending(&txn)?;
+        if n > 0 {
+            tracing::info!(messages = n, "pending index writes applied at open");
+        }
     }
     txn.commit().map_err(db_err)?;
     Ok(db)
@@ -209,6 +220,7 @@ pub struct Store {
 struct Shared {
     db: std::sync::RwLock<Option<Arc<Database>>>,
     path: PathBuf,
+    index: index::IndexProgress,
 }
 
 impl Store {
@@ -225,12 +237,18 @@ impl Store {
             shared: Arc::new(Shared {
                 db: std::sync::RwLock::new(Some(db)),
                 path,
+                index: index::IndexProgress::default(),
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// How far the results indexes are behind the acknowledged messages (D22).
+    pub(crate) fn index(&self) -> &index::IndexProgress {
+        &self.shared.index
     }
 
     /// The open database, unless it is being reopened.
@@ -576,6 +594,7 @@ impl Store {
         patient_key: &str,
         rpps: &str,
     ) -> Result<Option<crate::access::Link>, StoreError> {
+        self.index().barrier()?;
         let txn = self.read()?;
         let key = care_key(establishment, patient_key, rpps);
         if txn
@@ -605,6 +624,7 @@ impl Store {
         system: Option<Option<&str>>,
         value: &str,
     ) -> Result<Vec<(String, String)>, StoreError> {
+        self.index().barrier()?;
         let txn = self.read()?;
         let t = txn.open_table(PATIENT_IDS).map_err(db_err)?;
         let prefix = format!("{value}\u{1e}");
@@ -641,6 +661,7 @@ impl Store {
         establishment: &str,
         patient_key: &str,
     ) -> Result<Vec<u64>, StoreError> {
+        self.index().barrier()?;
         let txn = self.read()?;
         let t = txn.open_table(RESULTS).map_err(db_err)?;
         let prefix = result_key_prefix(establishment, patient_key);
@@ -740,5 +761,53 @@ mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read(&file).unwrap(), before, "no silent reset");
+    }
+
+    /// What a crash leaves pending (its application was not synced, or never ran) is in
+    /// the indexes once the store is open again, applied in order (first link wins), and
+    /// applying it twice changes nothing.
+    #[test]
+    fn index_writes_left_pending_are_applied_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = records::care_key("ES1", "pk", "10003");
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let txn = store.write().unwrap();
+            {
+                let mut p = txn.open_table(index::PENDING_INDEX).unwrap();
+                for (n, seq) in [(1u64, 7u64), (2, 8)] {
+                    let mut w = index::Writes::default();
+                    w.result(&records::result_key("ES1", "pk", seq), seq);
+                    w.patient_id(&records::patient_id_key("123", None, "ES1", "pk"), seq);
+                    let link = CareLink {
+                        link: crate::access::Link::Ordering,
+                        seq,
+                        at_ms: seq,
+                    };
+                    w.care_link(&key, &encode(&link));
+                    p.insert(n, w.as_bytes()).unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            // The store is dropped as a crash would leave it: entries pending.
+        }
+        for _ in 0..2 {
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(store.results_of("ES1", "pk").unwrap(), vec![8, 7]);
+            assert_eq!(
+                store.patients_by_identifier(None, "123").unwrap(),
+                vec![("ES1".to_owned(), "pk".to_owned())]
+            );
+            let txn = store.read().unwrap();
+            let first = txn
+                .open_table(CARE_LINKS)
+                .unwrap()
+                .get(key.as_str())
+                .unwrap()
+                .map(|v| decode::<CareLink>(v.value()).unwrap().seq);
+            assert_eq!(first, Some(7), "the first link is kept");
+            let left = txn.open_table(index::PENDING_INDEX).unwrap().len().unwrap();
+            assert_eq!(left, 0);
+        }
     }
 }

@@ -693,6 +693,16 @@ fn run(
                 for d in touched {
                     notifiers.get(&d).notify_one();
                 }
+                store.index().committed(seqs.pending);
+                if store.index().should_apply(rx.is_empty()) {
+                    if let Err(e) = apply_index(&store, seqs.pending) {
+                        metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
+                        tracing::error!(error = %e, "cannot apply the pending index writes; they stay pending");
+                        if e.needs_reopen() && broken.is_none() {
+                            broken = Some(std::time::Instant::now());
+                        }
+                    }
+                }
             }
             Err(e) => {
                 metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
@@ -726,6 +736,8 @@ struct Sequences {
     message: u64,
     enqueue: u64,
     oplog: u64,
+    /// The last pending index entry's number (D22).
+    pending: u64,
     audit: super::audit::Chain,
     /// Per-destination counts kept in `META` (`DEPTH_PREFIX`, `DEAD_PREFIX` + name): what
     /// `/metrics` shows without walking the queues.
@@ -744,6 +756,7 @@ impl Sequences {
             self.message = get("message_seq")?;
             self.enqueue = get("enqueue_seq")?;
             self.oplog = get("oplog_seq")?;
+            self.pending = get(super::index::PENDING_COUNTER)?;
             let made = t.get(COUNTS_MADE).map_err(db_err)?.is_some();
             self.counts.clear();
             self.changed.clear();
@@ -800,6 +813,8 @@ impl Sequences {
         t.insert("message_seq", self.message).map_err(db_err)?;
         t.insert("enqueue_seq", self.enqueue).map_err(db_err)?;
         t.insert("oplog_seq", self.oplog).map_err(db_err)?;
+        t.insert(super::index::PENDING_COUNTER, self.pending)
+            .map_err(db_err)?;
         for k in &self.changed {
             let v = self.counts.get(k).copied().unwrap_or(0);
             t.insert(k.as_str(), v).map_err(db_err)?;
@@ -1265,7 +1280,7 @@ fn ingest(
                 )?;
                 touched.insert(d.as_str().to_owned());
             }
-            record_result(txn, &req.facts, establishment, seq, now)?;
+            record_result(txn, seqs, &req.facts, establishment, seq, now)?;
             if let (Some(zfa), Some(pk)) = (&req.facts.zfa, &req.facts.patient_key) {
                 let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
                 let k = patient_admin_key(establishment.as_str(), pk);
@@ -1507,9 +1522,10 @@ fn reject(
 /// Records what the results server reads of a message owned by `establishment`: the
 /// practitioners it names in the patient's care (`access`; the first link per practitioner is
 /// kept), and for a result, its place in the patient's results and the patient's
-/// identifiers.
+/// identifiers. Appended as one pending entry, indexed behind the ACK path (D22).
 fn record_result(
     txn: &WriteTransaction,
+    seqs: &mut Sequences,
     facts: &Facts,
     establishment: &EstablishmentId,
     seq: u64,
@@ -1519,34 +1535,47 @@ fn record_result(
         return Ok(());
     };
     let est = establishment.as_str();
-    if !facts.care_team.is_empty() {
-        let mut t = txn.open_table(CARE_LINKS).map_err(db_err)?;
-        for (rpps, link) in &facts.care_team {
-            let k = care_key(est, pk, rpps);
-            if t.get(k.as_str()).map_err(db_err)?.is_none() {
-                let v = CareLink {
-                    link: *link,
-                    seq,
-                    at_ms: now,
-                };
-                t.insert(k.as_str(), encode(&v).as_slice())
-                    .map_err(db_err)?;
-            }
-        }
+    let mut writes = super::index::Writes::default();
+    for (rpps, link) in &facts.care_team {
+        let v = CareLink {
+            link: *link,
+            seq,
+            at_ms: now,
+        };
+        writes.care_link(&care_key(est, pk, rpps), &encode(&v));
     }
     if facts.class == MessageClass::Result && !facts.patient_ids.is_empty() {
-        txn.open_table(RESULTS)
-            .map_err(db_err)?
-            .insert(result_key(est, pk, seq).as_str(), seq)
-            .map_err(db_err)?;
-        let mut t = txn.open_table(PATIENT_IDS).map_err(db_err)?;
+        writes.result(&result_key(est, pk, seq), seq);
         for id in &facts.patient_ids {
-            let k = patient_id_key(&id.value, id.system.as_deref(), est, pk);
-            if t.get(k.as_str()).map_err(db_err)?.is_none() {
-                t.insert(k.as_str(), seq).map_err(db_err)?;
-            }
+            writes.patient_id(
+                &patient_id_key(&id.value, id.system.as_deref(), est, pk),
+                seq,
+            );
         }
     }
+    if !writes.is_empty() {
+        seqs.pending += 1;
+        txn.open_table(super::index::PENDING_INDEX)
+            .map_err(db_err)?
+            .insert(seqs.pending, writes.as_bytes())
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Applies the pending index writes (D22) in a transaction of their own, not synced: the
+/// next acknowledging commit makes it durable, and a crash before that leaves the entries
+/// pending, applied again at open.
+fn apply_index(store: &Store, upto: u64) -> Result<(), StoreError> {
+    let mut txn = store.write()?;
+    txn.set_durability(redb::Durability::None).map_err(db_err)?;
+    let started = std::time::Instant::now();
+    let n = super::index::apply_pending(&txn)?;
+    txn.commit().map_err(db_err)?;
+    metrics::histogram!(crate::telemetry::names::STORE_INDEX)
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::telemetry::names::STORE_INDEX_BATCH).record(n as f64);
+    store.index().applied(upto);
     Ok(())
 }
 
@@ -2214,7 +2243,7 @@ fn operate(
             }
             if let Some(f) = &facts {
                 record_orders(txn, f, &est.id)?;
-                record_result(txn, f, &est.id, *seq, now)?;
+                record_result(txn, seqs, f, &est.id, *seq, now)?;
             }
             txn.open_table(QUARANTINE)
                 .map_err(db_err)?
