@@ -2,7 +2,9 @@
 //! - `routing_fields`: parse and read the dozen routing fields (`router::extract`);
 //! - `read_tag`: that plus the tenant decision: the figure for the 200k/s target;
 //! - `tenant_decision`: the decision alone, on facts read beforehand;
-//! - `full_read`: every segment, field, repetition and component, decoded;
+//! - `full_read`: every segment, field, repetition and component, decoded (fields in one
+//!   pass, `Segment::fields`); `full_read_by_number`: the same, each field found by its
+//!   number (`Segment::field(n)`, from the segment's start each time);
 //! - `ack_build`: the ACK for the message;
 //! - `hl7_parser_parse_only`: hl7-parser 0.3 parsing the same bytes (no fields read).
 //!
@@ -68,6 +70,9 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("full_read_{size}b"), |b| {
             b.iter(|| read_everything(&Message::parse(&msg).expect("parses")))
         });
+        g.bench_function(format!("full_read_by_number_{size}b"), |b| {
+            b.iter(|| read_by_number(&Message::parse(&msg).expect("parses")))
+        });
         g.bench_function(format!("ack_build_{size}b"), |b| {
             b.iter(|| {
                 let m = Message::parse(&msg).expect("parses");
@@ -90,6 +95,22 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// `read_everything` with each field found by its number: what a reader that knows only
+/// `Segment::field(n)` pays (quadratic in a segment's field count).
+fn read_by_number(m: &Message<'_>) -> usize {
+    let mut n = 0;
+    for seg in m.segments() {
+        for f in 1..=seg.field_count() {
+            for rep in seg.field(f).repetitions() {
+                for comp in rep.components() {
+                    n += comp.text().len() + 1;
+                }
+            }
+        }
+    }
+    n
 }
 
 criterion_group!(benches, bench);

@@ -9,11 +9,11 @@
 //!
 //! - when nothing else is waiting for the writer, when enough have piled up, or when a
 //!   reader asked ([`IndexProgress::barrier`]);
-//! - those applying transactions are not synced: the next acknowledging commit makes them
-//!   durable with itself. A crash may lose an application, never a pending entry (it is
-//!   removed in the same transaction): opening the store applies what is left, and every
-//!   write here gives the same table whether applied once or twice (an insert of a fixed
-//!   value, or an insert only when the key is absent, in message order: first link wins).
+//! - a crash between the acknowledging commit and the application leaves the entries
+//!   pending (they are removed in the transaction that applies them): opening the store
+//!   applies them, and every write here gives the same table whether applied once or
+//!   twice (an insert of a fixed value, or an insert only when the key is absent, in
+//!   message order: first link wins).
 //!
 //! Readers of those indexes call [`IndexProgress::barrier`] first: it returns once every
 //! message acknowledged before the call is indexed, so that what a sender was told is
