@@ -1,8 +1,8 @@
 //! Index writes kept off the ACK path (DECISIONS D22).
 //!
-//! The results server's indexes (`RESULTS`, `PATIENT_IDS`, `CARE_LINKS`) are keyed by
-//! patient and practitioner: values in no order, each insert dirtying its own B-tree leaf,
-//! which redb writes again at every durable commit. The writer does not insert them in the
+//! The indexes keyed by values in no order (the results server's `RESULTS`, `PATIENT_IDS`,
+//! `CARE_LINKS`; the writer's own `DEDUP` and `ORDERS`) have each insert dirty its own
+//! B-tree leaf, which redb writes again at every durable commit. The writer does not insert them in the
 //! transaction that acknowledges a message; it appends what to insert to `PENDING_INDEX`
 //! (one sequential key per message) and applies the pending entries behind, many messages
 //! in one transaction, in order:
@@ -15,17 +15,22 @@
 //!   twice (an insert of a fixed value, or an insert only when the key is absent, in
 //!   message order: first link wins).
 //!
-//! Readers of those indexes call [`IndexProgress::barrier`] first: it returns once every
+//! The writer reads `DEDUP` and `ORDERS` itself (a duplicate, the order a result answers):
+//! what it appended and has not applied yet it finds in its [`Overlay`], looked at before
+//! the tables.
+//!
+//! Readers of the results indexes call [`IndexProgress::barrier`] first: it returns once every
 //! message acknowledged before the call is indexed, so that what a sender was told is
 //! stored is also what the results server and the MSSanté recipients see.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
-use super::{CARE_LINKS, PATIENT_IDS, RESULTS, StoreError, db_err};
+use super::{CARE_LINKS, DEDUP, ORDERS, PATIENT_IDS, RESULTS, StoreError, db_err};
 
 /// Pending number (`META` key [`PENDING_COUNTER`]) → the index writes of one message.
 pub(crate) const PENDING_INDEX: TableDefinition<u64, &[u8]> = TableDefinition::new("pending_index");
@@ -42,6 +47,8 @@ const BARRIER_WAIT: Duration = Duration::from_secs(10);
 const OP_RESULT: u8 = 1;
 const OP_PATIENT_ID: u8 = 2;
 const OP_CARE_LINK: u8 = 3;
+const OP_DEDUP: u8 = 4;
+const OP_ORDER: u8 = 5;
 
 /// The index writes of one message, encoded as they are appended: per write a kind byte,
 /// then the key and the value, each preceded by its length (u32, big-endian).
@@ -69,6 +76,14 @@ impl Writes {
     /// `CARE_LINKS[key] = link` (encoded) unless the key is there.
     pub fn care_link(&mut self, key: &str, link: &[u8]) {
         self.push(OP_CARE_LINK, key, link);
+    }
+    /// `DEDUP[key] = value` (the writer looked first: the key is new).
+    pub fn dedup(&mut self, key: &str, value: &[u8]) {
+        self.push(OP_DEDUP, key, value);
+    }
+    /// `ORDERS[key] = owner` unless the key is there (the first owner stays).
+    pub fn order(&mut self, key: &str, owner: &str) {
+        self.push(OP_ORDER, key, owner.as_bytes());
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -104,6 +119,8 @@ pub(crate) fn apply_pending(txn: &WriteTransaction) -> Result<u64, StoreError> {
     let mut results = txn.open_table(RESULTS).map_err(db_err)?;
     let mut ids = txn.open_table(PATIENT_IDS).map_err(db_err)?;
     let mut care = txn.open_table(CARE_LINKS).map_err(db_err)?;
+    let mut dedup = txn.open_table(DEDUP).map_err(db_err)?;
+    let mut orders = txn.open_table(ORDERS).map_err(db_err)?;
     let mut n = 0;
     while let Some((k, v)) = pending.pop_first().map_err(db_err)? {
         n += 1;
@@ -138,6 +155,15 @@ pub(crate) fn apply_pending(txn: &WriteTransaction) -> Result<u64, StoreError> {
                         care.insert(key, value).map_err(db_err)?;
                     }
                 }
+                OP_DEDUP => {
+                    dedup.insert(key, value).map_err(db_err)?;
+                }
+                OP_ORDER => {
+                    if orders.get(key).map_err(db_err)?.is_none() {
+                        let owner = std::str::from_utf8(value).unwrap_or_default();
+                        orders.insert(key, owner).map_err(db_err)?;
+                    }
+                }
                 other => {
                     tracing::error!(
                         pending = number,
@@ -149,6 +175,43 @@ pub(crate) fn apply_pending(txn: &WriteTransaction) -> Result<u64, StoreError> {
         }
     }
     Ok(n)
+}
+
+/// What the writer appended to `DEDUP` and `ORDERS` and has not applied yet, with the
+/// pending number of the entry that carries it. Kept by the writer thread only.
+#[derive(Default)]
+pub(crate) struct Overlay {
+    dedup: HashMap<String, (u64, Vec<u8>)>,
+    orders: HashMap<String, (u64, String)>,
+}
+
+impl Overlay {
+    pub fn dedup(&self, key: &str) -> Option<&[u8]> {
+        self.dedup.get(key).map(|(_, v)| v.as_slice())
+    }
+    pub fn order(&self, key: &str) -> Option<&str> {
+        self.orders.get(key).map(|(_, v)| v.as_str())
+    }
+    pub fn add_dedup(&mut self, pending: u64, key: String, value: Vec<u8>) {
+        self.dedup.insert(key, (pending, value));
+    }
+    pub fn add_order(&mut self, pending: u64, key: String, owner: String) {
+        self.orders.entry(key).or_insert((pending, owner));
+    }
+    /// Entries up to `pending` are in the tables now.
+    pub fn applied(&mut self, pending: u64) {
+        self.dedup.retain(|_, (p, _)| *p > pending);
+        self.orders.retain(|_, (p, _)| *p > pending);
+    }
+    /// A batch failed: what it added (after `committed`) was never written.
+    pub fn forget_after(&mut self, committed: u64) {
+        self.dedup.retain(|_, (p, _)| *p <= committed);
+        self.orders.retain(|_, (p, _)| *p <= committed);
+    }
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.dedup.len() + self.orders.len()
+    }
 }
 
 /// How far the indexes are behind the acknowledged messages, shared by the writer and the
@@ -176,6 +239,10 @@ impl IndexProgress {
         self.applied.fetch_max(n, Ordering::AcqRel);
         let _g = self.lock.lock();
         self.done.notify_all();
+    }
+
+    pub fn last_committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
     }
 
     /// Whether the writer should apply now: entries wait and a reader asked, or many wait.
@@ -256,6 +323,21 @@ mod tests {
         // Truncated: nothing half-read.
         let mut short = &w.as_bytes()[..10];
         assert_eq!(next_write(&mut short), None);
+    }
+
+    #[test]
+    fn the_overlay_keeps_what_is_not_applied_and_forgets_a_failed_batch() {
+        let mut o = Overlay::default();
+        o.add_dedup(1, "a".into(), vec![1]);
+        o.add_order(1, "P\u{1f}1".into(), "ES1".into());
+        o.add_order(2, "P\u{1f}1".into(), "ES2".into());
+        assert_eq!(o.order("P\u{1f}1"), Some("ES1"), "the first owner stays");
+        o.add_dedup(3, "b".into(), vec![3]);
+        o.forget_after(2);
+        assert_eq!(o.dedup("b"), None);
+        assert_eq!(o.dedup("a"), Some(&[1u8][..]));
+        o.applied(1);
+        assert_eq!(o.len(), 0);
     }
 
     #[test]

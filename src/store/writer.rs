@@ -687,13 +687,15 @@ fn run(
                 metrics::histogram!(crate::telemetry::names::STORE_COMMIT)
                     .record(started.elapsed().as_secs_f64());
                 metrics::histogram!(crate::telemetry::names::STORE_BATCH).record(size as f64);
+                // Before any answer: a reader the answer sets off must find this batch's index
+                // writes behind its barrier.
+                store.index().committed(seqs.pending);
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     reply.answer(answer);
                 }
                 for d in touched {
                     notifiers.get(&d).notify_one();
                 }
-                store.index().committed(seqs.pending);
                 if store.index().should_apply(rx.is_empty()) {
                     if let Err(e) = apply_index(&store, seqs.pending) {
                         metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
@@ -701,6 +703,8 @@ fn run(
                         if e.needs_reopen() && broken.is_none() {
                             broken = Some(std::time::Instant::now());
                         }
+                    } else {
+                        seqs.overlay.applied(seqs.pending);
                     }
                 }
             }
@@ -714,7 +718,12 @@ fn run(
                     broken = Some(std::time::Instant::now());
                 }
                 // The counters may have moved inside the aborted transaction: reload them.
+                // The overlay keeps what committed batches appended and are not applied
+                // yet, and forgets what this one added.
+                let mut overlay = std::mem::take(&mut seqs.overlay);
+                overlay.forget_after(store.index().last_committed());
                 seqs = Sequences::default();
+                seqs.overlay = overlay;
                 let e = e.to_string();
                 for reply in replies {
                     reply.fail(&e);
@@ -738,6 +747,8 @@ struct Sequences {
     oplog: u64,
     /// The last pending index entry's number (D22).
     pending: u64,
+    /// `DEDUP` and `ORDERS` entries not applied yet (kept across a failed batch: see `run`).
+    overlay: super::index::Overlay,
     audit: super::audit::Chain,
     /// Per-destination counts kept in `META` (`DEPTH_PREFIX`, `DEAD_PREFIX` + name): what
     /// `/metrics` shows without walking the queues.
@@ -882,15 +893,20 @@ fn audit_message(
     )
 }
 
-/// Order lookups inside the write transaction (sees this batch's earlier orders).
+/// Order lookups inside the write transaction: what is not applied yet (this batch's
+/// earlier orders among them), then the table.
 struct TxnOrders<'t> {
     txn: &'t WriteTransaction,
+    overlay: &'t super::index::Overlay,
 }
 
 impl TxnOrders<'_> {
     fn lookup(&self, prefix: &str, key: &str) -> Option<EstablishmentId> {
-        let t = self.txn.open_table(ORDERS).ok()?;
         let k = format!("{prefix}\u{1f}{key}");
+        if let Some(owner) = self.overlay.order(&k) {
+            return Some(EstablishmentId::new(owner));
+        }
+        let t = self.txn.open_table(ORDERS).ok()?;
         t.get(k.as_str())
             .ok()
             .flatten()
@@ -1131,17 +1147,39 @@ fn enqueue(
 
 fn record_orders(
     txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    writes: &mut super::index::Writes,
     facts: &Facts,
     owner: &EstablishmentId,
 ) -> Result<(), StoreError> {
-    let mut t = txn.open_table(ORDERS).map_err(db_err)?;
+    let t = txn.open_table(ORDERS).map_err(db_err)?;
+    // The number the message's pending entry will have.
+    let pending = seqs.pending + 1;
     for (prefix, list) in [("P", &facts.placer_orders), ("F", &facts.filler_orders)] {
         for o in list {
             let k = format!("{prefix}\u{1f}{}", o.key());
-            if t.get(k.as_str()).map_err(db_err)?.is_none() {
-                t.insert(k.as_str(), owner.as_str()).map_err(db_err)?;
+            if seqs.overlay.order(&k).is_none() && t.get(k.as_str()).map_err(db_err)?.is_none() {
+                writes.order(&k, owner.as_str());
+                seqs.overlay
+                    .add_order(pending, k, owner.as_str().to_owned());
             }
         }
+    }
+    Ok(())
+}
+
+/// Appends a message's index writes as one pending entry (none when there are none).
+fn push_pending(
+    txn: &WriteTransaction,
+    seqs: &mut Sequences,
+    writes: super::index::Writes,
+) -> Result<(), StoreError> {
+    if !writes.is_empty() {
+        seqs.pending += 1;
+        txn.open_table(super::index::PENDING_INDEX)
+            .map_err(db_err)?
+            .insert(seqs.pending, writes.as_bytes())
+            .map_err(db_err)?;
     }
     Ok(())
 }
@@ -1187,10 +1225,13 @@ fn ingest(
     let dkey = dedup_key(&req.listener, sender_name.as_deref(), &req.facts);
     {
         let dedup = txn.open_table(DEDUP).map_err(db_err)?;
-        let prior = dedup
-            .get(dkey.as_str())
-            .map_err(db_err)?
-            .map(|v| v.value().to_vec());
+        let prior = match seqs.overlay.dedup(&dkey) {
+            Some(v) => Some(v.to_vec()),
+            None => dedup
+                .get(dkey.as_str())
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec()),
+        };
         if let Some(prior) = prior {
             let prior_seq = prior
                 .get(..8)
@@ -1235,7 +1276,14 @@ fn ingest(
             return reject(txn, seqs, r);
         }
     }
-    let decision = router::decide(&req.facts, cfg, &TxnOrders { txn });
+    let decision = router::decide(
+        &req.facts,
+        cfg,
+        &TxnOrders {
+            txn,
+            overlay: &seqs.overlay,
+        },
+    );
     if let (Some(sys), Some(owner)) = (system, decision.establishment()) {
         if !sys.speaks_for(owner) {
             return refuse(
@@ -1266,9 +1314,11 @@ fn ingest(
         seq,
         now,
     );
+    // This message's writes to the indexes kept off the ACK path (D22): one pending entry.
+    let mut writes = super::index::Writes::default();
     match &decision {
         Decision::Owned { establishment, .. } => {
-            record_orders(txn, &req.facts, establishment)?;
+            record_orders(txn, seqs, &mut writes, &req.facts, establishment)?;
             for d in &dests {
                 enqueue(
                     txn,
@@ -1280,7 +1330,7 @@ fn ingest(
                 )?;
                 touched.insert(d.as_str().to_owned());
             }
-            record_result(txn, seqs, &req.facts, establishment, seq, now)?;
+            record_result(&mut writes, &req.facts, establishment, seq, now);
             if let (Some(zfa), Some(pk)) = (&req.facts.zfa, &req.facts.patient_key) {
                 let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
                 let k = patient_admin_key(establishment.as_str(), pk);
@@ -1356,10 +1406,9 @@ fn ingest(
     let mut dv = Vec::with_capacity(40);
     dv.extend_from_slice(&seq.to_be_bytes());
     dv.extend_from_slice(&fingerprint);
-    txn.open_table(DEDUP)
-        .map_err(db_err)?
-        .insert(dkey.as_str(), dv.as_slice())
-        .map_err(db_err)?;
+    writes.dedup(&dkey, &dv);
+    seqs.overlay.add_dedup(seqs.pending + 1, dkey, dv);
+    push_pending(txn, seqs, writes)?;
     Ok(IngestReply::Accepted {
         seq,
         ack,
@@ -1524,18 +1573,16 @@ fn reject(
 /// kept), and for a result, its place in the patient's results and the patient's
 /// identifiers. Appended as one pending entry, indexed behind the ACK path (D22).
 fn record_result(
-    txn: &WriteTransaction,
-    seqs: &mut Sequences,
+    writes: &mut super::index::Writes,
     facts: &Facts,
     establishment: &EstablishmentId,
     seq: u64,
     now: u64,
-) -> Result<(), StoreError> {
+) {
     let Some(pk) = &facts.patient_key else {
-        return Ok(());
+        return;
     };
     let est = establishment.as_str();
-    let mut writes = super::index::Writes::default();
     for (rpps, link) in &facts.care_team {
         let v = CareLink {
             link: *link,
@@ -1553,14 +1600,6 @@ fn record_result(
             );
         }
     }
-    if !writes.is_empty() {
-        seqs.pending += 1;
-        txn.open_table(super::index::PENDING_INDEX)
-            .map_err(db_err)?
-            .insert(seqs.pending, writes.as_bytes())
-            .map_err(db_err)?;
-    }
-    Ok(())
 }
 
 /// Applies the pending index writes (D22) in a transaction of their own. It is synced like
@@ -2242,8 +2281,10 @@ fn operate(
                 touched.insert(d.as_str().to_owned());
             }
             if let Some(f) = &facts {
-                record_orders(txn, f, &est.id)?;
-                record_result(txn, seqs, f, &est.id, *seq, now)?;
+                let mut writes = super::index::Writes::default();
+                record_orders(txn, seqs, &mut writes, f, &est.id)?;
+                record_result(&mut writes, f, &est.id, *seq, now);
+                push_pending(txn, seqs, writes)?;
             }
             txn.open_table(QUARANTINE)
                 .map_err(db_err)?
