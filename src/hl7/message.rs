@@ -576,26 +576,24 @@ impl<'a> Segment<'a> {
     /// `field(n + 1)` (MSH-1 and MSH-2 included), for `field_count()` items.
     pub fn fields(&self) -> impl Iterator<Item = Field<'a>> + 'a {
         let this = *self;
-        let msh_head = if self.is_msh() {
-            vec![self.field(1), self.field(2)]
-        } else {
-            Vec::new()
-        };
-        // Skip the id (and for MSH, MSH-1 and MSH-2, the encoding characters' piece).
-        let skip = if self.is_msh() { 2 } else { 1 };
+        // MSH-1 and MSH-2 are not split like the others: taken by number, then the split
+        // skips the id and, for MSH, the encoding characters' piece.
+        let (head, skip) = if self.is_msh() { (2, 2) } else { (0, 1) };
         let mut pieces = self
             .bytes
             .split(move |b| *b == this.delims.field)
             .skip(skip);
-        msh_head.into_iter().chain(std::iter::from_fn(move || {
-            pieces.next().map(|raw| Field {
-                raw,
-                delims: this.delims,
-                charset: this.charset,
-                valid: this.valid,
-                whole: false,
-            })
-        }))
+        (1..=head)
+            .map(move |n| this.field(n))
+            .chain(std::iter::from_fn(move || {
+                pieces.next().map(|raw| Field {
+                    raw,
+                    delims: this.delims,
+                    charset: this.charset,
+                    valid: this.valid,
+                    whole: false,
+                })
+            }))
     }
 
     /// Number of fields present (highest field number).

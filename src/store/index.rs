@@ -136,18 +136,15 @@ pub(crate) fn apply_pending(txn: &WriteTransaction) -> Result<u64, StoreError> {
                 );
                 break;
             };
-            let seq = value
-                .try_into()
-                .ok()
-                .map(u64::from_be_bytes)
-                .unwrap_or_default();
+            // The message number of a results entry or a patient identifier.
+            let seq = || value.try_into().map(u64::from_be_bytes).unwrap_or_default();
             match op {
                 OP_RESULT => {
-                    results.insert(key, seq).map_err(db_err)?;
+                    results.insert(key, seq()).map_err(db_err)?;
                 }
                 OP_PATIENT_ID => {
                     if ids.get(key).map_err(db_err)?.is_none() {
-                        ids.insert(key, seq).map_err(db_err)?;
+                        ids.insert(key, seq()).map_err(db_err)?;
                     }
                 }
                 OP_CARE_LINK => {

@@ -113,7 +113,7 @@ pub enum StoreError {
     #[error("the store writer has stopped")]
     Closed,
     #[error(
-        "the results indexes are behind the acknowledged messages and did not catch up: the store writer is stuck (see the store's errors)"
+        "the results indexes did not catch up with the acknowledged messages within 10 s: the store writer is stuck; its errors are in the log (disk full or I/O error: free space or check the device)"
     )]
     IndexBehind,
     #[error(
@@ -246,7 +246,7 @@ impl Store {
         &self.shared.path
     }
 
-    /// How far the results indexes are behind the acknowledged messages (D22).
+    /// How far the indexes written behind the ACK path are behind it (D22).
     pub(crate) fn index(&self) -> &index::IndexProgress {
         &self.shared.index
     }
@@ -763,7 +763,7 @@ mod tests {
         assert_eq!(std::fs::read(&file).unwrap(), before, "no silent reset");
     }
 
-    /// What a crash leaves pending (its application was not synced, or never ran) is in
+    /// What a crash leaves pending (it struck before the entries were applied) is in
     /// the indexes once the store is open again, applied in order (first link wins), and
     /// applying it twice changes nothing.
     #[test]
