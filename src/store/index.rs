@@ -7,8 +7,9 @@
 //! (one sequential key per message) and applies the pending entries behind, many messages
 //! in one transaction, in order:
 //!
-//! - when nothing else is waiting for the writer, when enough have piled up, or when a
-//!   reader asked ([`IndexProgress::barrier`]);
+//! - when no request has come to the writer for a few milliseconds (not merely an empty
+//!   queue after a batch: under load that lasts an instant), when enough have piled up, or
+//!   when a reader asked ([`IndexProgress::barrier`]);
 //! - a crash between the acknowledging commit and the application leaves the entries
 //!   pending (they are removed in the transaction that applies them): opening the store
 //!   applies them, and every write here gives the same table whether applied once or
@@ -242,7 +243,13 @@ impl IndexProgress {
         self.committed.load(Ordering::Acquire)
     }
 
-    /// Whether the writer should apply now: entries wait and a reader asked, or many wait.
+    /// Whether entries committed wait to be applied.
+    pub fn behind(&self) -> bool {
+        self.committed.load(Ordering::Acquire) > self.applied.load(Ordering::Acquire)
+    }
+
+    /// Whether the writer should apply now: entries wait and the writer is idle, a reader
+    /// asked, or many wait.
     pub fn should_apply(&self, idle: bool) -> bool {
         let (c, a) = (
             self.committed.load(Ordering::Acquire),

@@ -613,6 +613,12 @@ impl StoreHandle {
 /// How often a broken store is reopened while it keeps failing.
 const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// No request for this long while index writes are pending: the writer is idle and applies
+/// them. Not zero: under load the queue is empty for the instant between a batch's answers
+/// and the requests they set off, and applying then cost a synced commit for a few dozen
+/// messages (BENCHMARKS.md).
+const IDLE: std::time::Duration = std::time::Duration::from_millis(5);
+
 fn run(
     store: Store,
     cfg: ConfigCell,
@@ -638,7 +644,36 @@ fn run(
     }
     // Set after a failed write that left the file needing a reopen: when to try next.
     let mut broken: Option<std::time::Instant> = None;
-    while let Some(first) = rx.blocking_recv() {
+    // Waits for the next request with a time limit while index writes are pending: when
+    // none comes for `IDLE`, the writer is idle and applies them.
+    let timer = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .inspect_err(|e| tracing::warn!(error = %e, "no timer for the writer: pending index writes are applied after every batch that leaves it idle"))
+        .ok();
+    // After a failed application, the next idle one waits longer (no error every `IDLE`).
+    let mut idle = IDLE;
+    loop {
+        let first = match &timer {
+            Some(rt) if store.index().behind() => {
+                // The timer is made inside the runtime it belongs to.
+                match rt.block_on(async { tokio::time::timeout(idle, rx.recv()).await }) {
+                    Ok(Some(op)) => op,
+                    Ok(None) => break,
+                    Err(_) => {
+                        idle = match apply_index_now(&store, &mut seqs, &mut broken) {
+                            true => IDLE,
+                            false => REOPEN_EVERY,
+                        };
+                        continue;
+                    }
+                }
+            }
+            _ => match rx.blocking_recv() {
+                Some(op) => op,
+                None => break,
+            },
+        };
         if let Some(at) = broken {
             if std::time::Instant::now() >= at {
                 match store.reopen() {
@@ -696,16 +731,9 @@ fn run(
                 for d in touched {
                     notifiers.get(&d).notify_one();
                 }
-                if store.index().should_apply(rx.is_empty()) {
-                    if let Err(e) = apply_index(&store, seqs.pending) {
-                        metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
-                        tracing::error!(error = %e, "cannot apply the pending index writes; they stay pending");
-                        if e.needs_reopen() && broken.is_none() {
-                            broken = Some(std::time::Instant::now());
-                        }
-                    } else {
-                        seqs.overlay.applied(seqs.pending);
-                    }
+                // Without a timer, idle is an empty queue right after the batch.
+                if store.index().should_apply(timer.is_none() && rx.is_empty()) {
+                    apply_index_now(&store, &mut seqs, &mut broken);
                 }
             }
             Err(e) => {
@@ -731,9 +759,39 @@ fn run(
             }
         }
     }
+    // Every handle is gone: what is pending is applied now rather than at the next open.
+    if store.index().behind() {
+        apply_index_now(&store, &mut seqs, &mut broken);
+    }
     if let Some(sealer) = &sealer {
         if let Err(e) = final_seal(&store, sealer) {
             tracing::error!(error = %e, "cannot seal the audit journal at shutdown");
+        }
+    }
+}
+
+/// Applies the pending index writes now; a failure leaves them pending (and the file to
+/// reopen when redb needs it). Whether they were applied.
+fn apply_index_now(
+    store: &Store,
+    seqs: &mut Sequences,
+    broken: &mut Option<std::time::Instant>,
+) -> bool {
+    if broken.is_some() {
+        return false;
+    }
+    match apply_index(store, seqs.pending) {
+        Ok(()) => {
+            seqs.overlay.applied(seqs.pending);
+            true
+        }
+        Err(e) => {
+            metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
+            tracing::error!(error = %e, "cannot apply the pending index writes; they stay pending");
+            if e.needs_reopen() {
+                *broken = Some(std::time::Instant::now());
+            }
+            false
         }
     }
 }
