@@ -114,6 +114,7 @@ pub async fn handle_message(
     };
     let result = match facts {
         Ok(facts) => {
+            let digest = crate::model::sha256(&frame);
             let req = IngestRequest {
                 listener: origin.listener.clone(),
                 peer: origin.peer.clone(),
@@ -124,6 +125,7 @@ pub async fn handle_message(
                 app_ack,
                 identity: origin.identity.clone(),
                 fingerprint,
+                digest,
             };
             store.ingest(req).await
         }

@@ -30,6 +30,8 @@ pub struct IngestRequest {
     /// `None`: the SHA-256 of `raw`. A FHIR Bundle's HL7 twin carries its receipt time
     /// when the Bundle has no timestamp, so its fingerprint leaves that time out.
     pub fingerprint: Option<[u8; 32]>,
+    /// The SHA-256 of `raw`, computed by the sender's task (off the writer thread).
+    pub digest: [u8; 32],
 }
 
 /// A message refused before routing, to be kept for review.
@@ -1278,7 +1280,7 @@ fn ingest(
         },
     };
     let sender_name = system.map(|s| s.name.clone());
-    let digest = crate::model::sha256(&req.raw);
+    let digest = req.digest;
     let fingerprint = req.fingerprint.unwrap_or(digest);
     let dkey = dedup_key(&req.listener, sender_name.as_deref(), &req.facts);
     {
