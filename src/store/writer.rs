@@ -735,7 +735,10 @@ fn run(
                 }
                 // Without a timer, idle is an empty queue right after the batch.
                 if store.index().should_apply(timer.is_none() && rx.is_empty()) {
-                    apply_index_now(&store, &mut seqs, &mut broken);
+                    idle = match apply_index_now(&store, &mut seqs, &mut broken) {
+                        true => IDLE,
+                        false => REOPEN_EVERY,
+                    };
                 }
             }
             Err(e) => {
