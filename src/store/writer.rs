@@ -653,7 +653,7 @@ fn run(
         .build()
         .inspect_err(|e| tracing::warn!(error = %e, "no timer for the writer: pending index writes are applied after every batch that leaves it idle"))
         .ok();
-    // After a failed application, the next idle one waits longer (no error every `IDLE`).
+    // How long the next idle wait lasts (longer after a failed application).
     let mut idle = IDLE;
     loop {
         let first = match &timer {
@@ -663,10 +663,7 @@ fn run(
                     Ok(Some(op)) => op,
                     Ok(None) => break,
                     Err(_) => {
-                        idle = match apply_index_now(&store, &mut seqs, &mut broken) {
-                            true => IDLE,
-                            false => REOPEN_EVERY,
-                        };
+                        idle = apply_index_now(&store, &mut seqs, &mut broken);
                         continue;
                     }
                 }
@@ -735,10 +732,7 @@ fn run(
                 }
                 // Without a timer, idle is an empty queue right after the batch.
                 if store.index().should_apply(timer.is_none() && rx.is_empty()) {
-                    idle = match apply_index_now(&store, &mut seqs, &mut broken) {
-                        true => IDLE,
-                        false => REOPEN_EVERY,
-                    };
+                    idle = apply_index_now(&store, &mut seqs, &mut broken);
                 }
             }
             Err(e) => {
@@ -776,19 +770,20 @@ fn run(
 }
 
 /// Applies the pending index writes now; a failure leaves them pending (and the file to
-/// reopen when redb needs it). Whether they were applied.
+/// reopen when redb needs it). How long the next idle wait lasts: `IDLE` after a success,
+/// `REOPEN_EVERY` after a failure (no error logged every `IDLE`).
 fn apply_index_now(
     store: &Store,
     seqs: &mut Sequences,
     broken: &mut Option<std::time::Instant>,
-) -> bool {
+) -> std::time::Duration {
     if broken.is_some() {
-        return false;
+        return REOPEN_EVERY;
     }
     match apply_index(store, seqs.pending) {
         Ok(()) => {
             seqs.overlay.applied(seqs.pending);
-            true
+            IDLE
         }
         Err(e) => {
             metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
@@ -796,7 +791,7 @@ fn apply_index_now(
             if e.needs_reopen() {
                 *broken = Some(std::time::Instant::now());
             }
-            false
+            REOPEN_EVERY
         }
     }
 }
