@@ -204,9 +204,9 @@ impl Chain {
     }
 
     /// Appends one entry (in the caller's transaction).
-    pub fn append(
+    pub(crate) fn append(
         &mut self,
-        txn: &WriteTransaction,
+        tx: &mut super::tx::Tx<'_>,
         now_ms: u64,
         e: AuditEvent,
     ) -> Result<(), StoreError> {
@@ -226,8 +226,7 @@ impl Chain {
         let mut value = Vec::with_capacity(32 + body.len());
         value.extend_from_slice(&hash);
         value.extend_from_slice(&body);
-        txn.open_table(AUDIT)
-            .map_err(db_err)?
+        tx.audit()?
             .insert(entry.seq, value.as_slice())
             .map_err(db_err)?;
         self.seq = entry.seq;

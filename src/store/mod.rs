@@ -9,6 +9,7 @@
 pub mod audit;
 pub(crate) mod index;
 pub mod records;
+mod tx;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

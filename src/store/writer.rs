@@ -3,7 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::ReadableTable;
+
+use super::tx::Tx;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::*;
@@ -816,9 +818,9 @@ struct Sequences {
 }
 
 impl Sequences {
-    fn load(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
+    fn load(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
         if !self.loaded {
-            let t = txn.open_table(META).map_err(db_err)?;
+            let t = tx.cold().open_table(META).map_err(db_err)?;
             let get = |k: &str| -> Result<u64, StoreError> {
                 Ok(t.get(k).map_err(db_err)?.map_or(0, |v| v.value()))
             };
@@ -840,9 +842,9 @@ impl Sequences {
             }
             drop(t);
             if !made {
-                self.make_counts(txn)?;
+                self.make_counts(tx)?;
             }
-            self.audit = super::audit::Chain::load(txn)?;
+            self.audit = super::audit::Chain::load(tx.cold())?;
             self.loaded = true;
         }
         Ok(())
@@ -850,22 +852,31 @@ impl Sequences {
 
     /// Counts the queues and dead letters from their tables (a store from before the
     /// counts existed; once).
-    fn make_counts(&mut self, txn: &WriteTransaction) -> Result<(), StoreError> {
-        for (table, prefix) in [(OUTBOX, DEPTH_PREFIX), (DEAD, DEAD_PREFIX)] {
-            let t = txn.open_table(table).map_err(db_err)?;
-            for item in t.iter().map_err(db_err)? {
-                let (k, _) = item.map_err(db_err)?;
-                if let Some((dest, _)) = split_queue_key(k.value()) {
-                    let key = format!("{prefix}{dest}");
-                    *self.counts.entry(key.clone()).or_default() += 1;
-                    self.changed.insert(key);
-                }
-            }
-        }
-        txn.open_table(META)
+    fn make_counts(&mut self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        self.count_keys(DEPTH_PREFIX, &*tx.outbox()?)?;
+        self.count_keys(DEAD_PREFIX, &tx.cold().open_table(DEAD).map_err(db_err)?)?;
+        tx.cold()
+            .open_table(META)
             .map_err(db_err)?
             .insert(COUNTS_MADE, 1)
             .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// Counts a queue table's entries per destination.
+    fn count_keys(
+        &mut self,
+        prefix: &str,
+        t: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    ) -> Result<(), StoreError> {
+        for item in t.iter().map_err(db_err)? {
+            let (k, _) = item.map_err(db_err)?;
+            if let Some((dest, _)) = split_queue_key(k.value()) {
+                let key = format!("{prefix}{dest}");
+                *self.counts.entry(key.clone()).or_default() += 1;
+                self.changed.insert(key);
+            }
+        }
         Ok(())
     }
 
@@ -877,8 +888,8 @@ impl Sequences {
         self.changed.insert(key);
     }
 
-    fn save(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
-        let mut t = txn.open_table(META).map_err(db_err)?;
+    fn save(&self, tx: &mut Tx<'_>) -> Result<(), StoreError> {
+        let mut t = tx.cold().open_table(META).map_err(db_err)?;
         t.insert("message_seq", self.message).map_err(db_err)?;
         t.insert("enqueue_seq", self.enqueue).map_err(db_err)?;
         t.insert("oplog_seq", self.oplog).map_err(db_err)?;
@@ -889,14 +900,14 @@ impl Sequences {
             t.insert(k.as_str(), v).map_err(db_err)?;
         }
         drop(t);
-        self.audit.save(txn)?;
+        self.audit.save(tx.cold())?;
         Ok(())
     }
 }
 
 /// Appends an audit entry in this transaction.
 fn audit(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     event: &'static str,
     message: Option<u64>,
@@ -905,7 +916,7 @@ fn audit(
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
     seqs.audit.append(
-        txn,
+        tx,
         now_ms(),
         super::audit::AuditEvent {
             event,
@@ -920,7 +931,7 @@ fn audit(
 /// The audit entry of a stored message (received or refused): who sent what, its content
 /// hash, the decision with its evidence, and where it goes or why it was refused.
 fn audit_message(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     event: &'static str,
     rec: &MessageRecord,
@@ -941,7 +952,7 @@ fn audit_message(
         None => detail["destinations"] = serde_json::json!(rec.destinations),
     }
     audit(
-        txn,
+        tx,
         seqs,
         event,
         Some(rec.seq),
@@ -953,26 +964,26 @@ fn audit_message(
 
 /// Order lookups inside the write transaction: what is not applied yet (this batch's
 /// earlier orders among them), then the table.
-struct TxnOrders<'t> {
-    txn: &'t WriteTransaction,
-    overlay: &'t super::index::Overlay,
+struct TxnOrders<'a, 't> {
+    table: &'a redb::Table<'t, &'static str, &'static str>,
+    overlay: &'a super::index::Overlay,
 }
 
-impl TxnOrders<'_> {
+impl TxnOrders<'_, '_> {
     fn lookup(&self, prefix: &str, key: &str) -> Option<EstablishmentId> {
         let k = format!("{prefix}\u{1f}{key}");
         if let Some(owner) = self.overlay.order(&k) {
             return Some(EstablishmentId::new(owner));
         }
-        let t = self.txn.open_table(ORDERS).ok()?;
-        t.get(k.as_str())
+        self.table
+            .get(k.as_str())
             .ok()
             .flatten()
             .map(|v| EstablishmentId::new(v.value()))
     }
 }
 
-impl OrderIndex for TxnOrders<'_> {
+impl OrderIndex for TxnOrders<'_, '_> {
     fn placer_owner(&self, key: &str) -> Option<EstablishmentId> {
         self.lookup("P", key)
     }
@@ -994,7 +1005,8 @@ fn apply(
     touched: &mut BTreeSet<String>,
 ) -> Result<(Vec<Answer>, Option<Arc<Config>>), StoreError> {
     let txn = store.write()?;
-    seqs.load(&txn)?;
+    let mut tx = Tx::new(&txn);
+    seqs.load(&mut tx)?;
     let mut answers = Vec::with_capacity(requests.len());
     let mut cfg = cfg;
     let mut reconfigured = None;
@@ -1002,41 +1014,43 @@ fn apply(
         let cfg_now: &Config = &cfg.clone();
         answers.push(match request {
             Request::Reconfigure(new) => {
-                let moved = reroute(&txn, seqs, cfg_now, &new, touched)?;
+                let moved = reroute(&mut tx, seqs, cfg_now, &new, touched)?;
                 cfg = new.clone();
                 reconfigured = Some(new);
                 Answer::Operator(Ok(format!(
                     "{moved} queued message(s) moved to their establishment's new record destination"
                 )))
             }
-            Request::Ingest(req) => Answer::Ingest(ingest(&txn, cfg_now, seqs, *req, touched)?),
-            Request::Reject(req) => Answer::Ingest(reject(&txn, seqs, *req)?),
+            Request::Ingest(req) => Answer::Ingest(ingest(&mut tx, cfg_now, seqs, *req, touched)?),
+            Request::Reject(req) => Answer::Ingest(reject(&mut tx, seqs, *req)?),
             Request::Delivery {
                 dest,
                 n,
                 seq,
                 update,
             } => {
-                delivery(&txn, seqs, &dest, n, seq, &update, touched)?;
+                delivery(&mut tx, seqs, &dest, n, seq, &update, touched)?;
                 Answer::Unit
             }
             Request::Operator { cmd, operator } => {
-                Answer::Operator(operate(&txn, cfg_now, seqs, &cmd, &operator, touched)?)
+                Answer::Operator(operate(&mut tx, cfg_now, seqs, &cmd, &operator, touched)?)
             }
             Request::Audit(e) => {
-                seqs.audit.append(&txn, now_ms(), e)?;
+                seqs.audit.append(&mut tx, now_ms(), e)?;
                 Answer::Unit
             }
             Request::MailSent { seq, mail } => {
-                mail_sent(&txn, seqs, seq, mail, touched)?;
+                mail_sent(&mut tx, seqs, seq, mail, touched)?;
                 Answer::Unit
             }
         });
     }
     if let Some(sealer) = sealer {
-        seqs.audit.maybe_seal(&txn, sealer, now_ms(), false)?;
+        seqs.audit.maybe_seal(tx.cold(), sealer, now_ms(), false)?;
     }
-    seqs.save(&txn)?;
+    seqs.save(&mut tx)?;
+    // The hot tables write their roots back before the commit.
+    drop(tx);
     txn.commit().map_err(db_err)?;
     Ok((answers, reconfigured))
 }
@@ -1048,7 +1062,7 @@ fn apply(
 /// they are (a destination the new routes no longer allow dead-letters them with the
 /// policy's reason). How many moved.
 fn reroute(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     old: &Config,
     new: &Config,
@@ -1073,7 +1087,7 @@ fn reroute(
     let mut moved = 0;
     for (establishment, from, to) in moves {
         let entries = {
-            let t = txn.open_table(OUTBOX).map_err(db_err)?;
+            let t = tx.outbox()?;
             let (start, end) = (queue_key(&from, 0), queue_key(&from, u64::MAX));
             let mut v = Vec::new();
             for item in t.range(start.as_slice()..=end.as_slice()).map_err(db_err)? {
@@ -1083,7 +1097,7 @@ fn reroute(
             v
         };
         for (key, entry) in entries {
-            let Some(mut rec) = load_record(txn, entry.seq)? else {
+            let Some(mut rec) = load_record(tx, entry.seq)? else {
                 continue;
             };
             // Only what this establishment owns: an answer to a sender keeps its
@@ -1093,10 +1107,7 @@ fn reroute(
             if !owned {
                 continue;
             }
-            txn.open_table(OUTBOX)
-                .map_err(db_err)?
-                .remove(key.as_slice())
-                .map_err(db_err)?;
+            tx.outbox()?.remove(key.as_slice()).map_err(db_err)?;
             seqs.bump(DEPTH_PREFIX, &from, -1);
             seqs.enqueue += 1;
             let e = OutboxEntry {
@@ -1105,8 +1116,7 @@ fn reroute(
                 last_error: None,
                 ..entry
             };
-            txn.open_table(OUTBOX)
-                .map_err(db_err)?
+            tx.outbox()?
                 .insert(
                     queue_key(&to, seqs.enqueue).as_slice(),
                     encode(&e).as_slice(),
@@ -1116,12 +1126,11 @@ fn reroute(
             for d in rec.destinations.iter_mut().filter(|d| d.as_str() == from) {
                 *d = DestinationName::new(&to);
             }
-            txn.open_table(RECORDS)
-                .map_err(db_err)?
+            tx.records()?
                 .insert(rec.seq, encode(&rec).as_slice())
                 .map_err(db_err)?;
             audit(
-                txn,
+                tx,
                 seqs,
                 "rerouted",
                 Some(rec.seq),
@@ -1139,10 +1148,12 @@ fn reroute(
 /// Seals what is left of the journal when the writer stops.
 fn final_seal(store: &Store, sealer: &super::audit::Sealer) -> Result<(), StoreError> {
     let txn = store.write()?;
+    let mut tx = Tx::new(&txn);
     let mut seqs = Sequences::default();
-    seqs.load(&txn)?;
+    seqs.load(&mut tx)?;
     seqs.audit.maybe_seal(&txn, sealer, now_ms(), true)?;
-    seqs.save(&txn)?;
+    seqs.save(&mut tx)?;
+    drop(tx);
     txn.commit().map_err(db_err)
 }
 
@@ -1177,7 +1188,7 @@ fn dedup_key(listener: &str, sender: Option<&str>, facts: &Facts) -> String {
 }
 
 fn enqueue(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     dest: &str,
     seq: u64,
@@ -1193,7 +1204,7 @@ fn enqueue(
         last_error: None,
         patient,
     };
-    let mut t = txn.open_table(OUTBOX).map_err(db_err)?;
+    let t = tx.outbox()?;
     t.insert(
         queue_key(dest, seqs.enqueue).as_slice(),
         encode(&e).as_slice(),
@@ -1204,13 +1215,13 @@ fn enqueue(
 }
 
 fn record_orders(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     writes: &mut super::index::Writes,
     facts: &Facts,
     owner: &EstablishmentId,
 ) -> Result<(), StoreError> {
-    let t = txn.open_table(ORDERS).map_err(db_err)?;
+    let t = tx.orders()?;
     // The number the message's pending entry will have.
     let pending = seqs.pending + 1;
     for (prefix, list) in [("P", &facts.placer_orders), ("F", &facts.filler_orders)] {
@@ -1228,14 +1239,13 @@ fn record_orders(
 
 /// Appends a message's index writes as one pending entry (none when there are none).
 fn push_pending(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     writes: super::index::Writes,
 ) -> Result<(), StoreError> {
     if !writes.is_empty() {
         seqs.pending += 1;
-        txn.open_table(super::index::PENDING_INDEX)
-            .map_err(db_err)?
+        tx.pending_index()?
             .insert(seqs.pending, writes.as_bytes())
             .map_err(db_err)?;
     }
@@ -1243,7 +1253,7 @@ fn push_pending(
 }
 
 fn ingest(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     cfg: &Config,
     seqs: &mut Sequences,
     req: IngestRequest,
@@ -1261,12 +1271,12 @@ fn ingest(
                     s.role.as_str()
                 );
                 let name = s.name.clone();
-                return refuse(txn, seqs, req, Refused::Role, text, None, Some(name));
+                return refuse(tx, seqs, req, Refused::Role, text, None, Some(name));
             }
             None => {
                 let label = id.label();
                 return refuse(
-                    txn,
+                    tx,
                     seqs,
                     req,
                     Refused::UnknownSystem,
@@ -1282,10 +1292,10 @@ fn ingest(
     let fingerprint = req.fingerprint.unwrap_or(digest);
     let dkey = dedup_key(&req.listener, sender_name.as_deref(), &req.facts);
     {
-        let dedup = txn.open_table(DEDUP).map_err(db_err)?;
         let prior = match seqs.overlay.dedup(&dkey) {
             Some(v) => Some(v.to_vec()),
-            None => dedup
+            None => tx
+                .dedup()?
                 .get(dkey.as_str())
                 .map_err(db_err)?
                 .map(|v| v.value().to_vec()),
@@ -1297,16 +1307,14 @@ fn ingest(
                 .map(u64::from_be_bytes)
                 .unwrap_or(0);
             if prior.get(8..40) == Some(&fingerprint[..]) {
-                let acks = txn.open_table(ACKS).map_err(db_err)?;
-                let ack = acks
+                let ack = tx
+                    .acks()?
                     .get(prior_seq)
                     .map_err(db_err)?
                     .map(|v| v.value().to_vec())
                     .unwrap_or_default();
-                drop(acks);
-                drop(dedup);
                 audit(
-                    txn,
+                    tx,
                     seqs,
                     "duplicate",
                     Some(prior_seq),
@@ -1322,7 +1330,6 @@ fn ingest(
                     ack,
                 });
             }
-            drop(dedup);
             let error = AckError {
                 code: 205,
                 text: "message control id already used by this sender for a different message"
@@ -1331,21 +1338,21 @@ fn ingest(
             };
             let r = RejectRequest::from_ingest(req, error, None, sender_name.clone());
             // Same sender and control id, different content: refused (205), kept.
-            return reject(txn, seqs, r);
+            return reject(tx, seqs, r);
         }
     }
     let decision = router::decide(
         &req.facts,
         cfg,
         &TxnOrders {
-            txn,
+            table: tx.orders()?,
             overlay: &seqs.overlay,
         },
     );
     if let (Some(sys), Some(owner)) = (system, decision.establishment()) {
         if !sys.speaks_for(owner) {
             return refuse(
-                txn,
+                tx,
                 seqs,
                 req,
                 Refused::Establishment,
@@ -1376,10 +1383,10 @@ fn ingest(
     let mut writes = super::index::Writes::default();
     match &decision {
         Decision::Owned { establishment, .. } => {
-            record_orders(txn, seqs, &mut writes, &req.facts, establishment)?;
+            record_orders(tx, seqs, &mut writes, &req.facts, establishment)?;
             for d in &dests {
                 enqueue(
-                    txn,
+                    tx,
                     seqs,
                     d.as_str(),
                     seq,
@@ -1390,7 +1397,7 @@ fn ingest(
             }
             record_result(&mut writes, &req.facts, establishment, seq, now);
             if let (Some(zfa), Some(pk)) = (&req.facts.zfa, &req.facts.patient_key) {
-                let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
+                let mut t = tx.cold().open_table(PATIENTS).map_err(db_err)?;
                 let k = patient_admin_key(establishment.as_str(), pk);
                 // An opposition recorded by an operator outlives the next ADT.
                 let (opposition, sharing_opposition) = match t.get(k.as_str()).map_err(db_err)? {
@@ -1412,7 +1419,7 @@ fn ingest(
             }
         }
         Decision::Quarantined { reason, .. } => {
-            let mut q = txn.open_table(QUARANTINE).map_err(db_err)?;
+            let mut q = tx.cold().open_table(QUARANTINE).map_err(db_err)?;
             q.insert(
                 seq,
                 encode(&QuarantineEntry {
@@ -1456,17 +1463,17 @@ fn ingest(
         business_ack,
         mail_acks,
     };
-    store_message(txn, &rec, &req.raw, &ack)?;
-    audit_message(txn, seqs, "received", &rec)?;
+    store_message(tx, &rec, &req.raw, &ack)?;
+    audit_message(tx, seqs, "received", &rec)?;
     if no_destination {
-        app_ack(txn, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
+        app_ack(tx, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
     }
     let mut dv = Vec::with_capacity(40);
     dv.extend_from_slice(&seq.to_be_bytes());
     dv.extend_from_slice(&fingerprint);
     writes.dedup(&dkey, &dv);
     seqs.overlay.add_dedup(seqs.pending + 1, dkey, dv);
-    push_pending(txn, seqs, writes)?;
+    push_pending(tx, seqs, writes)?;
     Ok(IngestReply::Accepted {
         seq,
         ack,
@@ -1508,24 +1515,17 @@ fn answer_debts(
 }
 
 fn store_message(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     rec: &MessageRecord,
     raw: &[u8],
     ack: &[u8],
 ) -> Result<(), StoreError> {
     let seq = rec.seq;
-    txn.open_table(RECORDS)
-        .map_err(db_err)?
+    tx.records()?
         .insert(seq, encode(rec).as_slice())
         .map_err(db_err)?;
-    txn.open_table(RAW)
-        .map_err(db_err)?
-        .insert(seq, raw)
-        .map_err(db_err)?;
-    txn.open_table(ACKS)
-        .map_err(db_err)?
-        .insert(seq, ack)
-        .map_err(db_err)?;
+    tx.raw()?.insert(seq, raw).map_err(db_err)?;
+    tx.acks()?.insert(seq, ack).map_err(db_err)?;
     Ok(())
 }
 
@@ -1541,7 +1541,7 @@ enum Refused {
 /// the decision (when there was one) for review, counted by reason.
 #[allow(clippy::too_many_arguments)]
 fn refuse(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     req: IngestRequest,
     why: Refused,
@@ -1572,14 +1572,14 @@ fn refuse(
         location: None,
     };
     reject(
-        txn,
+        tx,
         seqs,
         RejectRequest::from_ingest(req, error, decision, sender),
     )
 }
 
 fn reject(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     req: RejectRequest,
 ) -> Result<IngestReply, StoreError> {
@@ -1615,8 +1615,8 @@ fn reject(
         business_ack: None,
         mail_acks: None,
     };
-    store_message(txn, &rec, &req.raw, &ack)?;
-    audit_message(txn, seqs, "refused", &rec)?;
+    store_message(tx, &rec, &req.raw, &ack)?;
+    audit_message(tx, seqs, "refused", &rec)?;
     Ok(IngestReply::Rejected {
         seq,
         ack,
@@ -1678,11 +1678,8 @@ fn apply_index(store: &Store, upto: u64) -> Result<(), StoreError> {
 
 /// Applies a DMP delivery's changes to the document register; the journal's detail: what
 /// was published, replaced or deleted (our document ids, no patient data).
-fn dmp_register(
-    txn: &WriteTransaction,
-    changes: &[DmpChange],
-) -> Result<serde_json::Value, StoreError> {
-    let mut t = txn.open_table(DMP_DOCS).map_err(db_err)?;
+fn dmp_register(tx: &mut Tx<'_>, changes: &[DmpChange]) -> Result<serde_json::Value, StoreError> {
+    let mut t = tx.cold().open_table(DMP_DOCS).map_err(db_err)?;
     let mut detail = Vec::new();
     for c in changes {
         let prev = c.from.as_deref().unwrap_or(&c.key);
@@ -1713,7 +1710,7 @@ fn dmp_register(
 }
 
 fn delivery(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     dest: &str,
     n: u64,
@@ -1723,8 +1720,8 @@ fn delivery(
 ) -> Result<(), StoreError> {
     let now = now_ms();
     let key = queue_key(dest, n);
-    let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-    let Some(current) = outbox
+    let Some(current) = tx
+        .outbox()?
         .get(key.as_slice())
         .map_err(db_err)?
         .map(|v| v.value().to_vec())
@@ -1739,7 +1736,7 @@ fn delivery(
         DeliveryUpdate::Delivered { dmp, mail } if dmp.is_empty() => {
             ("delivered", serde_json::json!({ "recipients": mail }))
         }
-        DeliveryUpdate::Delivered { dmp, .. } => ("delivered", dmp_register(txn, dmp)?),
+        DeliveryUpdate::Delivered { dmp, .. } => ("delivered", dmp_register(tx, dmp)?),
         DeliveryUpdate::Retry {
             attempts, error, ..
         } => (
@@ -1759,7 +1756,7 @@ fn delivery(
         ),
     };
     // One read of the record serves the audit entry and the application ACK below.
-    let record = load_record(txn, seq)?;
+    let record = load_record(tx, seq)?;
     // The DMP feed is not the receiving application: its outcome goes back as a business
     // acknowledgement, never into the application ACK (MSH-16).
     let for_app_ack =
@@ -1784,7 +1781,7 @@ fn delivery(
         .filter(|_| dest == crate::mssante::DESTINATION)
         .cloned();
     audit(
-        txn,
+        tx,
         seqs,
         event,
         Some(seq),
@@ -1796,15 +1793,13 @@ fn delivery(
     )?;
     match update {
         DeliveryUpdate::Delivered { .. } => {
-            outbox.remove(key.as_slice()).map_err(db_err)?;
+            tx.outbox()?.remove(key.as_slice()).map_err(db_err)?;
             seqs.bump(DEPTH_PREFIX, dest, -1);
-            txn.open_table(DELIVERED)
-                .map_err(db_err)?
+            tx.delivered()?
                 .insert(queue_key(dest, seq).as_slice(), now)
                 .map_err(db_err)?;
-            drop(outbox);
             if let Some(mut rec) = record.filter(|r| r.app_ack.is_some() && for_app_ack(dest)) {
-                let delivered = txn.open_table(DELIVERED).map_err(db_err)?;
+                let delivered = tx.delivered()?;
                 let mut all = true;
                 for d in rec.destinations.iter().filter(|d| for_app_ack(d.as_str())) {
                     all &= delivered
@@ -1812,9 +1807,8 @@ fn delivery(
                         .map_err(db_err)?
                         .is_some();
                 }
-                drop(delivered);
                 if all {
-                    app_ack(txn, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
+                    app_ack(tx, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
                 }
             }
         }
@@ -1827,17 +1821,16 @@ fn delivery(
             e.attempts = *attempts;
             e.next_attempt_ms = *next_attempt_ms;
             e.last_error = Some(error.clone());
-            outbox
+            tx.outbox()?
                 .insert(key.as_slice(), encode(&e).as_slice())
                 .map_err(db_err)?;
         }
         DeliveryUpdate::Withheld { .. } => {
-            outbox.remove(key.as_slice()).map_err(db_err)?;
+            tx.outbox()?.remove(key.as_slice()).map_err(db_err)?;
             seqs.bump(DEPTH_PREFIX, dest, -1);
-            drop(outbox);
         }
         DeliveryUpdate::Dead { attempts, reason } => {
-            outbox.remove(key.as_slice()).map_err(db_err)?;
+            tx.outbox()?.remove(key.as_slice()).map_err(db_err)?;
             seqs.bump(DEPTH_PREFIX, dest, -1);
             let d = DeadLetter {
                 seq,
@@ -1845,7 +1838,8 @@ fn delivery(
                 at_ms: now,
                 attempts: *attempts,
             };
-            let before = txn
+            let before = tx
+                .cold()
                 .open_table(DEAD)
                 .map_err(db_err)?
                 .insert(queue_key(dest, seq).as_slice(), encode(&d).as_slice())
@@ -1855,7 +1849,6 @@ fn delivery(
                 seqs.bump(DEAD_PREFIX, dest, 1);
             }
             touched.insert(dest.to_owned());
-            drop(outbox);
             if let Some(mut rec) = record.filter(|r| r.app_ack.is_some() && for_app_ack(dest)) {
                 let err = AckError {
                     code: 207,
@@ -1863,13 +1856,13 @@ fn delivery(
                         .into(),
                     location: None,
                 };
-                app_ack(txn, seqs, &mut rec, AckOutcome::Error, Some(err), touched)?;
+                app_ack(tx, seqs, &mut rec, AckOutcome::Error, Some(err), touched)?;
             }
         }
     }
     if let (Some(rec), Some(outcome)) = (owes_zam, reception) {
         let dead = matches!(update, DeliveryUpdate::Dead { .. });
-        business_ack(txn, seqs, rec, outcome, dead, touched)?;
+        business_ack(tx, seqs, rec, outcome, dead, touched)?;
     }
     // The MSSanté receptions: a mail handed over was acknowledged when it was (`mail_sent`);
     // here each recipient who was not mailed, or the whole mail when it is a dead letter.
@@ -1885,7 +1878,7 @@ fn delivery(
             DeliveryUpdate::Retry { .. } => Vec::new(),
         };
         for r in &receipts {
-            mail_receipt(txn, seqs, &rec, r, None, touched)?;
+            mail_receipt(tx, seqs, &rec, r, None, touched)?;
         }
     }
     Ok(())
@@ -1894,14 +1887,14 @@ fn delivery(
 /// Records one mail handed to the SMTP server (once: a mail recorded already is not
 /// acknowledged again), journals it, and sends its ZAM^Z02 when the sender asked.
 fn mail_sent(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     seq: u64,
     mut mail: SentMail,
     touched: &mut BTreeSet<String>,
 ) -> Result<(), StoreError> {
     let key = mss_sent_key(seq, &mail.address);
-    let mut t = txn.open_table(MSS_SENT).map_err(db_err)?;
+    let mut t = tx.cold().open_table(MSS_SENT).map_err(db_err)?;
     if t.get(key.as_slice()).map_err(db_err)?.is_some() {
         return Ok(());
     }
@@ -1915,7 +1908,8 @@ fn mail_sent(
             rpps: mail.rpps.clone(),
             patient: mail.patient,
         };
-        txn.open_table(MSS_REPORTS)
+        tx.cold()
+            .open_table(MSS_REPORTS)
             .map_err(db_err)?
             .insert(
                 format!("{report}{}", mail.address).as_str(),
@@ -1923,9 +1917,9 @@ fn mail_sent(
             )
             .map_err(db_err)?;
     }
-    let rec = load_record(txn, seq)?;
+    let rec = load_record(tx, seq)?;
     audit(
-        txn,
+        tx,
         seqs,
         "mail_sent",
         Some(seq),
@@ -1936,7 +1930,7 @@ fn mail_sent(
     )?;
     if let Some(rec) = rec.filter(|r| r.mail_acks.as_ref().is_some_and(|a| a.reception)) {
         let receipt = crate::mssante::receipts::Receipt::Received(who_of(&mail));
-        mail_receipt(txn, seqs, &rec, &receipt, None, touched)?;
+        mail_receipt(tx, seqs, &rec, &receipt, None, touched)?;
     }
     Ok(())
 }
@@ -1951,7 +1945,7 @@ fn who_of(mail: &SentMail) -> crate::mssante::receipts::Who {
 /// Queues one MSSanté business acknowledgement (ZAM^Z02 or ZAM^Z03) to where the record's
 /// sender asked for them, and journals it (the outcome name, never an address).
 fn mail_receipt(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     rec: &MessageRecord,
     receipt: &crate::mssante::receipts::Receipt,
@@ -1963,7 +1957,7 @@ fn mail_receipt(
         return Ok(());
     };
     let seq = queue_answer(
-        txn,
+        tx,
         seqs,
         rec,
         &acks.to,
@@ -1981,7 +1975,7 @@ fn mail_receipt(
         Receipt::NotDelivered => receipts::NOT_DELIVERED,
     };
     audit(
-        txn,
+        tx,
         seqs,
         "business_ack",
         Some(rec.seq),
@@ -1997,7 +1991,7 @@ fn mail_receipt(
 /// and queued like an application ACK. A dead letter's leaves the debt open: an operator's
 /// retry that gets the document published acknowledges it again.
 fn business_ack(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     mut rec: MessageRecord,
     outcome: Option<crate::dmp::Reception>,
@@ -2009,7 +2003,7 @@ fn business_ack(
     };
     if let Some(outcome) = outcome {
         let seq = queue_answer(
-            txn,
+            tx,
             seqs,
             &rec,
             &to,
@@ -2024,7 +2018,7 @@ fn business_ack(
             crate::dmp::Reception::Refused { code, .. } => code,
         };
         audit(
-            txn,
+            tx,
             seqs,
             "business_ack",
             Some(rec.seq),
@@ -2035,8 +2029,7 @@ fn business_ack(
     }
     if !keep {
         rec.business_ack = None;
-        txn.open_table(RECORDS)
-            .map_err(db_err)?
+        tx.records()?
             .insert(rec.seq, encode(&rec).as_slice())
             .map_err(db_err)?;
     }
@@ -2057,7 +2050,7 @@ enum Answering {
 /// time) an answer to `original`, stores it as a message of its own and queues it to `to`;
 /// returns its sequence number.
 fn queue_answer(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     original: &MessageRecord,
     to: &DestinationName,
@@ -2066,9 +2059,8 @@ fn queue_answer(
     touched: &mut BTreeSet<String>,
 ) -> Result<u64, StoreError> {
     let now = now_ms();
-    let raw = txn
-        .open_table(RAW)
-        .map_err(db_err)?
+    let raw = tx
+        .raw()?
         .get(original.seq)
         .map_err(db_err)?
         .map(|v| v.value().to_vec())
@@ -2108,8 +2100,8 @@ fn queue_answer(
         business_ack: None,
         mail_acks: None,
     };
-    store_message(txn, &answer, &bytes, &[])?;
-    enqueue(txn, seqs, to.as_str(), seq, None, now)?;
+    store_message(tx, &answer, &bytes, &[])?;
+    enqueue(tx, seqs, to.as_str(), seq, None, now)?;
     touched.insert(to.as_str().to_owned());
     Ok(seq)
 }
@@ -2119,7 +2111,7 @@ fn queue_answer(
 /// listener's `application_acks_to`. An AA settles the debt; AE leaves it open (an operator
 /// may still get the message delivered).
 fn app_ack(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     rec: &mut MessageRecord,
     outcome: AckOutcome,
@@ -2132,7 +2124,7 @@ fn app_ack(
     if pending.mode.sends(outcome) {
         let code = ack::code_for(false, outcome);
         let seq = queue_answer(
-            txn,
+            tx,
             seqs,
             rec,
             &pending.to,
@@ -2143,7 +2135,7 @@ fn app_ack(
             touched,
         )?;
         audit(
-            txn,
+            tx,
             seqs,
             "application_ack",
             Some(rec.seq),
@@ -2154,8 +2146,7 @@ fn app_ack(
     }
     if outcome != AckOutcome::Error {
         rec.app_ack = None;
-        txn.open_table(RECORDS)
-            .map_err(db_err)?
+        tx.records()?
             .insert(rec.seq, encode(&*rec).as_slice())
             .map_err(db_err)?;
     }
@@ -2163,7 +2154,7 @@ fn app_ack(
 }
 
 fn log_operator(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     operator: &str,
     action: &str,
@@ -2178,14 +2169,15 @@ fn log_operator(
         seq,
         detail,
     };
-    txn.open_table(OPLOG)
+    tx.cold()
+        .open_table(OPLOG)
         .map_err(db_err)?
         .insert(seqs.oplog, encode(&r).as_slice())
         .map_err(db_err)?;
     let establishment =
-        load_record(txn, seq)?.and_then(|rec| rec.establishment().map(|e| e.to_string()));
+        load_record(tx, seq)?.and_then(|rec| rec.establishment().map(|e| e.to_string()));
     audit(
-        txn,
+        tx,
         seqs,
         "operator",
         Some(seq),
@@ -2197,29 +2189,26 @@ fn log_operator(
 }
 
 /// The record of a message that is in quarantine, `None` when it is not.
-fn load_quarantined(txn: &WriteTransaction, seq: u64) -> Result<Option<MessageRecord>, StoreError> {
-    let in_q = txn
+fn load_quarantined(tx: &mut Tx<'_>, seq: u64) -> Result<Option<MessageRecord>, StoreError> {
+    let in_q = tx
+        .cold()
         .open_table(QUARANTINE)
         .map_err(db_err)?
         .get(seq)
         .map_err(db_err)?
         .is_some();
-    if in_q {
-        load_record(txn, seq)
-    } else {
-        Ok(None)
-    }
+    if in_q { load_record(tx, seq) } else { Ok(None) }
 }
 
-fn load_record(txn: &WriteTransaction, seq: u64) -> Result<Option<MessageRecord>, StoreError> {
-    let t = txn.open_table(RECORDS).map_err(db_err)?;
+fn load_record(tx: &mut Tx<'_>, seq: u64) -> Result<Option<MessageRecord>, StoreError> {
+    let t = tx.records()?;
     let v = t.get(seq).map_err(db_err)?.map(|v| v.value().to_vec());
     v.map(|b| decode(&b)).transpose()
 }
 
 /// An operator command refused for scope: audited in the same transaction.
 fn forbidden(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     who: &crate::policy::Operator,
     cmd: &OperatorCommand,
@@ -2229,13 +2218,13 @@ fn forbidden(
         seq,
         scope: who.scope.describe(),
     };
-    refused(txn, seqs, who, cmd, Some(seq), err)
+    refused(tx, seqs, who, cmd, Some(seq), err)
 }
 
 /// An operator command refused (scope, or a release the sender may not speak for):
 /// audited in the same transaction.
 fn refused<T>(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     seqs: &mut Sequences,
     who: &crate::policy::Operator,
     cmd: &OperatorCommand,
@@ -2243,7 +2232,7 @@ fn refused<T>(
     err: OperatorError,
 ) -> Result<Result<T, OperatorError>, StoreError> {
     audit(
-        txn,
+        tx,
         seqs,
         "operator_refused",
         seq,
@@ -2257,7 +2246,7 @@ fn refused<T>(
 /// The establishment a patient-level command names, if the operator's scope covers it (a
 /// refusal is journalled).
 fn in_scope<'c>(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     cfg: &'c Config,
     seqs: &mut Sequences,
     cmd: &OperatorCommand,
@@ -2274,13 +2263,13 @@ fn in_scope<'c>(
             establishment: establishment.to_owned(),
             scope: who.scope.describe(),
         };
-        return refused(txn, seqs, who, cmd, None, err);
+        return refused(tx, seqs, who, cmd, None, err);
     }
     Ok(Ok(est))
 }
 
 fn operate(
-    txn: &WriteTransaction,
+    tx: &mut Tx<'_>,
     cfg: &Config,
     seqs: &mut Sequences,
     cmd: &OperatorCommand,
@@ -2291,7 +2280,7 @@ fn operate(
     let operator = who.name.as_str();
     match cmd {
         OperatorCommand::Release { seq, establishment } => {
-            let Some(mut rec) = load_quarantined(txn, *seq)? else {
+            let Some(mut rec) = load_quarantined(tx, *seq)? else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
             };
             let Some(est) = cfg.establishment_by_name(establishment) else {
@@ -2300,7 +2289,7 @@ fn operate(
                 )));
             };
             if !who.scope.sees(&rec, cfg) || !who.scope.covers(&est.id) {
-                return forbidden(txn, seqs, who, cmd, *seq);
+                return forbidden(tx, seqs, who, cmd, *seq);
             }
             // A system never speaks for another establishment, not even through quarantine.
             if let Some(sys) = rec.sender.as_deref().and_then(|n| cfg.system(n)) {
@@ -2310,15 +2299,14 @@ fn operate(
                         system: sys.name.clone(),
                         establishment: est.id.to_string(),
                     };
-                    return refused(txn, seqs, who, cmd, Some(*seq), err);
+                    return refused(tx, seqs, who, cmd, Some(*seq), err);
                 }
             }
             let Some(class) = rec.class else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
             };
-            let raw = txn
-                .open_table(RAW)
-                .map_err(db_err)?
+            let raw = tx
+                .raw()?
                 .get(*seq)
                 .map_err(db_err)?
                 .map(|v| v.value().to_vec())
@@ -2329,7 +2317,7 @@ fn operate(
             let dests = router::destinations(class, &est.id, cfg);
             for d in &dests {
                 enqueue(
-                    txn,
+                    tx,
                     seqs,
                     d.as_str(),
                     *seq,
@@ -2340,11 +2328,12 @@ fn operate(
             }
             if let Some(f) = &facts {
                 let mut writes = super::index::Writes::default();
-                record_orders(txn, seqs, &mut writes, f, &est.id)?;
+                record_orders(tx, seqs, &mut writes, f, &est.id)?;
                 record_result(&mut writes, f, &est.id, *seq, now);
-                push_pending(txn, seqs, writes)?;
+                push_pending(tx, seqs, writes)?;
             }
-            txn.open_table(QUARANTINE)
+            tx.cold()
+                .open_table(QUARANTINE)
                 .map_err(db_err)?
                 .remove(*seq)
                 .map_err(db_err)?;
@@ -2362,17 +2351,16 @@ fn operate(
                 (rec.business_ack, rec.mail_acks) = answer_debts(cfg, &rec.listener, f, &dests);
             }
             rec.destinations = dests.clone();
-            txn.open_table(RECORDS)
-                .map_err(db_err)?
+            tx.records()?
                 .insert(*seq, encode(&rec).as_slice())
                 .map_err(db_err)?;
             if dests.is_empty() {
-                app_ack(txn, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
+                app_ack(tx, seqs, &mut rec, AckOutcome::Accepted, None, touched)?;
             }
             let names: Vec<&str> = dests.iter().map(|d| d.as_str()).collect();
             let detail = format!("released to {} -> {}", est.id, names.join(","));
             log_operator(
-                txn,
+                tx,
                 seqs,
                 operator,
                 "quarantine.release",
@@ -2382,19 +2370,19 @@ fn operate(
             Ok(Ok(detail))
         }
         OperatorCommand::Discard { seq, reason } => {
-            let Some(mut rec) = load_quarantined(txn, *seq)? else {
+            let Some(mut rec) = load_quarantined(tx, *seq)? else {
                 return Ok(Err(OperatorError::NotQuarantined(*seq)));
             };
             if !who.scope.sees(&rec, cfg) {
-                return forbidden(txn, seqs, who, cmd, *seq);
+                return forbidden(tx, seqs, who, cmd, *seq);
             }
-            txn.open_table(QUARANTINE)
+            tx.cold()
+                .open_table(QUARANTINE)
                 .map_err(db_err)?
                 .remove(*seq)
                 .map_err(db_err)?;
             rec.status = RecordStatus::Discarded;
-            txn.open_table(RECORDS)
-                .map_err(db_err)?
+            tx.records()?
                 .insert(*seq, encode(&rec).as_slice())
                 .map_err(db_err)?;
             let err = AckError {
@@ -2402,16 +2390,9 @@ fn operate(
                 text: "not delivered: its establishment could not be established; discarded by an operator".into(),
                 location: None,
             };
-            app_ack(
-                txn,
-                seqs,
-                &mut rec,
-                AckOutcome::Rejected,
-                Some(err),
-                touched,
-            )?;
+            app_ack(tx, seqs, &mut rec, AckOutcome::Rejected, Some(err), touched)?;
             log_operator(
-                txn,
+                tx,
                 seqs,
                 operator,
                 "quarantine.discard",
@@ -2424,17 +2405,19 @@ fn operate(
         }
         OperatorCommand::RetryDead { destination, seq } => {
             let key = queue_key(destination, *seq);
-            let visible = load_record(txn, *seq)?.is_some_and(|r| who.scope.sees(&r, cfg));
-            let dead = txn
+            let visible = load_record(tx, *seq)?.is_some_and(|r| who.scope.sees(&r, cfg));
+            let dead = tx
+                .cold()
                 .open_table(DEAD)
                 .map_err(db_err)?
                 .get(key.as_slice())
                 .map_err(db_err)?
                 .is_some();
             if dead && !visible {
-                return forbidden(txn, seqs, who, cmd, *seq);
+                return forbidden(tx, seqs, who, cmd, *seq);
             }
-            let existed = txn
+            let existed = tx
+                .cold()
                 .open_table(DEAD)
                 .map_err(db_err)?
                 .remove(key.as_slice())
@@ -2444,10 +2427,10 @@ fn operate(
                 return Ok(Err(OperatorError::NotDead(destination.clone(), *seq)));
             }
             seqs.bump(DEAD_PREFIX, destination, -1);
-            enqueue(txn, seqs, destination, *seq, None, now)?;
+            enqueue(tx, seqs, destination, *seq, None, now)?;
             touched.insert(destination.clone());
             log_operator(
-                txn,
+                tx,
                 seqs,
                 operator,
                 "dead.retry",
@@ -2465,16 +2448,16 @@ fn operate(
                     "the read receipt answers a mail labroute did not send (its Original-Message-ID is not one of labroute's)".into(),
                 )));
             };
-            let Some(rec) = load_record(txn, seq)? else {
+            let Some(rec) = load_record(tx, seq)? else {
                 return Ok(Err(OperatorError::Invalid(format!(
                     "the read receipt answers message {seq}, which this instance does not have"
                 ))));
             };
             if !who.scope.sees(&rec, cfg) {
-                return forbidden(txn, seqs, who, cmd, seq);
+                return forbidden(tx, seqs, who, cmd, seq);
             }
             let (start, end) = (seq.to_be_bytes(), seq.saturating_add(1).to_be_bytes());
-            let mut t = txn.open_table(MSS_SENT).map_err(db_err)?;
+            let mut t = tx.cold().open_table(MSS_SENT).map_err(db_err)?;
             let mut found = None;
             for item in t.range(start.as_slice()..end.as_slice()).map_err(db_err)? {
                 let (k, v) = item.map_err(db_err)?;
@@ -2501,7 +2484,7 @@ fn operate(
                 .map_err(db_err)?;
             drop(t);
             audit(
-                txn,
+                tx,
                 seqs,
                 "mail_read",
                 Some(seq),
@@ -2511,14 +2494,7 @@ fn operate(
             )?;
             if rec.mail_acks.as_ref().is_some_and(|a| a.read) {
                 let receipt = crate::mssante::receipts::Receipt::Read(who_of(&mail), displayed);
-                mail_receipt(
-                    txn,
-                    seqs,
-                    &rec,
-                    &receipt,
-                    Some(operator.to_owned()),
-                    touched,
-                )?;
+                mail_receipt(tx, seqs, &rec, &receipt, Some(operator.to_owned()), touched)?;
             }
             Ok(Ok(format!(
                 "read receipt of message {seq} for {}: {}",
@@ -2533,7 +2509,7 @@ fn operate(
             rpps,
             granted,
         } => {
-            let est = match in_scope(txn, cfg, seqs, cmd, who, establishment)? {
+            let est = match in_scope(tx, cfg, seqs, cmd, who, establishment)? {
                 Ok(e) => e,
                 Err(refusal) => return Ok(Err(refusal)),
             };
@@ -2543,7 +2519,7 @@ fn operate(
             }
             let pk = patient_key(authority, id);
             let key = care_key(est.id.as_str(), &pk, rpps);
-            let mut t = txn.open_table(CARE_GRANTS).map_err(db_err)?;
+            let mut t = tx.cold().open_table(CARE_GRANTS).map_err(db_err)?;
             if *granted {
                 let g = CareGrant {
                     operator: operator.to_owned(),
@@ -2556,7 +2532,7 @@ fn operate(
             }
             drop(t);
             audit(
-                txn,
+                tx,
                 seqs,
                 "operator",
                 None,
@@ -2586,7 +2562,7 @@ fn operate(
                     action: "a directory import".into(),
                     scope: who.scope.describe(),
                 };
-                return refused(txn, seqs, who, cmd, None, err);
+                return refused(tx, seqs, who, cmd, None, err);
             }
             // Everything checked before anything changes: an import applies whole or not.
             let mut valid: Vec<crate::mssante::Mailbox> = Vec::with_capacity(mailboxes.len());
@@ -2615,8 +2591,8 @@ fn operate(
             }
             let prefix = format!("{}\u{1f}", source.as_str());
             let end = format!("{}\u{20}", source.as_str());
-            let mut dir = txn.open_table(MSS_DIRECTORY).map_err(db_err)?;
-            let mut by = txn.open_table(MSS_BY_RPPS).map_err(db_err)?;
+            let mut dir = tx.cold().open_table(MSS_DIRECTORY).map_err(db_err)?;
+            let mut by = tx.cold().open_table(MSS_BY_RPPS).map_err(db_err)?;
             // Out with this source's entries (and their RPPS index), in with the new ones.
             let old: Vec<(String, Option<String>)> = dir
                 .range(prefix.as_str()..end.as_str())
@@ -2652,7 +2628,7 @@ fn operate(
             }
             drop((dir, by));
             audit(
-                txn,
+                tx,
                 seqs,
                 "operator",
                 None,
@@ -2676,7 +2652,7 @@ fn operate(
                     action: "a whitelist import".into(),
                     scope: who.scope.describe(),
                 };
-                return refused(txn, seqs, who, cmd, None, err);
+                return refused(tx, seqs, who, cmd, None, err);
             }
             let Some(valid) = domains
                 .iter()
@@ -2688,7 +2664,7 @@ fn operate(
                     "a whitelist entry is not a domain name, or there is none".into(),
                 )));
             };
-            let mut t = txn.open_table(MSS_WHITELIST).map_err(db_err)?;
+            let mut t = tx.cold().open_table(MSS_WHITELIST).map_err(db_err)?;
             let removed = t.len().map_err(db_err)?;
             t.retain(|_, _| false).map_err(db_err)?;
             for d in valid {
@@ -2697,7 +2673,7 @@ fn operate(
             let count = t.len().map_err(db_err)?;
             drop(t);
             audit(
-                txn,
+                tx,
                 seqs,
                 "operator",
                 None,
@@ -2728,13 +2704,13 @@ fn operate(
             // The same record, two oppositions: to the DMP feed, and to sharing outside the
             // establishment (MSSanté to professionals, the results server).
             let sharing = matches!(cmd, OperatorCommand::SharingOpposition { .. });
-            let est = match in_scope(txn, cfg, seqs, cmd, who, establishment)? {
+            let est = match in_scope(tx, cfg, seqs, cmd, who, establishment)? {
                 Ok(e) => e,
                 Err(refusal) => return Ok(Err(refusal)),
             };
             let pk = patient_key(authority, id);
             let key = patient_admin_key(est.id.as_str(), &pk);
-            let mut t = txn.open_table(PATIENTS).map_err(db_err)?;
+            let mut t = tx.cold().open_table(PATIENTS).map_err(db_err)?;
             let mut p: PatientAdmin = match t.get(key.as_str()).map_err(db_err)? {
                 Some(v) => decode(v.value())?,
                 None => PatientAdmin {
@@ -2765,7 +2741,7 @@ fn operate(
                 (true, false) => "sharing.opposition_lifted",
             };
             audit(
-                txn,
+                tx,
                 seqs,
                 "operator",
                 None,
