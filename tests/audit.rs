@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use common::*;
 use labroute::store::Store;
-use labroute::store::audit::{AUDIT, AuditFilter, query, verify};
+use labroute::store::audit::{AUDIT, AUDIT_HEAD, AuditFilter, HEAD_KEY, query, verify};
 use labroute::store::writer::OperatorCommand;
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
 
 fn tamper(src: &Path, dst: &Path, f: impl FnOnce(&mut redb::Table<u64, &[u8]>)) {
     std::fs::create_dir_all(dst).expect("dir");
@@ -138,6 +140,64 @@ async fn the_journal_records_everything_and_verify_finds_any_tampering() {
     });
     let bad = check(&truncated).expect("detected");
     assert_eq!(bad.0, n, "{bad:?}");
+    // The last entry rewritten with a hash that matches its new body: no entry follows to
+    // break the chain, so only the head kept in the store catches it.
+    let rewritten = work.path().join("rewrite-last");
+    tamper(&data, &rewritten, |t| {
+        let v = get(t, n);
+        let body = String::from_utf8(v[32..].to_vec()).expect("utf8").replacen(
+            "\"event\":\"",
+            "\"event\":\"x",
+            1,
+        );
+        let hash: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()).into();
+        let mut value = hash.to_vec();
+        value.extend_from_slice(body.as_bytes());
+        t.insert(n, value.as_slice()).expect("insert");
+    });
+    let bad = check(&rewritten).expect("detected");
+    assert_eq!(bad.0, n, "{bad:?}");
+    assert!(bad.1.contains("head"), "{bad:?}");
+    // A store written before the head moved to META (the whole hash in `audit_head`):
+    // verified against that table, intact as it is, caught when its last entry is removed.
+    let last_hash = {
+        let db = redb::Database::open(data.join("labroute.redb")).expect("redb opens");
+        let txn = db.begin_read().expect("read");
+        let t = txn.open_table(AUDIT).expect("audit");
+        t.get(n).expect("get").expect("present").value()[..32].to_vec()
+    };
+    let old_layout = |dst: &Path, head: &[u8], remove_last: bool| {
+        std::fs::create_dir_all(dst).expect("dir");
+        std::fs::copy(data.join("labroute.redb"), dst.join("labroute.redb")).expect("copy");
+        let db = redb::Database::open(dst.join("labroute.redb")).expect("redb opens");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut meta = txn.open_table(META).expect("meta");
+            meta.remove(HEAD_KEY)
+                .expect("remove")
+                .expect("the head is in META");
+            if remove_last {
+                meta.insert("audit_seq", n - 1).expect("insert");
+                txn.open_table(AUDIT)
+                    .expect("audit")
+                    .remove(n)
+                    .expect("remove");
+            }
+            txn.open_table(AUDIT_HEAD)
+                .expect("audit_head")
+                .insert("head", head)
+                .expect("insert");
+        }
+        txn.commit().expect("commit");
+    };
+    let old = work.path().join("old-layout");
+    old_layout(&old, &last_hash, false);
+    assert_eq!(check(&old), None);
+    let old_cut = work.path().join("old-layout-cut");
+    old_layout(&old_cut, &last_hash, true);
+    let bad = check(&old_cut).expect("detected");
+    assert_eq!(bad.0, n - 1, "{bad:?}");
+    assert!(bad.1.contains("head"), "{bad:?}");
 
     // The CLI says so and fails; on the intact store it passes.
     let cli = |dir: &Path| {
@@ -194,10 +254,14 @@ fn rewrite_chain(src: &Path, dst: &Path, from: &str, to: &str) -> u64 {
             t.insert(k, value.as_slice()).expect("insert");
             prev = hash;
         }
-        let mut head = txn
-            .open_table(labroute::store::audit::AUDIT_HEAD)
-            .expect("head");
-        head.insert("head", prev.as_slice()).expect("insert");
+        let mut meta = txn
+            .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+            .expect("meta");
+        meta.insert(
+            labroute::store::audit::HEAD_KEY,
+            labroute::store::audit::head_prefix(&prev),
+        )
+        .expect("insert");
     }
     txn.commit().expect("commit");
     assert!(changed > 0, "{from} found in no entry");

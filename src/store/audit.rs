@@ -1,7 +1,7 @@
 //! The audit journal: append-only, in the store, written in the same transaction as the
 //! change it records. Each entry is stored as `SHA-256(body) ‖ body` (body: JSON carrying
-//! the previous entry's hash), and the store keeps the head (last sequence number and hash),
-//! so `verify` finds any altered, deleted, inserted, reordered or truncated entry and names
+//! the previous entry's hash), and the store keeps the head (last sequence number and the
+//! first 8 bytes of the last hash, in `META`), so `verify` finds any altered, deleted, inserted, reordered or truncated entry and names
 //! the first bad one. Every `seal_every` entries (and when the writer stops) the head is
 //! sealed: signed with the instance's TLS key, so that rewriting the whole chain, which a
 //! person with the file could do, no longer matches the seals.
@@ -14,8 +14,19 @@ use super::{META, Store, StoreError, db_err};
 
 /// seq → SHA-256(body) (32 bytes) ‖ body (JSON `AuditEntry`).
 pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
-/// "head" → SHA-256 of the last entry's body.
+/// "head" → SHA-256 of the last entry's body: where stores written before 2026-11-25 keep
+/// the head; since, it is `HEAD_KEY` in `META` (one table fewer written per commit).
 pub const AUDIT_HEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("audit_head");
+/// In `META`: the first 8 bytes (big-endian) of the last entry's hash. With `audit_seq`,
+/// what `verify` checks the end of the chain against (a removed or rewritten last entry).
+pub const HEAD_KEY: &str = "audit_head";
+
+/// The part of a hash kept in `META` as the head.
+pub fn head_prefix(hash: &[u8; 32]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash[..8]);
+    u64::from_be_bytes(b)
+}
 /// entry seq → JSON `Seal` of the head at that entry.
 pub const AUDIT_SEALS: TableDefinition<u64, &[u8]> = TableDefinition::new("audit_seals");
 
@@ -142,8 +153,8 @@ pub(crate) struct Chain {
 }
 
 impl Chain {
-    pub fn load(txn: &WriteTransaction) -> Result<Chain, StoreError> {
-        let meta = txn.open_table(META).map_err(db_err)?;
+    pub fn load(tx: &mut super::tx::Tx<'_>) -> Result<Chain, StoreError> {
+        let meta = tx.cold().open_table(META).map_err(db_err)?;
         let seq = meta
             .get("audit_seq")
             .map_err(db_err)?
@@ -153,15 +164,13 @@ impl Chain {
             .map_err(db_err)?
             .map_or(0, |v| v.value());
         drop(meta);
+        // The head is the last entry's hash, stored with it.
         let mut head = [0u8; 32];
-        if let Some(h) = txn
-            .open_table(AUDIT_HEAD)
-            .map_err(db_err)?
-            .get("head")
-            .map_err(db_err)?
-        {
-            if h.value().len() == 32 {
-                head.copy_from_slice(h.value());
+        if seq > 0 {
+            if let Some(v) = tx.audit()?.get(seq).map_err(db_err)? {
+                if let Some(h) = v.value().get(..32) {
+                    head.copy_from_slice(h);
+                }
             }
         }
         Ok(Chain { seq, head, sealed })
@@ -195,10 +204,7 @@ impl Chain {
         let mut meta = txn.open_table(META).map_err(db_err)?;
         meta.insert("audit_seq", self.seq).map_err(db_err)?;
         meta.insert("audit_sealed", self.sealed).map_err(db_err)?;
-        drop(meta);
-        txn.open_table(AUDIT_HEAD)
-            .map_err(db_err)?
-            .insert("head", self.head.as_slice())
+        meta.insert(HEAD_KEY, head_prefix(&self.head))
             .map_err(db_err)?;
         Ok(())
     }
@@ -253,20 +259,24 @@ pub fn verify(
     cert: Option<&rustls::pki_types::CertificateDer<'_>>,
 ) -> Result<Verification, StoreError> {
     let txn = store.read()?;
-    let head_seq = txn
-        .open_table(META)
-        .map_err(db_err)?
+    let meta = txn.open_table(META).map_err(db_err)?;
+    let head_seq = meta
         .get("audit_seq")
         .map_err(db_err)?
         .map_or(0, |v| v.value());
-    let head_hash = match txn.open_table(AUDIT_HEAD) {
-        Ok(t) => t
-            .get("head")
-            .map_err(db_err)?
-            .map(|v| v.value().to_vec())
-            .unwrap_or_else(|| vec![0; 32]),
-        Err(redb::TableError::TableDoesNotExist(_)) => vec![0; 32],
-        Err(e) => return Err(db_err(e)),
+    let head_prefix_kept = meta.get(HEAD_KEY).map_err(db_err)?.map(|v| v.value());
+    drop(meta);
+    // A store written before `HEAD_KEY` keeps the whole hash in `AUDIT_HEAD`.
+    let head_hash = match (head_prefix_kept, txn.open_table(AUDIT_HEAD)) {
+        (Some(_), _) => None,
+        (None, Ok(t)) => Some(
+            t.get("head")
+                .map_err(db_err)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_else(|| vec![0; 32]),
+        ),
+        (None, Err(redb::TableError::TableDoesNotExist(_))) => Some(vec![0; 32]),
+        (None, Err(e)) => return Err(db_err(e)),
     };
     let bad = |seq: u64, why: String, n: u64| {
         Ok(Verification {
@@ -349,11 +359,23 @@ pub fn verify(
         }
     }
     let count = expected - 1;
-    if count != head_seq || prev.as_slice() != head_hash.as_slice() {
+    let head_matches = match (&head_hash, head_prefix_kept) {
+        (Some(full), _) => prev.as_slice() == full.as_slice(),
+        (None, Some(kept)) => head_prefix(&prev) == kept,
+        (None, None) => false,
+    };
+    if count != head_seq {
         return bad(
             count + 1,
             format!("missing: the journal ends at {count} but its head says {head_seq}"),
             count,
+        );
+    }
+    if !head_matches {
+        return bad(
+            count.max(1),
+            "the journal ends here but the head the store keeps names another entry: this one rewritten, or one after it removed".into(),
+            count.saturating_sub(1),
         );
     }
     let (mut verified, mut other) = (0, 0);

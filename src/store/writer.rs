@@ -844,7 +844,7 @@ impl Sequences {
             if !made {
                 self.make_counts(tx)?;
             }
-            self.audit = super::audit::Chain::load(tx.cold())?;
+            self.audit = super::audit::Chain::load(tx)?;
             self.loaded = true;
         }
         Ok(())
