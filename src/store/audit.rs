@@ -1,8 +1,8 @@
 //! The audit journal: append-only, in the store, written in the same transaction as the
 //! change it records. Each entry is stored as `SHA-256(body) ‖ body` (body: JSON carrying
 //! the previous entry's hash), and the store keeps the head (last sequence number and the
-//! first 8 bytes of the last hash, in `META`), so `verify` finds any altered, deleted, inserted, reordered or truncated entry and names
-//! the first bad one. Every `seal_every` entries (and when the writer stops) the head is
+//! first 8 bytes of the last hash, in `META`), so `verify` finds any altered, deleted,
+//! inserted, reordered or truncated entry and names the first bad one. Every `seal_every` entries (and when the writer stops) the head is
 //! sealed: signed with the instance's TLS key, so that rewriting the whole chain, which a
 //! person with the file could do, no longer matches the seals.
 
@@ -264,20 +264,21 @@ pub fn verify(
         .get("audit_seq")
         .map_err(db_err)?
         .map_or(0, |v| v.value());
-    let head_prefix_kept = meta.get(HEAD_KEY).map_err(db_err)?.map(|v| v.value());
-    drop(meta);
-    // A store written before `HEAD_KEY` keeps the whole hash in `AUDIT_HEAD`.
-    let head_hash = match (head_prefix_kept, txn.open_table(AUDIT_HEAD)) {
-        (Some(_), _) => None,
-        (None, Ok(t)) => Some(
-            t.get("head")
+    // A store written before `HEAD_KEY` keeps the whole hash in `AUDIT_HEAD`: its first 8
+    // bytes are what is compared.
+    let kept_head = match meta.get(HEAD_KEY).map_err(db_err)?.map(|v| v.value()) {
+        Some(kept) => kept,
+        None => match txn.open_table(AUDIT_HEAD) {
+            Ok(t) => t
+                .get("head")
                 .map_err(db_err)?
-                .map(|v| v.value().to_vec())
-                .unwrap_or_else(|| vec![0; 32]),
-        ),
-        (None, Err(redb::TableError::TableDoesNotExist(_))) => Some(vec![0; 32]),
-        (None, Err(e)) => return Err(db_err(e)),
+                .and_then(|v| v.value().get(..32)?.try_into().ok())
+                .map_or(0, |h: [u8; 32]| head_prefix(&h)),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(db_err(e)),
+        },
     };
+    drop(meta);
     let bad = |seq: u64, why: String, n: u64| {
         Ok(Verification {
             entries: n,
@@ -359,11 +360,6 @@ pub fn verify(
         }
     }
     let count = expected - 1;
-    let head_matches = match (&head_hash, head_prefix_kept) {
-        (Some(full), _) => prev.as_slice() == full.as_slice(),
-        (None, Some(kept)) => head_prefix(&prev) == kept,
-        (None, None) => false,
-    };
     if count != head_seq {
         return bad(
             count + 1,
@@ -371,7 +367,7 @@ pub fn verify(
             count,
         );
     }
-    if !head_matches {
+    if head_prefix(&prev) != kept_head {
         return bad(
             count.max(1),
             "the journal ends here but the head the store keeps names another entry: this one rewritten, or one after it removed".into(),
