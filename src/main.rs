@@ -867,14 +867,16 @@ async fn admin_value(a: &AdminArgs, req: AdminRequest) -> Result<serde_json::Val
         }
         e => e.into(),
     })?;
-    let handle = StoreHandle::start(
+    // On JetStream, a command goes through the log like a running node's (D23).
+    let handle = StoreHandle::open(
         store,
         cfg,
         WriterConfig {
             max_batch: 16,
             sealer: None,
         },
-    );
+    )
+    .await?;
     let who = labroute::policy::Operator {
         name: format!("local:{}", local_user()),
         scope: labroute::policy::OperatorScope::Instance,

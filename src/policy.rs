@@ -412,7 +412,7 @@ pub fn mail_permit<L: MailLookup>(
 }
 
 /// Who runs an operator command, and within what.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Operator {
     /// The operator system's name (from its certificate), or `local:<user>` at the store.
     pub name: String,

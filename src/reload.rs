@@ -197,7 +197,7 @@ pub fn start(
                         }
                     };
                     let event = crate::store::audit::AuditEvent {
-                        event: "routes_reload",
+                        event: "routes_reload".into(),
                         message: None,
                         establishment: None,
                         actor: None,

@@ -135,7 +135,7 @@ impl Server {
             None => None,
         };
         let store = Store::open(&data_dir)?;
-        let handle = StoreHandle::start(
+        let handle = StoreHandle::open(
             store,
             cfg.clone(),
             WriterConfig {
@@ -147,7 +147,8 @@ impl Server {
                     ))
                 }),
             },
-        );
+        )
+        .await?;
         let (shutdown, rx) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(cfg.engine.max_connections));
         let limits = ConnLimits {

@@ -121,7 +121,7 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsE
 }
 
 /// Who a peer is, from its (verified) certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PeerIdentity {
     /// SAN URIs.
     pub uris: Vec<String>,

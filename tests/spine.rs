@@ -36,18 +36,30 @@ async fn peers() -> Peers {
     }
 }
 
-async fn start(p: &Peers, data: &Path) -> Server {
-    let cfg = config(&routes_toml(0, 0, p.lab.addr, p.es1.addr, p.es2.addr, 50));
-    Server::start(cfg, data.to_owned())
+async fn start(p: &Peers, data: &Path) -> (Server, Option<Nats>) {
+    serve(
+        routes_toml(0, 0, p.lab.addr, p.es1.addr, p.es2.addr, 50),
+        data,
+    )
+    .await
+}
+
+/// A server on `routes`, on the store `LABROUTE_TEST_STORE` names (the embedded one, or a
+/// JetStream log in front of it), and the NATS server it then needs.
+async fn serve(routes: String, data: &Path) -> (Server, Option<Nats>) {
+    let (store, nats) = test_store(data);
+    let cfg = config(&format!("{routes}\n{store}"));
+    let s = Server::start(cfg, data.to_owned())
         .await
-        .expect("server starts")
+        .expect("server starts");
+    (s, nats)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_result_reaches_only_its_owning_establishment() {
     let dir = tempfile::tempdir().unwrap();
     let p = peers().await;
-    let s = start(&p, dir.path()).await;
+    let (s, _nats) = start(&p, dir.path()).await;
     let dpi = s.addr("dpi").unwrap();
     let sil = s.addr("sil").unwrap();
 
@@ -100,7 +112,7 @@ async fn each_result_reaches_only_its_owning_establishment() {
 async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them() {
     let dir = tempfile::tempdir().unwrap();
     let p = peers().await;
-    let s = start(&p, dir.path()).await;
+    let (s, _nats) = start(&p, dir.path()).await;
     send_all(s.addr("dpi").unwrap(), &[order("ES1", "O1", "P1", "101")])
         .await
         .unwrap();
@@ -209,7 +221,7 @@ async fn unknown_or_conflicting_results_are_held_until_an_operator_releases_them
 async fn a_retransmission_gets_the_original_ack_and_is_not_delivered_twice() {
     let dir = tempfile::tempdir().unwrap();
     let p = peers().await;
-    let s = start(&p, dir.path()).await;
+    let (s, _nats) = start(&p, dir.path()).await;
     let sil = s.addr("sil").unwrap();
     let m = result_by_identifier("ES1", "DUP1", "101", "4.2");
     let first = send_all(sil, std::slice::from_ref(&m)).await.unwrap();
@@ -238,8 +250,11 @@ async fn a_receiver_down_for_a_while_gets_everything_in_order_when_back() {
     let p = peers().await;
     let es1_port = free_port();
     let es1_addr: std::net::SocketAddr = format!("127.0.0.1:{es1_port}").parse().unwrap();
-    let cfg = config(&routes_toml(0, 0, p.lab.addr, es1_addr, p.es2.addr, 50));
-    let s = Server::start(cfg, dir.path().to_owned()).await.unwrap();
+    let (s, _nats) = serve(
+        routes_toml(0, 0, p.lab.addr, es1_addr, p.es2.addr, 50),
+        dir.path(),
+    )
+    .await;
     let msgs: Vec<Vec<u8>> = (0..20)
         .map(|i| result_by_identifier("ES1", &format!("D{i:02}"), &format!("{}", 100 + i % 3), "1"))
         .collect();
@@ -264,15 +279,11 @@ async fn a_peer_ar_is_dead_lettered_with_its_reason_and_can_be_retried() {
     let dir = tempfile::tempdir().unwrap();
     let p = peers().await;
     let refusing = Receiver::start("127.0.0.1:0", AckCode::AR).await;
-    let cfg = config(&routes_toml(
-        0,
-        0,
-        p.lab.addr,
-        refusing.addr,
-        p.es2.addr,
-        50,
-    ));
-    let s = Server::start(cfg, dir.path().to_owned()).await.unwrap();
+    let (s, _nats) = serve(
+        routes_toml(0, 0, p.lab.addr, refusing.addr, p.es2.addr, 50),
+        dir.path(),
+    )
+    .await;
     send_all(
         s.addr("sil").unwrap(),
         &[
@@ -307,7 +318,7 @@ async fn a_peer_ar_is_dead_lettered_with_its_reason_and_can_be_retried() {
 async fn unreadable_and_unsupported_messages_get_a_nak_with_err_and_are_kept() {
     let dir = tempfile::tempdir().unwrap();
     let p = peers().await;
-    let s = start(&p, dir.path()).await;
+    let (s, _nats) = start(&p, dir.path()).await;
     let sil = s.addr("sil").unwrap();
     let acks = send_all(
         sil,

@@ -532,7 +532,7 @@ async fn respond(
             Ok(w) => *w,
             Err(why) => {
                 let event = crate::store::audit::AuditEvent {
-                    event: "operator_refused",
+                    event: "operator_refused".into(),
                     message: None,
                     establishment: None,
                     actor: Some(peer.to_owned()),

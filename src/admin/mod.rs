@@ -191,7 +191,7 @@ async fn refuse(
     message: Option<u64>,
 ) -> AdminError {
     let event = AuditEvent {
-        event: "operator_refused",
+        event: "operator_refused".into(),
         message,
         establishment: None,
         actor: Some(who.name.clone()),
@@ -382,7 +382,7 @@ async fn audit_action(
     rec: Option<&crate::store::MessageRecord>,
 ) {
     let event = AuditEvent {
-        event: "operator",
+        event: "operator".into(),
         message: rec.map(|r| r.seq),
         establishment: rec.and_then(|r| r.establishment().map(|e| e.to_string())),
         actor: Some(who.name.clone()),

@@ -61,6 +61,28 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
+/// Where accepted messages are kept (`[store]`, DECISIONS D23).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreKind {
+    /// The embedded store alone (one machine).
+    #[default]
+    Embedded,
+    /// Every change goes through a JetStream stream first; each node applies the stream, in
+    /// its order, to its own embedded store.
+    JetStream(JetStreamStore),
+}
+
+/// The JetStream log (`[store] kind = "jetstream"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamStore {
+    /// `tls://…` or `nats://127.0.0.1:…` (loopback only).
+    pub servers: Vec<String>,
+    pub stream: String,
+    pub replicas: usize,
+    /// This node's name: the prefix of its requests' ids.
+    pub node: String,
+}
+
 /// Engine-wide limits.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -318,6 +340,8 @@ pub struct RouteTest {
 #[derive(Debug, Clone, Default)]
 pub struct Config {
     pub engine: Engine,
+    /// `[store]`: where accepted messages are kept.
+    pub store: StoreKind,
     pub listeners: Vec<Listener>,
     pub destinations: Vec<Destination>,
     /// The instance's TLS material (`[tls]`), required by TLS listeners.
@@ -704,6 +728,9 @@ impl Validator {
                     )),
                 };
             }
+        }
+        if let Some(st) = &raw.store {
+            self.store(&cx, st);
         }
         if let Some(t) = &raw.tls {
             self.tls(&cx, t);
@@ -1547,6 +1574,104 @@ impl Validator {
         self.cfg.systems.push(sys);
     }
 
+    fn store(&mut self, cx: &Ctx<'_>, st: &Spanned<raw::RawStore>) {
+        let line = cx.line(st);
+        if !self.first(cx, line, "store") {
+            return;
+        }
+        let st = st.get_ref();
+        match st.kind.get_ref().as_str() {
+            "embedded" => {
+                for (set, field) in [
+                    (!st.servers.is_empty(), "store.servers"),
+                    (st.stream.is_some(), "store.stream"),
+                    (st.replicas.is_some(), "store.replicas"),
+                    (st.node.is_some(), "store.node"),
+                ] {
+                    if set {
+                        self.err(cx, line, field, "only for kind = \"jetstream\"");
+                    }
+                }
+            }
+            "jetstream" => {
+                if st.servers.is_empty() {
+                    self.err(
+                        cx,
+                        line,
+                        "store.servers",
+                        "at least one server: \"tls://host:4222\"",
+                    );
+                }
+                let mut servers = Vec::new();
+                for s in &st.servers {
+                    match jetstream_server(s.get_ref()) {
+                        Ok(()) => servers.push(s.get_ref().clone()),
+                        Err(m) => self.err(cx, cx.line(s), "store.servers", m),
+                    }
+                    if s.get_ref().starts_with("tls://") {
+                        self.tls_users.push((
+                            cx.file.to_owned(),
+                            cx.line(s),
+                            "store.servers".into(),
+                        ));
+                    }
+                }
+                let stream = match &st.stream {
+                    Some(s) if self.name(cx, s, "store.stream") => s.get_ref().clone(),
+                    Some(_) => String::new(),
+                    None => "LABROUTE".to_owned(),
+                };
+                if stream.contains('.') {
+                    let at = st.stream.as_ref().map_or(line, |s| cx.line(s));
+                    self.err(cx, at, "store.stream", "a stream name has no '.'");
+                }
+                let replicas = match &st.replicas {
+                    None => 1,
+                    Some(r) => match *r.get_ref() {
+                        n @ (1 | 3 | 5) => n as usize,
+                        n => {
+                            self.err(
+                                cx,
+                                cx.line(r),
+                                "store.replicas",
+                                format!("1, 3 or 5 (a JetStream cluster's quorum), got {n}"),
+                            );
+                            1
+                        }
+                    },
+                };
+                let node = match &st.node {
+                    Some(n) if self.name(cx, n, "store.node") => n.get_ref().clone(),
+                    Some(_) => String::new(),
+                    None => {
+                        self.err(
+                            cx,
+                            line,
+                            "store.node",
+                            "required: this node's name, unique among the instance's nodes",
+                        );
+                        String::new()
+                    }
+                };
+                self.cfg.store = StoreKind::JetStream(JetStreamStore {
+                    servers,
+                    stream,
+                    replicas,
+                    node,
+                });
+            }
+            other => {
+                let at = cx.line(&st.kind);
+                self.err(
+                    cx,
+                    at,
+                    "store.kind",
+                    format!("{other:?}: \"embedded\" or \"jetstream\""),
+                );
+            }
+        }
+    }
+
     fn tls(&mut self, cx: &Ctx<'_>, t: &Spanned<RawTls>) {
         let line = cx.line(t);
         if !self.first(cx, line, "tls") {
@@ -1840,3 +1965,25 @@ pub fn is_finess(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests;
+
+/// A JetStream server address: `tls://host:port`, or `nats://` on loopback only (D9).
+fn jetstream_server(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?}: write tls://host:port"))?;
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?}: the port is missing"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("{url:?}: {port:?} is not a port"))?;
+    match scheme {
+        "tls" if !host.is_empty() => Ok(()),
+        "nats" => match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(ip) if ip.is_loopback() => Ok(()),
+            _ => Err(format!(
+                "{url:?}: plain nats:// only on a loopback address; use tls://"
+            )),
+        },
+        _ => Err(format!("{url:?}: write tls://host:port")),
+    }
+}

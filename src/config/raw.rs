@@ -9,6 +9,7 @@ pub type S = Spanned<String>;
 #[serde(deny_unknown_fields)]
 pub struct RawFile {
     pub engine: Option<Spanned<RawEngine>>,
+    pub store: Option<Spanned<RawStore>>,
     #[serde(default)]
     pub listener: Vec<Spanned<RawListener>>,
     #[serde(default)]
@@ -153,6 +154,25 @@ pub struct RawTls {
     pub key: S,
     /// "1.3" (default) or "1.2".
     pub min_version: Option<S>,
+}
+
+/// Where accepted messages are kept: the embedded store (one machine), or a NATS JetStream
+/// cluster's replicated log in front of it (several nodes; DECISIONS D23).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// "embedded" (the default) or "jetstream".
+    pub kind: S,
+    /// JetStream: the servers, `tls://host:port` (the instance's `[tls]` material,
+    /// mutually authenticated), or `nats://127.0.0.1:port` on loopback only.
+    #[serde(default)]
+    pub servers: Vec<S>,
+    /// JetStream: the log stream's name (the nodes of one instance share it).
+    pub stream: Option<S>,
+    /// JetStream: copies of the log the cluster keeps (1, 3 or 5).
+    pub replicas: Option<Spanned<u64>>,
+    /// JetStream: this node's name, unique among the instance's nodes.
+    pub node: Option<S>,
 }
 
 #[derive(Debug, Deserialize)]

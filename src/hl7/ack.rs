@@ -169,18 +169,28 @@ impl AcceptAckType {
 }
 
 /// The parts of the original message an ACK echoes, raw (already escaped for `delims`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct AckHeader {
     pub delims: Option<Delimiters>,
+    #[serde(with = "crate::model::b64")]
     pub sending_app: Vec<u8>,
+    #[serde(with = "crate::model::b64")]
     pub sending_facility: Vec<u8>,
+    #[serde(with = "crate::model::b64")]
     pub receiving_app: Vec<u8>,
+    #[serde(with = "crate::model::b64")]
     pub receiving_facility: Vec<u8>,
+    #[serde(with = "crate::model::b64")]
     pub trigger: Vec<u8>,
+    #[serde(with = "crate::model::b64")]
     pub control_id: Vec<u8>,
+    #[serde(with = "crate::model::b64")]
     pub processing_id: Vec<u8>,
+    #[serde(with = "crate::model::b64")]
     pub version: Vec<u8>,
+    #[serde(with = "crate::model::b64")]
     pub country: Vec<u8>,
+    #[serde(with = "crate::model::b64")]
     pub charset: Vec<u8>,
 }
 

@@ -10,7 +10,7 @@ use memchr::{memchr, memchr2};
 use super::text::{self, Charset};
 
 /// The delimiters declared in MSH-1 and MSH-2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Delimiters {
     pub field: u8,
     pub component: u8,

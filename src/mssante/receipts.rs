@@ -10,7 +10,7 @@ use crate::hl7::zam::{self, Item, Zam};
 pub const REASONS: &str = "99LABROUTE";
 
 /// Who a receipt is about, as the sender knows him.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Who {
     pub address: Option<String>,
     pub rpps: Option<String>,

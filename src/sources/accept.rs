@@ -192,7 +192,7 @@ pub(crate) async fn refused_handshake(
     };
     tracing::warn!(%listener, %peer, error = %error, suppressed, "TLS handshake refused");
     let event = crate::store::audit::AuditEvent {
-        event: "tls_refused",
+        event: "tls_refused".into(),
         message: None,
         establishment: None,
         actor: Some(peer.to_owned()),

@@ -191,7 +191,7 @@ fn journal(kind: Kind, rpps: &str, peer: &Peer, g: &Gathered, matches: usize) ->
             d.extend(more);
         }
         AuditEvent {
-            event: "results_search",
+            event: "results_search".into(),
             message: None,
             establishment: establishment.cloned(),
             actor: Some(format!("rpps:{rpps}")),

@@ -132,9 +132,9 @@ pub struct AuditEntry {
 }
 
 /// What an event says, before it is chained.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AuditEvent {
-    pub event: &'static str,
+    pub event: std::borrow::Cow<'static, str>,
     pub message: Option<u64>,
     pub establishment: Option<String>,
     pub actor: Option<String>,
@@ -220,7 +220,7 @@ impl Chain {
             seq: self.seq + 1,
             prev: hex(&self.head),
             at_ms: now_ms,
-            event: e.event.to_owned(),
+            event: e.event.into_owned(),
             message: e.message,
             establishment: e.establishment,
             actor: e.actor,

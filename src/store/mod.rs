@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub(crate) mod index;
+pub(crate) mod log;
 pub mod records;
 mod tx;
 pub mod writer;
@@ -113,6 +114,9 @@ pub enum StoreError {
     Commit(String),
     #[error("the store writer has stopped")]
     Closed,
+    /// The JetStream log (`[store] kind = "jetstream"`): unreachable, or an entry refused.
+    #[error("JetStream log: {0}")]
+    Log(String),
     #[error(
         "the results indexes did not catch up with the acknowledged messages within 10 s: the store writer is stuck; its errors are in the log (disk full or I/O error: free space or check the device)"
     )]
@@ -279,6 +283,19 @@ impl Store {
     /// The write transaction (only the writer thread writes).
     pub(crate) fn write(&self) -> Result<redb::WriteTransaction, StoreError> {
         self.database()?.begin_write().map_err(db_err)
+    }
+
+    /// The last JetStream log entry this store applied (0: none; D23).
+    pub fn log_position(&self) -> Result<u64, StoreError> {
+        let txn = self.read()?;
+        let t = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+            Err(e) => return Err(db_err(e)),
+        };
+        Ok(t.get(log::POSITION)
+            .map_err(db_err)?
+            .map_or(0, |v| v.value()))
     }
 
     /// Closes the file and opens it again (redb then checks it, and repairs what an

@@ -20,12 +20,17 @@ macro_rules! hot_tables {
         /// A write transaction and the hot tables it has opened so far.
         pub(crate) struct Tx<'t> {
             txn: &'t WriteTransaction,
+            /// The time of the request being applied (ms since the epoch): every record,
+            /// journal entry and ACK the request writes carries it. Set per request by the
+            /// writer (the request's own time when it comes from a replicated log), so that
+            /// applying the same requests gives the same store (D23).
+            pub(crate) now: u64,
             $($name: Option<Table<'t, $k, $v>>,)*
         }
 
         impl<'t> Tx<'t> {
             pub(crate) fn new(txn: &'t WriteTransaction) -> Tx<'t> {
-                Tx { txn, $($name: None,)* }
+                Tx { txn, now: crate::time::now_ms(), $($name: None,)* }
             }
 
             $(

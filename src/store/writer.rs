@@ -16,10 +16,11 @@ use crate::router::{self, Decision, Facts, OrderIndex};
 use crate::time::{hl7_timestamp, now_ms};
 
 /// A message that parsed and classified, to be stored and routed.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct IngestRequest {
     pub listener: String,
     pub peer: String,
+    #[serde(with = "crate::model::b64")]
     pub raw: Vec<u8>,
     pub facts: Facts,
     pub header: AckHeader,
@@ -37,10 +38,11 @@ pub struct IngestRequest {
 }
 
 /// A message refused before routing, to be kept for review.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct RejectRequest {
     pub listener: String,
     pub peer: String,
+    #[serde(with = "crate::model::b64")]
     pub raw: Vec<u8>,
     pub control_id: String,
     pub message_type: String,
@@ -100,7 +102,7 @@ pub enum IngestReply {
 }
 
 /// Outcome of one delivery attempt, reported by a destination worker.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum DeliveryUpdate {
     /// Accepted by the destination; for the DMP, the changes to its document register.
     Delivered {
@@ -136,9 +138,18 @@ pub struct MailOutcome {
     pub named: String,
     pub outcome: String,
     /// Who he is for the sender's business acknowledgement (not journalled: a patient's
-    /// address holds his INS).
-    #[serde(skip)]
+    /// address holds his INS; `journal_mail` leaves it out).
+    #[serde(default)]
     pub who: crate::mssante::receipts::Who,
+}
+
+/// Mail outcomes as the journal keeps them: without `who`.
+fn journal_mail(mail: &[MailOutcome]) -> serde_json::Value {
+    mail.iter()
+        .map(|m| {
+            serde_json::json!({ "recipient": m.recipient, "named": m.named, "outcome": m.outcome })
+        })
+        .collect()
 }
 
 /// Operator commands that change the store.
@@ -298,8 +309,10 @@ pub enum OperatorError {
     Store(String),
 }
 
-/// What a request asks the writer to do.
-enum Request {
+/// What a request asks the writer to do. Serialised as a JetStream log entry (D23), all but
+/// `Reconfigure`, which each node applies from its own files.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(super) enum Request {
     Ingest(Box<IngestRequest>),
     Reject(Box<RejectRequest>),
     Delivery {
@@ -320,14 +333,17 @@ enum Request {
         mail: SentMail,
     },
     /// Put a new configuration in force (a reload), moving what it reroutes.
+    #[serde(skip)]
     Reconfigure(Arc<Config>),
 }
 
 /// Where the answer to a request goes, once the batch is committed (or has failed).
-enum Reply {
+pub(super) enum Reply {
     Ingest(oneshot::Sender<Result<IngestReply, StoreError>>),
     Unit(oneshot::Sender<Result<(), StoreError>>),
     Operator(oneshot::Sender<Result<String, OperatorError>>),
+    /// Nobody here waits: a log entry another node (or an earlier run) wrote.
+    Nobody,
 }
 
 /// A request's result inside a transaction, sent only after the commit.
@@ -350,11 +366,12 @@ impl Reply {
             (Reply::Operator(tx), Answer::Operator(r)) => {
                 let _ = tx.send(r);
             }
+            (Reply::Nobody, _) => {}
             (reply, _) => reply.fail("internal: answer does not match its request"),
         }
     }
 
-    fn fail(self, e: &str) {
+    pub(super) fn fail(self, e: &str) {
         match self {
             Reply::Ingest(tx) => {
                 let _ = tx.send(Err(StoreError::Commit(e.to_owned())));
@@ -365,13 +382,20 @@ impl Reply {
             Reply::Operator(tx) => {
                 let _ = tx.send(Err(OperatorError::Store(e.to_owned())));
             }
+            Reply::Nobody => {}
         }
     }
 }
 
-struct Op {
-    request: Request,
-    reply: Reply,
+pub(super) struct Op {
+    pub(super) request: Request,
+    pub(super) reply: Reply,
+    /// The request's time, when it was fixed before the writer took it (a replicated log's
+    /// entry); `None`: when the writer applies it.
+    pub(super) at: Option<u64>,
+    /// Its position in the JetStream log (D23); `None`: not logged (the embedded store, or
+    /// a node's own `Reconfigure`).
+    pub(super) log: Option<u64>,
 }
 
 /// Wakes destination workers when their queue changes: one `Notify` per destination name,
@@ -445,6 +469,49 @@ pub struct StoreHandle {
 impl StoreHandle {
     /// Starts the writer thread. It stops when every handle is dropped.
     pub fn start(store: Store, cfg: Arc<Config>, wc: WriterConfig) -> StoreHandle {
+        StoreHandle::spawn(store, cfg, wc, None)
+    }
+
+    /// Starts the store `[store]` configures: the embedded one alone, or with the JetStream
+    /// log in front (D23), connected before this returns.
+    pub async fn open(
+        store: Store,
+        cfg: Arc<Config>,
+        wc: WriterConfig,
+    ) -> Result<StoreHandle, StoreError> {
+        let crate::config::StoreKind::JetStream(js) = &cfg.store else {
+            return Ok(StoreHandle::start(store, cfg, wc));
+        };
+        let mut log = super::log::Log::connect(js, cfg.tls.as_ref()).await?;
+        let committed = store.log_position()?;
+        let last = log.check(committed).await?;
+        let (track, position) = super::log::Track::new(committed);
+        let depth = wc.max_batch.max(16) * 4;
+        let writer = StoreHandle::spawn(store, cfg, wc, Some(track));
+        let (tx, rx) = mpsc::channel(depth);
+        let mut caught_up = position.clone();
+        log.run(rx, writer.tx.clone(), position);
+        // Nothing is accepted or delivered before the log as it stood is applied: a
+        // delivery it records as done is not made again.
+        if last > committed {
+            tracing::info!(
+                entries = last - committed,
+                "applying the JetStream log before starting"
+            );
+        }
+        caught_up
+            .wait_for(|p| p.committed >= last)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        Ok(StoreHandle { tx, ..writer })
+    }
+
+    fn spawn(
+        store: Store,
+        cfg: Arc<Config>,
+        wc: WriterConfig,
+        log: Option<super::log::Track>,
+    ) -> StoreHandle {
         let (tx, rx) = mpsc::channel(wc.max_batch.max(16) * 4);
         let notifiers = Arc::new(Notifiers::new(
             cfg.destinations.iter().map(|d| d.name.clone()),
@@ -457,7 +524,7 @@ impl StoreHandle {
         std::thread::Builder::new()
             .name("labroute-writer".into())
             .spawn(move || {
-                run(s2, cfg2, rx, wc.max_batch.max(1), wc.sealer, n2);
+                run(s2, cfg2, rx, wc.max_batch.max(1), wc.sealer, n2, log);
                 // `run` dropped its store: the database is closed once no handle is left.
                 let _ = closed_tx.send(true);
             })
@@ -526,6 +593,8 @@ impl StoreHandle {
             .send(Op {
                 request,
                 reply: reply(tx),
+                at: None,
+                log: None,
             })
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -630,6 +699,7 @@ fn run(
     max_batch: usize,
     sealer: Option<Arc<super::audit::Sealer>>,
     notifiers: Arc<Notifiers>,
+    mut log: Option<super::log::Track>,
 ) {
     let mut seqs = Sequences::default();
     // Load the counters at once (a store from before the queue counts gets them now, not
@@ -642,6 +712,7 @@ fn run(
         &mut seqs,
         None,
         &mut touched,
+        None,
     ) {
         tracing::error!(error = %e, "cannot load the store's counters; the first batch will retry");
         seqs = Sequences::default();
@@ -696,9 +767,19 @@ fn run(
                 Err(_) => break,
             }
         }
+        // Log entries are applied once each, in the log's order (D23).
+        let (batch, log_seq) = match &mut log {
+            Some(track) => track.admit(batch),
+            None => (batch, None),
+        };
+        if batch.is_empty() {
+            continue;
+        }
         let size = batch.len();
-        let (requests, replies): (Vec<Request>, Vec<Reply>) =
-            batch.into_iter().map(|op| (op.request, op.reply)).unzip();
+        let (requests, replies): (Vec<(Option<u64>, Request)>, Vec<Reply>) = batch
+            .into_iter()
+            .map(|op| ((op.at, op.request), op.reply))
+            .unzip();
         let mut touched = BTreeSet::new();
         let started = std::time::Instant::now();
         let result = match broken {
@@ -712,8 +793,12 @@ fn run(
                 &mut seqs,
                 sealer.as_deref(),
                 &mut touched,
+                log_seq,
             ),
         };
+        if let Some(track) = &mut log {
+            track.settled(result.is_ok().then_some(log_seq).flatten(), result.is_ok());
+        }
         match result {
             Ok((answers, reconfigured)) => {
                 if let Some(new) = reconfigured {
@@ -915,11 +1000,12 @@ fn audit(
     actor: Option<String>,
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
+    let now = tx.now;
     seqs.audit.append(
         tx,
-        now_ms(),
+        now,
         super::audit::AuditEvent {
-            event,
+            event: event.into(),
             message,
             establishment,
             actor,
@@ -999,10 +1085,11 @@ impl OrderIndex for TxnOrders<'_, '_> {
 fn apply(
     store: &Store,
     cfg: Arc<Config>,
-    requests: Vec<Request>,
+    requests: Vec<(Option<u64>, Request)>,
     seqs: &mut Sequences,
     sealer: Option<&super::audit::Sealer>,
     touched: &mut BTreeSet<String>,
+    log_seq: Option<u64>,
 ) -> Result<(Vec<Answer>, Option<Arc<Config>>), StoreError> {
     let txn = store.write()?;
     let mut tx = Tx::new(&txn);
@@ -1010,7 +1097,8 @@ fn apply(
     let mut answers = Vec::with_capacity(requests.len());
     let mut cfg = cfg;
     let mut reconfigured = None;
-    for request in requests {
+    for (at, request) in requests {
+        tx.now = at.unwrap_or_else(now_ms);
         let cfg_now: &Config = &cfg.clone();
         answers.push(match request {
             Request::Reconfigure(new) => {
@@ -1036,7 +1124,8 @@ fn apply(
                 Answer::Operator(operate(&mut tx, cfg_now, seqs, &cmd, &operator, touched)?)
             }
             Request::Audit(e) => {
-                seqs.audit.append(&mut tx, now_ms(), e)?;
+                let now = tx.now;
+                seqs.audit.append(&mut tx, now, e)?;
                 Answer::Unit
             }
             Request::MailSent { seq, mail } => {
@@ -1049,6 +1138,14 @@ fn apply(
         seqs.audit.maybe_seal(tx.cold(), sealer, now_ms(), false)?;
     }
     seqs.save(&mut tx)?;
+    if let Some(n) = log_seq {
+        // In the transaction that applied it: a restart reads the log from the next one.
+        tx.cold()
+            .open_table(META)
+            .map_err(db_err)?
+            .insert(super::log::POSITION, n)
+            .map_err(db_err)?;
+    }
     // The hot tables write their roots back before the commit.
     drop(tx);
     txn.commit().map_err(db_err)?;
@@ -1259,7 +1356,7 @@ fn ingest(
     req: IngestRequest,
     touched: &mut BTreeSet<String>,
 ) -> Result<IngestReply, StoreError> {
-    let now = now_ms();
+    let now = tx.now;
     // Who sent it (TLS listeners): a configured system, allowed this kind of message.
     let system = match &req.identity {
         None => None,
@@ -1583,7 +1680,7 @@ fn reject(
     seqs: &mut Sequences,
     req: RejectRequest,
 ) -> Result<IngestReply, StoreError> {
-    let now = now_ms();
+    let now = tx.now;
     seqs.message += 1;
     let seq = seqs.message;
     let (ack, code) = ack_for(
@@ -1718,7 +1815,7 @@ fn delivery(
     update: &DeliveryUpdate,
     touched: &mut BTreeSet<String>,
 ) -> Result<(), StoreError> {
-    let now = now_ms();
+    let now = tx.now;
     let key = queue_key(dest, n);
     let Some(current) = tx
         .outbox()?
@@ -1733,9 +1830,10 @@ fn delivery(
         DeliveryUpdate::Delivered { dmp, mail } if dmp.is_empty() && mail.is_empty() => {
             ("delivered", serde_json::json!({}))
         }
-        DeliveryUpdate::Delivered { dmp, mail } if dmp.is_empty() => {
-            ("delivered", serde_json::json!({ "recipients": mail }))
-        }
+        DeliveryUpdate::Delivered { dmp, mail } if dmp.is_empty() => (
+            "delivered",
+            serde_json::json!({ "recipients": journal_mail(mail) }),
+        ),
         DeliveryUpdate::Delivered { dmp, .. } => ("delivered", dmp_register(tx, dmp)?),
         DeliveryUpdate::Retry {
             attempts, error, ..
@@ -1752,7 +1850,7 @@ fn delivery(
         }
         DeliveryUpdate::Withheld { reason, mail } => (
             "withheld",
-            serde_json::json!({ "reason": reason, "recipients": mail }),
+            serde_json::json!({ "reason": reason, "recipients": journal_mail(mail) }),
         ),
     };
     // One read of the record serves the audit entry and the application ACK below.
@@ -1898,7 +1996,7 @@ fn mail_sent(
     if t.get(key.as_slice()).map_err(db_err)?.is_some() {
         return Ok(());
     }
-    mail.at_ms = now_ms();
+    mail.at_ms = tx.now;
     t.insert(key.as_slice(), encode(&mail).as_slice())
         .map_err(db_err)?;
     drop(t);
@@ -2058,7 +2156,7 @@ fn queue_answer(
     build: impl FnOnce(&AckHeader, &[u8], &str, u64) -> Vec<u8>,
     touched: &mut BTreeSet<String>,
 ) -> Result<u64, StoreError> {
-    let now = now_ms();
+    let now = tx.now;
     let raw = tx
         .raw()?
         .get(original.seq)
@@ -2163,7 +2261,7 @@ fn log_operator(
 ) -> Result<(), StoreError> {
     seqs.oplog += 1;
     let r = OperatorRecord {
-        at_ms: now_ms(),
+        at_ms: tx.now,
         operator: operator.to_owned(),
         action: action.to_owned(),
         seq,
@@ -2276,7 +2374,7 @@ fn operate(
     who: &crate::policy::Operator,
     touched: &mut BTreeSet<String>,
 ) -> Result<Result<String, OperatorError>, StoreError> {
-    let now = now_ms();
+    let now = tx.now;
     let operator = who.name.as_str();
     match cmd {
         OperatorCommand::Release { seq, establishment } => {

@@ -600,3 +600,97 @@ pub fn python_peer(
         .unwrap_or_else(|| panic!("{script} said {line:?}"));
     (child, port)
 }
+
+/// A real NATS server with JetStream (Debian package `nats-server`, which `.ci/run`
+/// installs), on a free loopback port, its storage in `dir`. It stops when dropped, and
+/// when the test process ends (it reads its standard input to the end, then is killed).
+pub struct Nats {
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl Nats {
+    /// `None` outside CI when `nats-server` is not installed (the caller says SKIPPED); in
+    /// CI its absence fails the test. `tls`: serve TLS with the development PKI and require
+    /// a client certificate it issued.
+    pub fn start(dir: &std::path::Path, tls: bool) -> Option<Nats> {
+        if std::process::Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "nats-server missing in CI (.ci/run installs the Debian package)"
+            );
+            return None;
+        }
+        let port = free_port();
+        let c = dev_certs();
+        let tls_args = if tls {
+            format!(
+                "--tls --tlscert {} --tlskey {} --tlscacert {} --tlsverify",
+                c.join("server.pem").display(),
+                c.join("server.key").display(),
+                c.join("ca.pem").display()
+            )
+        } else {
+            String::new()
+        };
+        std::fs::create_dir_all(dir).expect("nats dir");
+        let script = format!(
+            "nats-server -js -a 127.0.0.1 -p {port} -sd {} {tls_args} >{}/log 2>&1 & pid=$!; cat >/dev/null; kill $pid; wait $pid",
+            dir.display(),
+            dir.display()
+        );
+        let child = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh runs nats-server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not listen in 10 s: {}",
+                std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(Nats { port, child })
+    }
+
+    /// The `[store]` section of a node of stream `stream` on this server.
+    pub fn store_section(&self, stream: &str, node: &str, tls: bool) -> String {
+        let scheme = if tls { "tls" } else { "nats" };
+        format!(
+            "[store]\nkind = \"jetstream\"\nservers = [\"{scheme}://127.0.0.1:{}\"]\nstream = \"{stream}\"\nnode = \"{node}\"\n",
+            self.port
+        )
+    }
+
+    /// Stops the server now (SIGKILL-free: its standard input closes).
+    pub fn stop(mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The store the tests run on: `LABROUTE_TEST_STORE=jetstream` puts a JetStream log in
+/// front of the embedded store (`.ci/run` runs `tests/spine.rs` both ways). The server, if
+/// any, lives as long as the returned guard.
+pub fn test_store(data: &std::path::Path) -> (String, Option<Nats>) {
+    if std::env::var("LABROUTE_TEST_STORE").as_deref() != Ok("jetstream") {
+        return (String::new(), None);
+    }
+    let nats = Nats::start(&data.join("nats"), false)
+        .expect("LABROUTE_TEST_STORE=jetstream needs nats-server (apt install nats-server)");
+    (nats.store_section("LABROUTE", "test", false), Some(nats))
+}

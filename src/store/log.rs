@@ -1,0 +1,426 @@
+//! The JetStream log in front of the embedded store (`[store] kind = "jetstream"`, D23).
+//!
+//! Every change a node is asked for (a message to store, a delivery outcome, an operator
+//! command, an audit event) is published to one JetStream stream first. The request is
+//! answered only once JetStream has acknowledged the publish (after its replicas have it)
+//! **and** this node's writer has applied it. Each node reads the whole stream, in its
+//! order, and applies every entry to its own embedded store with the same writer the
+//! embedded mode uses: the same requests in the same order, with the time each entry
+//! carries, give the same store on every node. JetStream orders and replicates; nothing
+//! here does.
+//!
+//! - **Exactly once per node**: the writer keeps the position of the last entry it applied
+//!   (`META` [`POSITION`]) in the transaction that applied it, and reads on from there.
+//! - **A failed batch** (disk full, I/O error) is read again from the log: the writer tells
+//!   the reader through [`Position`], and skips what arrives out of order meanwhile.
+//! - **Duplicates**: a publish carries its request's id as `Nats-Msg-Id`, so a publish sent
+//!   twice within the stream's window is stored once. A message the sender sends again is
+//!   a new request; the writer's own deduplication answers it with the original ACK, as in
+//!   the embedded mode.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use super::StoreError;
+use super::writer::{Op, Reply, Request};
+use crate::config::JetStreamStore;
+
+/// `META` key: the last log entry this store applied.
+pub(crate) const POSITION: &str = "log_seq";
+
+/// How long a publish may wait for JetStream's acknowledgement.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A log entry: a request, who asked (`id`: node name and a counter), and its time.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Entry {
+    id: String,
+    at: u64,
+    request: Request,
+}
+
+/// Where the writer is in the log, for the reader.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// The last entry committed.
+    pub committed: u64,
+    /// Failed batches so far: when it moves, the reader reads again from `committed + 1`.
+    pub rewinds: u64,
+}
+
+/// The writer's side: admits entries in order, reports what it committed.
+pub(crate) struct Track {
+    pos: Position,
+    tx: watch::Sender<Position>,
+}
+
+impl Track {
+    pub(crate) fn new(committed: u64) -> (Track, watch::Receiver<Position>) {
+        let pos = Position {
+            committed,
+            rewinds: 0,
+        };
+        let (tx, rx) = watch::channel(pos);
+        (Track { pos, tx }, rx)
+    }
+
+    /// Keeps the batch's requests that come next in the log (and those not logged); an
+    /// entry already applied (read again after a rewind) is dropped, one past a gap
+    /// (arriving while the reader rewinds) is answered with an error (its sender sends
+    /// again). The batch, and the position of its last entry.
+    pub(super) fn admit(&mut self, batch: Vec<Op>) -> (Vec<Op>, Option<u64>) {
+        let mut next = self.pos.committed + 1;
+        let mut last = None;
+        let mut kept = Vec::with_capacity(batch.len());
+        for op in batch {
+            match op.log {
+                None => kept.push(op),
+                Some(n) if n == next => {
+                    next += 1;
+                    last = Some(n);
+                    kept.push(op);
+                }
+                Some(n) if n < next => op.reply.fail("already applied"),
+                Some(_) => op
+                    .reply
+                    .fail("the store is reading its log again after a failed write; send again"),
+            }
+        }
+        (kept, last)
+    }
+
+    /// After the batch: committed up to `applied`, or failed (read again).
+    pub(crate) fn settled(&mut self, applied: Option<u64>, ok: bool) {
+        if ok {
+            if let Some(n) = applied {
+                self.pos.committed = n;
+            }
+        } else {
+            self.pos.rewinds += 1;
+        }
+        self.tx.send_replace(self.pos);
+    }
+}
+
+/// Requests published by this node, waiting for the writer: id → where the answer goes.
+type Waiters = Arc<std::sync::Mutex<HashMap<String, Reply>>>;
+
+fn take(waiters: &Waiters, id: &str) -> Option<Reply> {
+    match waiters.lock() {
+        Ok(mut w) => w.remove(id),
+        Err(p) => p.into_inner().remove(id),
+    }
+}
+
+fn put(waiters: &Waiters, id: String, reply: Reply) {
+    match waiters.lock() {
+        Ok(mut w) => w.insert(id, reply),
+        Err(p) => p.into_inner().insert(id, reply),
+    };
+}
+
+/// The log's stream, connected and made if absent.
+pub(crate) struct Log {
+    js: jetstream::Context,
+    stream: jetstream::stream::Stream,
+    name: String,
+    node: String,
+}
+
+impl Log {
+    /// Connects to the servers (TLS with the instance's material, else plain on loopback)
+    /// and gets or makes the stream.
+    pub(crate) async fn connect(
+        cfg: &JetStreamStore,
+        tls: Option<&crate::tls::TlsFiles>,
+    ) -> Result<Log, StoreError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError::Log(format!("{what} ({}): {e}", cfg.servers.join(", ")))
+        };
+        let mut opts = async_nats::ConnectOptions::new()
+            .name(format!("labroute {}", cfg.node))
+            .connection_timeout(Duration::from_secs(5));
+        if cfg.servers.iter().any(|s| s.starts_with("tls://")) {
+            let files = tls.ok_or_else(|| {
+                StoreError::Log("tls:// servers need the instance's [tls] material".into())
+            })?;
+            let client = crate::tls::client_config(files).map_err(|e| fail("TLS", &e))?;
+            opts = opts.require_tls(true).tls_client_config((*client).clone());
+        }
+        let client = opts
+            .connect(cfg.servers.as_slice())
+            .await
+            .map_err(|e| fail("cannot connect to JetStream", &e))?;
+        let js = jetstream::new(client);
+        let stream = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: cfg.stream.clone(),
+                subjects: vec![format!("{}.>", cfg.stream)],
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail(&format!("cannot open the stream {}", cfg.stream), &e))?;
+        Ok(Log {
+            js,
+            stream,
+            name: cfg.stream.clone(),
+            node: cfg.node.clone(),
+        })
+    }
+
+    /// Refuses a stream that cannot be this store's log: one that ends before what the
+    /// store has applied (another stream, or one deleted and made again), or one whose
+    /// first entry comes after entries the store has not applied (they are gone).
+    /// The stream's last entry now: what a node applies before it accepts or delivers.
+    pub(crate) async fn check(&mut self, committed: u64) -> Result<u64, StoreError> {
+        let name = self.name.clone();
+        let state = &self
+            .stream
+            .info()
+            .await
+            .map_err(|e| StoreError::Log(format!("cannot read the stream {name}: {e}")))?
+            .state;
+        if committed > state.last_sequence {
+            return Err(StoreError::Log(format!(
+                "this store has applied the log up to entry {committed}, but the stream {name} ends at entry {}: it is another stream, or it was deleted and made again. Point [store] at the stream this store came from, or start this node on an empty data directory",
+                state.last_sequence
+            )));
+        }
+        if state.first_sequence > committed + 1 {
+            return Err(StoreError::Log(format!(
+                "the stream {name} now begins at entry {}, but this store has applied it only up to entry {committed}: the entries between are gone. Start this node on an empty data directory, or from a copy of another node's",
+                state.first_sequence
+            )));
+        }
+        Ok(state.last_sequence)
+    }
+
+    /// Starts the publisher and the reader. `rx`: what the node's handles ask; `writer`:
+    /// the writer's queue; `committed`: where the writer is.
+    pub(super) fn run(
+        self,
+        rx: mpsc::Receiver<Op>,
+        writer: mpsc::Sender<Op>,
+        position: watch::Receiver<Position>,
+    ) {
+        let waiters: Waiters = Arc::default();
+        let published = Arc::new(AtomicU64::new(0));
+        let (stop_tx, stop) = watch::channel(false);
+        let reader = Reader {
+            stream: self.stream.clone(),
+            writer: writer.clone(),
+            waiters: waiters.clone(),
+            position,
+            published: published.clone(),
+            stop,
+        };
+        tokio::spawn(reader.run());
+        tokio::spawn(publish(self, rx, writer, waiters, published, stop_tx));
+    }
+
+    fn subject(&self, request: &Request) -> String {
+        let kind = match request {
+            Request::Ingest(_) => "ingest".to_owned(),
+            Request::Reject(_) => "reject".to_owned(),
+            Request::Delivery { dest, .. } => format!("delivery.{dest}"),
+            Request::Operator { .. } => "operator".to_owned(),
+            Request::Audit(_) => "audit".to_owned(),
+            Request::MailSent { .. } => "mail".to_owned(),
+            Request::Reconfigure(_) => "reconfigure".to_owned(),
+        };
+        format!("{}.{kind}", self.name)
+    }
+}
+
+/// Publishes each request, in the order asked; its answer waits for the writer.
+async fn publish(
+    log: Log,
+    mut rx: mpsc::Receiver<Op>,
+    writer: mpsc::Sender<Op>,
+    waiters: Waiters,
+    published: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
+) {
+    let run = fastrand::u64(..);
+    let mut n = 0u64;
+    while let Some(op) = rx.recv().await {
+        if let Request::Reconfigure(_) = op.request {
+            // Each node reads its own files: not logged.
+            if writer.send(op).await.is_err() {
+                break;
+            }
+            continue;
+        }
+        n += 1;
+        let id = format!("{}-{run:016x}-{n}", log.node);
+        let entry = Entry {
+            id: id.clone(),
+            at: crate::time::now_ms(),
+            request: op.request,
+        };
+        let subject = log.subject(&entry.request);
+        let payload = match serde_json::to_vec(&entry) {
+            Ok(p) => p,
+            Err(e) => {
+                op.reply.fail(&format!("cannot write the log entry: {e}"));
+                continue;
+            }
+        };
+        put(&waiters, id.clone(), op.reply);
+        let sent = log
+            .js
+            .send_publish(
+                subject,
+                jetstream::message::PublishMessage::build()
+                    .payload(payload.into())
+                    .message_id(&id),
+            )
+            .await;
+        let waiters = waiters.clone();
+        let published = published.clone();
+        match sent {
+            // The acknowledgement is awaited apart: the next publish goes out meanwhile.
+            Ok(ack) => {
+                tokio::spawn(async move {
+                    match tokio::time::timeout(PUBLISH_TIMEOUT, ack.into_future()).await {
+                        Ok(Ok(ack)) => {
+                            published.fetch_max(ack.sequence, Ordering::Relaxed);
+                        }
+                        Ok(Err(e)) => unpublished(&waiters, &id, &e),
+                        Err(_) => unpublished(&waiters, &id, &"no acknowledgement in 10 s"),
+                    }
+                });
+            }
+            Err(e) => unpublished(&waiters, &id, &e),
+        }
+    }
+    let _ = stop.send(true);
+}
+
+/// A publish JetStream did not acknowledge: its requester gets an error (a sender gets a
+/// negative acknowledgement and sends again).
+fn unpublished(waiters: &Waiters, id: &str, e: &dyn std::fmt::Display) {
+    metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
+    tracing::error!(error = %e, "JetStream did not acknowledge a log entry");
+    if let Some(reply) = take(waiters, id) {
+        reply.fail(&format!("JetStream did not acknowledge the log entry: {e}"));
+    }
+}
+
+/// Reads the log from the writer's position and hands each entry to the writer.
+struct Reader {
+    stream: jetstream::stream::Stream,
+    writer: mpsc::Sender<Op>,
+    waiters: Waiters,
+    position: watch::Receiver<Position>,
+    /// The last entry this node published (what to apply before stopping).
+    published: Arc<AtomicU64>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Reader {
+    async fn run(mut self) {
+        loop {
+            let pos = *self.position.borrow_and_update();
+            if *self.stop.borrow() && pos.committed >= self.published.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.read_from(pos).await {
+                Ok(Stop::Done) => return,
+                Ok(Stop::Rewind) => {}
+                Err(e) => {
+                    metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
+                    tracing::error!(error = %e, "cannot read the JetStream log; reading again in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Reads from `pos.committed + 1` until the writer fails a batch (read again), the
+    /// node stops, or the consumer fails.
+    async fn read_from(&mut self, pos: Position) -> Result<Stop, StoreError> {
+        let consumer = self
+            .stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: pos.committed + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| StoreError::Log(format!("cannot read the log: {e}")))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| StoreError::Log(format!("cannot read the log: {e}")))?;
+        loop {
+            tokio::select! {
+                changed = self.position.changed() => {
+                    if changed.is_err() {
+                        return Ok(Stop::Done);
+                    }
+                    let now = *self.position.borrow();
+                    if now.rewinds != pos.rewinds {
+                        // Give a failing disk a moment before reading again.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        return Ok(Stop::Rewind);
+                    }
+                    if *self.stop.borrow()
+                        && now.committed >= self.published.load(Ordering::Relaxed)
+                    {
+                        return Ok(Stop::Done);
+                    }
+                }
+                _ = self.stop.changed() => {
+                    if *self.stop.borrow() {
+                        let now = *self.position.borrow();
+                        if now.committed >= self.published.load(Ordering::Relaxed) {
+                            return Ok(Stop::Done);
+                        }
+                    }
+                }
+                next = messages.next() => {
+                    let Some(message) = next else {
+                        return Err(StoreError::Log("the log's consumer ended".into()));
+                    };
+                    let message = message
+                        .map_err(|e| StoreError::Log(format!("cannot read the log: {e}")))?;
+                    let seq = message
+                        .info()
+                        .map_err(|e| StoreError::Log(format!("a log entry without its position: {e}")))?
+                        .stream_sequence;
+                    // An entry this version cannot read stops the reader: skipping it
+                    // would lose a change (an older node reading a newer one's entries).
+                    let entry: Entry = serde_json::from_slice(&message.payload).map_err(|e| {
+                        StoreError::Log(format!("log entry {seq} is unreadable: {e}"))
+                    })?;
+                    let reply = take(&self.waiters, &entry.id).unwrap_or(Reply::Nobody);
+                    let op = Op {
+                        request: entry.request,
+                        reply,
+                        at: Some(entry.at),
+                        log: Some(seq),
+                    };
+                    if self.writer.send(op).await.is_err() {
+                        return Ok(Stop::Done);
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Stop {
+    Done,
+    Rewind,
+}

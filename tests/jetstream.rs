@@ -1,0 +1,299 @@
+//! The JetStream log in front of the embedded store (`[store] kind = "jetstream"`, D23),
+//! against a real `nats-server` (Debian package, installed by `.ci/run`): every change goes
+//! through the stream, a second node reading the same stream builds the same store, a
+//! restart reads on from where it stopped, a stream that cannot be the store's log is
+//! refused, and the log runs over mutually authenticated TLS. The spine's tests also run on
+//! this store (`LABROUTE_TEST_STORE=jetstream`, in `.ci/run`).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use labroute::config::Config;
+use labroute::server::Server;
+use labroute::store::Store;
+use labroute::store::audit::{AuditFilter, query};
+
+fn config(text: &str) -> Arc<Config> {
+    Arc::new(
+        Config::from_sources(&[("routes/test.toml".into(), text.to_owned())])
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+struct Peers {
+    lab: Receiver,
+    es1: Receiver,
+    es2: Receiver,
+}
+
+async fn peers() -> Peers {
+    Peers {
+        lab: Receiver::start("127.0.0.1:0", labroute::hl7::ack::AckCode::AA).await,
+        es1: Receiver::start("127.0.0.1:0", labroute::hl7::ack::AckCode::AA).await,
+        es2: Receiver::start("127.0.0.1:0", labroute::hl7::ack::AckCode::AA).await,
+    }
+}
+
+fn routes(p: &Peers, store: &str) -> String {
+    format!(
+        "{}\n{store}",
+        routes_toml(0, 0, p.lab.addr, p.es1.addr, p.es2.addr, 50)
+    )
+}
+
+/// Entries in the stream, read by a client of our own (not the engine's).
+async fn stream_entries(nats: &Nats, stream: &str) -> u64 {
+    let client = async_nats::connect(format!("127.0.0.1:{}", nats.port))
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.expect("the stream exists");
+    s.info().await.expect("stream info").state.messages
+}
+
+fn nats_or_skip(dir: &Path, tls: bool) -> Option<Nats> {
+    let n = Nats::start(dir, tls);
+    if n.is_none() {
+        eprintln!("SKIPPED: nats-server is not installed (apt install nats-server)");
+    }
+    n
+}
+
+fn results(n: usize, prefix: &str) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let es = if i % 2 == 0 { "ES1" } else { "ES2" };
+            result_by_identifier(
+                es,
+                &format!("{prefix}{i:02}"),
+                &format!("{}", 100 + i % 3),
+                "1",
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_reading_the_log_builds_the_same_store() {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+        return;
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let p = peers().await;
+    let a = Server::start(
+        config(&routes(&p, &nats.store_section("LOG", "a", false))),
+        a_dir.path().to_owned(),
+    )
+    .await
+    .expect("node a starts");
+    let acks = send_all(a.addr("sil").unwrap(), &results(10, "R"))
+        .await
+        .unwrap();
+    assert!(
+        acks.iter().all(|a| msa(a).0 == "AA"),
+        "every message accepted"
+    );
+    assert!(p.es1.wait_for(5, Duration::from_secs(10)).await);
+    assert!(p.es2.wait_for(5, Duration::from_secs(10)).await);
+    // The deliveries recorded: the queues are empty.
+    assert!(
+        eventually(|| a
+            .store
+            .store()
+            .counts()
+            .is_ok_and(|c| c.outbox == 0 && c.delivered == 10))
+        .await
+    );
+    // Ten messages and ten delivery outcomes went through the stream.
+    assert!(stream_entries(&nats, "LOG").await >= 20);
+
+    // Node b, on the same stream with an empty store, applies the whole log.
+    let b = Server::start(
+        config(&routes(&p, &nats.store_section("LOG", "b", false))),
+        b_dir.path().to_owned(),
+    )
+    .await
+    .expect("node b starts");
+    assert!(
+        eventually(|| b
+            .store
+            .store()
+            .counts()
+            .is_ok_and(|c| c.messages == 10 && c.delivered == 10 && c.outbox == 0))
+        .await,
+        "node b has every message, each delivered"
+    );
+    // What b knows is delivered, it does not deliver again.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.es1.count() + p.es2.count(), 10);
+    a.shutdown().await;
+    b.shutdown().await;
+
+    let (sa, sb) = (
+        Store::open(a_dir.path()).unwrap(),
+        Store::open(b_dir.path()).unwrap(),
+    );
+    assert_eq!(sa.log_position().unwrap(), sb.log_position().unwrap());
+    let (ja, jb) = (
+        query(&sa, &AuditFilter::default()).unwrap(),
+        query(&sb, &AuditFilter::default()).unwrap(),
+    );
+    assert!(ja.len() >= 20, "{} journal entries", ja.len());
+    assert_eq!(
+        ja, jb,
+        "the same journal, entry for entry (times and hashes included)"
+    );
+    for seq in 1..=10 {
+        assert_eq!(sa.record(seq).unwrap(), sb.record(seq).unwrap());
+        assert_eq!(sa.raw(seq).unwrap(), sb.raw(seq).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_reads_on_from_where_it_stopped() {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = peers().await;
+    let text = routes(&p, &nats.store_section("LOG", "a", false));
+    let s = Server::start(config(&text), dir.path().to_owned())
+        .await
+        .unwrap();
+    send_all(s.addr("sil").unwrap(), &results(4, "A"))
+        .await
+        .unwrap();
+    assert!(eventually(|| s.store.store().counts().is_ok_and(|c| c.delivered == 4)).await);
+    s.shutdown().await;
+    let before = Store::open(dir.path()).unwrap().log_position().unwrap();
+    assert!(before >= 8, "position {before}");
+
+    let s = Server::start(config(&text), dir.path().to_owned())
+        .await
+        .unwrap();
+    send_all(s.addr("sil").unwrap(), &results(4, "B"))
+        .await
+        .unwrap();
+    assert!(eventually(|| s.store.store().counts().is_ok_and(|c| c.delivered == 8)).await);
+    assert_eq!(
+        s.store.store().counts().unwrap().messages,
+        8,
+        "nothing applied twice"
+    );
+    s.shutdown().await;
+    let mut ids = p.es1.control_ids();
+    ids.extend(p.es2.control_ids());
+    ids.sort();
+    let want: Vec<String> = ["A00", "A01", "A02", "A03", "B00", "B01", "B02", "B03"]
+        .map(String::from)
+        .to_vec();
+    assert_eq!(ids, want, "each delivered once");
+    assert_eq!(
+        Store::open(dir.path()).unwrap().log_position().unwrap(),
+        stream_entries(&nats, "LOG").await,
+        "every entry applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_cannot_be_the_stores_log_is_refused_at_start() {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = peers().await;
+    let s = Server::start(
+        config(&routes(&p, &nats.store_section("FIRST", "a", false))),
+        dir.path().to_owned(),
+    )
+    .await
+    .unwrap();
+    send_all(s.addr("sil").unwrap(), &results(2, "X"))
+        .await
+        .unwrap();
+    s.shutdown().await;
+    // The same store on a new, empty stream: its entries would be numbered from 1 again
+    // and skipped as applied. Refused, with what to do.
+    let err = Server::start(
+        config(&routes(&p, &nats.store_section("OTHER", "a", false))),
+        dir.path().to_owned(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("stream OTHER ends at entry 0"), "{text}");
+    assert!(text.contains("empty data directory"), "{text}");
+    // No server there: a clear error naming it.
+    let port = free_port();
+    let err = Server::start(
+        config(&routes(
+            &p,
+            &format!(
+                "[store]\nkind = \"jetstream\"\nservers = [\"nats://127.0.0.1:{port}\"]\nnode = \"a\"\n"
+            ),
+        )),
+        tempfile::tempdir().unwrap().path().to_owned(),
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert!(
+        err.to_string().contains(&format!(
+            "cannot connect to JetStream (nats://127.0.0.1:{port})"
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_runs_over_mutually_authenticated_tls() {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let Some(nats) = nats_or_skip(nats_dir.path(), true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = peers().await;
+    let text = format!(
+        "{}\n{}",
+        routes(&p, &nats.store_section("LOG", "a", true)),
+        dev_tls_section()
+    );
+    let s = Server::start(config(&text), dir.path().to_owned())
+        .await
+        .expect("starts over TLS");
+    let acks = send_all(s.addr("sil").unwrap(), &results(2, "T"))
+        .await
+        .unwrap();
+    assert!(acks.iter().all(|a| msa(a).0 == "AA"));
+    assert!(p.es1.wait_for(1, Duration::from_secs(10)).await);
+    s.shutdown().await;
+
+    // tls:// needs the instance's [tls]: a configuration error naming the field.
+    let err = Config::from_sources(&[(
+        "routes/test.toml".into(),
+        routes(&p, &nats.store_section("LOG", "a", true)),
+    )])
+    .expect_err("refused");
+    assert!(err.to_string().contains("store.servers"), "{err}");
+    // Plain nats:// only on loopback.
+    let err = Config::from_sources(&[(
+        "routes/test.toml".into(),
+        routes(
+            &p,
+            "[store]\nkind = \"jetstream\"\nservers = [\"nats://10.0.0.1:4222\"]\nnode = \"a\"\n",
+        ),
+    )])
+    .expect_err("refused");
+    assert!(
+        err.to_string().contains("only on a loopback address"),
+        "{err}"
+    );
+}
