@@ -38,13 +38,32 @@ impl Deliveries {
             .destinations
             .iter()
             .map(|d| {
-                tokio::spawn(run_destination(
-                    d.clone(),
-                    cfg.clone(),
-                    store.clone(),
-                    tls.clone().filter(|_| d.tls),
-                    rx.clone(),
-                ))
+                let (d, cfg, store) = (d.clone(), cfg.clone(), store.clone());
+                let tls = tls.clone().filter(|_| d.tls);
+                let stop = rx.clone();
+                match store.cluster().cloned() {
+                    None => tokio::spawn(run_destination(d, cfg, store, tls, stop)),
+                    // Several nodes: only the holder of the destination's lease delivers.
+                    Some(cluster) => tokio::spawn(async move {
+                        let leases = cluster.leases.clone();
+                        crate::store::lease::leased(
+                            leases,
+                            d.name.as_str().to_owned(),
+                            || cluster.caught_up(),
+                            stop,
+                            |worker_stop| {
+                                run_destination(
+                                    d.clone(),
+                                    cfg.clone(),
+                                    store.clone(),
+                                    tls.clone(),
+                                    worker_stop,
+                                )
+                            },
+                        )
+                        .await
+                    }),
+                }
             })
             .collect();
         Deliveries { stop, tasks }

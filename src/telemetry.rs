@@ -51,6 +51,12 @@ pub mod names {
     pub const STORE_INDEX_BATCH: &str = "labroute_store_index_batch_size";
     /// Store batches that failed (each request answered with an error).
     pub const STORE_ERRORS: &str = "labroute_store_errors_total";
+    /// JetStream store (D23): the last log entry this node's store applied.
+    pub const LOG_APPLIED: &str = "labroute_log_applied_position";
+    /// JetStream store: entries in the log this node has not read yet (its lag).
+    pub const LOG_PENDING: &str = "labroute_log_pending_entries";
+    /// JetStream store: 1 while this node holds the `destination`'s lease (delivers it).
+    pub const LEASE_HELD: &str = "labroute_destination_lease_held";
     /// Expiry of the instance's TLS certificate (Unix seconds), as last (re)loaded.
     pub const TLS_CERT_EXPIRY: &str = "labroute_tls_certificate_expiry_timestamp_seconds";
     /// Results the DMP gate withheld, by `reason` (`not_enabled`, `destdmp_no`,

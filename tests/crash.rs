@@ -204,12 +204,18 @@ async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
     let (sil_port, dpi_port) = (free_port(), free_port());
     let routes = dir.path().join("routes");
     std::fs::create_dir_all(&routes).unwrap();
+    let data = dir.path().join("data");
+    // The embedded store, or a JetStream log in front of it (`LABROUTE_TEST_STORE`): its
+    // NATS server runs in this process's shadow and outlives every kill.
+    let (store, _nats) = test_store(dir.path());
     std::fs::write(
         routes.join("gcs.toml"),
-        routes_toml(sil_port, dpi_port, lab.addr, es1, es2, 20),
+        format!(
+            "{}\n{store}",
+            routes_toml(sil_port, dpi_port, lab.addr, es1, es2, 20)
+        ),
     )
     .unwrap();
-    let data = dir.path().join("data");
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let mut next = 0usize;
     for round in 0..kills {

@@ -297,3 +297,74 @@ async fn the_log_runs_over_mutually_authenticated_tls() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_deliver_each_message_once_and_in_order_and_take_over_a_stopped_ones_destinations()
+ {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+        return;
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let p = peers().await;
+    let a = Server::start(
+        config(&routes(&p, &nats.store_section("LOG", "a", false))),
+        a_dir.path().to_owned(),
+    )
+    .await
+    .expect("node a starts");
+    let b = Server::start(
+        config(&routes(&p, &nats.store_section("LOG", "b", false))),
+        b_dir.path().to_owned(),
+    )
+    .await
+    .expect("node b starts");
+    // Both nodes take messages at once; each destination is delivered by one of them.
+    let (for_a, for_b) = (results(10, "A"), results(10, "B"));
+    let (ra, rb) = tokio::join!(
+        send_all(a.addr("sil").unwrap(), &for_a),
+        send_all(b.addr("sil").unwrap(), &for_b),
+    );
+    for ack in ra.unwrap().iter().chain(rb.unwrap().iter()) {
+        assert_eq!(msa(ack).0, "AA");
+    }
+    assert!(p.es1.wait_for(10, Duration::from_secs(15)).await);
+    assert!(p.es2.wait_for(10, Duration::from_secs(15)).await);
+    // Time for a second delivery, if any were made.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let delivered = |r: &Receiver| {
+        let mut ids = r.control_ids();
+        let all = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), all, "no message delivered twice: {ids:?}");
+        all
+    };
+    assert_eq!(delivered(&p.es1) + delivered(&p.es2), 20);
+    // Each sender's messages arrive in the order they were sent (FIFO per destination).
+    for r in [&p.es1, &p.es2] {
+        for prefix in ["A", "B"] {
+            let ids: Vec<String> = r
+                .control_ids()
+                .into_iter()
+                .filter(|c| c.starts_with(prefix))
+                .collect();
+            let mut sorted = ids.clone();
+            sorted.sort();
+            assert_eq!(ids, sorted, "in order");
+        }
+    }
+
+    // Node a stops (its leases given up): node b delivers what comes next, whichever
+    // node held the destinations.
+    a.shutdown().await;
+    let acks = send_all(b.addr("sil").unwrap(), &results(6, "C"))
+        .await
+        .unwrap();
+    assert!(acks.iter().all(|a| msa(a).0 == "AA"));
+    assert!(p.es1.wait_for(13, Duration::from_secs(20)).await);
+    assert!(p.es2.wait_for(13, Duration::from_secs(20)).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(delivered(&p.es1) + delivered(&p.es2), 26);
+    b.shutdown().await;
+}

@@ -394,21 +394,27 @@ fn readiness(store: &StoreHandle) -> (StatusCode, Value) {
         .map(|_| ())
         .map_err(|e| e.to_string());
     let writer = !store.is_closed();
-    let ready = read.is_ok() && writer;
+    // On JetStream (D23): nothing is acknowledged without the log.
+    let log = store.cluster().map(|c| c.state());
+    let ready = read.is_ok() && writer && log.is_none_or(|(up, _)| up);
     let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        json!({
-            "ready": ready,
-            "store": read.err().unwrap_or_else(|| "ok".into()),
-            "writer": if writer { "ok" } else { "stopped" },
-            "config": "loaded",
-        }),
-    )
+    let mut body = json!({
+        "ready": ready,
+        "store": read.err().unwrap_or_else(|| "ok".into()),
+        "writer": if writer { "ok" } else { "stopped" },
+        "config": "loaded",
+    });
+    if let Some((up, applied)) = log {
+        body["log"] = json!({
+            "connection": if up { "connected" } else { "disconnected: messages are answered with errors until it is back" },
+            "applied": applied,
+        });
+    }
+    (status, body)
 }
 
 /// Who is calling, from the client certificate's identity.

@@ -104,6 +104,7 @@ impl Track {
         } else {
             self.pos.rewinds += 1;
         }
+        metrics::gauge!(crate::telemetry::names::LOG_APPLIED).set(self.pos.committed as f64);
         self.tx.send_replace(self.pos);
     }
 }
@@ -127,10 +128,48 @@ fn put(waiters: &Waiters, id: String, reply: Reply) {
 
 /// The log's stream, connected and made if absent.
 pub(crate) struct Log {
+    client: async_nats::Client,
     js: jetstream::Context,
     stream: jetstream::stream::Stream,
     name: String,
     node: String,
+    leases: super::lease::Leases,
+}
+
+/// What the rest of a node needs of the log: where its store stands, and the leases.
+pub(crate) struct Cluster {
+    client: async_nats::Client,
+    stream: jetstream::stream::Stream,
+    position: watch::Receiver<Position>,
+    pub(crate) leases: super::lease::Leases,
+}
+
+impl Cluster {
+    /// For readiness: whether the connection is up, and the last entry applied.
+    pub(crate) fn state(&self) -> (bool, u64) {
+        let up = matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Connected
+        );
+        (up, self.position.borrow().committed)
+    }
+
+    /// Resolves once this node has applied the log up to its end as it stands now.
+    pub(crate) async fn caught_up(&self) -> Result<(), StoreError> {
+        let mut stream = self.stream.clone();
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| StoreError::Log(format!("cannot read the stream: {e}")))?
+            .state
+            .last_sequence;
+        self.position
+            .clone()
+            .wait_for(|p| p.committed >= last)
+            .await
+            .map(|_| ())
+            .map_err(|_| StoreError::Closed)
+    }
 }
 
 impl Log {
@@ -157,7 +196,7 @@ impl Log {
             .connect(cfg.servers.as_slice())
             .await
             .map_err(|e| fail("cannot connect to JetStream", &e))?;
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let stream = js
             .get_or_create_stream(jetstream::stream::Config {
                 name: cfg.stream.clone(),
@@ -169,11 +208,14 @@ impl Log {
             })
             .await
             .map_err(|e| fail(&format!("cannot open the stream {}", cfg.stream), &e))?;
+        let leases = super::lease::Leases::open(&js, &cfg.stream, cfg.replicas, &cfg.node).await?;
         Ok(Log {
+            client,
             js,
             stream,
             name: cfg.stream.clone(),
             node: cfg.node.clone(),
+            leases,
         })
     }
 
@@ -211,7 +253,13 @@ impl Log {
         rx: mpsc::Receiver<Op>,
         writer: mpsc::Sender<Op>,
         position: watch::Receiver<Position>,
-    ) {
+    ) -> Arc<Cluster> {
+        let cluster = Arc::new(Cluster {
+            client: self.client.clone(),
+            stream: self.stream.clone(),
+            position: position.clone(),
+            leases: self.leases.clone(),
+        });
         let waiters: Waiters = Arc::default();
         let published = Arc::new(AtomicU64::new(0));
         let (stop_tx, stop) = watch::channel(false);
@@ -225,6 +273,7 @@ impl Log {
         };
         tokio::spawn(reader.run());
         tokio::spawn(publish(self, rx, writer, waiters, published, stop_tx));
+        cluster
     }
 
     fn subject(&self, request: &Request) -> String {
@@ -395,10 +444,11 @@ impl Reader {
                     };
                     let message = message
                         .map_err(|e| StoreError::Log(format!("cannot read the log: {e}")))?;
-                    let seq = message
+                    let info = message
                         .info()
-                        .map_err(|e| StoreError::Log(format!("a log entry without its position: {e}")))?
-                        .stream_sequence;
+                        .map_err(|e| StoreError::Log(format!("a log entry without its position: {e}")))?;
+                    let seq = info.stream_sequence;
+                    metrics::gauge!(crate::telemetry::names::LOG_PENDING).set(info.pending as f64);
                     // An entry this version cannot read stops the reader: skipping it
                     // would lose a change (an older node reading a newer one's entries).
                     let entry: Entry = serde_json::from_slice(&message.payload).map_err(|e| {
@@ -423,4 +473,68 @@ impl Reader {
 enum Stop {
     Done,
     Rewind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    fn op(log: Option<u64>) -> (Op, oneshot::Receiver<Result<(), StoreError>>) {
+        let (tx, rx) = oneshot::channel();
+        let request = Request::Audit(crate::store::audit::AuditEvent {
+            event: "test".into(),
+            message: None,
+            establishment: None,
+            actor: None,
+            detail: serde_json::Value::Null,
+        });
+        let op = Op {
+            request,
+            reply: Reply::Unit(tx),
+            at: Some(1),
+            log,
+        };
+        (op, rx)
+    }
+
+    #[test]
+    fn entries_are_applied_once_each_in_the_logs_order_and_a_failure_reads_again() {
+        let (mut track, position) = Track::new(5);
+        let (applied, mut applied_rx) = op(Some(5));
+        let (six, _) = op(Some(6));
+        let (seven, _) = op(Some(7));
+        let (after_gap, mut gap_rx) = op(Some(9));
+        let (local, _) = op(None);
+        let (kept, last) = track.admit(vec![applied, six, seven, after_gap, local]);
+        let logs: Vec<Option<u64>> = kept.iter().map(|o| o.log).collect();
+        assert_eq!(logs, vec![Some(6), Some(7), None]);
+        assert_eq!(last, Some(7));
+        // What is not applied is answered with an error, not dropped silently.
+        assert!(matches!(applied_rx.try_recv(), Ok(Err(_))));
+        assert!(matches!(gap_rx.try_recv(), Ok(Err(_))));
+
+        track.settled(last, true);
+        assert_eq!(
+            *position.borrow(),
+            Position {
+                committed: 7,
+                rewinds: 0
+            }
+        );
+        // A failed batch: the position stays, the reader is told to read again.
+        let (eight, _) = op(Some(8));
+        let (kept, last) = track.admit(vec![eight]);
+        assert_eq!((kept.len(), last), (1, Some(8)));
+        track.settled(last, false);
+        assert_eq!(
+            *position.borrow(),
+            Position {
+                committed: 7,
+                rewinds: 1
+            }
+        );
+        let (eight, _) = op(Some(8));
+        assert_eq!(track.admit(vec![eight]).1, Some(8), "8 is next again");
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub(crate) mod index;
+pub(crate) mod lease;
 pub(crate) mod log;
 pub mod records;
 mod tx;

@@ -464,9 +464,16 @@ pub struct StoreHandle {
     notifiers: Arc<Notifiers>,
     closed: watch::Receiver<bool>,
     cfg: ConfigCell,
+    /// The JetStream log and its leases (`[store] kind = "jetstream"`).
+    cluster: Option<Arc<super::log::Cluster>>,
 }
 
 impl StoreHandle {
+    /// The JetStream log this node applies, if it runs on one.
+    pub(crate) fn cluster(&self) -> Option<&Arc<super::log::Cluster>> {
+        self.cluster.as_ref()
+    }
+
     /// Starts the writer thread. It stops when every handle is dropped.
     pub fn start(store: Store, cfg: Arc<Config>, wc: WriterConfig) -> StoreHandle {
         StoreHandle::spawn(store, cfg, wc, None)
@@ -490,7 +497,7 @@ impl StoreHandle {
         let writer = StoreHandle::spawn(store, cfg, wc, Some(track));
         let (tx, rx) = mpsc::channel(depth);
         let mut caught_up = position.clone();
-        log.run(rx, writer.tx.clone(), position);
+        let cluster = log.run(rx, writer.tx.clone(), position);
         // Nothing is accepted or delivered before the log as it stood is applied: a
         // delivery it records as done is not made again.
         if last > committed {
@@ -503,7 +510,11 @@ impl StoreHandle {
             .wait_for(|p| p.committed >= last)
             .await
             .map_err(|_| StoreError::Closed)?;
-        Ok(StoreHandle { tx, ..writer })
+        Ok(StoreHandle {
+            tx,
+            cluster: Some(cluster),
+            ..writer
+        })
     }
 
     fn spawn(
@@ -538,6 +549,7 @@ impl StoreHandle {
             notifiers,
             closed,
             cfg,
+            cluster: None,
         }
     }
 
