@@ -142,6 +142,25 @@ fn spawn_bin(routes: &Path, data: &Path) -> Child {
         .expect("spawn labroute")
 }
 
+/// [`spawn_bin`] with its log (warnings and up) appended to `log`.
+fn spawn_bin_logged(routes: &Path, data: &Path, log: &Path) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(env!("CARGO_BIN_EXE_labroute"))
+        .args(["serve", "--routes"])
+        .arg(routes)
+        .arg("--data")
+        .arg(data)
+        .env("LABROUTE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("spawn labroute")
+}
+
 async fn wait_port(port: u16) {
     for _ in 0..400 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -153,6 +172,29 @@ async fn wait_port(port: u16) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("port {port} never opened");
+}
+
+/// Waits for a node's port; a node that exits or does not listen within 60 s fails the
+/// test with its log.
+async fn wait_node(port: u16, child: &mut Child, log: &Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        let exited = child.try_wait().ok().flatten();
+        if exited.is_some() || std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "node on port {port} did not start ({exited:?}):\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// A small PRNG (xorshift) for the kill points: a seed replays a campaign.
@@ -168,6 +210,120 @@ impl Rng {
     fn between(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo)
     }
+}
+
+/// Waits (up to 120 s) until every acknowledged message has reached its receiver, then
+/// calls `stop` (kills what still runs) and checks: none lost, none misrouted (even numbers
+/// are ES1's, odd ones ES2's), and each connection's first deliveries in the order it sent
+/// them. The number of duplicate deliveries.
+async fn delivered_once_each(
+    acked: &[(String, String)],
+    log1: &Log,
+    log2: &Log,
+    seed: u64,
+    stop: impl FnOnce(),
+) -> usize {
+    let want = |es: &str| -> Vec<String> {
+        acked
+            .iter()
+            .filter(|(e, _)| e == es)
+            .map(|(_, c)| c.clone())
+            .collect()
+    };
+    let (want1, want2) = (want("ES1"), want("ES2"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let missing = loop {
+        let got1: HashSet<String> = taken(log1).into_iter().collect();
+        let got2: HashSet<String> = taken(log2).into_iter().collect();
+        let missing = want1.iter().filter(|c| !got1.contains(*c)).count()
+            + want2.iter().filter(|c| !got2.contains(*c)).count();
+        if missing == 0 || tokio::time::Instant::now() > deadline {
+            break missing;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop();
+    assert_eq!(
+        missing, 0,
+        "acknowledged messages never delivered (seed {seed})"
+    );
+
+    // Nothing misrouted: even numbers are ES1's, odd ones ES2's.
+    let (got1, got2) = (taken(log1), taken(log2));
+    let number = |c: &String| c[1..].parse::<usize>().unwrap();
+    let misrouted = got1.iter().filter(|c| number(c) % 2 == 1).count()
+        + got2.iter().filter(|c| number(c) % 2 == 0).count();
+    assert_eq!(
+        misrouted, 0,
+        "messages delivered to the wrong establishment"
+    );
+
+    // Each connection sent one message after the other: at each receiver, the first
+    // deliveries of one connection's messages (hence of each of its patients) keep that
+    // order.
+    let mut first_seen = HashMap::new();
+    for got in [&got1, &got2] {
+        let mut last: HashMap<usize, usize> = HashMap::new();
+        for c in got.iter() {
+            if first_seen.insert(c.clone(), ()).is_some() {
+                continue;
+            }
+            let i = number(c);
+            if let Some(prev) = last.insert(i / PER_CONNECTION, i) {
+                assert!(
+                    prev < i,
+                    "order broken: K{prev} delivered before K{i} was first delivered (seed {seed})"
+                );
+            }
+        }
+    }
+    got1.len() + got2.len() - first_seen.len()
+}
+
+/// `CONNECTIONS` connections to `port`, each sending its own patients' results (numbered
+/// from `first + c * PER_CONNECTION`) one after the other until its connection fails or a
+/// message is not accepted (`resend`: a message answered AE is sent again, as a sender
+/// does); what was accepted (AA) goes to `acked`.
+fn send_results(
+    port: u16,
+    first: usize,
+    acked: &Arc<Mutex<Vec<(String, String)>>>,
+    phases: &Arc<Phases>,
+    resend: bool,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..CONNECTIONS)
+        .map(|c| {
+            let (acked, phases) = (acked.clone(), phases.clone());
+            let start = first + c * PER_CONNECTION;
+            tokio::spawn(async move {
+                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    return;
+                };
+                let mut i = start;
+                while i < start + PER_CONNECTION {
+                    let es = if i % 2 == 0 { "ES1" } else { "ES2" };
+                    let ctrl = format!("K{i}");
+                    let patient = format!("{}", c * 10 + i % 5);
+                    let m = result_by_identifier(es, &ctrl, &patient, "1");
+                    phases.sending.fetch_add(1, Ordering::SeqCst);
+                    let _answered = Decrement(&phases.sending);
+                    if s.write_all(&frame(&m)).await.is_err() {
+                        return;
+                    }
+                    match read_frame(&mut s).await {
+                        Ok(a) if msa(&a).0 == "AA" => {
+                            acked.lock().unwrap().push((es.to_owned(), ctrl));
+                            i += 1;
+                        }
+                        Ok(a) if resend && msa(&a).0 == "AE" => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 /// Messages per connection and round: more than any round can send.
@@ -223,34 +379,7 @@ async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
         wait_port(sil_port).await;
         // Each connection sends its own patients' results, one after the other, until the
         // kill cuts it.
-        let mut senders = Vec::new();
-        for c in 0..CONNECTIONS {
-            let (acked, phases) = (acked.clone(), phases.clone());
-            let start = next + c * PER_CONNECTION;
-            senders.push(tokio::spawn(async move {
-                let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", sil_port)).await
-                else {
-                    return;
-                };
-                for i in start..start + PER_CONNECTION {
-                    let es = if i % 2 == 0 { "ES1" } else { "ES2" };
-                    let ctrl = format!("K{i}");
-                    let patient = format!("{}", c * 10 + i % 5);
-                    let m = result_by_identifier(es, &ctrl, &patient, "1");
-                    phases.sending.fetch_add(1, Ordering::SeqCst);
-                    let _answered = Decrement(&phases.sending);
-                    if s.write_all(&frame(&m)).await.is_err() {
-                        return;
-                    }
-                    match read_frame(&mut s).await {
-                        Ok(a) if msa(&a).0 == "AA" => {
-                            acked.lock().unwrap().push((es.to_owned(), ctrl))
-                        }
-                        _ => return,
-                    }
-                }
-            }));
-        }
+        let senders = send_results(sil_port, next, &acked, &phases, false);
         // Early kills land in recovery and the first commits; later ones in steady load,
         // with deliveries and retries (AE) in flight.
         let after = rng.between(50, 1500);
@@ -285,62 +414,11 @@ async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
         "the load should have been acknowledged before the kills ({} acked)",
         acked.len()
     );
-    let want = |es: &str| -> Vec<String> {
-        acked
-            .iter()
-            .filter(|(e, _)| e == es)
-            .map(|(_, c)| c.clone())
-            .collect()
-    };
-    let (want1, want2) = (want("ES1"), want("ES2"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let missing = loop {
-        let got1: HashSet<String> = taken(&log1).into_iter().collect();
-        let got2: HashSet<String> = taken(&log2).into_iter().collect();
-        let missing = want1.iter().filter(|c| !got1.contains(*c)).count()
-            + want2.iter().filter(|c| !got2.contains(*c)).count();
-        if missing == 0 || tokio::time::Instant::now() > deadline {
-            break missing;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(
-        missing, 0,
-        "acknowledged messages never delivered (seed {seed})"
-    );
-
-    // Nothing misrouted: even numbers are ES1's, odd ones ES2's.
-    let (got1, got2) = (taken(&log1), taken(&log2));
-    let number = |c: &String| c[1..].parse::<usize>().unwrap();
-    let misrouted = got1.iter().filter(|c| number(c) % 2 == 1).count()
-        + got2.iter().filter(|c| number(c) % 2 == 0).count();
-    assert_eq!(
-        misrouted, 0,
-        "messages delivered to the wrong establishment"
-    );
-
-    // Each connection sent one message after the other: at each receiver, the first
-    // deliveries of one connection's messages (hence of each of its patients) keep that
-    // order.
-    let mut first_seen = HashMap::new();
-    for got in [&got1, &got2] {
-        let mut last: HashMap<usize, usize> = HashMap::new();
-        for c in got.iter() {
-            if first_seen.insert(c.clone(), ()).is_some() {
-                continue;
-            }
-            let i = number(c);
-            if let Some(prev) = last.insert(i / PER_CONNECTION, i) {
-                assert!(
-                    prev < i,
-                    "order broken: K{prev} delivered before K{i} was first delivered (seed {seed})"
-                );
-            }
-        }
-    }
-    let duplicates = got1.len() + got2.len() - first_seen.len();
+    let duplicates = delivered_once_each(&acked, &log1, &log2, seed, || {
+        let _ = child.kill();
+        let _ = child.wait();
+    })
+    .await;
     let refused_first = [&log1, &log2]
         .iter()
         .map(|l| {
@@ -360,5 +438,104 @@ async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
         "  kills landing with a message being received or committed: {while_receiving}, \
          being delivered: {while_delivering}, a retry owed: {while_retry_owed}, \
          acknowledged messages not yet delivered: {while_backlog} (of {kills})"
+    );
+}
+
+/// Issue 9's failure test: two labroute nodes on a three-server JetStream cluster (the log
+/// kept in three copies), both under load; one node and one NATS server are killed with
+/// SIGKILL mid-load. The surviving node takes over the dead one's destinations once its
+/// leases lapse, and everything either node acknowledged is delivered: none lost, none
+/// misrouted, each connection's order kept (RELIABILITY.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_and_a_nats_server_killed_mid_load_lose_and_misroute_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut nats) = Nats::start_cluster(&dir.path().join("nats"), 3) else {
+        eprintln!("SKIPPED: nats-server is not installed (apt install nats-server)");
+        return;
+    };
+    nats[0].wait_cluster(3).await;
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+        | 1;
+    let mut rng = Rng(seed);
+    let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
+    let phases: Arc<Phases> = Arc::default();
+    let (es1, log1) = flaky_receiver(7, Duration::from_millis(1), phases.clone()).await;
+    let (es2, log2) = flaky_receiver(5, Duration::from_millis(2), phases.clone()).await;
+    let servers = nats
+        .iter()
+        .map(|n| format!("\"nats://127.0.0.1:{}\"", n.port))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Two nodes: their own ports, data and name; the same stream, three replicas.
+    let node = |name: &str| {
+        let (sil, dpi) = (free_port(), free_port());
+        let routes = dir.path().join(name).join("routes");
+        std::fs::create_dir_all(&routes).unwrap();
+        std::fs::write(
+            routes.join("gcs.toml"),
+            format!(
+                "{}\n[store]\nkind = \"jetstream\"\nservers = [{servers}]\nreplicas = 3\nnode = \"{name}\"\n",
+                routes_toml(sil, dpi, lab.addr, es1, es2, 20)
+            ),
+        )
+        .unwrap();
+        (sil, routes, dir.path().join(name).join("data"))
+    };
+    let (a_port, a_routes, a_data) = node("a");
+    let (b_port, b_routes, b_data) = node("b");
+    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let mut a = spawn_bin_logged(&a_routes, &a_data, &a_log);
+    let mut b = spawn_bin_logged(&b_routes, &b_data, &b_log);
+    wait_node(a_port, &mut a, &a_log).await;
+    wait_node(b_port, &mut b, &b_log).await;
+
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let to_a = send_results(a_port, 0, &acked, &phases, true);
+    let to_b = send_results(b_port, CONNECTIONS * PER_CONNECTION, &acked, &phases, true);
+    tokio::time::sleep(Duration::from_millis(rng.between(500, 1500))).await;
+    let killed_server = (rng.next() % 3) as usize;
+    let before = acked.lock().unwrap().len();
+    a.kill().expect("SIGKILL node a");
+    let _ = a.wait();
+    nats.remove(killed_server).kill();
+    for s in to_a {
+        let _ = s.await;
+    }
+    // Node b goes on taking messages on the two servers left (its senders send again what
+    // it answers AE while the cluster elects new leaders, which can take seconds).
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    for s in to_b {
+        s.abort();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let after = acked.len() - before;
+    assert!(before > 20, "load acknowledged before the kills ({before})");
+    let waited = std::time::Instant::now();
+    let duplicates = delivered_once_each(&acked, &log1, &log2, seed, || {
+        let _ = b.kill();
+        let _ = b.wait();
+        if std::env::var_os("LABROUTE_SHOW_LOGS").is_some() {
+            for log in [&a_log, &b_log] {
+                eprintln!(
+                    "--- {}\n{}",
+                    log.display(),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+            }
+        }
+    })
+    .await;
+    eprintln!(
+        "  every acknowledged message delivered {:.1} s after the kills' load ended",
+        waited.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "cluster campaign (seed {seed}): node a and NATS server n{killed_server} killed with SIGKILL; \
+         {} acknowledged ({after} after the kills, by node b), 0 lost, 0 misrouted, order kept, \
+         {duplicates} duplicate deliveries",
+        acked.len()
     );
 }

@@ -34,8 +34,15 @@ use crate::config::JetStreamStore;
 /// `META` key: the last log entry this store applied.
 pub(crate) const POSITION: &str = "log_seq";
 
-/// How long a publish may wait for JetStream's acknowledgement.
-const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a publish may wait for JetStream's acknowledgement (then the sender is answered
+/// AE and sends again; a cluster electing a new leader after a server died takes seconds).
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// An entry this node published and has not read back after this long: the reader's
+/// consumer is made again (its server may have died; the client's own recovery can take a
+/// minute while the cluster elects new leaders).
+const STALLED: Duration = Duration::from_secs(2);
+/// Nothing read for this long: the consumer is made again anyway.
+const QUIET: Duration = Duration::from_secs(15);
 
 /// A log entry: a request, who asked (`id`: node name and a counter), and its time.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -197,17 +204,19 @@ impl Log {
             .await
             .map_err(|e| fail("cannot connect to JetStream", &e))?;
         let js = jetstream::new(client.clone());
-        let stream = js
-            .get_or_create_stream(jetstream::stream::Config {
+        let stream = ensure_stream(
+            &js,
+            jetstream::stream::Config {
                 name: cfg.stream.clone(),
                 subjects: vec![format!("{}.>", cfg.stream)],
                 storage: jetstream::stream::StorageType::File,
                 num_replicas: cfg.replicas,
                 duplicate_window: Duration::from_secs(120),
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| fail(&format!("cannot open the stream {}", cfg.stream), &e))?;
+            },
+        )
+        .await
+        .map_err(|e| fail(&format!("cannot open the stream {}", cfg.stream), &e))?;
         let leases = super::lease::Leases::open(&js, &cfg.stream, cfg.replicas, &cfg.node).await?;
         Ok(Log {
             client,
@@ -287,6 +296,26 @@ impl Log {
             Request::Reconfigure(_) => "reconfigure".to_owned(),
         };
         format!("{}.{kind}", self.name)
+    }
+}
+
+/// Gets the stream, or makes it. Tried for up to 30 s: nodes starting together race to
+/// make it, and a cluster electing its leaders (or a busy one making a replicated stream)
+/// answers with errors or not at all meanwhile.
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    config: jetstream::stream::Config,
+) -> Result<jetstream::stream::Stream, String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(s) => return Ok(s),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e.to_string()),
+            Err(e) => {
+                tracing::info!(stream = %config.name, error = %e, "the stream is not available yet; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 
@@ -412,8 +441,20 @@ impl Reader {
             .messages()
             .await
             .map_err(|e| StoreError::Log(format!("cannot read the log: {e}")))?;
+        let mut read_at = tokio::time::Instant::now();
+        let mut watchdog = tokio::time::interval(STALLED);
         loop {
             tokio::select! {
+                _ = watchdog.tick() => {
+                    let idle = read_at.elapsed();
+                    let waiting = self.published.load(Ordering::Relaxed) > self.position.borrow().committed;
+                    if (waiting && idle >= STALLED) || idle >= QUIET {
+                        if waiting {
+                            tracing::warn!("the JetStream log's reader is stalled; reading again");
+                        }
+                        return Ok(Stop::Rewind);
+                    }
+                }
                 changed = self.position.changed() => {
                     if changed.is_err() {
                         return Ok(Stop::Done);
@@ -442,6 +483,7 @@ impl Reader {
                     let Some(message) = next else {
                         return Err(StoreError::Log("the log's consumer ended".into()));
                     };
+                    read_at = tokio::time::Instant::now();
                     let message = message
                         .map_err(|e| StoreError::Log(format!("cannot read the log: {e}")))?;
                     let info = message

@@ -607,6 +607,7 @@ pub fn python_peer(
 pub struct Nats {
     pub port: u16,
     child: std::process::Child,
+    dir: std::path::PathBuf,
 }
 
 impl Nats {
@@ -614,15 +615,7 @@ impl Nats {
     /// CI its absence fails the test. `tls`: serve TLS with the development PKI and require
     /// a client certificate it issued.
     pub fn start(dir: &std::path::Path, tls: bool) -> Option<Nats> {
-        if std::process::Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "nats-server missing in CI (.ci/run installs the Debian package)"
-            );
+        if !Nats::installed() {
             return None;
         }
         let port = free_port();
@@ -637,11 +630,80 @@ impl Nats {
         } else {
             String::new()
         };
+        Some(Nats::spawn(dir, port, &tls_args))
+    }
+
+    /// Whether `nats-server` is installed; in CI, it must be.
+    fn installed() -> bool {
+        let found = std::process::Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+        assert!(
+            found || std::env::var_os("CI").is_none(),
+            "nats-server missing in CI (.ci/run installs the Debian package)"
+        );
+        found
+    }
+
+    /// `n` servers in one JetStream cluster on loopback (`None` as for [`Nats::start`]).
+    /// Streams of up to `n` replicas can be made once [`Nats::wait_cluster`] returns.
+    pub fn start_cluster(dir: &std::path::Path, n: usize) -> Option<Vec<Nats>> {
+        if !Nats::installed() {
+            return None;
+        }
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let all = routes
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Some(
+            routes
+                .iter()
+                .enumerate()
+                .map(|(i, route)| {
+                    let args = format!(
+                        "-n n{i} --cluster_name labroute --cluster nats://127.0.0.1:{route} --routes {all}"
+                    );
+                    Nats::spawn(&dir.join(format!("n{i}")), free_port(), &args)
+                })
+                .collect(),
+        )
+    }
+
+    /// Waits until the cluster can make a stream of `replicas` (its leader elected).
+    pub async fn wait_cluster(&self, replicas: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(client) = async_nats::connect(format!("127.0.0.1:{}", self.port)).await {
+                let js = async_nats::jetstream::new(client);
+                let made = js
+                    .get_or_create_stream(async_nats::jetstream::stream::Config {
+                        name: "READY".into(),
+                        subjects: vec!["ready.>".into()],
+                        num_replicas: replicas,
+                        ..Default::default()
+                    })
+                    .await;
+                if made.is_ok() {
+                    let _ = js.delete_stream("READY").await;
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the NATS cluster elected no JetStream leader in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16, args: &str) -> Nats {
         std::fs::create_dir_all(dir).expect("nats dir");
+        let d = dir.display();
         let script = format!(
-            "nats-server -js -a 127.0.0.1 -p {port} -sd {} {tls_args} >{}/log 2>&1 & pid=$!; cat >/dev/null; kill $pid; wait $pid",
-            dir.display(),
-            dir.display()
+            "nats-server -js -a 127.0.0.1 -p {port} -sd {d} {args} >{d}/log 2>&1 & pid=$!; echo $pid >{d}/pid; cat >/dev/null; kill $pid 2>/dev/null; wait $pid"
         );
         let child = std::process::Command::new("sh")
             .args(["-c", &script])
@@ -657,7 +719,21 @@ impl Nats {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Some(Nats { port, child })
+        Nats {
+            port,
+            child,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Kills the server with SIGKILL (a machine that dies), then reaps its shell.
+    pub fn kill(mut self) {
+        let pid = std::fs::read_to_string(self.dir.join("pid")).expect("pid file");
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid.trim()])
+            .status();
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
     }
 
     /// The `[store]` section of a node of stream `stream` on this server.
