@@ -174,6 +174,17 @@ async fn wait_port(port: u16) {
     panic!("port {port} never opened");
 }
 
+/// A node process killed when the test ends, however it ends (a failed assertion leaves
+/// no labroute running).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits for a node's port; a node that exits or does not listen within 60 s fails the
 /// test with its log.
 async fn wait_node(port: u16, child: &mut Child, log: &Path) {
@@ -487,10 +498,10 @@ async fn a_node_and_a_nats_server_killed_mid_load_lose_and_misroute_nothing() {
     let (a_port, a_routes, a_data) = node("a");
     let (b_port, b_routes, b_data) = node("b");
     let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
-    let mut a = spawn_bin_logged(&a_routes, &a_data, &a_log);
-    let mut b = spawn_bin_logged(&b_routes, &b_data, &b_log);
-    wait_node(a_port, &mut a, &a_log).await;
-    wait_node(b_port, &mut b, &b_log).await;
+    let mut a = Killed(spawn_bin_logged(&a_routes, &a_data, &a_log));
+    let mut b = Killed(spawn_bin_logged(&b_routes, &b_data, &b_log));
+    wait_node(a_port, &mut a.0, &a_log).await;
+    wait_node(b_port, &mut b.0, &b_log).await;
 
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let to_a = send_results(a_port, 0, &acked, &phases, true);
@@ -498,8 +509,8 @@ async fn a_node_and_a_nats_server_killed_mid_load_lose_and_misroute_nothing() {
     tokio::time::sleep(Duration::from_millis(rng.between(500, 1500))).await;
     let killed_server = (rng.next() % 3) as usize;
     let before = acked.lock().unwrap().len();
-    a.kill().expect("SIGKILL node a");
-    let _ = a.wait();
+    a.0.kill().expect("SIGKILL node a");
+    let _ = a.0.wait();
     nats.remove(killed_server).kill();
     for s in to_a {
         let _ = s.await;
@@ -515,8 +526,8 @@ async fn a_node_and_a_nats_server_killed_mid_load_lose_and_misroute_nothing() {
     assert!(before > 20, "load acknowledged before the kills ({before})");
     let waited = std::time::Instant::now();
     let duplicates = delivered_once_each(&acked, &log1, &log2, seed, || {
-        let _ = b.kill();
-        let _ = b.wait();
+        let _ = b.0.kill();
+        let _ = b.0.wait();
         if std::env::var_os("LABROUTE_SHOW_LOGS").is_some() {
             for log in [&a_log, &b_log] {
                 eprintln!(

@@ -374,7 +374,11 @@ async fn publish(
                             published.fetch_max(ack.sequence, Ordering::Relaxed);
                         }
                         Ok(Err(e)) => unpublished(&waiters, &id, &e),
-                        Err(_) => unpublished(&waiters, &id, &"no acknowledgement in 10 s"),
+                        Err(_) => unpublished(
+                            &waiters,
+                            &id,
+                            &format!("no acknowledgement in {} s", PUBLISH_TIMEOUT.as_secs()),
+                        ),
                     }
                 });
             }
@@ -442,12 +446,15 @@ impl Reader {
             .await
             .map_err(|e| StoreError::Log(format!("cannot read the log: {e}")))?;
         let mut read_at = tokio::time::Instant::now();
+        // The last entry read (handed to the writer, perhaps not applied yet).
+        let mut last_read = pos.committed;
         let mut watchdog = tokio::time::interval(STALLED);
         loop {
             tokio::select! {
                 _ = watchdog.tick() => {
                     let idle = read_at.elapsed();
-                    let waiting = self.published.load(Ordering::Relaxed) > self.position.borrow().committed;
+                    // An entry this node published exists that this reader has not seen.
+                    let waiting = self.published.load(Ordering::Relaxed) > last_read;
                     if (waiting && idle >= STALLED) || idle >= QUIET {
                         if waiting {
                             tracing::warn!("the JetStream log's reader is stalled; reading again");
@@ -490,6 +497,7 @@ impl Reader {
                         .info()
                         .map_err(|e| StoreError::Log(format!("a log entry without its position: {e}")))?;
                     let seq = info.stream_sequence;
+                    last_read = seq;
                     metrics::gauge!(crate::telemetry::names::LOG_PENDING).set(info.pending as f64);
                     // An entry this version cannot read stops the reader: skipping it
                     // would lose a change (an older node reading a newer one's entries).
