@@ -130,33 +130,28 @@ fn taken(log: &Log) -> Vec<String> {
 }
 
 fn spawn_bin(routes: &Path, data: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_labroute"))
-        .args(["serve", "--routes"])
-        .arg(routes)
-        .arg("--data")
-        .arg(data)
-        .env("LABROUTE_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn labroute")
+    spawn_serve(routes, data, "error", Stdio::null())
 }
 
-/// [`spawn_bin`] with its log (warnings and up) appended to `log`.
+/// [`spawn_bin`] with its log (info and up) appended to `log`.
 fn spawn_bin_logged(routes: &Path, data: &Path, log: &Path) -> Child {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
+    spawn_serve(routes, data, "info", file.into())
+}
+
+fn spawn_serve(routes: &Path, data: &Path, level: &str, stderr: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_labroute"))
         .args(["serve", "--routes"])
         .arg(routes)
         .arg("--data")
         .arg(data)
-        .env("LABROUTE_LOG", "info")
+        .env("LABROUTE_LOG", level)
         .stdout(Stdio::null())
-        .stderr(file)
+        .stderr(stderr)
         .spawn()
         .expect("spawn labroute")
 }

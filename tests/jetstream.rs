@@ -8,7 +8,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
@@ -16,27 +15,6 @@ use labroute::config::Config;
 use labroute::server::Server;
 use labroute::store::Store;
 use labroute::store::audit::{AuditFilter, query};
-
-fn config(text: &str) -> Arc<Config> {
-    Arc::new(
-        Config::from_sources(&[("routes/test.toml".into(), text.to_owned())])
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-}
-
-struct Peers {
-    lab: Receiver,
-    es1: Receiver,
-    es2: Receiver,
-}
-
-async fn peers() -> Peers {
-    Peers {
-        lab: Receiver::start("127.0.0.1:0", labroute::hl7::ack::AckCode::AA).await,
-        es1: Receiver::start("127.0.0.1:0", labroute::hl7::ack::AckCode::AA).await,
-        es2: Receiver::start("127.0.0.1:0", labroute::hl7::ack::AckCode::AA).await,
-    }
-}
 
 fn routes(p: &Peers, store: &str) -> String {
     format!(
@@ -53,6 +31,16 @@ async fn stream_entries(nats: &Nats, stream: &str) -> u64 {
     let js = async_nats::jetstream::new(client);
     let mut s = js.get_stream(stream).await.expect("the stream exists");
     s.info().await.expect("stream info").state.messages
+}
+
+/// Node `name` on stream `LOG` of `nats`, its store in `dir`.
+async fn node(p: &Peers, nats: &Nats, name: &str, dir: &Path) -> Server {
+    Server::start(
+        config(&routes(p, &nats.store_section("LOG", name, false))),
+        dir.to_owned(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("node {name} starts: {e}"))
 }
 
 fn nats_or_skip(dir: &Path, tls: bool) -> Option<Nats> {
@@ -85,12 +73,7 @@ async fn a_second_node_reading_the_log_builds_the_same_store() {
     };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let p = peers().await;
-    let a = Server::start(
-        config(&routes(&p, &nats.store_section("LOG", "a", false))),
-        a_dir.path().to_owned(),
-    )
-    .await
-    .expect("node a starts");
+    let a = node(&p, &nats, "a", a_dir.path()).await;
     let acks = send_all(a.addr("sil").unwrap(), &results(10, "R"))
         .await
         .unwrap();
@@ -113,12 +96,7 @@ async fn a_second_node_reading_the_log_builds_the_same_store() {
     assert!(stream_entries(&nats, "LOG").await >= 20);
 
     // Node b, on the same stream with an empty store, applies the whole log.
-    let b = Server::start(
-        config(&routes(&p, &nats.store_section("LOG", "b", false))),
-        b_dir.path().to_owned(),
-    )
-    .await
-    .expect("node b starts");
+    let b = node(&p, &nats, "b", b_dir.path()).await;
     assert!(
         eventually(|| b
             .store
@@ -307,18 +285,8 @@ async fn two_nodes_deliver_each_message_once_and_in_order_and_take_over_a_stoppe
     };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let p = peers().await;
-    let a = Server::start(
-        config(&routes(&p, &nats.store_section("LOG", "a", false))),
-        a_dir.path().to_owned(),
-    )
-    .await
-    .expect("node a starts");
-    let b = Server::start(
-        config(&routes(&p, &nats.store_section("LOG", "b", false))),
-        b_dir.path().to_owned(),
-    )
-    .await
-    .expect("node b starts");
+    let a = node(&p, &nats, "a", a_dir.path()).await;
+    let b = node(&p, &nats, "b", b_dir.path()).await;
     // Both nodes take messages at once; each destination is delivered by one of them.
     let (for_a, for_b) = (results(10, "A"), results(10, "B"));
     let (ra, rb) = tokio::join!(

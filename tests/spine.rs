@@ -5,36 +5,13 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use labroute::admin::{AdminRequest, execute};
-use labroute::config::Config;
 use labroute::hl7::ack::AckCode;
 use labroute::server::Server;
 use labroute::store::writer::OperatorCommand;
-
-fn config(text: &str) -> Arc<Config> {
-    Arc::new(
-        Config::from_sources(&[("routes/test.toml".into(), text.to_owned())])
-            .unwrap_or_else(|e| panic!("{e}")),
-    )
-}
-
-struct Peers {
-    lab: Receiver,
-    es1: Receiver,
-    es2: Receiver,
-}
-
-async fn peers() -> Peers {
-    Peers {
-        lab: Receiver::start("127.0.0.1:0", AckCode::AA).await,
-        es1: Receiver::start("127.0.0.1:0", AckCode::AA).await,
-        es2: Receiver::start("127.0.0.1:0", AckCode::AA).await,
-    }
-}
 
 async fn start(p: &Peers, data: &Path) -> (Server, Option<Nats>) {
     serve(

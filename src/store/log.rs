@@ -102,7 +102,8 @@ impl Track {
         (kept, last)
     }
 
-    /// After the batch: committed up to `applied`, or failed (read again).
+    /// After the batch: committed up to `applied` (its last entry, if it had any), or
+    /// failed (the reader reads again from the last committed entry).
     pub(crate) fn settled(&mut self, applied: Option<u64>, ok: bool) {
         if ok {
             if let Some(n) = applied {

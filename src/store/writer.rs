@@ -809,7 +809,7 @@ fn run(
             ),
         };
         if let Some(track) = &mut log {
-            track.settled(result.is_ok().then_some(log_seq).flatten(), result.is_ok());
+            track.settled(log_seq, result.is_ok());
         }
         match result {
             Ok((answers, reconfigured)) => {

@@ -770,3 +770,27 @@ pub fn test_store(data: &std::path::Path) -> (String, Option<Nats>) {
         .expect("LABROUTE_TEST_STORE=jetstream needs nats-server (apt install nats-server)");
     (nats.store_section("LABROUTE", "test", false), Some(nats))
 }
+
+/// A configuration from routes text (as `routes/test.toml`); a test's own routes are valid.
+pub fn config(text: &str) -> Arc<labroute::config::Config> {
+    Arc::new(
+        labroute::config::Config::from_sources(&[("routes/test.toml".into(), text.to_owned())])
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+/// The three record systems `routes_toml` names: the lab, ES1's and ES2's records.
+pub struct Peers {
+    pub lab: Receiver,
+    pub es1: Receiver,
+    pub es2: Receiver,
+}
+
+/// Three receivers answering AA.
+pub async fn peers() -> Peers {
+    Peers {
+        lab: Receiver::start("127.0.0.1:0", AckCode::AA).await,
+        es1: Receiver::start("127.0.0.1:0", AckCode::AA).await,
+        es2: Receiver::start("127.0.0.1:0", AckCode::AA).await,
+    }
+}
