@@ -254,9 +254,7 @@ fn rewrite_chain(src: &Path, dst: &Path, from: &str, to: &str) -> u64 {
             t.insert(k, value.as_slice()).expect("insert");
             prev = hash;
         }
-        let mut meta = txn
-            .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
-            .expect("meta");
+        let mut meta = txn.open_table(META).expect("meta");
         meta.insert(
             labroute::store::audit::HEAD_KEY,
             labroute::store::audit::head_prefix(&prev),
