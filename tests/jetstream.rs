@@ -35,12 +35,24 @@ async fn stream_entries(nats: &Nats, stream: &str) -> u64 {
 
 /// Node `name` on stream `LOG` of `nats`, its store in `dir`.
 async fn node(p: &Peers, nats: &Nats, name: &str, dir: &Path) -> Server {
+    start_node(p, nats, "LOG", name, dir)
+        .await
+        .unwrap_or_else(|e| panic!("node {name} starts: {e}"))
+}
+
+/// Node `name` on stream `stream` of `nats`, its store in `dir`, or why it did not start.
+async fn start_node(
+    p: &Peers,
+    nats: &Nats,
+    stream: &str,
+    name: &str,
+    dir: &Path,
+) -> Result<Server, labroute::server::ServeError> {
     Server::start(
-        config(&routes(p, &nats.store_section("LOG", name, false))),
+        config(&routes(p, &nats.store_section(stream, name, false))),
         dir.to_owned(),
     )
     .await
-    .unwrap_or_else(|e| panic!("node {name} starts: {e}"))
 }
 
 fn nats_or_skip(dir: &Path, tls: bool) -> Option<Nats> {
@@ -140,10 +152,7 @@ async fn a_restart_reads_on_from_where_it_stopped() {
     };
     let dir = tempfile::tempdir().unwrap();
     let p = peers().await;
-    let text = routes(&p, &nats.store_section("LOG", "a", false));
-    let s = Server::start(config(&text), dir.path().to_owned())
-        .await
-        .unwrap();
+    let s = node(&p, &nats, "a", dir.path()).await;
     send_all(s.addr("sil").unwrap(), &results(4, "A"))
         .await
         .unwrap();
@@ -152,9 +161,7 @@ async fn a_restart_reads_on_from_where_it_stopped() {
     let before = Store::open(dir.path()).unwrap().log_position().unwrap();
     assert!(before >= 8, "position {before}");
 
-    let s = Server::start(config(&text), dir.path().to_owned())
-        .await
-        .unwrap();
+    let s = node(&p, &nats, "a", dir.path()).await;
     send_all(s.addr("sil").unwrap(), &results(4, "B"))
         .await
         .unwrap();
@@ -187,25 +194,19 @@ async fn a_stream_that_cannot_be_the_stores_log_is_refused_at_start() {
     };
     let dir = tempfile::tempdir().unwrap();
     let p = peers().await;
-    let s = Server::start(
-        config(&routes(&p, &nats.store_section("FIRST", "a", false))),
-        dir.path().to_owned(),
-    )
-    .await
-    .unwrap();
+    let s = start_node(&p, &nats, "FIRST", "a", dir.path())
+        .await
+        .unwrap();
     send_all(s.addr("sil").unwrap(), &results(2, "X"))
         .await
         .unwrap();
     s.shutdown().await;
     // The same store on a new, empty stream: its entries would be numbered from 1 again
     // and skipped as applied. Refused, with what to do.
-    let err = Server::start(
-        config(&routes(&p, &nats.store_section("OTHER", "a", false))),
-        dir.path().to_owned(),
-    )
-    .await
-    .err()
-    .expect("refused");
+    let err = start_node(&p, &nats, "OTHER", "a", dir.path())
+        .await
+        .err()
+        .expect("refused");
     let text = err.to_string();
     assert!(text.contains("stream OTHER ends at entry 0"), "{text}");
     assert!(text.contains("empty data directory"), "{text}");

@@ -1848,11 +1848,17 @@ impl Validator {
                 }
             }
             for (file, line, field) in std::mem::take(&mut self.tls_users) {
+                // What to do instead differs: a JetStream server is named by its scheme.
+                let message = if field == "store.servers" {
+                    "tls:// needs a [tls] section (ca, cert, key: this node's client certificate); or use nats:// on a loopback address"
+                } else {
+                    "TLS needs a [tls] section (ca, cert, key); or set `insecure = true` on a loopback address"
+                };
                 self.errors.push(ConfigError {
                     file,
                     line,
                     field,
-                    message: "TLS needs a [tls] section (ca, cert, key); or set `insecure = true` on a loopback address".into(),
+                    message: message.into(),
                 });
             }
         }

@@ -744,12 +744,6 @@ impl Nats {
             self.port
         )
     }
-
-    /// Stops the server now (SIGKILL-free: its standard input closes).
-    pub fn stop(mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for Nats {
