@@ -501,7 +501,13 @@ async fn a_node_and_a_nats_server_killed_mid_load_lose_and_misroute_nothing() {
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let to_a = send_results(a_port, 0, &acked, &phases, true);
     let to_b = send_results(b_port, CONNECTIONS * PER_CONNECTION, &acked, &phases, true);
-    tokio::time::sleep(Duration::from_millis(rng.between(500, 1500))).await;
+    // Under load, once both nodes acknowledge (a loaded CI machine makes the first
+    // replicated publishes slow), then at a random point.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked.lock().unwrap().len() <= 20 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(rng.between(100, 1000))).await;
     let killed_server = (rng.next() % 3) as usize;
     let before = acked.lock().unwrap().len();
     a.0.kill().expect("SIGKILL node a");
