@@ -20,10 +20,16 @@ use crate::store::StoreHandle;
 /// How long a reload waits for the destination workers' current attempts.
 pub const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// How often a node stopped at routes it does not have reads its routes directory again
+/// (D24): copying the routes in force there lets it go on.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The destination workers of one configuration.
 pub struct Deliveries {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The configuration they were started with.
+    cfg: Arc<Config>,
 }
 
 impl Deliveries {
@@ -66,7 +72,20 @@ impl Deliveries {
                 }
             })
             .collect();
-        Deliveries { stop, tasks }
+        Deliveries {
+            stop,
+            tasks,
+            cfg: cfg.clone(),
+        }
+    }
+
+    /// No worker (while a reload replaces them).
+    fn idle() -> Deliveries {
+        Deliveries {
+            stop: watch::channel(false).0,
+            tasks: Vec::new(),
+            cfg: Arc::new(Config::default()),
+        }
     }
 
     /// Stops every worker once its current attempt is recorded; returns when all have, or
@@ -180,61 +199,136 @@ pub fn start(
     let (tx, mut rx) = mpsc::channel::<Request>(4);
     let task = tokio::spawn(async move {
         let mut deliveries = Deliveries::start(&store.config(), &store, &tls);
+        let mut replaced = store.config_replacements();
+        let mut follow = tokio::time::interval(FOLLOW_EVERY);
+        follow.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
                 r = rx.recv() => {
                     let Some((source, answer)) = r else { break };
-                    let outcome = match prepare(&store, source, routes.as_ref()) {
-                        Ok(new) => {
-                            let new = Arc::new(new);
-                            deliveries.stop().await;
-                            let switched = store.reconfigure(new.clone()).await;
-                            // Workers again in any case: for the new routes, or (the store
-                            // refused the switch) for the running ones.
-                            let now = store.config();
-                            crate::telemetry::register(&now);
-                            deliveries = Deliveries::start(&now, &store, &tls);
-                            match switched {
-                                Ok(moved) => {
-                                    let summary = format!(
-                                        "routes reloaded: {} establishment(s), {} destination(s), {} system(s); {moved}",
-                                        new.establishments.len(),
-                                        new.destinations.len(),
-                                        new.systems.len()
-                                    );
-                                    tracing::info!(establishments = new.establishments.len(), destinations = new.destinations.len(), "routes reloaded");
-                                    Ok(summary)
-                                }
-                                Err(e) => Err(format!("routes not reloaded: the store could not switch: {e}")),
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "routes not reloaded; the running ones stay in force");
-                            Err(e)
-                        }
-                    };
-                    let event = crate::store::audit::AuditEvent {
-                        event: "routes_reload".into(),
-                        message: None,
-                        establishment: None,
-                        actor: None,
-                        detail: match &outcome {
-                            Ok(s) => serde_json::json!({ "reloaded": true, "summary": s }),
-                            Err(e) => serde_json::json!({ "reloaded": false, "why": e }),
-                        },
-                    };
-                    if let Err(e) = store.audit(event).await {
-                        tracing::error!(error = %e, "cannot journal a routes reload");
-                    }
+                    let outcome = reload(&store, &tls, source, routes.as_ref(), &mut deliveries).await;
+                    journal(&store, &outcome, None).await;
                     let _ = answer.send(outcome);
+                }
+                changed = replaced.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    // Routes another node put in force (D24): the workers follow them.
+                    let now = store.config();
+                    if !Arc::ptr_eq(&now, &deliveries.cfg) {
+                        deliveries.stop().await;
+                        crate::telemetry::register(&now);
+                        deliveries = Deliveries::start(&now, &store, &tls);
+                        tracing::info!(routes = %now.routing_digest(), "routes put in force by the cluster's log: destination workers restarted");
+                    }
+                }
+                _ = follow.tick(), if store.cluster().is_some() => {
+                    // D24: a node stopped at routes it does not have delivers nothing (its
+                    // leases go to the other nodes), and its directory may have them now.
+                    let Some((at, wanted)) = store.halted() else {
+                        if deliveries.tasks.is_empty() {
+                            let now = store.config();
+                            deliveries = Deliveries::start(&now, &store, &tls);
+                        }
+                        continue;
+                    };
+                    if !deliveries.tasks.is_empty() {
+                        tracing::warn!(entry = at, "stopped at routes this node does not have: its destinations are left to the other nodes");
+                        std::mem::replace(&mut deliveries, Deliveries::idle()).stop().await;
+                    }
+                    let Some(dir) = routes.as_ref() else { continue };
+                    let Ok(new) = Config::load(dir) else { continue };
+                    if new.routing_digest() != wanted {
+                        continue;
+                    }
+                    tracing::info!(entry = at, routes = %wanted, "the routes directory now has the routes in force in the cluster: reloading");
+                    let outcome = reload(&store, &tls, Source::Config(Box::new(new)), routes.as_ref(), &mut deliveries).await;
+                    journal(&store, &outcome, Some(at)).await;
                 }
             }
         }
         deliveries.stop().await;
     });
     (Reloader { tx }, task)
+}
+
+/// Puts `source` in force: checked, then the workers stopped, the store switched, the
+/// workers started again (for the new routes, or the running ones if the store refused).
+async fn reload(
+    store: &StoreHandle,
+    tls: &Option<Arc<crate::tls::TlsState>>,
+    source: Source,
+    routes: Option<&PathBuf>,
+    deliveries: &mut Deliveries,
+) -> Result<String, String> {
+    let new = match prepare(store, source, routes) {
+        Ok(new) => Arc::new(new),
+        Err(e) => {
+            tracing::error!(error = %e, "routes not reloaded; the running ones stay in force");
+            return Err(e);
+        }
+    };
+    let old = std::mem::replace(deliveries, Deliveries::idle());
+    old.stop().await;
+    let switched = store.reconfigure(new.clone()).await;
+    let now = store.config();
+    crate::telemetry::register(&now);
+    *deliveries = Deliveries::start(&now, store, tls);
+    match switched {
+        Ok(moved) => {
+            tracing::info!(
+                establishments = new.establishments.len(),
+                destinations = new.destinations.len(),
+                "routes reloaded"
+            );
+            Ok(format!(
+                "routes reloaded: {} establishment(s), {} destination(s), {} system(s); {moved}",
+                new.establishments.len(),
+                new.destinations.len(),
+                new.systems.len()
+            ))
+        }
+        Err(e) => {
+            let e = format!("routes not reloaded: the store could not switch: {e}");
+            tracing::error!(error = %e, "routes not reloaded");
+            Err(e)
+        }
+    }
+}
+
+/// Journals a reload's outcome; `following`: the log entry (D24) whose routes it read.
+async fn journal(store: &StoreHandle, outcome: &Result<String, String>, following: Option<u64>) {
+    let mut detail = match outcome {
+        Ok(s) => serde_json::json!({ "reloaded": true, "summary": s }),
+        Err(e) => serde_json::json!({ "reloaded": false, "why": e }),
+    };
+    if let Some(at) = following {
+        detail["following_log_entry"] = serde_json::json!(at);
+    }
+    let event = crate::store::audit::AuditEvent {
+        event: "routes_reload".into(),
+        message: None,
+        establishment: None,
+        actor: None,
+        detail,
+    };
+    let halted = store.halted().is_some();
+    let store = store.clone();
+    let journalled = async move {
+        if let Err(e) = store.audit(event).await {
+            tracing::error!(error = %e, "cannot journal a routes reload");
+        }
+    };
+    // A node stopped at routes it does not have (D24) applies the entry once it goes on;
+    // the answer to the reload does not wait for that.
+    if halted {
+        tokio::spawn(journalled);
+    } else {
+        journalled.await;
+    }
 }
 
 /// Reads and checks the configuration to put in force.

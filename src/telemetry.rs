@@ -55,6 +55,9 @@ pub mod names {
     pub const LOG_APPLIED: &str = "labroute_log_applied_position";
     /// JetStream store: entries in the log this node has not read yet (its lag).
     pub const LOG_PENDING: &str = "labroute_log_pending_entries";
+    /// JetStream store: 1 while this node's writer is stopped at a log entry putting in force
+    /// routes it does not have (D24): reload it with the routes in force in the cluster.
+    pub const LOG_HALTED: &str = "labroute_log_halted";
     /// JetStream store: 1 while this node holds the `destination`'s lease (delivers it).
     pub const LEASE_HELD: &str = "labroute_destination_lease_held";
     /// Expiry of the instance's TLS certificate (Unix seconds), as last (re)loaded.

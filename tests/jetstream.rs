@@ -337,3 +337,171 @@ async fn two_nodes_deliver_each_message_once_and_in_order_and_take_over_a_stoppe
     assert_eq!(delivered(&p.es1) + delivered(&p.es2), 26);
     b.shutdown().await;
 }
+
+/// Routes where ES1's patient authority `CHNORD-IPP` names ES2 instead (D24's tests: a
+/// reload that changes where a result goes).
+fn moved_authority(text: &str) -> String {
+    text.replace(
+        r#"identify.patient_authorities = ["CHNORD-IPP"]"#,
+        r#"identify.patient_authorities = ["CHNORD-OLD"]"#,
+    )
+    .replace(
+        r#"identify.patient_authorities = ["CHSUD-IPP"]"#,
+        r#"identify.patient_authorities = ["CHSUD-IPP", "CHNORD-IPP"]"#,
+    )
+}
+
+/// Results identified by ES1's patient authority (ES1's under `routes`, ES2's under
+/// `moved_authority`).
+fn chnord_results(n: usize, prefix: &str) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            result_by_identifier(
+                "ES1",
+                &format!("{prefix}{i:02}"),
+                &format!("{prefix}{i}"),
+                "1",
+            )
+        })
+        .collect()
+}
+
+/// Both stores, closed, hold the same journal and the same position.
+fn same_stores(a: &Path, b: &Path) {
+    let (sa, sb) = (Store::open(a).unwrap(), Store::open(b).unwrap());
+    assert_eq!(sa.log_position().unwrap(), sb.log_position().unwrap());
+    let (ja, jb) = (
+        query(&sa, &AuditFilter::default()).unwrap(),
+        query(&sb, &AuditFilter::default()).unwrap(),
+    );
+    assert_eq!(ja, jb, "the same journal, entry for entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_puts_the_routes_in_force_on_every_node_at_the_same_entry_and_a_node_without_them_stops()
+ {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+        return;
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let p = peers().await;
+    let a = node(&p, &nats, "a", a_dir.path()).await;
+    let b = node(&p, &nats, "b", b_dir.path()).await;
+    let before = send_all(a.addr("sil").unwrap(), &chnord_results(2, "A"))
+        .await
+        .unwrap();
+    assert!(before.iter().all(|a| msa(a).0 == "AA"));
+    assert!(p.es1.wait_for(2, Duration::from_secs(15)).await);
+
+    // Node a reloads routes that send ES1's authority to ES2. Node b does not have them:
+    // it stops applying the log at that entry rather than decide differently.
+    let new_routes = moved_authority(&routes(&p, &nats.store_section("LOG", "a", false)));
+    let summary = a
+        .reload(Some((*config(&new_routes)).clone()))
+        .await
+        .expect("node a reloads");
+    assert!(summary.contains("in force"), "{summary}");
+    assert!(
+        eventually(|| b.store.halted().is_some()).await,
+        "node b stops at the entry"
+    );
+    // Node a goes on under the new routes; node b's destinations are taken over by node a.
+    let after = send_all(a.addr("sil").unwrap(), &chnord_results(2, "B"))
+        .await
+        .unwrap();
+    assert!(after.iter().all(|a| msa(a).0 == "AA"));
+    assert!(
+        p.es2.wait_for(2, Duration::from_secs(30)).await,
+        "the results routed by the new routes are delivered to ES2 while node b is stopped"
+    );
+    assert_eq!(p.es1.count(), 2, "nothing more for ES1");
+    let b_messages = b.store.store().counts().unwrap().messages;
+    assert_eq!(b_messages, 2, "node b applied nothing past the entry");
+
+    // Node b reloaded with other routes: refused, saying which are in force.
+    let other =
+        routes(&p, &nats.store_section("LOG", "b", false)).replace("Sudville", "Sudville-2");
+    let err = b
+        .reload(Some((*config(&other)).clone()))
+        .await
+        .expect_err("refused");
+    assert!(err.contains("stopped applying the log at entry"), "{err}");
+    // With the routes in force (its own node name and listeners): it goes on.
+    let same = moved_authority(&routes(&p, &nats.store_section("LOG", "b", false)));
+    b.reload(Some((*config(&same)).clone()))
+        .await
+        .expect("node b reloads");
+    assert!(b.store.halted().is_none());
+    assert!(
+        eventually(|| b.store.store().counts().is_ok_and(|c| c.messages == 4)).await,
+        "node b applies what it had stopped at"
+    );
+    let cfg = b.store.config();
+    assert_eq!(cfg.routing_digest(), a.store.config().routing_digest());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.es1.count() + p.es2.count(), 4, "each delivered once");
+    a.shutdown().await;
+    b.shutdown().await;
+    same_stores(a_dir.path(), b_dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_on_changed_routes_applies_what_it_missed_under_the_old_ones_then_puts_its_own_in_force()
+ {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+        return;
+    };
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let p = peers().await;
+    let a = node(&p, &nats, "a", a_dir.path()).await;
+    let b = node(&p, &nats, "b", b_dir.path()).await;
+    b.shutdown().await;
+    // While b is stopped, a routes two results to ES1 under the routes in force.
+    send_all(a.addr("sil").unwrap(), &chnord_results(2, "A"))
+        .await
+        .unwrap();
+    assert!(p.es1.wait_for(2, Duration::from_secs(15)).await);
+
+    // b restarts on changed routes: it applies a's entries under the routes its store
+    // applied the log under (ES1, as a did), then puts its own in force for every node.
+    let changed = moved_authority(&routes(&p, &nats.store_section("LOG", "b", false)));
+    let b = Server::start(config(&changed), b_dir.path().to_owned())
+        .await
+        .expect("node b starts on changed routes");
+    for seq in 1..=2 {
+        let decided = |s: &Server| {
+            let r = s.store.store().record(seq).unwrap().expect("stored");
+            let to: Vec<String> = r
+                .destinations
+                .iter()
+                .map(|d| d.as_str().to_owned())
+                .collect();
+            (format!("{:?}", r.decision), to)
+        };
+        let (ra, rb) = (decided(&a), decided(&b));
+        assert_eq!(ra, rb, "message {seq} decided the same on both nodes");
+        assert_eq!(ra.1, ["dpi-es1"], "under the routes in force when it came");
+    }
+    // Node a does not have b's routes: it stops; reloaded with them, it goes on.
+    assert!(
+        eventually(|| a.store.halted().is_some()).await,
+        "node a stops"
+    );
+    let same = moved_authority(&routes(&p, &nats.store_section("LOG", "a", false)));
+    a.reload(Some((*config(&same)).clone()))
+        .await
+        .expect("node a reloads");
+    send_all(b.addr("sil").unwrap(), &chnord_results(2, "B"))
+        .await
+        .unwrap();
+    assert!(
+        p.es2.wait_for(2, Duration::from_secs(30)).await,
+        "routed to ES2 under b's routes"
+    );
+    assert!(eventually(|| a.store.store().counts().is_ok_and(|c| c.messages == 4)).await);
+    a.shutdown().await;
+    b.shutdown().await;
+    same_stores(a_dir.path(), b_dir.path());
+}

@@ -396,7 +396,7 @@ fn readiness(store: &StoreHandle) -> (StatusCode, Value) {
     let writer = !store.is_closed();
     // On JetStream (D23): nothing is acknowledged without the log.
     let log = store.cluster().map(|c| c.state());
-    let ready = read.is_ok() && writer && log.is_none_or(|(up, _)| up);
+    let ready = read.is_ok() && writer && log.is_none_or(|(up, _, halted)| up && halted.is_none());
     let status = if ready {
         StatusCode::OK
     } else {
@@ -408,11 +408,18 @@ fn readiness(store: &StoreHandle) -> (StatusCode, Value) {
         "writer": if writer { "ok" } else { "stopped" },
         "config": "loaded",
     });
-    if let Some((up, applied)) = log {
+    if let Some((up, applied, halted)) = log {
         body["log"] = json!({
             "connection": if up { "connected" } else { "disconnected: messages are answered with errors until it is back" },
             "applied": applied,
         });
+        // D24: stopped at an entry putting in force routes this node does not have.
+        if let Some((at, wanted)) = halted {
+            body["log"]["stopped"] = json!(format!(
+                "at entry {at}, which puts in force routes {wanted}; this node has {}: reload it with the routes in force in the cluster",
+                store.config().routing_digest()
+            ));
+        }
     }
     (status, body)
 }

@@ -358,9 +358,84 @@ pub struct Config {
     /// kind → value → the one establishment that value identifies (looked up by `&str`:
     /// the tenant decision makes a dozen lookups per message).
     pub identifiers: HashMap<IdKind, HashMap<String, EstablishmentId>>,
+    /// The files this configuration was read from (name, text), in order: a JetStream node
+    /// keeps those of the routes in force in its store, to apply the log under them after a
+    /// restart on changed files (D24).
+    pub sources: Vec<(PathBuf, String)>,
+}
+
+/// What identifies the part of a configuration that the store's writer decides with
+/// (establishments and their identifiers, systems, destinations, routing, each listener's
+/// name and options): two nodes applying the same log entries under configurations with the
+/// same digest build the same store (D24). Per node, and so left out: the addresses bound,
+/// `[tls]`, `[admin]`, `[fhir]`, `[engine]`, `[store]` and the routing test cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RoutesDigest(pub [u8; 32]);
+
+impl std::fmt::Display for RoutesDigest {
+    /// The first 12 hex digits, as operators compare them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::model::hex(&self.0[..6]))
+    }
+}
+
+impl serde::Serialize for RoutesDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::model::hex(&self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for RoutesDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        RoutesDigest::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("a routes digest is 64 hex digits"))
+    }
+}
+
+impl RoutesDigest {
+    pub fn from_hex(text: &str) -> Option<RoutesDigest> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            let s = std::str::from_utf8(pair).ok()?;
+            out[i] = u8::from_str_radix(s, 16).ok()?;
+        }
+        Some(RoutesDigest(out))
+    }
 }
 
 impl Config {
+    /// The digest of what the writer decides with ([`RoutesDigest`]). The rendering hashed is
+    /// the configuration's own (`Debug`) for the fields concerned: lists in file order, and
+    /// the identifiers (a `HashMap`) sorted.
+    pub fn routing_digest(&self) -> RoutesDigest {
+        let listeners: Vec<_> = self
+            .listeners
+            .iter()
+            .map(|l| (&l.name, l.insecure, &l.application_acks_to))
+            .collect();
+        let mut identifiers: Vec<(&IdKind, &String, &EstablishmentId)> = self
+            .identifiers
+            .iter()
+            .flat_map(|(kind, values)| values.iter().map(move |(v, e)| (kind, v, e)))
+            .collect();
+        identifiers.sort();
+        let rendering = format!(
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
+            self.establishments,
+            identifiers,
+            self.systems,
+            self.destinations,
+            self.routing,
+            listeners
+        );
+        RoutesDigest(crate::model::sha256(rendering.as_bytes()))
+    }
+
     pub fn establishment(&self, id: &EstablishmentId) -> Option<&Establishment> {
         self.establishments.iter().find(|e| &e.id == id)
     }
@@ -466,7 +541,9 @@ impl Config {
         for (file, text, raw) in &parsed {
             v.file(file, text, raw);
         }
-        v.finish()
+        let mut cfg = v.finish()?;
+        cfg.sources = sources.to_vec();
+        Ok(cfg)
     }
 }
 

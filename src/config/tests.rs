@@ -279,3 +279,33 @@ fn a_toml_error_names_the_key_when_it_is_about_one() {
     let e = load(&broken).unwrap_err().0;
     assert_eq!(e[0].field, "-", "{e:?}");
 }
+
+#[test]
+fn the_routing_digest_covers_what_the_writer_decides_with_and_not_what_each_node_binds() {
+    let digest = |text: &str| load(text).unwrap().routing_digest();
+    let base = digest(GOOD);
+    assert_eq!(base, digest(GOOD), "the same text, the same digest");
+    // Per node: the address a listener binds, the node's [store] name.
+    assert_eq!(
+        base,
+        digest(&GOOD.replace("127.0.0.1:2575", "127.0.0.1:2576"))
+    );
+    // What the writer decides with: an identifier moved, an establishment's record.
+    assert_ne!(
+        base,
+        digest(&GOOD.replace("DPI-ES1\"]", "DPI-ES1\", \"DPI-X\"]"))
+    );
+    assert_ne!(
+        base,
+        digest(&GOOD.replace(
+            "record = \"dpi-es1\"\nidentify",
+            "record = \"dpi-es2\"\nidentify"
+        ))
+    );
+    assert_ne!(base, digest(&GOOD.replace("CH Sud", "CH Sud 2")));
+    // The digest shows as its first 12 hex digits and reads back whole.
+    let d = load(GOOD).unwrap().routing_digest();
+    assert_eq!(d.to_string().len(), 12);
+    assert_eq!(RoutesDigest::from_hex(&crate::model::hex(&d.0)), Some(d));
+    assert_eq!(RoutesDigest::from_hex("zz"), None);
+}

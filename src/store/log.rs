@@ -28,7 +28,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::StoreError;
-use super::writer::{Op, Reply, Request};
+use super::writer::{Op, Reply, Request, Staged};
 use crate::config::JetStreamStore;
 
 /// `META` key: the last log entry this store applied.
@@ -59,6 +59,9 @@ pub(crate) struct Position {
     pub committed: u64,
     /// Failed batches so far: when it moves, the reader reads again from `committed + 1`.
     pub rewinds: u64,
+    /// The writer stopped at this entry, which puts in force routes (this digest) this node
+    /// does not have (D24); it goes on once they are staged (a reload with them).
+    pub halted: Option<(u64, crate::config::RoutesDigest)>,
 }
 
 /// The writer's side: admits entries in order, reports what it committed.
@@ -72,6 +75,7 @@ impl Track {
         let pos = Position {
             committed,
             rewinds: 0,
+            halted: None,
         };
         let (tx, rx) = watch::channel(pos);
         (Track { pos, tx }, rx)
@@ -108,11 +112,40 @@ impl Track {
         if ok {
             if let Some(n) = applied {
                 self.pos.committed = n;
+                if self.pos.halted.is_some_and(|(at, _)| at <= n) {
+                    self.pos.halted = None;
+                    metrics::gauge!(crate::telemetry::names::LOG_HALTED).set(0.0);
+                    tracing::info!(entry = n, "the routes are in force: applying the log again");
+                }
             }
         } else {
             self.pos.rewinds += 1;
         }
         metrics::gauge!(crate::telemetry::names::LOG_APPLIED).set(self.pos.committed as f64);
+        self.tx.send_replace(self.pos);
+    }
+}
+
+impl Track {
+    /// The writer stops before entry `at`: it puts in force routes (`wanted`) this node does
+    /// not have. Said once per entry.
+    pub(crate) fn halt(
+        &mut self,
+        at: u64,
+        wanted: crate::config::RoutesDigest,
+        have: crate::config::RoutesDigest,
+    ) {
+        if self.pos.halted == Some((at, wanted)) {
+            return;
+        }
+        tracing::error!(
+            entry = at,
+            wanted = %wanted,
+            have = %have,
+            "log entry {at} puts in force routes {wanted}, and this node has {have}: it stops applying the log (and answers nothing) until it is reloaded with the routes in force in the cluster; a node started from a routes directory reads it again every 2 s"
+        );
+        metrics::gauge!(crate::telemetry::names::LOG_HALTED).set(1.0);
+        self.pos.halted = Some((at, wanted));
         self.tx.send_replace(self.pos);
     }
 }
@@ -153,13 +186,20 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    /// For readiness: whether the connection is up, and the last entry applied.
-    pub(crate) fn state(&self) -> (bool, u64) {
+    /// For readiness: whether the connection is up, the last entry applied, and where the
+    /// writer stopped if it did (D24).
+    pub(crate) fn state(&self) -> (bool, u64, Option<(u64, crate::config::RoutesDigest)>) {
         let up = matches!(
             self.client.connection_state(),
             async_nats::connection::State::Connected
         );
-        (up, self.position.borrow().committed)
+        let pos = *self.position.borrow();
+        (up, pos.committed, pos.halted)
+    }
+
+    /// The entry the writer stopped at, and the routes it puts in force (D24).
+    pub(crate) fn halted(&self) -> Option<(u64, crate::config::RoutesDigest)> {
+        self.position.borrow().halted
     }
 
     /// Resolves once this node has applied the log up to its end as it stands now.
@@ -263,6 +303,7 @@ impl Log {
         rx: mpsc::Receiver<Op>,
         writer: mpsc::Sender<Op>,
         position: watch::Receiver<Position>,
+        staged: Staged,
     ) -> Arc<Cluster> {
         let cluster = Arc::new(Cluster {
             client: self.client.clone(),
@@ -282,7 +323,7 @@ impl Log {
             stop,
         };
         tokio::spawn(reader.run());
-        tokio::spawn(publish(self, rx, writer, waiters, published, stop_tx));
+        tokio::spawn(publish(self, rx, waiters, published, stop_tx, staged));
         cluster
     }
 
@@ -294,7 +335,7 @@ impl Log {
             Request::Operator { .. } => "operator".to_owned(),
             Request::Audit(_) => "audit".to_owned(),
             Request::MailSent { .. } => "mail".to_owned(),
-            Request::Reconfigure(_) => "reconfigure".to_owned(),
+            Request::Reconfigure(_) | Request::Routes { .. } => "routes".to_owned(),
         };
         format!("{}.{kind}", self.name)
     }
@@ -324,27 +365,30 @@ pub(crate) async fn ensure_stream(
 async fn publish(
     log: Log,
     mut rx: mpsc::Receiver<Op>,
-    writer: mpsc::Sender<Op>,
     waiters: Waiters,
     published: Arc<AtomicU64>,
     stop: watch::Sender<bool>,
+    staged: Staged,
 ) {
     let run = fastrand::u64(..);
     let mut n = 0u64;
     while let Some(op) = rx.recv().await {
-        if let Request::Reconfigure(_) = op.request {
-            // Each node reads its own files: not logged.
-            if writer.send(op).await.is_err() {
-                break;
+        let request = match op.request {
+            // A reload (D24): its routes wait on this node for the entry that puts them in
+            // force on every node, at the same place in the log.
+            Request::Reconfigure(cfg) => {
+                let digest = cfg.routing_digest();
+                staged.put(cfg);
+                Request::Routes { digest }
             }
-            continue;
-        }
+            other => other,
+        };
         n += 1;
         let id = format!("{}-{run:016x}-{n}", log.node);
         let entry = Entry {
             id: id.clone(),
             at: crate::time::now_ms(),
-            request: op.request,
+            request,
         };
         let subject = log.subject(&entry.request);
         let payload = match serde_json::to_vec(&entry) {
@@ -414,7 +458,7 @@ impl Reader {
     async fn run(mut self) {
         loop {
             let pos = *self.position.borrow_and_update();
-            if *self.stop.borrow() && pos.committed >= self.published.load(Ordering::Relaxed) {
+            if *self.stop.borrow() && self.may_stop(&pos) {
                 return;
             }
             match self.read_from(pos).await {
@@ -473,16 +517,14 @@ impl Reader {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         return Ok(Stop::Rewind);
                     }
-                    if *self.stop.borrow()
-                        && now.committed >= self.published.load(Ordering::Relaxed)
-                    {
+                    if *self.stop.borrow() && self.may_stop(&now) {
                         return Ok(Stop::Done);
                     }
                 }
                 _ = self.stop.changed() => {
                     if *self.stop.borrow() {
                         let now = *self.position.borrow();
-                        if now.committed >= self.published.load(Ordering::Relaxed) {
+                        if self.may_stop(&now) {
                             return Ok(Stop::Done);
                         }
                     }
@@ -512,13 +554,34 @@ impl Reader {
                         at: Some(entry.at),
                         log: Some(seq),
                     };
-                    if self.writer.send(op).await.is_err() {
-                        return Ok(Stop::Done);
+                    // A writer stopped at a `Routes` entry (D24) takes nothing more: the
+                    // node stopping then does not wait for it.
+                    let stopped = stopped_while_halted(self.stop.clone(), self.position.clone());
+                    tokio::select! {
+                        sent = self.writer.send(op) => if sent.is_err() {
+                            return Ok(Stop::Done);
+                        },
+                        _ = stopped => return Ok(Stop::Done),
                     }
                 }
             }
         }
     }
+
+    /// Whether the node stopping may stop reading: what it published is applied, or its
+    /// writer is stopped at a `Routes` entry (D24) and will apply nothing more.
+    fn may_stop(&self, pos: &Position) -> bool {
+        pos.committed >= self.published.load(Ordering::Relaxed) || pos.halted.is_some()
+    }
+}
+
+/// Resolves once the node is stopping while its writer is halted (D24).
+async fn stopped_while_halted(
+    mut stop: watch::Receiver<bool>,
+    mut position: watch::Receiver<Position>,
+) {
+    let _ = stop.wait_for(|s| *s).await;
+    let _ = position.wait_for(|p| p.halted.is_some()).await;
 }
 
 enum Stop {
@@ -570,7 +633,8 @@ mod tests {
             *position.borrow(),
             Position {
                 committed: 7,
-                rewinds: 0
+                rewinds: 0,
+                halted: None,
             }
         );
         // A failed batch: the position stays, the reader is told to read again.
@@ -582,7 +646,8 @@ mod tests {
             *position.borrow(),
             Position {
                 committed: 7,
-                rewinds: 1
+                rewinds: 1,
+                halted: None,
             }
         );
         let (eight, _) = op(Some(8));

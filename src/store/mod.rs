@@ -61,6 +61,11 @@ pub(crate) const MSS_WHITELIST: TableDefinition<&str, u64> = TableDefinition::ne
 /// `mss_sent_key(seq, address)` → SentMail: each mail the MSSanté sender handed over.
 pub(crate) const MSS_SENT: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mss_sent");
 
+/// On a JetStream log (D24): `"digest"` → the 32 bytes of the routes in force (their
+/// [`crate::config::RoutesDigest`]), `"sources"` → their files (JSON), as of `META` `log_seq`.
+pub(crate) const ROUTES_IN_FORCE: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("routes_in_force");
+
 /// `mss_report_key` + address → ReportRecipient: who was mailed a version of a report.
 pub(crate) const MSS_REPORTS: TableDefinition<&str, &[u8]> = TableDefinition::new("mss_reports");
 
@@ -297,6 +302,39 @@ impl Store {
         Ok(t.get(log::POSITION)
             .map_err(db_err)?
             .map_or(0, |v| v.value()))
+    }
+
+    /// The routes under which this store applied its JetStream log, as of
+    /// [`Store::log_position`] (D24): their digest and their files. `None`: no entry
+    /// putting routes in force applied yet (an empty store, or one from before D24).
+    #[allow(clippy::type_complexity)]
+    pub fn routes_in_force(
+        &self,
+    ) -> Result<
+        Option<(
+            crate::config::RoutesDigest,
+            Vec<(std::path::PathBuf, String)>,
+        )>,
+        StoreError,
+    > {
+        let txn = self.read()?;
+        let t = match txn.open_table(ROUTES_IN_FORCE) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(db_err(e)),
+        };
+        let Some(digest) = t.get("digest").map_err(db_err)? else {
+            return Ok(None);
+        };
+        let digest: [u8; 32] = digest.value().try_into().map_err(|_| {
+            StoreError::Record("routes_in_force".into(), "a digest is 32 bytes".into())
+        })?;
+        let sources = match t.get("sources").map_err(db_err)? {
+            Some(v) => serde_json::from_slice(v.value())
+                .map_err(|e| StoreError::Record("routes_in_force".into(), e.to_string()))?,
+            None => Vec::new(),
+        };
+        Ok(Some((crate::config::RoutesDigest(digest), sources)))
     }
 
     /// Closes the file and opens it again (redb then checks it, and repairs what an

@@ -310,7 +310,7 @@ pub enum OperatorError {
 }
 
 /// What a request asks the writer to do. Serialised as a JetStream log entry (D23), all but
-/// `Reconfigure`, which each node applies from its own files.
+/// `Reconfigure`: on a log, a reload is published as `Routes` (D24).
 #[derive(serde::Serialize, serde::Deserialize)]
 pub(super) enum Request {
     Ingest(Box<IngestRequest>),
@@ -335,6 +335,81 @@ pub(super) enum Request {
     /// Put a new configuration in force (a reload), moving what it reroutes.
     #[serde(skip)]
     Reconfigure(Arc<Config>),
+    /// On a JetStream log (D24): put in force, from this entry on, the routes with this
+    /// digest: those in force already, or those a reload staged on this node. A node with
+    /// neither stops applying the log here (it would decide differently from the others).
+    Routes {
+        digest: crate::config::RoutesDigest,
+    },
+}
+
+/// Routes read by a reload (or at a node's start) for the writer to put in force when the
+/// log entry naming their digest comes (D24). Shared by the handle, the log's publisher and
+/// the writer.
+#[derive(Clone, Default)]
+pub(crate) struct Staged(Arc<(std::sync::Mutex<Option<Arc<Config>>>, std::sync::Condvar)>);
+
+impl Staged {
+    pub(crate) fn put(&self, cfg: Arc<Config>) {
+        let (slot, staged) = &*self.0;
+        match slot.lock() {
+            Ok(mut g) => *g = Some(cfg),
+            Err(p) => *p.into_inner() = Some(cfg),
+        }
+        staged.notify_all();
+    }
+
+    pub(crate) fn get(&self) -> Option<Arc<Config>> {
+        match self.0.0.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Waits up to `limit` for routes to be staged.
+    fn wait(&self, limit: std::time::Duration) {
+        let (slot, staged) = &*self.0;
+        let guard = match slot.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let _ = staged.wait_timeout(guard, limit);
+    }
+}
+
+/// Where a batch of log entries must stop (D24): the first `Routes` entry whose routes are
+/// neither those in force (after the batch's earlier entries) nor the staged ones. Its index
+/// in the batch, its position in the log, the digest it names and the one in force.
+fn routes_gate(
+    batch: &[Op],
+    current: &Config,
+    staged: Option<&Arc<Config>>,
+) -> Option<(
+    usize,
+    u64,
+    crate::config::RoutesDigest,
+    crate::config::RoutesDigest,
+)> {
+    let mut in_force = None;
+    let mut staged_digest = None;
+    for (i, op) in batch.iter().enumerate() {
+        let (Request::Routes { digest }, Some(n)) = (&op.request, op.log) else {
+            continue;
+        };
+        let now = *in_force.get_or_insert_with(|| current.routing_digest());
+        if *digest == now {
+            continue;
+        }
+        let ready = staged
+            .map(|s| *staged_digest.get_or_insert_with(|| s.routing_digest()))
+            .is_some_and(|d| d == *digest);
+        if ready {
+            in_force = Some(*digest);
+            continue;
+        }
+        return Some((i, n, *digest, now));
+    }
+    None
 }
 
 /// Where the answer to a request goes, once the batch is committed (or has failed).
@@ -428,23 +503,36 @@ impl Notifiers {
 /// The configuration in force, replaced whole by a reload (`Server::reload`): every reader
 /// takes the current one for what it is doing and keeps it to the end of that.
 #[derive(Clone)]
-pub struct ConfigCell(Arc<std::sync::RwLock<Arc<Config>>>);
+pub struct ConfigCell {
+    cell: Arc<std::sync::RwLock<Arc<Config>>>,
+    /// Counts replacements: on a JetStream log, routes another node put in force replace
+    /// this node's too (D24), and its destination workers follow.
+    replaced: Arc<watch::Sender<u64>>,
+}
 
 impl ConfigCell {
     pub fn new(cfg: Arc<Config>) -> ConfigCell {
-        ConfigCell(Arc::new(std::sync::RwLock::new(cfg)))
+        ConfigCell {
+            cell: Arc::new(std::sync::RwLock::new(cfg)),
+            replaced: Arc::new(watch::channel(0).0),
+        }
     }
     pub fn current(&self) -> Arc<Config> {
-        match self.0.read() {
+        match self.cell.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
     }
     pub fn replace(&self, cfg: Arc<Config>) {
-        match self.0.write() {
+        match self.cell.write() {
             Ok(mut g) => *g = cfg,
             Err(p) => *p.into_inner() = cfg,
         }
+        self.replaced.send_modify(|n| *n += 1);
+    }
+    /// Changes when the configuration is replaced.
+    pub fn replacements(&self) -> watch::Receiver<u64> {
+        self.replaced.subscribe()
     }
 }
 
@@ -476,7 +564,7 @@ impl StoreHandle {
 
     /// Starts the writer thread. It stops when every handle is dropped.
     pub fn start(store: Store, cfg: Arc<Config>, wc: WriterConfig) -> StoreHandle {
-        StoreHandle::spawn(store, cfg, wc, None)
+        StoreHandle::spawn(store, cfg, wc, None, Staged::default())
     }
 
     /// Starts the store `[store]` configures: the embedded one alone, or with the JetStream
@@ -492,12 +580,40 @@ impl StoreHandle {
         let mut log = super::log::Log::connect(js, cfg.tls.as_ref()).await?;
         let committed = store.log_position()?;
         let last = log.check(committed).await?;
+        // The routes the store applied the log under (D24): the writer goes on under them
+        // up to the entry that puts this node's own in force (published below).
+        let own = cfg.routing_digest();
+        let in_force = store.routes_in_force()?;
+        let start_cfg = match &in_force {
+            Some((digest, sources)) if *digest != own => {
+                let before = Config::from_sources(sources)
+                    .ok()
+                    .filter(|c| c.routing_digest() == *digest)
+                    .ok_or_else(|| StoreError::Log(format!(
+                        "this store applied the log under routes {digest}, and this node now has routes {own}; those cannot be read back from the store (their files are gone, or another version reads them differently). Start this node with the routes in force in the cluster, then reload"
+                    )))?;
+                tracing::warn!(
+                    in_force = %digest,
+                    own = %own,
+                    "this node's routes differ from those its store applied the log under: it applies the log under those, then puts its own in force for the whole cluster (every node must have them: the others stop until reloaded with them)"
+                );
+                Arc::new(before)
+            }
+            _ => cfg.clone(),
+        };
         let (track, position) = super::log::Track::new(committed);
         let depth = wc.max_batch.max(16) * 4;
-        let writer = StoreHandle::spawn(store, cfg, wc, Some(track));
+        let staged = Staged::default();
+        staged.put(cfg.clone());
+        let writer = StoreHandle::spawn(store, start_cfg, wc, Some(track), staged.clone());
         let (tx, rx) = mpsc::channel(depth);
         let mut caught_up = position.clone();
-        let cluster = log.run(rx, writer.tx.clone(), position);
+        let cluster = log.run(rx, writer.tx.clone(), position, staged);
+        let handle = StoreHandle {
+            tx,
+            cluster: Some(cluster),
+            ..writer
+        };
         // Nothing is accepted or delivered before the log as it stood is applied: a
         // delivery it records as done is not made again.
         if last > committed {
@@ -506,15 +622,28 @@ impl StoreHandle {
                 "applying the JetStream log before starting"
             );
         }
-        caught_up
-            .wait_for(|p| p.committed >= last)
+        let reached = caught_up
+            .wait_for(|p| p.committed >= last || p.halted.is_some())
             .await
-            .map_err(|_| StoreError::Closed)?;
-        Ok(StoreHandle {
-            tx,
-            cluster: Some(cluster),
-            ..writer
-        })
+            .map_err(|_| StoreError::Closed)?
+            .halted;
+        if let Some((at, wanted)) = reached {
+            return Err(halted_at_start(at, wanted, own));
+        }
+        // This node's routes in force from here on, for every node (a first start on an
+        // empty store, or a restart on changed files).
+        if in_force.map(|(d, _)| d) != Some(own) {
+            let mut halted = caught_up.clone();
+            tokio::select! {
+                r = handle.reconfigure(cfg) => { r?; }
+                h = halted.wait_for(|p| p.halted.is_some()) => {
+                    if let Some((at, wanted)) = h.map_err(|_| StoreError::Closed)?.halted {
+                        return Err(halted_at_start(at, wanted, own));
+                    }
+                }
+            }
+        }
+        Ok(handle)
     }
 
     fn spawn(
@@ -522,6 +651,7 @@ impl StoreHandle {
         cfg: Arc<Config>,
         wc: WriterConfig,
         log: Option<super::log::Track>,
+        staged: Staged,
     ) -> StoreHandle {
         let (tx, rx) = mpsc::channel(wc.max_batch.max(16) * 4);
         let notifiers = Arc::new(Notifiers::new(
@@ -535,7 +665,16 @@ impl StoreHandle {
         std::thread::Builder::new()
             .name("labroute-writer".into())
             .spawn(move || {
-                run(s2, cfg2, rx, wc.max_batch.max(1), wc.sealer, n2, log);
+                run(
+                    s2,
+                    cfg2,
+                    rx,
+                    wc.max_batch.max(1),
+                    wc.sealer,
+                    n2,
+                    log,
+                    staged,
+                );
                 // `run` dropped its store: the database is closed once no handle is left.
                 let _ = closed_tx.send(true);
             })
@@ -558,11 +697,33 @@ impl StoreHandle {
         self.cfg.current()
     }
 
+    /// Changes each time the configuration in force is replaced (a reload here, or on a
+    /// JetStream log routes another node put in force, D24).
+    pub fn config_replacements(&self) -> watch::Receiver<u64> {
+        self.cfg.replacements()
+    }
+
+    /// On a JetStream log, the entry this node's writer stopped at and the digest of the
+    /// routes it puts in force, which this node does not have (D24).
+    pub fn halted(&self) -> Option<(u64, crate::config::RoutesDigest)> {
+        self.cluster.as_ref().and_then(|c| c.halted())
+    }
+
     /// Puts a new configuration in force (`crate::reload`, which validated it and stopped
     /// the destination workers): in one transaction, the messages queued for an
     /// establishment's old record destination move to its new one; the writer uses the new
     /// configuration from the next request on. What moved.
     pub async fn reconfigure(&self, cfg: Arc<Config>) -> Result<String, StoreError> {
+        // A node stopped at an entry putting other routes in force would never get to this
+        // reload's entry (D24).
+        if let Some((at, wanted)) = self.cluster.as_ref().and_then(|c| c.halted()) {
+            let these = cfg.routing_digest();
+            if these != wanted {
+                return Err(StoreError::Log(format!(
+                    "this node stopped applying the log at entry {at}, which puts in force routes {wanted}; these routes are {these}. Reload it with the routes in force in the cluster"
+                )));
+            }
+        }
         let rx = self
             .submit(Request::Reconfigure(cfg), Reply::Operator)
             .await?;
@@ -704,6 +865,7 @@ const REOPEN_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 /// messages (BENCHMARKS.md).
 const IDLE: std::time::Duration = std::time::Duration::from_millis(5);
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     store: Store,
     cfg: ConfigCell,
@@ -712,6 +874,7 @@ fn run(
     sealer: Option<Arc<super::audit::Sealer>>,
     notifiers: Arc<Notifiers>,
     mut log: Option<super::log::Track>,
+    staged: Staged,
 ) {
     let mut seqs = Sequences::default();
     // Load the counters at once (a store from before the queue counts gets them now, not
@@ -720,6 +883,7 @@ fn run(
     if let Err(e) = apply(
         &store,
         cfg.current(),
+        None,
         Vec::new(),
         &mut seqs,
         None,
@@ -740,22 +904,28 @@ fn run(
         .ok();
     // How long the next idle wait lasts (longer after a failed application).
     let mut idle = IDLE;
+    // Log entries taken from the queue and not applied yet: after a `Routes` entry this node
+    // cannot put in force (D24), that entry and those after it.
+    let mut held: std::collections::VecDeque<Op> = std::collections::VecDeque::new();
     loop {
-        let first = match &timer {
-            Some(rt) if store.index().behind() => {
-                // The timer is made inside the runtime it belongs to.
-                match rt.block_on(async { tokio::time::timeout(idle, rx.recv()).await }) {
-                    Ok(Some(op)) => op,
-                    Ok(None) => break,
-                    Err(_) => {
-                        idle = apply_index_now(&store, &mut seqs, &mut broken);
-                        continue;
+        let first = match (held.pop_front(), &timer) {
+            (Some(op), _) => op,
+            (None, timer) => match timer {
+                Some(rt) if store.index().behind() => {
+                    // The timer is made inside the runtime it belongs to.
+                    match rt.block_on(async { tokio::time::timeout(idle, rx.recv()).await }) {
+                        Ok(Some(op)) => op,
+                        Ok(None) => break,
+                        Err(_) => {
+                            idle = apply_index_now(&store, &mut seqs, &mut broken);
+                            continue;
+                        }
                     }
                 }
-            }
-            _ => match rx.blocking_recv() {
-                Some(op) => op,
-                None => break,
+                _ => match rx.blocking_recv() {
+                    Some(op) => op,
+                    None => break,
+                },
             },
         };
         if let Some(at) = broken {
@@ -774,16 +944,43 @@ fn run(
         }
         let mut batch = vec![first];
         while batch.len() < max_batch {
+            if let Some(op) = held.pop_front() {
+                batch.push(op);
+                continue;
+            }
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
         // Log entries are applied once each, in the log's order (D23).
-        let (batch, log_seq) = match &mut log {
+        let (mut batch, mut log_seq) = match &mut log {
             Some(track) => track.admit(batch),
             None => (batch, None),
         };
+        let staged_now = staged.get();
+        if let Some(track) = &mut log
+            && let Some((i, at, wanted, have)) =
+                routes_gate(&batch, &cfg.current(), staged_now.as_ref())
+        {
+            // Applied up to the entry before; that entry and the rest wait for the routes.
+            let rest = batch.split_off(i);
+            for op in rest.into_iter().rev() {
+                held.push_front(op);
+            }
+            log_seq = batch.iter().filter_map(|op| op.log).next_back();
+            if batch.is_empty() {
+                track.halt(at, wanted, have);
+                staged.wait(std::time::Duration::from_secs(1));
+                if rx.is_closed() {
+                    for op in held.drain(..) {
+                        op.reply.fail("the node stopped");
+                    }
+                    break;
+                }
+                continue;
+            }
+        }
         if batch.is_empty() {
             continue;
         }
@@ -801,6 +998,7 @@ fn run(
             None => apply(
                 &store,
                 cfg.current(),
+                staged_now.as_ref(),
                 requests,
                 &mut seqs,
                 sealer.as_deref(),
@@ -1094,9 +1292,11 @@ impl OrderIndex for TxnOrders<'_, '_> {
 /// transaction is dropped (aborted) and every request of the batch gets that error.
 /// Applies a batch in one transaction. The answers, and the configuration a
 /// `Reconfigure` in it put in force (the requests after it in the batch already use it).
+#[allow(clippy::too_many_arguments)]
 fn apply(
     store: &Store,
     cfg: Arc<Config>,
+    staged: Option<&Arc<Config>>,
     requests: Vec<(Option<u64>, Request)>,
     seqs: &mut Sequences,
     sealer: Option<&super::audit::Sealer>,
@@ -1120,6 +1320,27 @@ fn apply(
                 Answer::Operator(Ok(format!(
                     "{moved} queued message(s) moved to their establishment's new record destination"
                 )))
+            }
+            Request::Routes { digest } => {
+                let answer = if digest == cfg_now.routing_digest() {
+                    format!("routes {digest} already in force")
+                } else {
+                    // `routes_gate` let this entry through: they are staged.
+                    let new = staged
+                        .filter(|s| s.routing_digest() == digest)
+                        .cloned()
+                        .ok_or_else(|| {
+                            StoreError::Log(format!("routes {digest} are not staged on this node"))
+                        })?;
+                    let moved = reroute(&mut tx, seqs, cfg_now, &new, touched)?;
+                    cfg = new.clone();
+                    reconfigured = Some(new);
+                    format!(
+                        "routes {digest} in force: {moved} queued message(s) moved to their establishment's new record destination"
+                    )
+                };
+                routes_in_force(tx.cold(), &cfg)?;
+                Answer::Operator(Ok(answer))
             }
             Request::Ingest(req) => Answer::Ingest(ingest(&mut tx, cfg_now, seqs, *req, touched)?),
             Request::Reject(req) => Answer::Ingest(reject(&mut tx, seqs, *req)?),
@@ -1162,6 +1383,29 @@ fn apply(
     drop(tx);
     txn.commit().map_err(db_err)?;
     Ok((answers, reconfigured))
+}
+
+/// Records the routes the store applies the log under from here on (D24): read back at a
+/// restart on changed files.
+fn routes_in_force(txn: &redb::WriteTransaction, cfg: &Config) -> Result<(), StoreError> {
+    let mut t = txn.open_table(super::ROUTES_IN_FORCE).map_err(db_err)?;
+    t.insert("digest", cfg.routing_digest().0.as_slice())
+        .map_err(db_err)?;
+    let sources = serde_json::to_vec(&cfg.sources)
+        .map_err(|e| StoreError::Commit(format!("the routes' files: {e}")))?;
+    t.insert("sources", sources.as_slice()).map_err(db_err)?;
+    Ok(())
+}
+
+/// Why a node stopped while applying the log at its start (D24).
+fn halted_at_start(
+    at: u64,
+    wanted: crate::config::RoutesDigest,
+    own: crate::config::RoutesDigest,
+) -> StoreError {
+    StoreError::Log(format!(
+        "log entry {at} puts in force routes {wanted}, and this node has routes {own}: applying the log under other routes than the other nodes would decide differently from them. Start it with the routes in force in the cluster, or from a copy of another node's data directory"
+    ))
 }
 
 /// A reload moved an establishment's record to another destination: its messages queued
