@@ -58,6 +58,8 @@ pub mod names {
     /// JetStream store: 1 while this node's writer is stopped at a log entry putting in force
     /// routes it does not have (D24): reload it with the routes in force in the cluster.
     pub const LOG_HALTED: &str = "labroute_log_halted";
+    /// JetStream store: log entries purged because every known node had applied them (D25).
+    pub const LOG_PURGED: &str = "labroute_log_purged_entries_total";
     /// JetStream store: 1 while this node holds the `destination`'s lease (delivers it).
     pub const LEASE_HELD: &str = "labroute_destination_lease_held";
     /// Expiry of the instance's TLS certificate (Unix seconds), as last (re)loaded.

@@ -366,6 +366,39 @@ fn chnord_results(n: usize, prefix: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Waits until every node has applied the whole stream and has nothing left to deliver
+/// (then nothing more is published, and the stores can be compared once closed).
+async fn settled(nats: &Nats, nodes: &[&Server]) {
+    let client = async_nats::connect(format!("127.0.0.1:{}", nats.port))
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = js
+            .get_stream("LOG")
+            .await
+            .expect("the stream exists")
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .last_sequence;
+        let done = nodes.iter().all(|n| {
+            n.store.store().log_position().unwrap() == last
+                && n.store.store().counts().is_ok_and(|c| c.outbox == 0)
+        });
+        if done {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes did not settle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Both stores, closed, hold the same journal and the same position.
 fn same_stores(a: &Path, b: &Path) {
     let (sa, sb) = (Store::open(a).unwrap(), Store::open(b).unwrap());
@@ -441,6 +474,7 @@ async fn a_reload_puts_the_routes_in_force_on_every_node_at_the_same_entry_and_a
     assert_eq!(cfg.routing_digest(), a.store.config().routing_digest());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(p.es1.count() + p.es2.count(), 4, "each delivered once");
+    settled(&nats, &[&a, &b]).await;
     a.shutdown().await;
     b.shutdown().await;
     same_stores(a_dir.path(), b_dir.path());
@@ -501,7 +535,102 @@ async fn a_node_restarted_on_changed_routes_applies_what_it_missed_under_the_old
         "routed to ES2 under b's routes"
     );
     assert!(eventually(|| a.store.store().counts().is_ok_and(|c| c.messages == 4)).await);
+    settled(&nats, &[&a, &b]).await;
     a.shutdown().await;
     b.shutdown().await;
     same_stores(a_dir.path(), b_dir.path());
+}
+
+/// The stream's first and last entries, read by a client of our own.
+async fn stream_bounds(nats: &Nats, stream: &str) -> (u64, u64) {
+    let client = async_nats::connect(format!("127.0.0.1:{}", nats.port))
+        .await
+        .expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let mut s = js.get_stream(stream).await.expect("the stream exists");
+    let state = &s.info().await.expect("stream info").state;
+    (state.first_sequence, state.last_sequence)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_keeps_only_what_a_known_node_has_not_applied_and_a_node_comes_back_from_a_copy() {
+    let nats_dir = tempfile::tempdir().unwrap();
+    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+        return;
+    };
+    let (a_dir, b_dir, c_dir) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let p = peers().await;
+    let a = node(&p, &nats, "a", a_dir.path()).await;
+    let b = node(&p, &nats, "b", b_dir.path()).await;
+    send_all(a.addr("sil").unwrap(), &results(10, "A"))
+        .await
+        .unwrap();
+    let applied_all = |s: &Server, n: u64| {
+        s.store
+            .store()
+            .counts()
+            .is_ok_and(|c| c.delivered == n && c.outbox == 0)
+    };
+    assert!(eventually(|| applied_all(&a, 10) && applied_all(&b, 10)).await);
+    let (_, last) = stream_bounds(&nats, "LOG").await;
+    assert!(
+        eventually(|| a.store.store().log_position().unwrap() == last
+            && b.store.store().log_position().unwrap() == last)
+        .await
+    );
+    // Both nodes say where they are; what both applied goes.
+    b.store.trim_log().await.expect("b trims");
+    let purged = a.store.trim_log().await.expect("a trims");
+    assert_eq!(purged, last, "every entry both nodes applied is purged");
+    assert_eq!(stream_bounds(&nats, "LOG").await.0, last + 1);
+
+    // b stops: what it has not applied is kept for it.
+    b.shutdown().await;
+    let b_at = Store::open(b_dir.path()).unwrap().log_position().unwrap();
+    send_all(a.addr("sil").unwrap(), &results(4, "B"))
+        .await
+        .unwrap();
+    assert!(eventually(|| applied_all(&a, 14)).await);
+    a.store.trim_log().await.expect("a trims");
+    let (first, last) = stream_bounds(&nats, "LOG").await;
+    assert!(
+        first <= b_at + 1,
+        "entries after b's position {b_at} kept (first {first})"
+    );
+    assert!(last > b_at);
+
+    // A new node on an empty store cannot read the entries already purged: refused,
+    // saying to start from a copy.
+    let err = start_node(&p, &nats, "LOG", "c", tempfile::tempdir().unwrap().path())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("from a copy of another node's data directory"),
+        "{err}"
+    );
+    // From a copy of b's (stopped) directory, it applies the rest and has what a has.
+    copy_dir(b_dir.path(), c_dir.path());
+    let c = node(&p, &nats, "c", c_dir.path()).await;
+    assert!(
+        eventually(|| applied_all(&c, 14)).await,
+        "node c applies what b had not"
+    );
+    settled(&nats, &[&a, &c]).await;
+    a.shutdown().await;
+    c.shutdown().await;
+    same_stores(a_dir.path(), c_dir.path());
 }

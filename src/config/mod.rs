@@ -81,6 +81,9 @@ pub struct JetStreamStore {
     pub replicas: usize,
     /// This node's name: the prefix of its requests' ids.
     pub node: String,
+    /// How long a node that stopped saying how far it applied the log holds the log's
+    /// entries back (D25).
+    pub forget_node_after: Duration,
 }
 
 /// Engine-wide limits.
@@ -1664,6 +1667,10 @@ impl Validator {
                     (st.stream.is_some(), "store.stream"),
                     (st.replicas.is_some(), "store.replicas"),
                     (st.node.is_some(), "store.node"),
+                    (
+                        st.forget_node_after_hours.is_some(),
+                        "store.forget_node_after_hours",
+                    ),
                 ] {
                     if set {
                         self.err(cx, line, field, "only for kind = \"jetstream\"");
@@ -1730,11 +1737,27 @@ impl Validator {
                         String::new()
                     }
                 };
+                let hours = match &st.forget_node_after_hours {
+                    None => 24,
+                    Some(h) => match *h.get_ref() {
+                        n @ 1..=8760 => n,
+                        n => {
+                            self.err(
+                                cx,
+                                cx.line(h),
+                                "store.forget_node_after_hours",
+                                format!("1 to 8760 (a year), got {n}"),
+                            );
+                            24
+                        }
+                    },
+                };
                 self.cfg.store = StoreKind::JetStream(JetStreamStore {
                     servers,
                     stream,
                     replicas,
                     node,
+                    forget_node_after: Duration::from_secs(hours * 3600),
                 });
             }
             other => {

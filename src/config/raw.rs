@@ -173,6 +173,10 @@ pub struct RawStore {
     pub replicas: Option<Spanned<u64>>,
     /// JetStream: this node's name, unique among the instance's nodes.
     pub node: Option<S>,
+    /// JetStream: a node that has not said how far it applied the log for this long no
+    /// longer holds the log's entries back (D25); it comes back from a copy of another
+    /// node's data directory.
+    pub forget_node_after_hours: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

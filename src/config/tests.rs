@@ -309,3 +309,33 @@ fn the_routing_digest_covers_what_the_writer_decides_with_and_not_what_each_node
     assert_eq!(RoutesDigest::from_hex(&crate::model::hex(&d.0)), Some(d));
     assert_eq!(RoutesDigest::from_hex("zz"), None);
 }
+
+#[test]
+fn the_jetstream_store_is_checked_field_by_field() {
+    let with = |store: &str| load(&format!("{GOOD}\n{store}"));
+    let ok = with(
+        "[store]\nkind = \"jetstream\"\nservers = [\"nats://127.0.0.1:4222\"]\nnode = \"a\"\n",
+    )
+    .unwrap();
+    let StoreKind::JetStream(js) = &ok.store else {
+        panic!("a JetStream store");
+    };
+    assert_eq!(js.replicas, 1);
+    assert_eq!(js.forget_node_after, Duration::from_secs(24 * 3600));
+    let err = with(
+        "[store]\nkind = \"jetstream\"\nservers = [\"nats://127.0.0.1:4222\"]\nreplicas = 2\nforget_node_after_hours = 0\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for field in [
+        "store.replicas",
+        "store.forget_node_after_hours",
+        "store.node",
+    ] {
+        assert!(err.contains(field), "{field} in {err}");
+    }
+    let err = with("[store]\nkind = \"embedded\"\nforget_node_after_hours = 5\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only for kind = \"jetstream\""), "{err}");
+}

@@ -175,6 +175,7 @@ pub(crate) struct Log {
     name: String,
     node: String,
     leases: super::lease::Leases,
+    positions: super::trim::Positions,
 }
 
 /// What the rest of a node needs of the log: where its store stands, and the leases.
@@ -183,6 +184,7 @@ pub(crate) struct Cluster {
     stream: jetstream::stream::Stream,
     position: watch::Receiver<Position>,
     pub(crate) leases: super::lease::Leases,
+    positions: super::trim::Positions,
 }
 
 impl Cluster {
@@ -200,6 +202,14 @@ impl Cluster {
     /// The entry the writer stopped at, and the routes it puts in force (D24).
     pub(crate) fn halted(&self) -> Option<(u64, crate::config::RoutesDigest)> {
         self.position.borrow().halted
+    }
+
+    /// Purges now the log's entries every known node has applied (D25; done every 30 s
+    /// anyway). How many went.
+    pub(crate) async fn trim(&self) -> Result<u64, StoreError> {
+        let at = self.position.borrow().committed;
+        self.positions.report(at).await?;
+        super::trim::trim_once(&self.positions, &self.stream).await
     }
 
     /// Resolves once this node has applied the log up to its end as it stands now.
@@ -259,6 +269,14 @@ impl Log {
         .await
         .map_err(|e| fail(&format!("cannot open the stream {}", cfg.stream), &e))?;
         let leases = super::lease::Leases::open(&js, &cfg.stream, cfg.replicas, &cfg.node).await?;
+        let positions = super::trim::Positions::open(
+            &js,
+            &cfg.stream,
+            cfg.replicas,
+            &cfg.node,
+            cfg.forget_node_after,
+        )
+        .await?;
         Ok(Log {
             client,
             js,
@@ -266,6 +284,7 @@ impl Log {
             name: cfg.stream.clone(),
             node: cfg.node.clone(),
             leases,
+            positions,
         })
     }
 
@@ -289,10 +308,12 @@ impl Log {
         }
         if state.first_sequence > committed + 1 {
             return Err(StoreError::Log(format!(
-                "the stream {name} now begins at entry {}, but this store has applied it only up to entry {committed}: the entries between are gone. Start this node on an empty data directory, or from a copy of another node's",
+                "the stream {name} now begins at entry {}, but this store has applied it only up to entry {committed}: the entries between were purged once every node known then had applied them (D25). Start this node from a copy of another node's data directory (stop that node, copy its directory, start both)",
                 state.first_sequence
             )));
         }
+        // From now on this node holds back the entries it has not applied.
+        self.positions.report(committed).await?;
         Ok(state.last_sequence)
     }
 
@@ -310,10 +331,17 @@ impl Log {
             stream: self.stream.clone(),
             position: position.clone(),
             leases: self.leases.clone(),
+            positions: self.positions.clone(),
         });
         let waiters: Waiters = Arc::default();
         let published = Arc::new(AtomicU64::new(0));
         let (stop_tx, stop) = watch::channel(false);
+        tokio::spawn(super::trim::run(
+            self.positions.clone(),
+            self.stream.clone(),
+            position.clone(),
+            stop.clone(),
+        ));
         let reader = Reader {
             stream: self.stream.clone(),
             writer: writer.clone(),
@@ -540,6 +568,14 @@ impl Reader {
                         .info()
                         .map_err(|e| StoreError::Log(format!("a log entry without its position: {e}")))?;
                     let seq = info.stream_sequence;
+                    if seq > last_read + 1 {
+                        // Purged (D25) while this node was forgotten: it cannot go on.
+                        return Err(StoreError::Log(format!(
+                            "log entries {} to {} were purged before this node applied them (it had not reported its position for [store] forget_node_after_hours); start it from a copy of another node's data directory",
+                            last_read + 1,
+                            seq - 1
+                        )));
+                    }
                     last_read = seq;
                     metrics::gauge!(crate::telemetry::names::LOG_PENDING).set(info.pending as f64);
                     // An entry this version cannot read stops the reader: skipping it

@@ -11,6 +11,7 @@ pub(crate) mod index;
 pub(crate) mod lease;
 pub(crate) mod log;
 pub mod records;
+pub(crate) mod trim;
 mod tx;
 pub mod writer;
 
