@@ -15,7 +15,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -452,67 +452,149 @@ async fn sigkill_at_random_points_loses_and_misroutes_nothing() {
 /// SIGKILL mid-load. The surviving node takes over the dead one's destinations once its
 /// leases lapse, and everything either node acknowledged is delivered: none lost, none
 /// misrouted, each connection's order kept (RELIABILITY.md).
+/// The cluster campaigns' setting: three NATS servers in one JetStream cluster, two nodes
+/// (a, b) on them with three replicas, ES1's and ES2's record systems answering AE now and
+/// then.
+struct ClusterRig {
+    _dir: tempfile::TempDir,
+    nats: Vec<Nats>,
+    _lab: Receiver,
+    phases: Arc<Phases>,
+    log1: Log,
+    log2: Log,
+    ports: [u16; 2],
+    nodes: [Killed; 2],
+    logs: [PathBuf; 2],
+    seed: u64,
+    rng: Rng,
+}
+
+impl ClusterRig {
+    async fn start() -> Option<ClusterRig> {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(nats) = Nats::start_cluster(&dir.path().join("nats"), 3) else {
+            eprintln!("SKIPPED: nats-server is not installed (apt install nats-server)");
+            return None;
+        };
+        nats[0].wait_cluster(3).await;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+        let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
+        let phases: Arc<Phases> = Arc::default();
+        let (es1, log1) = flaky_receiver(7, Duration::from_millis(1), phases.clone()).await;
+        let (es2, log2) = flaky_receiver(5, Duration::from_millis(2), phases.clone()).await;
+        let servers = nats
+            .iter()
+            .map(|n| format!("\"nats://127.0.0.1:{}\"", n.port))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Two nodes: their own ports, data and name; the same stream, three replicas.
+        let node = |name: &str| {
+            let (sil, dpi) = (free_port(), free_port());
+            let routes = dir.path().join(name).join("routes");
+            std::fs::create_dir_all(&routes).unwrap();
+            std::fs::write(
+                routes.join("gcs.toml"),
+                format!(
+                    "{}\n[store]\nkind = \"jetstream\"\nservers = [{servers}]\nreplicas = 3\nnode = \"{name}\"\n",
+                    routes_toml(sil, dpi, lab.addr, es1, es2, 20)
+                ),
+            )
+            .unwrap();
+            let log = dir.path().join(format!("{name}.log"));
+            let child = Killed(spawn_bin_logged(
+                &routes,
+                &dir.path().join(name).join("data"),
+                &log,
+            ));
+            (sil, child, log)
+        };
+        let (a_port, mut a, a_log) = node("a");
+        let (b_port, mut b, b_log) = node("b");
+        wait_node(a_port, &mut a.0, &a_log).await;
+        wait_node(b_port, &mut b.0, &b_log).await;
+        Some(ClusterRig {
+            _dir: dir,
+            nats,
+            _lab: lab,
+            phases,
+            log1,
+            log2,
+            ports: [a_port, b_port],
+            nodes: [a, b],
+            logs: [a_log, b_log],
+            seed,
+            rng: Rng(seed),
+        })
+    }
+
+    /// Load on both nodes (their senders send again what is answered AE); returns once
+    /// more than 20 messages are acknowledged (a loaded CI machine makes the first
+    /// replicated publishes slow), then at a random point up to a second later.
+    async fn load(
+        &mut self,
+        acked: &Arc<Mutex<Vec<(String, String)>>>,
+    ) -> [Vec<tokio::task::JoinHandle<()>>; 2] {
+        let to_a = send_results(self.ports[0], 0, acked, &self.phases, true);
+        let to_b = send_results(
+            self.ports[1],
+            CONNECTIONS * PER_CONNECTION,
+            acked,
+            &self.phases,
+            true,
+        );
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while acked.lock().unwrap().len() <= 20 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(self.rng.between(100, 1000))).await;
+        [to_a, to_b]
+    }
+
+    /// Every acknowledged message delivered once to its establishment, in order; the
+    /// nodes stopped. The duplicate deliveries.
+    async fn check(&mut self, acked: &[(String, String)]) -> usize {
+        let waited = std::time::Instant::now();
+        let (nodes, logs) = (&mut self.nodes, &self.logs);
+        let duplicates = delivered_once_each(acked, &self.log1, &self.log2, self.seed, || {
+            for n in nodes.iter_mut() {
+                let _ = n.0.kill();
+                let _ = n.0.wait();
+            }
+            if std::env::var_os("LABROUTE_SHOW_LOGS").is_some() {
+                for log in logs {
+                    eprintln!(
+                        "--- {}\n{}",
+                        log.display(),
+                        std::fs::read_to_string(log).unwrap_or_default()
+                    );
+                }
+            }
+        })
+        .await;
+        eprintln!(
+            "  every acknowledged message delivered {:.1} s after the load ended",
+            waited.elapsed().as_secs_f64()
+        );
+        duplicates
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_and_a_nats_server_killed_mid_load_lose_and_misroute_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some(mut nats) = Nats::start_cluster(&dir.path().join("nats"), 3) else {
-        eprintln!("SKIPPED: nats-server is not installed (apt install nats-server)");
+    let Some(mut rig) = ClusterRig::start().await else {
         return;
     };
-    nats[0].wait_cluster(3).await;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(1)
-        | 1;
-    let mut rng = Rng(seed);
-    let lab = Receiver::start("127.0.0.1:0", AckCode::AA).await;
-    let phases: Arc<Phases> = Arc::default();
-    let (es1, log1) = flaky_receiver(7, Duration::from_millis(1), phases.clone()).await;
-    let (es2, log2) = flaky_receiver(5, Duration::from_millis(2), phases.clone()).await;
-    let servers = nats
-        .iter()
-        .map(|n| format!("\"nats://127.0.0.1:{}\"", n.port))
-        .collect::<Vec<_>>()
-        .join(", ");
-    // Two nodes: their own ports, data and name; the same stream, three replicas.
-    let node = |name: &str| {
-        let (sil, dpi) = (free_port(), free_port());
-        let routes = dir.path().join(name).join("routes");
-        std::fs::create_dir_all(&routes).unwrap();
-        std::fs::write(
-            routes.join("gcs.toml"),
-            format!(
-                "{}\n[store]\nkind = \"jetstream\"\nservers = [{servers}]\nreplicas = 3\nnode = \"{name}\"\n",
-                routes_toml(sil, dpi, lab.addr, es1, es2, 20)
-            ),
-        )
-        .unwrap();
-        (sil, routes, dir.path().join(name).join("data"))
-    };
-    let (a_port, a_routes, a_data) = node("a");
-    let (b_port, b_routes, b_data) = node("b");
-    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
-    let mut a = Killed(spawn_bin_logged(&a_routes, &a_data, &a_log));
-    let mut b = Killed(spawn_bin_logged(&b_routes, &b_data, &b_log));
-    wait_node(a_port, &mut a.0, &a_log).await;
-    wait_node(b_port, &mut b.0, &b_log).await;
-
     let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let to_a = send_results(a_port, 0, &acked, &phases, true);
-    let to_b = send_results(b_port, CONNECTIONS * PER_CONNECTION, &acked, &phases, true);
-    // Under load, once both nodes acknowledge (a loaded CI machine makes the first
-    // replicated publishes slow), then at a random point.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while acked.lock().unwrap().len() <= 20 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(rng.between(100, 1000))).await;
-    let killed_server = (rng.next() % 3) as usize;
+    let [to_a, to_b] = rig.load(&acked).await;
+    let killed_server = (rig.rng.next() % 3) as usize;
     let before = acked.lock().unwrap().len();
-    a.0.kill().expect("SIGKILL node a");
-    let _ = a.0.wait();
-    nats.remove(killed_server).kill();
+    rig.nodes[0].0.kill().expect("SIGKILL node a");
+    let _ = rig.nodes[0].0.wait();
+    rig.nats.remove(killed_server).kill();
     for s in to_a {
         let _ = s.await;
     }
@@ -525,29 +607,67 @@ async fn a_node_and_a_nats_server_killed_mid_load_lose_and_misroute_nothing() {
     let acked = acked.lock().unwrap().clone();
     let after = acked.len() - before;
     assert!(before > 20, "load acknowledged before the kills ({before})");
-    let waited = std::time::Instant::now();
-    let duplicates = delivered_once_each(&acked, &log1, &log2, seed, || {
-        let _ = b.0.kill();
-        let _ = b.0.wait();
-        if std::env::var_os("LABROUTE_SHOW_LOGS").is_some() {
-            for log in [&a_log, &b_log] {
-                eprintln!(
-                    "--- {}\n{}",
-                    log.display(),
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-        }
-    })
-    .await;
+    let duplicates = rig.check(&acked).await;
     eprintln!(
-        "  every acknowledged message delivered {:.1} s after the kills' load ended",
-        waited.elapsed().as_secs_f64()
-    );
-    eprintln!(
-        "cluster campaign (seed {seed}): node a and NATS server n{killed_server} killed with SIGKILL; \
+        "cluster campaign (seed {}): node a and NATS server n{killed_server} killed with SIGKILL; \
          {} acknowledged ({after} after the kills, by node b), 0 lost, 0 misrouted, order kept, \
          {duplicates} duplicate deliveries",
+        rig.seed,
         acked.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nats_cluster_losing_its_quorum_stops_acknowledgements_and_loses_nothing() {
+    let Some(mut rig) = ClusterRig::start().await else {
+        return;
+    };
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let [to_a, to_b] = rig.load(&acked).await;
+    // Two servers of three die: no quorum, no publish can be acknowledged.
+    let kept = (rig.rng.next() % 3) as usize;
+    let mut gone = Vec::new();
+    for i in (0..3).rev() {
+        if i != kept {
+            gone.push(rig.nats.remove(i).kill_for_now());
+        }
+    }
+    let before = acked.lock().unwrap().len();
+    // What was in flight at the kills may still be acknowledged; then nothing is.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let in_flight = acked.lock().unwrap().len() - before;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let during = acked.lock().unwrap().len() - before - in_flight;
+    assert_eq!(during, 0, "no acknowledgement without a quorum");
+    // The servers come back: the nodes acknowledge again, without a restart.
+    for again in gone {
+        rig.nats.push(Nats::start_again(again));
+    }
+    let back = acked.lock().unwrap().len();
+    let restarted = tokio::time::Instant::now();
+    let deadline = restarted + Duration::from_secs(60);
+    while acked.lock().unwrap().len() < back + 50 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resumed = restarted.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for s in to_a.into_iter().chain(to_b) {
+        s.abort();
+    }
+    let acked = acked.lock().unwrap().clone();
+    let after = acked.len() - back;
+    assert!(before > 20, "load acknowledged before the kills ({before})");
+    assert!(
+        after >= 50,
+        "acknowledgements resume once the servers are back ({after})"
+    );
+    let duplicates = rig.check(&acked).await;
+    eprintln!(
+        "quorum campaign (seed {}): NATS servers other than n{kept} killed with SIGKILL for 12 s; \
+         {} acknowledged ({in_flight} in flight at the kills, 0 without a quorum, {after} after, \
+         the first 50 in {:.1} s), 0 lost, 0 misrouted, order kept, {duplicates} duplicate deliveries",
+        rig.seed,
+        acked.len(),
+        resumed.as_secs_f64()
     );
 }

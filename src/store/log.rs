@@ -312,8 +312,17 @@ impl Log {
                 state.first_sequence
             )));
         }
-        // From now on this node holds back the entries it has not applied.
-        self.positions.report(committed).await?;
+        // From now on this node holds back the entries it has not applied. A bucket just
+        // made on a cluster takes a moment to take writes; the reporter tries again every
+        // 5 s anyway.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while let Err(e) = self.positions.report(committed).await {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(error = %e, "cannot report this node's position yet");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         Ok(state.last_sequence)
     }
 

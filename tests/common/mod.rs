@@ -608,6 +608,8 @@ pub struct Nats {
     pub port: u16,
     child: std::process::Child,
     dir: std::path::PathBuf,
+    /// Its command line's options beyond port and store (to start it again).
+    args: String,
 }
 
 impl Nats {
@@ -723,7 +725,21 @@ impl Nats {
             port,
             child,
             dir: dir.to_owned(),
+            args: args.to_owned(),
         }
+    }
+
+    /// Kills the server with SIGKILL and says how to start it again
+    /// ([`Nats::start_again`]).
+    pub fn kill_for_now(self) -> (std::path::PathBuf, u16, String) {
+        let again = (self.dir.clone(), self.port, self.args.clone());
+        self.kill();
+        again
+    }
+
+    /// Starts again a server [`Nats::kill_for_now`] killed.
+    pub fn start_again(again: (std::path::PathBuf, u16, String)) -> Nats {
+        Nats::spawn(&again.0, again.1, &again.2)
     }
 
     /// Kills the server with SIGKILL (a machine that dies), then reaps its shell.
