@@ -419,8 +419,34 @@ async fn a_reload_puts_the_routes_in_force_on_every_node_at_the_same_entry_and_a
     };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let p = peers().await;
-    let a = node(&p, &nats, "a", a_dir.path()).await;
-    let b = node(&p, &nats, "b", b_dir.path()).await;
+    // Both nodes have an admin endpoint whose probes this host reads without a
+    // certificate (its address per node, outside the routes' digest; its operator system
+    // in it, as every system).
+    let admin = dev_tls_section()
+        + &admin_section("operator", &["ES1", "ES2"]).replacen(
+            "bind = \"127.0.0.1:0\"\n",
+            "bind = \"127.0.0.1:0\"\nwithout_certificate = [\"127.0.0.1\"]\n",
+            1,
+        );
+    let with_admin = |name: &str, edit: &dyn Fn(String) -> String| {
+        config(&(edit(routes(&p, &nats.store_section("LOG", name, false))) + &admin))
+    };
+    let b_routes = |edit: &dyn Fn(String) -> String| with_admin("b", edit);
+    let a = Server::start(with_admin("a", &|r| r), a_dir.path().to_owned())
+        .await
+        .expect("node a starts");
+    let b = Server::start(b_routes(&|r| r), b_dir.path().to_owned())
+        .await
+        .expect("node b starts");
+    let readyz = async |s: &Server| {
+        let tls = client_tls(&dev_certs().join("ca.pem"), None).expect("client TLS");
+        let a = https_client(s.admin.expect("admin"), tls)
+            .send(http::Method::GET, "/readyz", "text/plain", Vec::new())
+            .await
+            .expect("answered");
+        (a.status, String::from_utf8_lossy(&a.body).into_owned())
+    };
+    assert_eq!(readyz(&b).await.0, 200);
     let before = send_all(a.addr("sil").unwrap(), &chnord_results(2, "A"))
         .await
         .unwrap();
@@ -429,9 +455,9 @@ async fn a_reload_puts_the_routes_in_force_on_every_node_at_the_same_entry_and_a
 
     // Node a reloads routes that send ES1's authority to ES2. Node b does not have them:
     // it stops applying the log at that entry rather than decide differently.
-    let new_routes = moved_authority(&routes(&p, &nats.store_section("LOG", "a", false)));
+    let new_routes = with_admin("a", &|r| moved_authority(&r));
     let summary = a
-        .reload(Some((*config(&new_routes)).clone()))
+        .reload(Some((*new_routes).clone()))
         .await
         .expect("node a reloads");
     assert!(summary.contains("in force"), "{summary}");
@@ -451,21 +477,24 @@ async fn a_reload_puts_the_routes_in_force_on_every_node_at_the_same_entry_and_a
     assert_eq!(p.es1.count(), 2, "nothing more for ES1");
     let b_messages = b.store.store().counts().unwrap().messages;
     assert_eq!(b_messages, 2, "node b applied nothing past the entry");
+    // Its probe says so: not ready, with the entry and the routes it needs.
+    let (status, body) = readyz(&b).await;
+    assert_eq!(status, 503, "{body}");
+    let wanted = a.store.config().routing_digest().to_string();
+    assert!(body.contains("\"stopped\":\"at entry"), "{body}");
+    assert!(body.contains(&wanted), "{body}");
 
     // Node b reloaded with other routes: refused, saying which are in force.
-    let other =
-        routes(&p, &nats.store_section("LOG", "b", false)).replace("Sudville", "Sudville-2");
-    let err = b
-        .reload(Some((*config(&other)).clone()))
-        .await
-        .expect_err("refused");
+    let other = b_routes(&|r| r.replace("Sudville", "Sudville-2"));
+    let err = b.reload(Some((*other).clone())).await.expect_err("refused");
     assert!(err.contains("stopped applying the log at entry"), "{err}");
     // With the routes in force (its own node name and listeners): it goes on.
-    let same = moved_authority(&routes(&p, &nats.store_section("LOG", "b", false)));
-    b.reload(Some((*config(&same)).clone()))
+    let same = b_routes(&|r| moved_authority(&r));
+    b.reload(Some((*same).clone()))
         .await
         .expect("node b reloads");
     assert!(b.store.halted().is_none());
+    assert_eq!(readyz(&b).await.0, 200);
     assert!(
         eventually(|| b.store.store().counts().is_ok_and(|c| c.messages == 4)).await,
         "node b applies what it had stopped at"
