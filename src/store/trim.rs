@@ -39,24 +39,35 @@ impl Positions {
     ) -> Result<Positions, StoreError> {
         let bucket = format!("{stream}_NODES");
         // Made as the key-value convention has it, as the leases' bucket is (lease.rs).
-        super::log::ensure_stream(
-            js,
-            jetstream::stream::Config {
-                name: format!("KV_{bucket}"),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                max_age: forget_after,
-                storage: jetstream::stream::StorageType::File,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| StoreError::Log(format!("cannot make the bucket {bucket}: {e}")))?;
+        let config = jetstream::stream::Config {
+            name: format!("KV_{bucket}"),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: forget_after,
+            storage: jetstream::stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: jetstream::stream::DiscardPolicy::New,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let mut made = super::log::ensure_stream(js, config.clone())
+            .await
+            .map_err(|e| StoreError::Log(format!("cannot make the bucket {bucket}: {e}")))?;
+        // `forget_node_after_hours` changed since the bucket was made: the last node
+        // started says how long.
+        let age = made
+            .info()
+            .await
+            .map_err(|e| StoreError::Log(format!("cannot read the bucket {bucket}: {e}")))?
+            .config
+            .max_age;
+        if age != forget_after {
+            js.update_stream(&config).await.map_err(|e| {
+                StoreError::Log(format!("cannot set how long {bucket} keeps a node: {e}"))
+            })?;
+        }
         let kv = js
             .get_key_value(&bucket)
             .await
