@@ -671,3 +671,81 @@ async fn the_nats_cluster_losing_its_quorum_stops_acknowledgements_and_loses_not
         resumed.as_secs_f64()
     );
 }
+
+/// The ports among `ports` that process `pid` holds established TCP connections to (read
+/// from /proc: its sockets' inodes, then /proc/net/tcp).
+fn connected_ports(pid: u32, ports: &[u16]) -> Vec<u16> {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()
+                .and_then(|s| s.strip_prefix("socket:["))
+                .map(|s| s.trim_end_matches(']').to_owned())
+        })
+        .collect();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    tcp.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // remote address, state (01: established), inode
+            if f.len() < 10 || f[3] != "01" || !inodes.contains(f[9]) {
+                return None;
+            }
+            let port = u16::from_str_radix(f[2].split(':').nth(1)?, 16).ok()?;
+            ports.contains(&port).then_some(port)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_nats_server_stops_answering_goes_on_through_another() {
+    let Some(mut rig) = ClusterRig::start().await else {
+        return;
+    };
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let [to_a, to_b] = rig.load(&acked).await;
+    // The server node a is connected to stops answering (SIGSTOP: its connections stay
+    // open, as when the network cuts it off) for 25 s.
+    let ports: Vec<u16> = rig.nats.iter().map(|n| n.port).collect();
+    let on = connected_ports(rig.nodes[0].0.id(), &ports);
+    let frozen = rig
+        .nats
+        .iter()
+        .position(|n| on.contains(&n.port))
+        .expect("node a is connected to one of the servers");
+    rig.nats[frozen].freeze();
+    let by_a = |acked: &Arc<Mutex<Vec<(String, String)>>>| {
+        acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, c)| c[1..].parse::<usize>().unwrap() < CONNECTIONS * PER_CONNECTION)
+            .count()
+    };
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let mark = by_a(&acked);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = by_a(&acked) - mark;
+    rig.nats[frozen].thaw();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for s in to_a.into_iter().chain(to_b) {
+        s.abort();
+    }
+    assert!(
+        during > 0,
+        "node a acknowledges again through another server while its own is frozen"
+    );
+    let acked = acked.lock().unwrap().clone();
+    let duplicates = rig.check(&acked).await;
+    eprintln!(
+        "frozen-server campaign (seed {}): node a's server n{frozen} stopped (SIGSTOP) for 25 s; \
+         {} acknowledged, {during} by node a between 15 and 25 s into the freeze, 0 lost, \
+         0 misrouted, order kept, {duplicates} duplicate deliveries",
+        rig.seed,
+        acked.len()
+    );
+}

@@ -41,6 +41,8 @@ const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
 /// consumer is made again (its server may have died; the client's own recovery can take a
 /// minute while the cluster elects new leaders).
 const STALLED: Duration = Duration::from_secs(2);
+/// How often the client pings its server (see `Log::connect`).
+const PING: Duration = Duration::from_secs(2);
 /// Nothing read for this long: the consumer is made again anyway.
 const QUIET: Duration = Duration::from_secs(15);
 
@@ -242,7 +244,11 @@ impl Log {
         };
         let mut opts = async_nats::ConnectOptions::new()
             .name(format!("labroute {}", cfg.node))
-            .connection_timeout(Duration::from_secs(5));
+            .connection_timeout(Duration::from_secs(5))
+            // A server that stops answering (frozen, or cut off by the network) is left for
+            // another after three unanswered pings: about 6 s, not the client's default
+            // 2 minutes, during which every request on this node was answered AE.
+            .ping_interval(PING);
         if cfg.servers.iter().any(|s| s.starts_with("tls://")) {
             let files = tls.ok_or_else(|| {
                 StoreError::Log("tls:// servers need the instance's [tls] material".into())

@@ -729,6 +729,23 @@ impl Nats {
         }
     }
 
+    /// Stops the server without killing it (SIGSTOP): its connections stay open and nothing
+    /// answers on them, as when the network cuts it off. [`Nats::thaw`] resumes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = std::fs::read_to_string(self.dir.join("pid")).expect("pid file");
+        let _ = std::process::Command::new("kill")
+            .args([sig, pid.trim()])
+            .status();
+    }
+
     /// Kills the server with SIGKILL and says how to start it again
     /// ([`Nats::start_again`]).
     pub fn kill_for_now(self) -> (std::path::PathBuf, u16, String) {
