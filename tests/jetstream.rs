@@ -23,16 +23,21 @@ fn routes(p: &Peers, store: &str) -> String {
     )
 }
 
-/// The last entry of the stream (what a node that applied it all is at), read by a client
-/// of our own (not the engine's). Entries every node applied are purged after 30 s (D25),
-/// so this is not the number of entries the stream holds.
-async fn stream_entries(nats: &Nats, stream: &str) -> u64 {
+/// Stream `name`'s info, read by a client of our own (not the engine's).
+async fn stream_info(nats: &Nats, name: &str) -> async_nats::jetstream::stream::Info {
     let client = async_nats::connect(format!("127.0.0.1:{}", nats.port))
         .await
         .expect("connect");
     let js = async_nats::jetstream::new(client);
-    let mut s = js.get_stream(stream).await.expect("the stream exists");
-    s.info().await.expect("stream info").state.last_sequence
+    let mut s = js.get_stream(name).await.expect("the stream exists");
+    s.info().await.expect("stream info").clone()
+}
+
+/// The stream's first and last entries. Entries every node applied are purged after 30 s
+/// (D25): the last entry, not the number held, is where a node that applied it all is.
+async fn stream_bounds(nats: &Nats, stream: &str) -> (u64, u64) {
+    let state = stream_info(nats, stream).await.state;
+    (state.first_sequence, state.last_sequence)
 }
 
 /// Node `name` on stream `LOG` of `nats`, its store in `dir`.
@@ -107,7 +112,7 @@ async fn a_second_node_reading_the_log_builds_the_same_store() {
         .await
     );
     // Ten messages and ten delivery outcomes went through the stream.
-    assert!(stream_entries(&nats, "LOG").await >= 20);
+    assert!(stream_bounds(&nats, "LOG").await.1 >= 20);
 
     // Node b, on the same stream with an empty store, applies the whole log.
     let b = node(&p, &nats, "b", b_dir.path()).await;
@@ -168,18 +173,7 @@ async fn a_restart_reads_on_from_where_it_stopped() {
     let s = Server::start(config(&routes(&p, &section)), dir.path().to_owned())
         .await
         .expect("restarts");
-    let client = async_nats::connect(format!("127.0.0.1:{}", nats.port))
-        .await
-        .expect("connect");
-    let kept = async_nats::jetstream::new(client)
-        .get_stream("KV_LOG_NODES")
-        .await
-        .expect("the nodes' bucket")
-        .info()
-        .await
-        .expect("its info")
-        .config
-        .max_age;
+    let kept = stream_info(&nats, "KV_LOG_NODES").await.config.max_age;
     assert_eq!(kept, Duration::from_secs(2 * 3600));
     send_all(s.addr("sil").unwrap(), &results(4, "B"))
         .await
@@ -200,7 +194,7 @@ async fn a_restart_reads_on_from_where_it_stopped() {
     assert_eq!(ids, want, "each delivered once");
     assert_eq!(
         Store::open(dir.path()).unwrap().log_position().unwrap(),
-        stream_entries(&nats, "LOG").await,
+        stream_bounds(&nats, "LOG").await.1,
         "every entry applied"
     );
 }
@@ -388,21 +382,9 @@ fn chnord_results(n: usize, prefix: &str) -> Vec<Vec<u8>> {
 /// Waits until every node has applied the whole stream and has nothing left to deliver
 /// (then nothing more is published, and the stores can be compared once closed).
 async fn settled(nats: &Nats, nodes: &[&Server]) {
-    let client = async_nats::connect(format!("127.0.0.1:{}", nats.port))
-        .await
-        .expect("connect");
-    let js = async_nats::jetstream::new(client);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let last = js
-            .get_stream("LOG")
-            .await
-            .expect("the stream exists")
-            .info()
-            .await
-            .expect("stream info")
-            .state
-            .last_sequence;
+        let last = stream_bounds(nats, "LOG").await.1;
         let done = nodes.iter().all(|n| {
             n.store.store().log_position().unwrap() == last
                 && n.store.store().counts().is_ok_and(|c| c.outbox == 0)
@@ -587,17 +569,6 @@ async fn a_node_restarted_on_changed_routes_applies_what_it_missed_under_the_old
     a.shutdown().await;
     b.shutdown().await;
     same_stores(a_dir.path(), b_dir.path());
-}
-
-/// The stream's first and last entries, read by a client of our own.
-async fn stream_bounds(nats: &Nats, stream: &str) -> (u64, u64) {
-    let client = async_nats::connect(format!("127.0.0.1:{}", nats.port))
-        .await
-        .expect("connect");
-    let js = async_nats::jetstream::new(client);
-    let mut s = js.get_stream(stream).await.expect("the stream exists");
-    let state = &s.info().await.expect("stream info").state;
-    (state.first_sequence, state.last_sequence)
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -40,32 +40,7 @@ impl Leases {
         replicas: usize,
         node: &str,
     ) -> Result<Leases, StoreError> {
-        let bucket = format!("{stream}_LEASES");
-        // The bucket's stream made as the key-value convention has it (`KV_<bucket>`):
-        // `create_key_value` first asks for the account's details, which the client cannot
-        // read from nats-server 2.9 (Debian's).
-        super::log::ensure_stream(
-            js,
-            jetstream::stream::Config {
-                name: format!("KV_{bucket}"),
-                subjects: vec![format!("$KV.{bucket}.>")],
-                max_messages_per_subject: 1,
-                max_age: TTL,
-                storage: jetstream::stream::StorageType::File,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                num_replicas: replicas,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| StoreError::Log(format!("cannot make the bucket {bucket}: {e}")))?;
-        let kv = js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|e| StoreError::Log(format!("cannot open the bucket {bucket}: {e}")))?;
+        let kv = super::log::bucket(js, &format!("{stream}_LEASES"), replicas, TTL).await?;
         Ok(Leases {
             kv,
             node: node.to_owned(),

@@ -404,6 +404,50 @@ pub(crate) async fn ensure_stream(
     }
 }
 
+/// Gets (or makes) the key-value bucket `bucket`, a key's value gone `max_age` after its
+/// last write (the leases, the nodes' positions). Its stream is made as the key-value
+/// convention has it (`KV_<bucket>`): `create_key_value` first asks for the account's
+/// details, which the client cannot read from nats-server 2.9 (Debian's). A bucket made
+/// with another `max_age` gets this one.
+pub(crate) async fn bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+    max_age: Duration,
+) -> Result<jetstream::kv::Store, StoreError> {
+    let config = jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        num_replicas: replicas,
+        ..Default::default()
+    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        StoreError::Log(format!("cannot {what} the bucket {bucket}: {e}"))
+    };
+    let mut made = ensure_stream(js, config.clone())
+        .await
+        .map_err(|e| fail("make", &e))?;
+    let age = made
+        .info()
+        .await
+        .map_err(|e| fail("read", &e))?
+        .config
+        .max_age;
+    if age != max_age {
+        js.update_stream(&config)
+            .await
+            .map_err(|e| fail("update", &e))?;
+    }
+    js.get_key_value(bucket).await.map_err(|e| fail("open", &e))
+}
+
 /// Publishes each request, in the order asked; its answer waits for the writer.
 async fn publish(
     log: Log,

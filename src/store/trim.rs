@@ -29,7 +29,7 @@ pub(crate) struct Positions {
 
 impl Positions {
     /// Gets (or makes) the bucket of stream `stream`'s node positions: a key per node, gone
-    /// `forget_after` after its last report.
+    /// `forget_after` after its last report (a changed `forget_after` applies to it).
     pub(crate) async fn open(
         js: &jetstream::Context,
         stream: &str,
@@ -37,41 +37,7 @@ impl Positions {
         node: &str,
         forget_after: Duration,
     ) -> Result<Positions, StoreError> {
-        let bucket = format!("{stream}_NODES");
-        // Made as the key-value convention has it, as the leases' bucket is (lease.rs).
-        let config = jetstream::stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            max_age: forget_after,
-            storage: jetstream::stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            discard: jetstream::stream::DiscardPolicy::New,
-            num_replicas: replicas,
-            ..Default::default()
-        };
-        let mut made = super::log::ensure_stream(js, config.clone())
-            .await
-            .map_err(|e| StoreError::Log(format!("cannot make the bucket {bucket}: {e}")))?;
-        // `forget_node_after_hours` changed since the bucket was made: the last node
-        // started says how long.
-        let age = made
-            .info()
-            .await
-            .map_err(|e| StoreError::Log(format!("cannot read the bucket {bucket}: {e}")))?
-            .config
-            .max_age;
-        if age != forget_after {
-            js.update_stream(&config).await.map_err(|e| {
-                StoreError::Log(format!("cannot set how long {bucket} keeps a node: {e}"))
-            })?;
-        }
-        let kv = js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|e| StoreError::Log(format!("cannot open the bucket {bucket}: {e}")))?;
+        let kv = super::log::bucket(js, &format!("{stream}_NODES"), replicas, forget_after).await?;
         Ok(Positions {
             kv,
             node: node.to_owned(),
