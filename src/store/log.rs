@@ -129,6 +129,11 @@ impl Track {
 }
 
 impl Track {
+    /// Whether the writer is stopped at a `Routes` entry (D24).
+    pub(crate) fn halted(&self) -> bool {
+        self.pos.halted.is_some()
+    }
+
     /// The writer stops before entry `at`: it puts in force routes (`wanted`) this node does
     /// not have. Said once per entry.
     pub(crate) fn halt(

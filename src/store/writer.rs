@@ -952,10 +952,16 @@ fn run(
             }
         }
         let mut batch = vec![first];
+        // Stopped at a `Routes` entry (D24): nothing more is taken from the queue (the log's
+        // reader waits), so what waits is bounded by the queue, not by the log.
+        let halted = log.as_ref().is_some_and(|t| t.halted());
         while batch.len() < max_batch {
             if let Some(op) = held.pop_front() {
                 batch.push(op);
                 continue;
+            }
+            if halted {
+                break;
             }
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
