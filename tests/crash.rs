@@ -467,10 +467,16 @@ struct ClusterRig {
     logs: [PathBuf; 2],
     seed: u64,
     rng: Rng,
+    /// One campaign at a time (three servers and two nodes each, on 2 cores; ports chosen
+    /// free before use, which two rigs starting together could both pick). Last: released
+    /// once the rig's servers and nodes are gone.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl ClusterRig {
     async fn start() -> Option<ClusterRig> {
+        static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let serial = SERIAL.lock().await;
         let dir = tempfile::tempdir().unwrap();
         let Some(nats) = Nats::start_cluster(&dir.path().join("nats"), 3) else {
             eprintln!("SKIPPED: nats-server is not installed (apt install nats-server)");
@@ -528,6 +534,7 @@ impl ClusterRig {
             logs: [a_log, b_log],
             seed,
             rng: Rng(seed),
+            _serial: serial,
         })
     }
 
