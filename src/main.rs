@@ -449,11 +449,12 @@ async fn run(cli: Cli) -> Result<()> {
                 eprintln!("FAIL {f}");
             }
             println!(
-                "{}: {} establishment(s), {} listener(s), {} destination(s); {} routing test(s): {} passed, {} failed",
+                "{}: {} establishment(s), {} listener(s), {} destination(s); routes digest {} (the same on every node of a JetStream instance, D24); {} routing test(s): {} passed, {} failed",
                 routes.display(),
                 cfg.establishments.len(),
                 cfg.listeners.len(),
                 cfg.destinations.len(),
+                cfg.routing_digest(),
                 cfg.tests.len(),
                 cfg.tests.len() - failures.len(),
                 failures.len()

@@ -62,6 +62,14 @@ async fn start_node(
     .await
 }
 
+/// A NATS server in its own directory, and the record systems; `None` (SKIPPED said)
+/// without nats-server.
+async fn setup(tls: bool) -> Option<(tempfile::TempDir, Nats, Peers)> {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = nats_or_skip(dir.path(), tls)?;
+    Some((dir, nats, peers().await))
+}
+
 fn nats_or_skip(dir: &Path, tls: bool) -> Option<Nats> {
     let n = Nats::start(dir, tls);
     if n.is_none() {
@@ -86,12 +94,10 @@ fn results(n: usize, prefix: &str) -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_node_reading_the_log_builds_the_same_store() {
-    let nats_dir = tempfile::tempdir().unwrap();
-    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+    let Some((_nats_dir, nats, p)) = setup(false).await else {
         return;
     };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let p = peers().await;
     let a = node(&p, &nats, "a", a_dir.path()).await;
     let acks = send_all(a.addr("sil").unwrap(), &results(10, "R"))
         .await
@@ -153,12 +159,10 @@ async fn a_second_node_reading_the_log_builds_the_same_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_reads_on_from_where_it_stopped() {
-    let nats_dir = tempfile::tempdir().unwrap();
-    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+    let Some((_nats_dir, nats, p)) = setup(false).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let p = peers().await;
     let s = node(&p, &nats, "a", dir.path()).await;
     send_all(s.addr("sil").unwrap(), &results(4, "A"))
         .await
@@ -201,12 +205,10 @@ async fn a_restart_reads_on_from_where_it_stopped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_cannot_be_the_stores_log_is_refused_at_start() {
-    let nats_dir = tempfile::tempdir().unwrap();
-    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+    let Some((_nats_dir, nats, p)) = setup(false).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let p = peers().await;
     let s = start_node(&p, &nats, "FIRST", "a", dir.path())
         .await
         .unwrap();
@@ -247,12 +249,10 @@ async fn a_stream_that_cannot_be_the_stores_log_is_refused_at_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_runs_over_mutually_authenticated_tls() {
-    let nats_dir = tempfile::tempdir().unwrap();
-    let Some(nats) = nats_or_skip(nats_dir.path(), true) else {
+    let Some((_nats_dir, nats, p)) = setup(true).await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let p = peers().await;
     let text = format!(
         "{}\n{}",
         routes(&p, &nats.store_section("LOG", "a", true)),
@@ -293,12 +293,10 @@ async fn the_log_runs_over_mutually_authenticated_tls() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_deliver_each_message_once_and_in_order_and_take_over_a_stopped_ones_destinations()
  {
-    let nats_dir = tempfile::tempdir().unwrap();
-    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+    let Some((_nats_dir, nats, p)) = setup(false).await else {
         return;
     };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let p = peers().await;
     let a = node(&p, &nats, "a", a_dir.path()).await;
     let b = node(&p, &nats, "b", b_dir.path()).await;
     // Both nodes take messages at once; each destination is delivered by one of them.
@@ -414,12 +412,10 @@ fn same_stores(a: &Path, b: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_puts_the_routes_in_force_on_every_node_at_the_same_entry_and_a_node_without_them_stops()
  {
-    let nats_dir = tempfile::tempdir().unwrap();
-    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+    let Some((_nats_dir, nats, p)) = setup(false).await else {
         return;
     };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let p = peers().await;
     // Both nodes have an admin endpoint whose probes this host reads without a
     // certificate (its address per node, outside the routes' digest; its operator system
     // in it, as every system).
@@ -513,12 +509,10 @@ async fn a_reload_puts_the_routes_in_force_on_every_node_at_the_same_entry_and_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_on_changed_routes_applies_what_it_missed_under_the_old_ones_then_puts_its_own_in_force()
  {
-    let nats_dir = tempfile::tempdir().unwrap();
-    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+    let Some((_nats_dir, nats, p)) = setup(false).await else {
         return;
     };
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let p = peers().await;
     let a = node(&p, &nats, "a", a_dir.path()).await;
     let b = node(&p, &nats, "b", b_dir.path()).await;
     b.shutdown().await;
@@ -581,8 +575,7 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_keeps_only_what_a_known_node_has_not_applied_and_a_node_comes_back_from_a_copy() {
-    let nats_dir = tempfile::tempdir().unwrap();
-    let Some(nats) = nats_or_skip(nats_dir.path(), false) else {
+    let Some((_nats_dir, nats, p)) = setup(false).await else {
         return;
     };
     let (a_dir, b_dir, c_dir) = (
@@ -590,7 +583,6 @@ async fn the_log_keeps_only_what_a_known_node_has_not_applied_and_a_node_comes_b
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
     );
-    let p = peers().await;
     let a = node(&p, &nats, "a", a_dir.path()).await;
     let b = node(&p, &nats, "b", b_dir.path()).await;
     send_all(a.addr("sil").unwrap(), &results(10, "A"))

@@ -973,7 +973,8 @@ fn run(
             Some(track) => track.admit(batch),
             None => (batch, None),
         };
-        let staged_now = staged.get();
+        // Only a log carries `Routes` entries: the embedded store's batches skip the lock.
+        let staged_now = log.as_ref().and_then(|_| staged.get());
         if let Some(track) = &mut log
             && let Some((i, at, wanted, have)) =
                 routes_gate(&batch, &cfg.current(), staged_now.as_ref())
