@@ -37,6 +37,8 @@ pub(crate) const POSITION: &str = "log_seq";
 /// How long a publish may wait for JetStream's acknowledgement (then the sender is answered
 /// AE and sends again; a cluster electing a new leader after a server died takes seconds).
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait before sending again a publish no server took (see `acknowledged`).
+const NO_RESPONDERS_PAUSE: Duration = Duration::from_millis(200);
 /// An entry this node published and has not read back after this long: the reader's
 /// consumer is made again (its server may have died; the client's own recovery can take a
 /// minute while the cluster elects new leaders).
@@ -491,31 +493,20 @@ async fn publish(
             }
         };
         put(&waiters, id.clone(), op.reply);
-        let sent = log
-            .js
-            .send_publish(
-                subject,
-                jetstream::message::PublishMessage::build()
-                    .payload(payload.into())
-                    .message_id(&id),
-            )
-            .await;
+        let payload = bytes::Bytes::from(payload);
+        let sent = send(&log.js, &subject, &payload, &id).await;
         let waiters = waiters.clone();
         let published = published.clone();
         match sent {
             // The acknowledgement is awaited apart: the next publish goes out meanwhile.
             Ok(ack) => {
+                let js = log.js.clone();
                 tokio::spawn(async move {
-                    match tokio::time::timeout(PUBLISH_TIMEOUT, ack.into_future()).await {
-                        Ok(Ok(ack)) => {
-                            published.fetch_max(ack.sequence, Ordering::Relaxed);
+                    match acknowledged(&js, ack, &subject, &payload, &id).await {
+                        Ok(sequence) => {
+                            published.fetch_max(sequence, Ordering::Relaxed);
                         }
-                        Ok(Err(e)) => unpublished(&waiters, &id, &e),
-                        Err(_) => unpublished(
-                            &waiters,
-                            &id,
-                            &format!("no acknowledgement in {} s", PUBLISH_TIMEOUT.as_secs()),
-                        ),
+                        Err(e) => unpublished(&waiters, &id, &e),
                     }
                 });
             }
@@ -523,6 +514,58 @@ async fn publish(
         }
     }
     let _ = stop.send(true);
+}
+
+async fn send(
+    js: &jetstream::Context,
+    subject: &str,
+    payload: &bytes::Bytes,
+    id: &str,
+) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
+    js.send_publish(
+        subject.to_owned(),
+        jetstream::message::PublishMessage::build()
+            .payload(payload.clone())
+            .message_id(id),
+    )
+    .await
+}
+
+/// Waits up to [`PUBLISH_TIMEOUT`] for the publish's acknowledgement; returns the entry's
+/// sequence in the stream. "No responders" (the stream's subjects not yet known to this
+/// node's server: a cluster just formed, or electing the stream's leader) means no server
+/// took the entry, so it is sent again, with the same id, until the time is up (a clean
+/// clone's cluster campaign failed at start on one such answer).
+async fn acknowledged(
+    js: &jetstream::Context,
+    mut ack: jetstream::context::PublishAckFuture,
+    subject: &str,
+    payload: &bytes::Bytes,
+    id: &str,
+) -> Result<u64, String> {
+    let deadline = tokio::time::Instant::now() + PUBLISH_TIMEOUT;
+    loop {
+        let answer = tokio::time::timeout_at(deadline, ack.into_future()).await;
+        match answer {
+            Ok(Ok(ack)) => return Ok(ack.sequence),
+            Ok(Err(e))
+                if e.kind() == jetstream::context::PublishErrorKind::StreamNotFound
+                    && tokio::time::Instant::now() + NO_RESPONDERS_PAUSE < deadline =>
+            {
+                tokio::time::sleep(NO_RESPONDERS_PAUSE).await;
+                ack = send(js, subject, payload, id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => {
+                return Err(format!(
+                    "no acknowledgement in {} s",
+                    PUBLISH_TIMEOUT.as_secs()
+                ));
+            }
+        }
+    }
 }
 
 /// A publish JetStream did not acknowledge: its requester gets an error (a sender gets a
@@ -752,5 +795,92 @@ mod tests {
         );
         let (eight, _) = op(Some(8));
         assert_eq!(track.admit(vec![eight]).1, Some(8), "8 is next again");
+    }
+
+    /// A nats-server for one test (JetStream on, loopback), stopped on drop; `None` when
+    /// it is not installed (CI installs it, and says so when it is missing).
+    struct Server(std::process::Child, u16, tempfile::TempDir);
+
+    impl Server {
+        fn start() -> Option<Server> {
+            let found = std::process::Command::new("nats-server")
+                .arg("--version")
+                .output()
+                .is_ok();
+            assert!(
+                found || std::env::var_os("CI").is_none(),
+                "nats-server missing in CI (.ci/run installs the Debian package)"
+            );
+            if !found {
+                eprintln!("SKIPPED: nats-server is not installed (apt install nats-server)");
+                return None;
+            }
+            let dir = tempfile::tempdir().ok()?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .ok()?
+                .port();
+            let child = std::process::Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(dir.path())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .ok()?;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "nats-server did not listen"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Some(Server(child, port, dir))
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// "No responders" (no stream takes the subject yet, as on a cluster that has just made
+    /// it) is sent again until the stream takes it; an entry no stream ever takes is
+    /// answered with an error once the time is up. A clean clone's cluster campaign failed
+    /// at start on one such answer, when each publish was tried once.
+    #[tokio::test]
+    async fn a_publish_no_server_took_is_sent_again_until_the_stream_takes_it() {
+        let Some(server) = Server::start() else {
+            return;
+        };
+        let client = async_nats::connect(format!("127.0.0.1:{}", server.1))
+            .await
+            .unwrap();
+        let js = jetstream::new(client);
+        let payload = bytes::Bytes::from_static(b"entry");
+        let ack = send(&js, "late.routes", &payload, "n-1").await.unwrap();
+        let maker = js.clone();
+        let made = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            maker
+                .create_stream(jetstream::stream::Config {
+                    name: "LATE".into(),
+                    subjects: vec!["late.>".into()],
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        });
+        let sequence = acknowledged(&js, ack, "late.routes", &payload, "n-1").await;
+        made.await.unwrap().unwrap();
+        assert_eq!(sequence, Ok(1), "taken once, as the stream's first entry");
+
+        let ack = send(&js, "nowhere.x", &payload, "n-2").await.unwrap();
+        let refused = acknowledged(&js, ack, "nowhere.x", &payload, "n-2").await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.contains("no stream")),
+            "{refused:?}"
+        );
     }
 }

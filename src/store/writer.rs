@@ -635,7 +635,7 @@ impl StoreHandle {
         if in_force.map(|(d, _)| d) != Some(own) {
             let mut halted = caught_up.clone();
             tokio::select! {
-                r = handle.reconfigure(cfg) => { r?; }
+                r = handle.routes_at_start(cfg) => { r?; }
                 h = halted.wait_for(|p| p.halted.is_some()) => {
                     if let Some((at, wanted)) = h.map_err(|_| StoreError::Closed)?.halted {
                         return Err(halted_at_start(at, wanted, own));
@@ -644,6 +644,23 @@ impl StoreHandle {
             }
         }
         Ok(handle)
+    }
+
+    /// Publishes this node's routes at start, tried for up to 30 s like the stream itself
+    /// (`log::ensure_stream`): a cluster just formed, or electing leaders, refuses publishes
+    /// for a while. A `Routes` entry published twice is harmless: the second puts in force
+    /// what is already in force.
+    async fn routes_at_start(&self, cfg: Arc<Config>) -> Result<String, StoreError> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match self.reconfigure(cfg.clone()).await {
+                Err(StoreError::Commit(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "the routes could not be put in force yet; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     fn spawn(
