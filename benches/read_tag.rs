@@ -1,4 +1,5 @@
 //! The ACK path's CPU work, piece by piece, on a 2-3 KB ORU^R01 (and a 5-OBX one):
+//! - `parse_only`: `Message::parse` alone (the whole message checked, segments indexed);
 //! - `routing_fields`: parse and read the dozen routing fields (`router::extract`);
 //! - `read_tag`: that plus the tenant decision: the figure for the 200k/s target;
 //! - `tenant_decision`: the decision alone, on facts read beforehand;
@@ -49,6 +50,9 @@ fn bench(c: &mut Criterion) {
         let msg = oru(obx);
         let size = msg.len();
         g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("parse_only_{size}b"), |b| {
+            b.iter(|| Message::parse(&msg).expect("parses").segment_count())
+        });
         g.bench_function(format!("routing_fields_{size}b"), |b| {
             b.iter(|| {
                 let m = Message::parse(&msg).expect("parses");

@@ -41,14 +41,15 @@ impl Link {
 /// id type (XCN-13) `RPPS`, or `IDNPS` / assigning authority (XCN-9.2) the IDNPS OID, where
 /// an IDNPS of 12 characters is `8` + RPPS.
 pub fn rpps_of(xcn: &Value<'_>) -> Option<String> {
-    let id_type = xcn.component(13).text();
+    let [id, authority, id_type] = xcn.components_at([1, 9, 13]);
+    let id_type = id_type.text();
     let national = id_type == "RPPS"
         || id_type == "IDNPS"
-        || xcn.component(9).subcomponent(2).text().trim() == IDNPS_OID;
+        || authority.subcomponent(2).text().trim() == IDNPS_OID;
     if !national {
         return None;
     }
-    let id = xcn.component(1).text();
+    let id = id.text();
     let id = id.trim();
     let rpps = match id.strip_prefix('8') {
         Some(r) if id.len() == 12 && id_type != "RPPS" => r,

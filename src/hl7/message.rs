@@ -506,7 +506,7 @@ impl<'a> Segment<'a> {
             }
             if n == 2 {
                 let rest = &self.bytes[4..];
-                let end = memchr(self.delims.field, rest).unwrap_or(rest.len());
+                let end = next_sep(rest, self.delims.field).unwrap_or(rest.len());
                 return Field {
                     raw: &rest[..end],
                     delims: self.delims,
@@ -541,32 +541,36 @@ impl<'a> Segment<'a> {
             whole: false,
         }; K];
         if self.is_msh() {
+            // MSH-1 and MSH-2 by number; MSH-n (n >= 3) is the piece n - 1 of the split
+            // (piece 1 is MSH-2's encoding characters).
+            let pieces = pieces_at(
+                self.bytes,
+                self.delims.field,
+                wanted.map(|n| if n >= 3 { n - 1 } else { usize::MAX }),
+            );
             let mut last = 0;
-            for (o, n) in out.iter_mut().zip(wanted) {
-                if n > last {
+            for ((o, n), piece) in out.iter_mut().zip(wanted).zip(pieces) {
+                if n < last {
+                    continue;
+                }
+                last = n;
+                if n == 1 || n == 2 {
                     *o = self.field(n);
-                    last = n;
+                } else if let Some(raw) = piece {
+                    o.raw = raw;
                 }
             }
             return out;
         }
-        // Field i starts after the i-th separator (field 0 is the segment id).
-        let (mut k, mut i, mut start) = (0, 0, 0);
-        let mut seps = memchr::memchr_iter(self.delims.field, self.bytes);
-        while k < K {
-            let end = seps.next();
-            while k < K && wanted[k] < i {
-                k += 1;
-            }
-            if k < K && wanted[k] == i {
-                if i > 0 {
-                    out[k].raw = &self.bytes[start..end.unwrap_or(self.bytes.len())];
-                }
-                k += 1;
-            }
-            match end {
-                Some(e) => (i, start) = (i + 1, e + 1),
-                None => break,
+        // Field i is the i-th piece (field 0 is the segment id).
+        let pieces = pieces_at(
+            self.bytes,
+            self.delims.field,
+            wanted.map(|n| if n == 0 { usize::MAX } else { n }),
+        );
+        for (o, piece) in out.iter_mut().zip(pieces) {
+            if let Some(raw) = piece {
+                o.raw = raw;
             }
         }
         out
@@ -605,13 +609,49 @@ impl<'a> Segment<'a> {
 
 /// The `index`-th (0-based) piece of `bytes` split on `sep`.
 fn nth_split(bytes: &[u8], sep: u8, index: usize) -> Option<&[u8]> {
-    let mut start = 0;
-    let mut it = memchr::memchr_iter(sep, bytes);
-    for _ in 0..index {
-        start = it.next()? + 1;
+    pieces_at(bytes, sep, [index])[0]
+}
+
+/// Several pieces of `bytes` split on `sep`, in one pass: `pieces_at(b, sep, [1, 4])` is
+/// `[nth_split(b, sep, 1), nth_split(b, sep, 4)]`. `index` is in increasing order; an
+/// index out of order (or `usize::MAX`) gives `None`, as does a piece past the end.
+fn pieces_at<const K: usize>(bytes: &[u8], sep: u8, index: [usize; K]) -> [Option<&[u8]>; K] {
+    let mut out = [None; K];
+    let (mut k, mut i, mut start) = (0, 0, 0);
+    while k < K {
+        let end = next_sep(&bytes[start..], sep).map(|e| start + e);
+        while k < K && (index[k] < i || index[k] == usize::MAX) {
+            k += 1;
+        }
+        while k < K && index[k] == i {
+            out[k] = Some(&bytes[start..end.unwrap_or(bytes.len())]);
+            k += 1;
+        }
+        match end {
+            Some(e) => (i, start) = (i + 1, e + 1),
+            None => break,
+        }
     }
-    let end = it.next().unwrap_or(bytes.len());
-    Some(&bytes[start..end])
+    out
+}
+
+/// Where `sep` first is in `bytes` (D26).
+///
+/// Separators are dense in HL7 (a field or component every few bytes): a plain loop finds
+/// the next one sooner than `memchr`, whose SIMD set-up is paid again at each call (a
+/// quarter of reading and tagging a result went to it). `memchr` takes over past the first
+/// bytes, for a long piece (an encapsulated document in OBX-5).
+#[inline]
+pub(crate) fn next_sep(bytes: &[u8], sep: u8) -> Option<usize> {
+    const SHORT: usize = 32;
+    let head = &bytes[..bytes.len().min(SHORT)];
+    if let Some(i) = head.iter().position(|&b| b == sep) {
+        return Some(i);
+    }
+    if bytes.len() <= SHORT {
+        return None;
+    }
+    memchr(sep, &bytes[SHORT..]).map(|i| i + SHORT)
 }
 
 /// One field (all its repetitions).
@@ -753,6 +793,59 @@ impl<'a> Value<'a> {
         }
     }
 
+    /// Several components of a repetition in one scan: `components_at([1, 4, 5])` is
+    /// `[component(1), component(4), component(5)]`. `wanted` is in increasing order (a
+    /// number out of order reads as empty).
+    pub fn components_at<const K: usize>(&self, wanted: [usize; K]) -> [Value<'a>; K] {
+        self.split_at(
+            Level::Repetition,
+            Some(self.delims.component),
+            wanted,
+            Level::Component,
+        )
+    }
+
+    /// Several subcomponents of a component in one scan (see [`Value::components_at`]).
+    pub fn subcomponents_at<const K: usize>(&self, wanted: [usize; K]) -> [Value<'a>; K] {
+        self.split_at(
+            Level::Component,
+            self.delims.subcomponent,
+            wanted,
+            Level::Subcomponent,
+        )
+    }
+
+    fn split_at<const K: usize>(
+        &self,
+        from: Level,
+        sep: Option<u8>,
+        wanted: [usize; K],
+        to: Level,
+    ) -> [Value<'a>; K] {
+        match sep {
+            Some(sep) if self.level == from => {
+                let pieces = pieces_at(self.raw, sep, wanted.map(|n| n.wrapping_sub(1)));
+                pieces.map(|raw| Value {
+                    raw: raw.unwrap_or(&self.raw[self.raw.len()..]),
+                    delims: self.delims,
+                    charset: self.charset,
+                    valid: self.valid,
+                    level: to,
+                })
+            }
+            // Not split at this level (MSH-1, MSH-2, or no such separator): one by one,
+            // an out-of-order number empty as above.
+            _ => {
+                let mut last = 0;
+                wanted.map(|n| {
+                    let n = if n < last { 0 } else { n };
+                    last = last.max(n);
+                    self.split(from, sep, n, to)
+                })
+            }
+        }
+    }
+
     /// Subcomponent `n` (1-based) of a component.
     pub fn subcomponent(&self, n: usize) -> Value<'a> {
         self.split(
@@ -844,6 +937,64 @@ OBX|1|ST|X^y||éé\\S\\é||||||F\r";
             assert_eq!(a.raw(), seg.field(3).raw());
             assert!(b.is_empty());
         }
+    }
+
+    #[test]
+    fn separators_are_found_where_a_byte_by_byte_search_finds_them() {
+        let mut rng = fastrand::Rng::with_seed(26);
+        // Separators among bytes that differ from them by one bit, or only in the high
+        // bit, at every length around the plain loop's 32 bytes.
+        let alphabet = [b'|', b'^', b'~', 0xfc, 0x7c, b'}', 0x00, 0xff, b'a'];
+        for len in 0..70 {
+            for _ in 0..40 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|_| alphabet[rng.usize(..alphabet.len())])
+                    .collect();
+                for sep in [b'|', b'^', 0xff, 0x00] {
+                    let want: Vec<usize> = (0..len).filter(|&i| bytes[i] == sep).collect();
+                    assert_eq!(next_sep(&bytes, sep), want.first().copied());
+                    let pieces: Vec<&[u8]> = bytes.split(|&b| b == sep).collect();
+                    for (n, piece) in pieces.iter().enumerate() {
+                        assert_eq!(nth_split(&bytes, sep, n), Some(*piece));
+                    }
+                    assert_eq!(nth_split(&bytes, sep, pieces.len()), None);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn components_at_and_subcomponents_at_read_what_one_by_one_reads() {
+        let m = Message::parse(ORU.as_bytes()).unwrap();
+        let wanted = [0, 1, 2, 4, 5, 13, 40];
+        for seg in m.segments() {
+            for field in seg.fields() {
+                for rep in field.repetitions() {
+                    let got = rep.components_at(wanted);
+                    for (c, n) in got.iter().zip(wanted) {
+                        assert_eq!(
+                            c.raw(),
+                            rep.component(n).raw(),
+                            "{:?} component {n}",
+                            seg.id()
+                        );
+                        assert_eq!(c.text(), rep.component(n).text());
+                        let subs = c.subcomponents_at([1, 2, 3]);
+                        for (s, k) in subs.iter().zip([1, 2, 3]) {
+                            assert_eq!(s.raw(), c.subcomponent(k).raw());
+                        }
+                    }
+                    // Out of order: the late one reads empty, never another component.
+                    let [a, b] = rep.components_at([4, 1]);
+                    assert_eq!(a.raw(), rep.component(4).raw());
+                    assert!(b.is_empty());
+                }
+            }
+        }
+        // Asked of the wrong level, as one by one: a component has no components.
+        let cx = m.get("PID-3.4").unwrap();
+        assert!(cx.components_at([1])[0].is_empty());
+        assert_eq!(cx.subcomponents_at([2])[0].text(), "1.2.3");
     }
 
     #[test]

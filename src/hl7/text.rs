@@ -115,7 +115,7 @@ pub fn encode(cs: Charset, text: &str) -> Option<Vec<u8>> {
 /// True when `raw` holds the escape character (and may need [`unescape`]).
 pub fn has_escape(raw: &[u8], d: &Delimiters) -> bool {
     d.escape
-        .is_some_and(|esc| memchr::memchr(esc, raw).is_some())
+        .is_some_and(|esc| super::message::next_sep(raw, esc).is_some())
 }
 
 /// Resolves escape sequences in raw field bytes (no charset decoding yet).

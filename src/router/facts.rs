@@ -193,16 +193,9 @@ fn push_visit_authority(
     field: &crate::hl7::message::Field<'_>,
     names: [&'static str; 2],
 ) -> bool {
-    let auth = field.repetition(1).component(4);
-    push_found(
-        &mut f.visit_authorities,
-        names[0],
-        &auth.subcomponent(1).text(),
-    ) & push_found(
-        &mut f.visit_authorities,
-        names[1],
-        &auth.subcomponent(2).text(),
-    )
+    let [ns, uid] = field.repetition(1).component(4).subcomponents_at([1, 2]);
+    push_found(&mut f.visit_authorities, names[0], &ns.text())
+        & push_found(&mut f.visit_authorities, names[1], &uid.text())
 }
 
 /// Built once: building a searcher for each message cost more than the search.
@@ -212,9 +205,11 @@ static META_DMP_MSS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 /// Reads the facts, or refuses the message (unsupported type, missing required field).
 pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
     let msh = msg.msh();
-    let msh9 = msh.field(9);
-    let message_type = msh9.component(1).text().trim().to_owned();
-    let trigger = msh9.component(2).text().trim().to_owned();
+    let [msh3, msh4, msh9, msh10] = msh.fields_at([3, 4, 9, 10]);
+    let [msh4_1, msh4_2] = msh4.repetition(1).components_at([1, 2]);
+    let [msh9_1, msh9_2] = msh9.repetition(1).components_at([1, 2]);
+    let message_type = msh9_1.text().trim().to_owned();
+    let trigger = msh9_2.text().trim().to_owned();
     if message_type.is_empty() {
         return Err(Refusal::new(
             101,
@@ -230,7 +225,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         };
         Refusal::new(code, text, Some(("MSH", 9)))
     })?;
-    let control_id = msh.field(10).text().trim().to_owned();
+    let control_id = msh10.text().trim().to_owned();
     if control_id.is_empty() {
         return Err(Refusal::new(
             101,
@@ -243,7 +238,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         message_type,
         trigger,
         control_id,
-        sending_application: msh.field(3).component(1).text().trim().to_owned(),
+        sending_application: msh3.component(1).text().trim().to_owned(),
         sending_facility: Vec::new(),
         placer_orders: Vec::new(),
         filler_orders: Vec::new(),
@@ -259,16 +254,8 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
         ack_read: false,
         patient_ids: Vec::new(),
     };
-    push_found(
-        &mut f.sending_facility,
-        "MSH-4.1",
-        &msh.field(4).component(1).text(),
-    );
-    push_found(
-        &mut f.sending_facility,
-        "MSH-4.2",
-        &msh.field(4).component(2).text(),
-    );
+    push_found(&mut f.sending_facility, "MSH-4.1", &msh4_1.text());
+    push_found(&mut f.sending_facility, "MSH-4.2", &msh4_2.text());
 
     let result = class == MessageClass::Result;
     // MetaDMPMSS flags exist only in the French CDA-in-HL7 profile: one search of the bytes
@@ -299,12 +286,8 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                 // ORC-21 (FINESS) is used for ORC only.
                 let [f2, f3, f21] = seg.fields_at([2, 3, 21]);
                 for (n, field) in [(2usize, f2), (3, f3)] {
-                    let v = field.repetition(1);
-                    let (id, ns, uid) = (
-                        v.component(1).text(),
-                        v.component(2).text(),
-                        v.component(3).text(),
-                    );
+                    let [id, ns, uid] = field.repetition(1).components_at([1, 2, 3]);
+                    let (id, ns, uid) = (id.text(), ns.text(), uid.text());
                     let (id, ns, uid) = (id.trim(), ns.trim(), uid.trim());
                     if n == 2 {
                         let fits = push_found(&mut f.placer_namespaces, placer_ns[0], ns)
@@ -336,9 +319,9 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
             }
             b"PV1" => {
                 let [f3, f19] = seg.fields_at([3, 19]);
-                let hd = f3.component(4);
-                let fits = push_found(&mut f.facilities, "PV1-3.4.1", &hd.subcomponent(1).text())
-                    & push_found(&mut f.facilities, "PV1-3.4.2", &hd.subcomponent(2).text());
+                let [ns, uid] = f3.component(4).subcomponents_at([1, 2]);
+                let fits = push_found(&mut f.facilities, "PV1-3.4.1", &ns.text())
+                    & push_found(&mut f.facilities, "PV1-3.4.2", &uid.text());
                 over.note(fits, format_args!("PV1-3"));
                 let fits = push_visit_authority(&mut f, &f19, ["PV1-19.4.1", "PV1-19.4.2"]);
                 over.note(fits, format_args!("PV1-19"));
@@ -349,12 +332,11 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                 let fits = push_visit_authority(&mut f, &f18, ["PID-18.4.1", "PID-18.4.2"]);
                 over.note(fits, format_args!("PID-18"));
                 for rep in f3.repetitions() {
-                    let auth = rep.component(4);
-                    let ns = auth.subcomponent(1).text();
-                    let uid = auth.subcomponent(2).text();
-                    let id = rep.component(1).text();
+                    let [id, auth, id_type] = rep.components_at([1, 4, 5]);
+                    let [ns, uid, uid_type] = auth.subcomponents_at([1, 2, 3]);
+                    let (ns, uid, id) = (ns.text(), uid.text(), id.text());
                     if result && pids == 1 {
-                        let uid_type = auth.subcomponent(3).text();
+                        let uid_type = uid_type.text();
                         let fits = push_patient_id(
                             &mut f.patient_ids,
                             id.trim(),
@@ -363,7 +345,7 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                         );
                         over.note(fits, format_args!("PID-3"));
                     }
-                    let id_type = rep.component(5).text();
+                    let id_type = id_type.text();
                     if is_national_patient_id(id_type.trim(), uid.trim()) {
                         continue;
                     }

@@ -30,7 +30,8 @@ pub enum Rule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Evidence {
     pub rule: Rule,
-    pub field: String,
+    /// Where the value was read (`PID-3.4.1`...): a constant, not allocated per message.
+    pub field: std::borrow::Cow<'static, str>,
     pub value: String,
     /// `None`: the value was examined and matched no establishment.
     pub establishment: Option<EstablishmentId>,
@@ -173,7 +174,7 @@ pub fn decide(facts: &Facts, cfg: &Config, orders: &dyn OrderIndex) -> Decision 
                 if owner.is_some() {
                     evidence.push(Evidence {
                         rule,
-                        field: field.to_owned(),
+                        field: std::borrow::Cow::Borrowed(field),
                         value: format!("{}/{}", o.namespace, o.id),
                         establishment: owner,
                     });
@@ -184,7 +185,7 @@ pub fn decide(facts: &Facts, cfg: &Config, orders: &dyn OrderIndex) -> Decision 
     for (kind, found) in identifier_sources(facts) {
         evidence.push(Evidence {
             rule: Rule::Identifier(kind),
-            field: found.field.to_string(),
+            field: found.field.clone(),
             value: found.value.clone(),
             establishment: cfg.identify(kind, &found.value).cloned(),
         });

@@ -799,7 +799,11 @@ mod tests {
 
     /// A nats-server for one test (JetStream on, loopback), stopped on drop; `None` when
     /// it is not installed (CI installs it, and says so when it is missing).
-    struct Server(std::process::Child, u16, tempfile::TempDir);
+    struct Server {
+        child: std::process::Child,
+        port: u16,
+        _dir: tempfile::TempDir,
+    }
 
     impl Server {
         fn start() -> Option<Server> {
@@ -834,14 +838,18 @@ mod tests {
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Some(Server(child, port, dir))
+            Some(Server {
+                child,
+                port,
+                _dir: dir,
+            })
         }
     }
 
     impl Drop for Server {
         fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
     }
 
@@ -854,7 +862,7 @@ mod tests {
         let Some(server) = Server::start() else {
             return;
         };
-        let client = async_nats::connect(format!("127.0.0.1:{}", server.1))
+        let client = async_nats::connect(format!("127.0.0.1:{}", server.port))
             .await
             .unwrap();
         let js = jetstream::new(client);
