@@ -516,6 +516,8 @@ async fn publish(
     let _ = stop.send(true);
 }
 
+/// Sends one log entry, its request id as `Nats-Msg-Id` (the stream stores an id once
+/// within its window, so sending again is safe); the acknowledgement is awaited apart.
 async fn send(
     js: &jetstream::Context,
     subject: &str,
