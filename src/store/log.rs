@@ -484,7 +484,8 @@ async fn publish(
             at: crate::time::now_ms(),
             request,
         };
-        let subject = log.subject(&entry.request);
+        // Made once: sending again (`acknowledged`) clones it without copying.
+        let subject = async_nats::Subject::from(log.subject(&entry.request));
         let payload = match serde_json::to_vec(&entry) {
             Ok(p) => p,
             Err(e) => {
@@ -520,12 +521,12 @@ async fn publish(
 /// within its window, so sending again is safe); the acknowledgement is awaited apart.
 async fn send(
     js: &jetstream::Context,
-    subject: &str,
+    subject: &async_nats::Subject,
     payload: &bytes::Bytes,
     id: &str,
 ) -> Result<jetstream::context::PublishAckFuture, jetstream::context::PublishError> {
     js.send_publish(
-        subject.to_owned(),
+        subject.clone(),
         jetstream::message::PublishMessage::build()
             .payload(payload.clone())
             .message_id(id),
@@ -541,7 +542,7 @@ async fn send(
 async fn acknowledged(
     js: &jetstream::Context,
     mut ack: jetstream::context::PublishAckFuture,
-    subject: &str,
+    subject: &async_nats::Subject,
     payload: &bytes::Bytes,
     id: &str,
 ) -> Result<u64, String> {
@@ -869,7 +870,8 @@ mod tests {
             .unwrap();
         let js = jetstream::new(client);
         let payload = bytes::Bytes::from_static(b"entry");
-        let ack = send(&js, "late.routes", &payload, "n-1").await.unwrap();
+        let late = async_nats::Subject::from("late.routes");
+        let ack = send(&js, &late, &payload, "n-1").await.unwrap();
         let maker = js.clone();
         let made = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(700)).await;
@@ -882,12 +884,13 @@ mod tests {
                 .await
                 .map(|_| ())
         });
-        let sequence = acknowledged(&js, ack, "late.routes", &payload, "n-1").await;
+        let sequence = acknowledged(&js, ack, &late, &payload, "n-1").await;
         made.await.unwrap().unwrap();
         assert_eq!(sequence, Ok(1), "taken once, as the stream's first entry");
 
-        let ack = send(&js, "nowhere.x", &payload, "n-2").await.unwrap();
-        let refused = acknowledged(&js, ack, "nowhere.x", &payload, "n-2").await;
+        let nowhere = async_nats::Subject::from("nowhere.x");
+        let ack = send(&js, &nowhere, &payload, "n-2").await.unwrap();
+        let refused = acknowledged(&js, ack, &nowhere, &payload, "n-2").await;
         assert!(
             refused.as_ref().is_err_and(|e| e.contains("no stream")),
             "{refused:?}"
