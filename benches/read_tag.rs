@@ -7,7 +7,11 @@
 //!   pass, `Segment::fields`); `full_read_by_number`: the same, each field found by its
 //!   number (`Segment::field(n)`, from the segment's start each time);
 //! - `ack_build`: the ACK for the message;
-//! - `hl7_parser_parse_only`: hl7-parser 0.3 parsing the same bytes (no fields read).
+//! - `hl7_parser_parse_only`: hl7-parser 0.3 parsing the same bytes (no fields read);
+//! - `memchr_bound`: the same bytes split into segments and fields with `memchr`, nothing
+//!   checked or decoded: the issue's yardstick (read + tag is to take at most twice its
+//!   time), measured in the same run as `read_tag` so that the ratio holds whatever the
+//!   machine.
 //!
 //! `cargo bench --bench read_tag`; BENCHMARKS.md has the latest figures.
 
@@ -89,6 +93,9 @@ fn bench(c: &mut Criterion) {
                 )
             })
         });
+        g.bench_function(format!("memchr_bound_{size}b"), |b| {
+            b.iter(|| memchr_split(&msg))
+        });
         g.bench_function(format!("hl7_parser_parse_only_{size}b"), |b| {
             let text = String::from_utf8(msg.clone()).expect("utf8");
             b.iter(|| {
@@ -99,6 +106,24 @@ fn bench(c: &mut Criterion) {
         });
     }
     g.finish();
+}
+
+/// The bytes split into segments (`\r`, `\n`) and each segment into fields (`|`) with
+/// `memchr`, as issue 8 measured its bound ("splitting a 2.7 KB ORU^R01 into segments and
+/// fields with memchr"): the fields' lengths summed so that nothing is optimised away.
+fn memchr_split(bytes: &[u8]) -> usize {
+    let mut n = 0;
+    let mut start = 0;
+    for end in memchr::memchr2_iter(b'\r', b'\n', bytes).chain([bytes.len()]) {
+        let seg = &bytes[start..end];
+        let mut from = 0;
+        for sep in memchr::memchr_iter(b'|', seg).chain([seg.len()]) {
+            n += sep - from + 1;
+            from = sep + 1;
+        }
+        start = end + 1;
+    }
+    n
 }
 
 /// `read_everything` with each field found by its number: what a reader that knows only

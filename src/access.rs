@@ -80,16 +80,27 @@ pub fn care_team(msg: &Message<'_>) -> Vec<(String, Link)> {
 /// [`crate::router::facts::MAX_DISTINCT`] already.
 pub fn add_care(seg: &Segment<'_>, out: &mut Vec<(String, Link)>) -> bool {
     match seg.id() {
-        b"ORC" => add_named(&seg.field(12), Link::Ordering, out),
+        b"ORC" => add_orc_care(&seg.field(12), out),
         b"OBR" => {
             let [f16, f28] = seg.fields_at([16, 28]);
-            add_named(&f16, Link::Ordering, out) & add_named(&f28, Link::Copy, out)
+            add_obr_care(&f16, &f28, out)
         }
         b"PRT" if seg.field(4).component(1).text() == "RCT" => {
             add_named(&seg.field(5), Link::Recipient, out)
         }
         _ => true,
     }
+}
+
+/// [`add_care`] for an ORC whose field 12 the caller has read (`router::extract` reads an
+/// ORC's fields in one pass).
+pub fn add_orc_care(orc12: &Field<'_>, out: &mut Vec<(String, Link)>) -> bool {
+    add_named(orc12, Link::Ordering, out)
+}
+
+/// [`add_care`] for an OBR whose fields 16 and 28 the caller has read.
+pub fn add_obr_care(obr16: &Field<'_>, obr28: &Field<'_>, out: &mut Vec<(String, Link)>) -> bool {
+    add_named(obr16, Link::Ordering, out) & add_named(obr28, Link::Copy, out)
 }
 
 /// The practitioners an XCN field (ORC-12, OBR-16...) names, each added to `out` with

@@ -194,8 +194,9 @@ pub fn table_concept(table: &str, v: Value<'_>) -> Option<CodeableConcept> {
 
 /// The identifier system an HD's universal id (and its type) names, when it is a URI.
 pub fn hd_uri(id: &str, ty: &str) -> Option<String> {
+    // `concat`, not `format!`: on the ACK path, for each patient identifier (D27).
     if is_oid(id) {
-        Some(format!("urn:oid:{id}"))
+        Some(["urn:oid:", id].concat())
     } else if ty.eq_ignore_ascii_case("UUID") {
         Some(format!("urn:uuid:{}", id.to_ascii_lowercase()))
     } else if is_uri(id) {

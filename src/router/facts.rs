@@ -18,7 +18,8 @@ pub struct OrderRef {
 impl OrderRef {
     /// Index key: namespace and id, unit-separated.
     pub fn key(&self) -> String {
-        format!("{}\u{1f}{}", self.namespace, self.id)
+        // `concat`, not `format!`: on the ACK path, per order number (D27).
+        [self.namespace.as_str(), "\u{1f}", self.id.as_str()].concat()
     }
 }
 
@@ -157,11 +158,22 @@ fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
         || authority_uid.starts_with("1.2.250.1.213.1.4.")
 }
 
+/// `char::is_control` of any character, byte by byte while the text is ASCII (as
+/// identifiers are).
+fn has_control(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes().any(|b| b < 0x20 || b == 0x7f)
+    } else {
+        s.chars().any(char::is_control)
+    }
+}
+
 /// A PID-3 identifier (value, CX-4.2 universal id, CX-4.3 its type) as FHIR writes it
 /// (`fhir::v2::cx_identifier`: the system `hd_uri` names), from the pieces `extract` has
 /// already read.
 fn push_patient_id(out: &mut Vec<PatientId>, value: &str, uid: &str, uid_type: &str) -> bool {
-    if value.is_empty() {
+    // Control characters (an HL7 hex escape) are kept out: they separate the index's keys.
+    if value.is_empty() || has_control(value) {
         return true;
     }
     let system = if uid.is_empty() {
@@ -169,12 +181,7 @@ fn push_patient_id(out: &mut Vec<PatientId>, value: &str, uid: &str, uid_type: &
     } else {
         crate::fhir::v2::hd_uri(uid, uid_type)
     };
-    // Control characters (an HL7 hex escape) are kept out: they separate the index's keys.
-    if value
-        .chars()
-        .chain(system.iter().flat_map(|s| s.chars()))
-        .any(char::is_control)
-    {
+    if system.as_deref().is_some_and(has_control) {
         return true;
     }
     push_unique(
@@ -197,6 +204,9 @@ fn push_visit_authority(
     push_found(&mut f.visit_authorities, names[0], &ns.text())
         & push_found(&mut f.visit_authorities, names[1], &uid.text())
 }
+
+/// Where a message naming too many practitioners is said to be over the limit.
+const CARE_FIELDS: &str = "practitioners named (ORC-12, OBR-16, OBR-28, PRT-5)";
 
 /// Built once: building a searcher for each message cost more than the search.
 static META_DMP_MSS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
@@ -265,12 +275,6 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
     let mut pids = 0usize;
     let mut over = Overflow::default();
     for seg in msg.segments() {
-        if result {
-            over.note(
-                crate::access::add_care(&seg, &mut f.care_team),
-                format_args!("practitioners named (ORC-12, OBR-16, OBR-28, PRT-5)"),
-            );
-        }
         match seg.id() {
             b"OBX" if dmp_meta => {
                 f.ack_reception |= crate::dmp::flag_in(&seg, "ACK_RECEPTION") == Some(true);
@@ -283,8 +287,18 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                 } else {
                     ("OBR", ["OBR-2.2", "OBR-2.3"])
                 };
-                // ORC-21 (FINESS) is used for ORC only.
-                let [f2, f3, f21] = seg.fields_at([2, 3, 21]);
+                // One pass over the segment for every field read: ORC-21 (FINESS) and
+                // ORC-12 (ordering provider) are ORC's; OBR-16 and OBR-28 (ordering
+                // provider, copies to) are OBR's.
+                let [f2, f3, f12, f16, f21, f28] = seg.fields_at([2, 3, 12, 16, 21, 28]);
+                if result {
+                    let fits = if orc {
+                        crate::access::add_orc_care(&f12, &mut f.care_team)
+                    } else {
+                        crate::access::add_obr_care(&f16, &f28, &mut f.care_team)
+                    };
+                    over.note(fits, format_args!("{CARE_FIELDS}"));
+                }
                 for (n, field) in [(2usize, f2), (3, f3)] {
                     let [id, ns, uid] = field.repetition(1).components_at([1, 2, 3]);
                     let (id, ns, uid) = (id.text(), ns.text(), uid.text());
@@ -358,9 +372,15 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
                         } else {
                             ns.trim()
                         };
-                        f.patient_key = Some(format!("{a}\u{1f}{}", id.trim()));
+                        f.patient_key = Some([a, "\u{1f}", id.trim()].concat());
                     }
                 }
+            }
+            b"PRT" if result => {
+                over.note(
+                    crate::access::add_care(&seg, &mut f.care_team),
+                    format_args!("{CARE_FIELDS}"),
+                );
             }
             b"ZFA" => {
                 f.zfa = Some((1..=10).map(|n| seg.field(n).text().into_owned()).collect());

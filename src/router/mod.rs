@@ -114,52 +114,54 @@ impl OrderIndex for MemoryOrders {
     }
 }
 
-/// The identifier rules that apply to a class of message. MSH-4 names the placer only for
-/// messages the placer sends (orders, patient administration): a result's MSH-4 is the lab.
-fn identifier_sources(facts: &Facts) -> Vec<(IdKind, &Found)> {
-    let mut v = Vec::new();
-    if matches!(facts.class, MessageClass::Order | MessageClass::Admin) {
-        v.extend(
-            facts
-                .sending_facility
-                .iter()
-                .map(|f| (IdKind::SendingFacility, f)),
-        );
+/// The identifier rules that apply to a class of message, in the order the evidence lists
+/// them. MSH-4 names the placer only for messages the placer sends (orders, patient
+/// administration): a result's MSH-4 is the lab.
+fn identifier_sources(facts: &Facts) -> impl Iterator<Item = (IdKind, &Found)> {
+    let placer_sends = matches!(facts.class, MessageClass::Order | MessageClass::Admin);
+    let msh4 = facts.sending_facility.iter().filter(move |_| placer_sends);
+    msh4.clone()
+        .map(|f| (IdKind::SendingFacility, f))
         // MSH-4.2 may carry the placer's FINESS.
-        v.extend(
-            facts
-                .sending_facility
-                .iter()
-                .filter(|f| f.field == "MSH-4.2")
+        .chain(
+            msh4.filter(|f| f.field == "MSH-4.2")
                 .map(|f| (IdKind::Finess, f)),
-        );
-    }
-    v.extend(
-        facts
-            .placer_namespaces
-            .iter()
-            .map(|f| (IdKind::PlacerNamespace, f)),
-    );
-    v.extend(facts.finess.iter().map(|f| (IdKind::Finess, f)));
-    v.extend(facts.facilities.iter().map(|f| (IdKind::Facility, f)));
-    v.extend(
-        facts
-            .patient_authorities
-            .iter()
-            .map(|f| (IdKind::PatientAuthority, f)),
-    );
-    v.extend(
-        facts
-            .visit_authorities
-            .iter()
-            .map(|f| (IdKind::VisitAuthority, f)),
-    );
-    v
+        )
+        .chain(
+            facts
+                .placer_namespaces
+                .iter()
+                .map(|f| (IdKind::PlacerNamespace, f)),
+        )
+        .chain(facts.finess.iter().map(|f| (IdKind::Finess, f)))
+        .chain(facts.facilities.iter().map(|f| (IdKind::Facility, f)))
+        .chain(
+            facts
+                .patient_authorities
+                .iter()
+                .map(|f| (IdKind::PatientAuthority, f)),
+        )
+        .chain(
+            facts
+                .visit_authorities
+                .iter()
+                .map(|f| (IdKind::VisitAuthority, f)),
+        )
 }
 
 /// Decides the owning establishment.
 pub fn decide(facts: &Facts, cfg: &Config, orders: &dyn OrderIndex) -> Decision {
-    let mut evidence = Vec::new();
+    // Sized once (the vector grown push by push was a tenth of the decision).
+    let mut evidence = Vec::with_capacity(
+        facts.placer_orders.len()
+            + facts.filler_orders.len()
+            + 2 * facts.sending_facility.len()
+            + facts.placer_namespaces.len()
+            + facts.finess.len()
+            + facts.facilities.len()
+            + facts.patient_authorities.len()
+            + facts.visit_authorities.len(),
+    );
     if matches!(facts.class, MessageClass::Result | MessageClass::Document) {
         for (list, rule, field) in [
             (&facts.placer_orders, Rule::OrderPlacer, "ORC-2/OBR-2"),
@@ -175,7 +177,7 @@ pub fn decide(facts: &Facts, cfg: &Config, orders: &dyn OrderIndex) -> Decision 
                     evidence.push(Evidence {
                         rule,
                         field: std::borrow::Cow::Borrowed(field),
-                        value: format!("{}/{}", o.namespace, o.id),
+                        value: [o.namespace.as_str(), "/", o.id.as_str()].concat(),
                         establishment: owner,
                     });
                 }
