@@ -404,3 +404,83 @@ pub fn extract(msg: &Message<'_>) -> Result<Facts, Refusal> {
     }
     Ok(f)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Link;
+
+    fn facts(pid3: &str) -> Facts {
+        let text = format!(
+            "MSH|^~\\&|SIL|LAB|DPI|CHN|20250301100000||ORU^R01^ORU_R01|M1|P|2.5|||||FRA|UNICODE UTF-8\r\
+PID|||{pid3}\rOBR|1|PL-1^DPI-CHN|F-1^LAB|GLU^Glucose^L\r"
+        );
+        let bytes = text.into_bytes();
+        let msg = Message::parse(&bytes).expect("parses");
+        extract(&msg).expect("facts")
+    }
+
+    #[test]
+    fn patient_identifiers_with_a_control_character_are_left_out() {
+        // A hex escape making a C0 control (ASCII), a C1 control (U+0085, non-ASCII), or
+        // none; the last one's system is an OID.
+        let f = facts(
+            "1\\X1F\\2^^^CHN&1.2.3&ISO^PI~Zé\\XC285\\1^^^CHN^PI~279035121518989^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS",
+        );
+        assert_eq!(
+            f.patient_ids,
+            vec![PatientId {
+                system: Some("urn:oid:1.2.250.1.213.1.4.8".into()),
+                value: "279035121518989".into(),
+            }]
+        );
+        // A control character in an authority that names no URI: no system, the value kept.
+        let f = facts("123^^^CHN&1.2\\X1F\\.3&ISO^PI");
+        assert_eq!(
+            f.patient_ids,
+            vec![PatientId {
+                system: None,
+                value: "123".into(),
+            }]
+        );
+        assert_eq!(f.patient_key.as_deref(), Some("CHN\u{1f}123"));
+    }
+
+    #[test]
+    fn the_care_team_is_read_from_orc_and_obr_in_their_one_pass() {
+        // Fields by number: `fields(&[(12, "x")])` puts "x" in field 12.
+        let fields = |at: &[(usize, &str)]| {
+            let last = at.iter().map(|(n, _)| *n).max().unwrap_or(0);
+            (1..=last)
+                .map(|n| at.iter().find(|(k, _)| *k == n).map_or("", |(_, v)| *v))
+                .collect::<Vec<_>>()
+                .join("|")
+        };
+        let xcn = |rpps: &str| format!("{rpps}^Name^Given^^^^^^^^^^RPPS");
+        let (a, b, c) = (xcn("10000000001"), xcn("10000000002"), xcn("10000000003"));
+        let copies = format!("{c}~{a}");
+        let text = format!(
+            "MSH|^~\\&|SIL|LAB|DPI|CHN|20250301100000||ORU^R01^ORU_R01|M1|P|2.5\r\
+PID|||123^^^CHN^PI\rORC|{}\rOBR|{}\r",
+            fields(&[(1, "RE"), (2, "PL-1^DPI-CHN"), (3, "F-1^LAB"), (12, &a)]),
+            fields(&[
+                (1, "1"),
+                (2, "PL-1^DPI-CHN"),
+                (3, "F-1^LAB"),
+                (16, &b),
+                (28, &copies)
+            ]),
+        );
+        let msg = Message::parse(text.as_bytes()).expect("parses");
+        let f = extract(&msg).expect("facts");
+        assert_eq!(
+            f.care_team,
+            vec![
+                ("10000000001".to_owned(), Link::Ordering),
+                ("10000000002".to_owned(), Link::Ordering),
+                ("10000000003".to_owned(), Link::Copy),
+            ]
+        );
+        assert_eq!(f.care_team, crate::access::care_team(&msg));
+    }
+}
