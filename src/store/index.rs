@@ -112,22 +112,24 @@ fn next_write<'b>(b: &mut &'b [u8]) -> Option<(u8, &'b str, &'b [u8])> {
     Some((op, std::str::from_utf8(key).ok()?, value))
 }
 
-/// Applies every pending entry in `txn`, in order, and removes them. Returns how many
-/// messages' writes were applied. An entry that does not decode (it was written by this
-/// module: never, short of a damaged file) is logged, kept out of the indexes, and removed.
+/// Applies every pending entry in `txn` and removes them. Returns how many messages' writes
+/// were applied. An entry that does not decode (it was written by this module: never, short
+/// of a damaged file) is logged, kept out of the indexes, and removed.
+///
+/// The writes are applied table by table in key order (D27): a batch's random keys then
+/// walk each B-tree once from left to right instead of jumping between leaves. The sort is
+/// stable, so two writes of one key keep the order of their messages: the first stays
+/// where the first wins (patient identifiers, care links, orders), the last where the last
+/// wins (a results entry written again).
 pub(crate) fn apply_pending(txn: &WriteTransaction) -> Result<u64, StoreError> {
     let mut pending = txn.open_table(PENDING_INDEX).map_err(db_err)?;
-    let mut results = txn.open_table(RESULTS).map_err(db_err)?;
-    let mut ids = txn.open_table(PATIENT_IDS).map_err(db_err)?;
-    let mut care = txn.open_table(CARE_LINKS).map_err(db_err)?;
-    let mut dedup = txn.open_table(DEDUP).map_err(db_err)?;
-    let mut orders = txn.open_table(ORDERS).map_err(db_err)?;
-    let mut n = 0;
-    while let Some((k, v)) = pending.pop_first().map_err(db_err)? {
-        n += 1;
-        let bytes = v.value().to_vec();
-        let number = k.value();
-        drop((k, v));
+    let mut entries: Vec<(u64, Vec<u8>)> = Vec::new();
+    for item in pending.iter().map_err(db_err)? {
+        let (k, v) = item.map_err(db_err)?;
+        entries.push((k.value(), v.value().to_vec()));
+    }
+    let mut writes: Vec<(u8, &str, &[u8], u64)> = Vec::with_capacity(entries.len() * 4);
+    for (number, bytes) in &entries {
         let mut b = bytes.as_slice();
         while !b.is_empty() {
             let Some((op, key, value)) = next_write(&mut b) else {
@@ -137,42 +139,53 @@ pub(crate) fn apply_pending(txn: &WriteTransaction) -> Result<u64, StoreError> {
                 );
                 break;
             };
-            // The message number of a results entry or a patient identifier.
-            let seq = || value.try_into().map(u64::from_be_bytes).unwrap_or_default();
-            match op {
-                OP_RESULT => {
-                    results.insert(key, seq()).map_err(db_err)?;
+            writes.push((op, key, value, *number));
+        }
+    }
+    writes.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    let mut results = txn.open_table(RESULTS).map_err(db_err)?;
+    let mut ids = txn.open_table(PATIENT_IDS).map_err(db_err)?;
+    let mut care = txn.open_table(CARE_LINKS).map_err(db_err)?;
+    let mut dedup = txn.open_table(DEDUP).map_err(db_err)?;
+    let mut orders = txn.open_table(ORDERS).map_err(db_err)?;
+    for (op, key, value, number) in writes {
+        // The message number of a results entry or a patient identifier.
+        let seq = || value.try_into().map(u64::from_be_bytes).unwrap_or_default();
+        match op {
+            OP_RESULT => {
+                results.insert(key, seq()).map_err(db_err)?;
+            }
+            OP_PATIENT_ID => {
+                if ids.get(key).map_err(db_err)?.is_none() {
+                    ids.insert(key, seq()).map_err(db_err)?;
                 }
-                OP_PATIENT_ID => {
-                    if ids.get(key).map_err(db_err)?.is_none() {
-                        ids.insert(key, seq()).map_err(db_err)?;
-                    }
+            }
+            OP_CARE_LINK => {
+                if care.get(key).map_err(db_err)?.is_none() {
+                    care.insert(key, value).map_err(db_err)?;
                 }
-                OP_CARE_LINK => {
-                    if care.get(key).map_err(db_err)?.is_none() {
-                        care.insert(key, value).map_err(db_err)?;
-                    }
+            }
+            OP_DEDUP => {
+                dedup.insert(key, value).map_err(db_err)?;
+            }
+            OP_ORDER => {
+                if orders.get(key).map_err(db_err)?.is_none() {
+                    let owner = std::str::from_utf8(value).unwrap_or_default();
+                    orders.insert(key, owner).map_err(db_err)?;
                 }
-                OP_DEDUP => {
-                    dedup.insert(key, value).map_err(db_err)?;
-                }
-                OP_ORDER => {
-                    if orders.get(key).map_err(db_err)?.is_none() {
-                        let owner = std::str::from_utf8(value).unwrap_or_default();
-                        orders.insert(key, owner).map_err(db_err)?;
-                    }
-                }
-                other => {
-                    tracing::error!(
-                        pending = number,
-                        kind = other,
-                        "unknown pending index write"
-                    );
-                }
+            }
+            other => {
+                tracing::error!(
+                    pending = number,
+                    kind = other,
+                    "unknown pending index write"
+                );
             }
         }
     }
-    Ok(n)
+    // Every entry read above is applied: the table is emptied in one walk.
+    pending.retain(|_, _| false).map_err(db_err)?;
+    Ok(entries.len() as u64)
 }
 
 /// What the writer appended to `DEDUP` and `ORDERS` and has not applied yet, with the

@@ -843,6 +843,9 @@ mod tests {
                         at_ms: seq,
                     };
                     w.care_link(&key, &encode(&link));
+                    // Two owners claim one order: the first one's stays (D27 sorts the
+                    // writes by key; the sort keeps the messages' order within a key).
+                    w.order("DPI\u{1f}PL-1", if n == 1 { "ES1" } else { "ES2" });
                     p.insert(n, w.as_bytes()).unwrap();
                 }
             }
@@ -864,6 +867,13 @@ mod tests {
                 .unwrap()
                 .map(|v| decode::<CareLink>(v.value()).unwrap().seq);
             assert_eq!(first, Some(7), "the first link is kept");
+            let owner = txn
+                .open_table(ORDERS)
+                .unwrap()
+                .get("DPI\u{1f}PL-1")
+                .unwrap()
+                .map(|v| v.value().to_owned());
+            assert_eq!(owner.as_deref(), Some("ES1"), "the first owner is kept");
             let left = txn.open_table(index::PENDING_INDEX).unwrap().len().unwrap();
             assert_eq!(left, 0);
         }
