@@ -18,16 +18,8 @@ bin=${6:-target/release/labroute}
 [ -x "$bin" ] || { echo "no $bin: cargo build --release (or pass the binary)"; exit 2; }
 dir=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$dir"' EXIT
-LABROUTE_LOG=error "$bin" serve --data "$dir/data" &
-serve=$!
-for _ in $(seq 200); do
-    (exec 3<>/dev/tcp/127.0.0.1/2575) 2>/dev/null && break
-    sleep 0.05
-done
-kill -0 "$serve" 2>/dev/null || {
-    echo "labroute serve did not start (another instance on routes/' ports 2575-2581?)"
-    exit 1
-}
+. "$(dirname "$0")/serve.sh"
+start_serve "$bin" "$dir/data"
 (while kill -0 "$serve" 2>/dev/null; do
     ps -o rss= -p "$serve" >> "$dir/rss" || true
     sleep 5
