@@ -256,44 +256,11 @@ impl System {
 
 /// The identifiers' hash (D27): the tenant decision looks up about ten values a message, and
 /// those lookups were about 40 % of its time in a profile, most of it SipHash (the
-/// standard hash, twice per lookup). Its keys are the configured
-/// identifiers only (a message's values are looked up, never inserted), so a sender cannot
-/// fill the table with colliding keys: the flooding SipHash guards against cannot happen.
-pub type IdHash = std::hash::BuildHasherDefault<IdHasher>;
-
-/// FxHash (rustc's hash): eight bytes at a time, a rotate, a xor and a multiply.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl IdHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl std::hash::Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            // The length keeps "a" and "a\0" apart.
-            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-    fn write_u8(&mut self, b: u8) {
-        self.add(u64::from(b));
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+/// standard hash, twice per lookup). foldhash is already built for hashbrown and
+/// serde_json. Its keys are the configured identifiers only (a message's values are looked
+/// up, never inserted), so a sender cannot fill the table with colliding keys: the flooding
+/// SipHash guards against cannot happen.
+pub type IdHash = foldhash::fast::RandomState;
 
 /// Which configured identifier a value matched.
 #[derive(

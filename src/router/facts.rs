@@ -158,22 +158,12 @@ fn is_national_patient_id(id_type: &str, authority_uid: &str) -> bool {
         || authority_uid.starts_with("1.2.250.1.213.1.4.")
 }
 
-/// `char::is_control` of any character, byte by byte while the text is ASCII (as
-/// identifiers are).
-fn has_control(s: &str) -> bool {
-    if s.is_ascii() {
-        s.bytes().any(|b| b < 0x20 || b == 0x7f)
-    } else {
-        s.chars().any(char::is_control)
-    }
-}
-
 /// A PID-3 identifier (value, CX-4.2 universal id, CX-4.3 its type) as FHIR writes it
 /// (`fhir::v2::cx_identifier`: the system `hd_uri` names), from the pieces `extract` has
 /// already read.
 fn push_patient_id(out: &mut Vec<PatientId>, value: &str, uid: &str, uid_type: &str) -> bool {
     // Control characters (an HL7 hex escape) are kept out: they separate the index's keys.
-    if value.is_empty() || has_control(value) {
+    if value.is_empty() || value.chars().any(char::is_control) {
         return true;
     }
     let system = if uid.is_empty() {
@@ -181,7 +171,7 @@ fn push_patient_id(out: &mut Vec<PatientId>, value: &str, uid: &str, uid_type: &
     } else {
         crate::fhir::v2::hd_uri(uid, uid_type)
     };
-    if system.as_deref().is_some_and(has_control) {
+    if system.iter().flat_map(|s| s.chars()).any(char::is_control) {
         return true;
     }
     push_unique(

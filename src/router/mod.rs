@@ -118,49 +118,33 @@ impl OrderIndex for MemoryOrders {
 /// them. MSH-4 names the placer only for messages the placer sends (orders, patient
 /// administration): a result's MSH-4 is the lab.
 fn identifier_sources(facts: &Facts) -> impl Iterator<Item = (IdKind, &Found)> {
-    let placer_sends = matches!(facts.class, MessageClass::Order | MessageClass::Admin);
-    let msh4 = facts.sending_facility.iter().filter(move |_| placer_sends);
-    msh4.clone()
-        .map(|f| (IdKind::SendingFacility, f))
+    fn tagged(kind: IdKind, list: &[Found]) -> impl Iterator<Item = (IdKind, &Found)> {
+        list.iter().map(move |f| (kind, f))
+    }
+    let msh4: &[Found] = if matches!(facts.class, MessageClass::Order | MessageClass::Admin) {
+        &facts.sending_facility
+    } else {
+        &[]
+    };
+    tagged(IdKind::SendingFacility, msh4)
         // MSH-4.2 may carry the placer's FINESS.
-        .chain(
-            msh4.filter(|f| f.field == "MSH-4.2")
-                .map(|f| (IdKind::Finess, f)),
-        )
-        .chain(
-            facts
-                .placer_namespaces
-                .iter()
-                .map(|f| (IdKind::PlacerNamespace, f)),
-        )
-        .chain(facts.finess.iter().map(|f| (IdKind::Finess, f)))
-        .chain(facts.facilities.iter().map(|f| (IdKind::Facility, f)))
-        .chain(
-            facts
-                .patient_authorities
-                .iter()
-                .map(|f| (IdKind::PatientAuthority, f)),
-        )
-        .chain(
-            facts
-                .visit_authorities
-                .iter()
-                .map(|f| (IdKind::VisitAuthority, f)),
-        )
+        .chain(tagged(IdKind::Finess, msh4).filter(|(_, f)| f.field == "MSH-4.2"))
+        .chain(tagged(IdKind::PlacerNamespace, &facts.placer_namespaces))
+        .chain(tagged(IdKind::Finess, &facts.finess))
+        .chain(tagged(IdKind::Facility, &facts.facilities))
+        .chain(tagged(IdKind::PatientAuthority, &facts.patient_authorities))
+        .chain(tagged(IdKind::VisitAuthority, &facts.visit_authorities))
 }
 
 /// Decides the owning establishment.
 pub fn decide(facts: &Facts, cfg: &Config, orders: &dyn OrderIndex) -> Decision {
-    // Sized once (the vector grown push by push was a tenth of the decision).
+    let sources = identifier_sources(facts);
+    // Sized once (the vector grown push by push was a tenth of the decision): every source
+    // and every order number at most.
     let mut evidence = Vec::with_capacity(
         facts.placer_orders.len()
             + facts.filler_orders.len()
-            + 2 * facts.sending_facility.len()
-            + facts.placer_namespaces.len()
-            + facts.finess.len()
-            + facts.facilities.len()
-            + facts.patient_authorities.len()
-            + facts.visit_authorities.len(),
+            + sources.size_hint().1.unwrap_or_default(),
     );
     if matches!(facts.class, MessageClass::Result | MessageClass::Document) {
         for (list, rule, field) in [
@@ -184,7 +168,7 @@ pub fn decide(facts: &Facts, cfg: &Config, orders: &dyn OrderIndex) -> Decision 
             }
         }
     }
-    for (kind, found) in identifier_sources(facts) {
+    for (kind, found) in sources {
         evidence.push(Evidence {
             rule: Rule::Identifier(kind),
             field: found.field.clone(),
