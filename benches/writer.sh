@@ -28,7 +28,11 @@ before=$(cpu)
     --rate "$rate" --mix "$mix" --cert certs/sil.pem --key certs/sil.key --ca certs/ca.pem \
     --json > "$dir/report.json"
 after=$(cpu)
-curl -s --cacert certs/ca.pem https://localhost:2580/metrics > "$dir/metrics"
+curl -sf --cacert certs/ca.pem https://localhost:2580/metrics > "$dir/metrics" || {
+    echo "cannot read /metrics on 127.0.0.1:2580: the routes' [admin] needs"
+    echo "without_certificate = [\"127.0.0.1\"] (as in routes/)"
+    exit 1
+}
 python3 - "$bin" "$dir/report.json" "$dir/metrics" "$before" "$after" "$(getconf CLK_TCK)" <<'PY'
 import json, sys
 bin, report, metrics, before, after, hz = sys.argv[1:]
