@@ -140,6 +140,10 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     if old.fhir.bind != new.fhir.bind {
         out.push("[fhir] bind".to_owned());
     }
+    // The store is opened once (kind, JetStream servers, write-ahead log).
+    if old.store != new.store {
+        out.push("[store]".to_owned());
+    }
     let engine = |c: &Config| {
         let e = &c.engine;
         (

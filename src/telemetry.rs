@@ -49,6 +49,8 @@ pub mod names {
     pub const STORE_INDEX: &str = "labroute_store_index_seconds";
     /// Messages whose index writes one application applied.
     pub const STORE_INDEX_BATCH: &str = "labroute_store_index_batch_size";
+    /// Seconds to append and sync one batch to the write-ahead log (D28).
+    pub const WAL_SYNC: &str = "labroute_store_wal_sync_seconds";
     /// Store batches that failed (each request answered with an error).
     pub const STORE_ERRORS: &str = "labroute_store_errors_total";
     /// JetStream store (D23): the last log entry this node's store applied.
@@ -156,6 +158,7 @@ fn buckets(b: PrometheusBuilder) -> Result<PrometheusBuilder, ()> {
     let b = set(b, names::ACK_LATENCY, SECONDS)?;
     let b = set(b, names::STORE_COMMIT, SECONDS)?;
     let b = set(b, names::STORE_INDEX, SECONDS)?;
+    let b = set(b, names::WAL_SYNC, SECONDS)?;
     let b = set(b, names::STORE_INDEX_BATCH, BATCH)?;
     let b = set(b, names::DELIVERY_LATENCY, DELIVERY_SECONDS)?;
     set(b, names::STORE_BATCH, BATCH)
@@ -205,6 +208,11 @@ fn describe() {
         names::STORE_COMMIT,
         Unit::Seconds,
         "Time to commit one batch of the store (write and sync)"
+    );
+    describe_histogram!(
+        names::WAL_SYNC,
+        Unit::Seconds,
+        "Time to append and sync one batch to the write-ahead log"
     );
     describe_histogram!(
         names::STORE_BATCH,

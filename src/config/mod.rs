@@ -67,6 +67,8 @@ pub enum StoreKind {
     /// The embedded store alone (one machine).
     #[default]
     Embedded,
+    /// The embedded store with a write-ahead log in front (`write_ahead_log = true`, D28).
+    EmbeddedWal,
     /// Every change goes through a JetStream stream first; each node applies the stream, in
     /// its order, to its own embedded store.
     JetStream(JetStreamStore),
@@ -1684,8 +1686,19 @@ impl Validator {
                         self.err(cx, line, field, "only for kind = \"jetstream\"");
                     }
                 }
+                if st.write_ahead_log.as_ref().is_some_and(|w| *w.get_ref()) {
+                    self.cfg.store = StoreKind::EmbeddedWal;
+                }
             }
             "jetstream" => {
+                if let Some(w) = &st.write_ahead_log {
+                    self.err(
+                        cx,
+                        cx.line(w),
+                        "store.write_ahead_log",
+                        "only for kind = \"embedded\" (the JetStream stream is the log)",
+                    );
+                }
                 if st.servers.is_empty() {
                     self.err(
                         cx,

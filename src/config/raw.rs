@@ -163,6 +163,9 @@ pub struct RawTls {
 pub struct RawStore {
     /// "embedded" (the default) or "jetstream".
     pub kind: S,
+    /// Embedded: requests are appended to a write-ahead log and synced before they are
+    /// applied, and the store is made durable behind (D28). Default false.
+    pub write_ahead_log: Option<Spanned<bool>>,
     /// JetStream: the servers, `tls://host:port` (the instance's `[tls]` material,
     /// mutually authenticated), or `nats://127.0.0.1:port` on loopback only.
     #[serde(default)]

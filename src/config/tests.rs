@@ -339,3 +339,21 @@ fn the_jetstream_store_is_checked_field_by_field() {
         .to_string();
     assert!(err.contains("only for kind = \"jetstream\""), "{err}");
 }
+
+#[test]
+fn the_write_ahead_log_is_for_the_embedded_store_only() {
+    let with = |store: &str| load(&format!("{GOOD}\n{store}"));
+    let on = with("[store]\nkind = \"embedded\"\nwrite_ahead_log = true\n").unwrap();
+    assert_eq!(on.store, StoreKind::EmbeddedWal);
+    let off = with("[store]\nkind = \"embedded\"\nwrite_ahead_log = false\n").unwrap();
+    assert_eq!(off.store, StoreKind::Embedded);
+    assert_eq!(load(GOOD).unwrap().store, StoreKind::Embedded);
+    // Not a routing change: a node may turn it on alone, by a restart (not a reload).
+    assert_eq!(on.routing_digest(), off.routing_digest());
+    assert_eq!(crate::reload::needs_restart(&off, &on), ["[store]"]);
+    assert!(crate::reload::needs_restart(&on, &on).is_empty());
+    let e = with("[store]\nkind = \"jetstream\"\nservers = [\"nats://127.0.0.1:4222\"]\nnode = \"a\"\nwrite_ahead_log = true\n")
+        .unwrap_err()
+        .0;
+    assert_eq!(e[0].field, "store.write_ahead_log", "{e:?}");
+}

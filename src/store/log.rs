@@ -131,6 +131,18 @@ impl Track {
 }
 
 impl Track {
+    /// The last entry committed.
+    pub(crate) fn committed(&self) -> u64 {
+        self.pos.committed
+    }
+
+    /// The store was reopened at entry `committed` (it may have lost non-durable commits,
+    /// D28): entries are admitted from the next one on.
+    pub(crate) fn reset(&mut self, committed: u64) {
+        self.pos.committed = committed;
+        self.tx.send_replace(self.pos);
+    }
+
     /// Whether the writer is stopped at a `Routes` entry (D24).
     pub(crate) fn halted(&self) -> bool {
         self.pos.halted.is_some()

@@ -13,6 +13,7 @@ pub(crate) mod log;
 pub mod records;
 pub(crate) mod trim;
 mod tx;
+pub(crate) mod wal;
 pub mod writer;
 
 use std::path::{Path, PathBuf};
@@ -124,6 +125,9 @@ pub enum StoreError {
     /// The JetStream log (`[store] kind = "jetstream"`): unreachable, or an entry refused.
     #[error("JetStream log: {0}")]
     Log(String),
+    /// The write-ahead log in front of the embedded store (D28): unwritable, or damaged.
+    #[error("write-ahead log: {0}")]
+    Wal(String),
     #[error(
         "the results indexes did not catch up with the acknowledged messages within 10 s: the store writer is stuck; its errors are in the log (disk full or I/O error: free space or check the device)"
     )]
@@ -294,15 +298,24 @@ impl Store {
 
     /// The last JetStream log entry this store applied (0: none; D23).
     pub fn log_position(&self) -> Result<u64, StoreError> {
+        self.position(log::POSITION)
+    }
+
+    /// The data directory.
+    pub(crate) fn dir(&self) -> &Path {
+        self.shared.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The last entry of a log (`META` key `key`: the JetStream log's or the write-ahead
+    /// log's) this store applied; 0: none.
+    pub(crate) fn position(&self, key: &str) -> Result<u64, StoreError> {
         let txn = self.read()?;
         let t = match txn.open_table(META) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
             Err(e) => return Err(db_err(e)),
         };
-        Ok(t.get(log::POSITION)
-            .map_err(db_err)?
-            .map_or(0, |v| v.value()))
+        Ok(t.get(key).map_err(db_err)?.map_or(0, |v| v.value()))
     }
 
     /// The routes under which this store applied its JetStream log, as of

@@ -564,7 +564,7 @@ impl StoreHandle {
 
     /// Starts the writer thread. It stops when every handle is dropped.
     pub fn start(store: Store, cfg: Arc<Config>, wc: WriterConfig) -> StoreHandle {
-        StoreHandle::spawn(store, cfg, wc, None, Staged::default())
+        StoreHandle::spawn(store, cfg, wc, None, Staged::default(), None)
     }
 
     /// Starts the store `[store]` configures: the embedded one alone, or with the JetStream
@@ -574,8 +574,12 @@ impl StoreHandle {
         cfg: Arc<Config>,
         wc: WriterConfig,
     ) -> Result<StoreHandle, StoreError> {
-        let crate::config::StoreKind::JetStream(js) = &cfg.store else {
-            return Ok(StoreHandle::start(store, cfg, wc));
+        let js = match &cfg.store {
+            crate::config::StoreKind::Embedded => return Ok(StoreHandle::start(store, cfg, wc)),
+            crate::config::StoreKind::EmbeddedWal => {
+                return StoreHandle::open_wal(store, cfg, wc).await;
+            }
+            crate::config::StoreKind::JetStream(js) => js,
         };
         let mut log = super::log::Log::connect(js, cfg.tls.as_ref()).await?;
         let committed = store.log_position()?;
@@ -605,7 +609,7 @@ impl StoreHandle {
         let depth = wc.max_batch.max(16) * 4;
         let staged = Staged::default();
         staged.put(cfg.clone());
-        let writer = StoreHandle::spawn(store, start_cfg, wc, Some(track), staged.clone());
+        let writer = StoreHandle::spawn(store, start_cfg, wc, Some(track), staged.clone(), None);
         let (tx, rx) = mpsc::channel(depth);
         let mut caught_up = position.clone();
         let cluster = log.run(rx, writer.tx.clone(), position, staged);
@@ -646,6 +650,73 @@ impl StoreHandle {
         Ok(handle)
     }
 
+    /// The embedded store with its write-ahead log (D28): the entries after the store's
+    /// durable position are applied again, in order, under the routes in force when they
+    /// were written, before anything is accepted; then the syncer thread takes requests.
+    async fn open_wal(
+        store: Store,
+        cfg: Arc<Config>,
+        wc: WriterConfig,
+    ) -> Result<StoreHandle, StoreError> {
+        let committed = store.position(super::wal::POSITION)?;
+        let (replay, appender) = super::wal::recover(store.dir(), committed)?;
+        let own = cfg.routing_digest();
+        let in_force = store.routes_in_force()?;
+        // The entries after the last reload were applied under the routes it put in force.
+        let start_cfg = match &in_force {
+            Some((digest, sources)) if *digest != own && !replay.is_empty() => {
+                let before = Config::from_sources(sources)
+                    .ok()
+                    .filter(|c| c.routing_digest() == *digest)
+                    .ok_or_else(|| StoreError::Wal(format!(
+                        "{} entries of the write-ahead log were applied under routes {digest}, and the routes now are {own}; those cannot be read back from the store. Start with the routes in force before the stop, then reload",
+                        replay.len()
+                    )))?;
+                tracing::warn!(in_force = %digest, own = %own, "the routes changed while stopped: the write-ahead log is applied under those it was written under, then these are put in force");
+                Arc::new(before)
+            }
+            _ => cfg.clone(),
+        };
+        let (track, _) = super::log::Track::new(committed);
+        let shared = appender.shared();
+        let mut started = shared.started();
+        let max_batch = wc.max_batch.max(1);
+        let depth = max_batch.max(16) * 4;
+        let writer = StoreHandle::spawn(
+            store,
+            start_cfg,
+            wc,
+            Some(track),
+            Staged::default(),
+            Some(shared),
+        );
+        // The writer applies them first thing (`catch_up`); the syncer starts after, so that
+        // nothing is accepted before.
+        let caught_up = started
+            .wait_for(|s| s.is_some())
+            .await
+            .map_err(|_| StoreError::Closed)?
+            .clone();
+        if let Some(Err(e)) = caught_up {
+            return Err(StoreError::Wal(format!(
+                "cannot apply the write-ahead log ({} entries after the store's position): {e}",
+                replay.len()
+            )));
+        }
+        let (tx, rx) = mpsc::channel(depth);
+        let to_writer = writer.tx.clone();
+        std::thread::Builder::new()
+            .name("labroute-wal".into())
+            .spawn(move || super::wal::run(rx, to_writer, appender, max_batch))
+            .map_err(|e| StoreError::Wal(format!("cannot start the log's thread: {e}")))?;
+        let handle = StoreHandle { tx, ..writer };
+        // These routes in force, recorded (a first start, or files changed while stopped).
+        if in_force.map(|(d, _)| d) != Some(own) {
+            handle.reconfigure(cfg).await?;
+        }
+        Ok(handle)
+    }
+
     /// Publishes this node's routes at start, tried for up to 30 s like the stream itself
     /// (`log::ensure_stream`): a cluster just formed, or electing leaders, refuses publishes
     /// for a while. A `Routes` entry published twice is harmless: the second puts in force
@@ -669,6 +740,7 @@ impl StoreHandle {
         wc: WriterConfig,
         log: Option<super::log::Track>,
         staged: Staged,
+        wal: Option<Arc<super::wal::Shared>>,
     ) -> StoreHandle {
         let (tx, rx) = mpsc::channel(wc.max_batch.max(16) * 4);
         let notifiers = Arc::new(Notifiers::new(
@@ -691,6 +763,7 @@ impl StoreHandle {
                     n2,
                     log,
                     staged,
+                    wal,
                 );
                 // `run` dropped its store: the database is closed once no handle is left.
                 let _ = closed_tx.send(true);
@@ -901,7 +974,19 @@ fn run(
     notifiers: Arc<Notifiers>,
     mut log: Option<super::log::Track>,
     staged: Staged,
+    wal: Option<Arc<super::wal::Shared>>,
 ) {
+    let mut wal = wal.map(|shared| Wal {
+        shared,
+        last_durable: std::time::Instant::now(),
+        dirty: false,
+        replay: true,
+    });
+    // The store's position in its log: the JetStream one (D23) or the write-ahead log (D28).
+    let position_key = match wal {
+        Some(_) => super::wal::POSITION,
+        None => super::log::POSITION,
+    };
     let mut seqs = Sequences::default();
     // Load the counters at once (a store from before the queue counts gets them now, not
     // at its first write): an empty batch.
@@ -915,6 +1000,8 @@ fn run(
         None,
         &mut touched,
         None,
+        position_key,
+        true,
     ) {
         tracing::error!(error = %e, "cannot load the store's counters; the first batch will retry");
         seqs = Sequences::default();
@@ -934,16 +1021,37 @@ fn run(
     // cannot put in force (D24), that entry and those after it.
     let mut held: std::collections::VecDeque<Op> = std::collections::VecDeque::new();
     loop {
+        // At start, and after a failed batch, the write-ahead log is applied from the store's
+        // position before anything else (D28).
+        catch_up(
+            &store,
+            &cfg,
+            &mut seqs,
+            sealer.as_deref(),
+            &mut log,
+            &mut wal,
+            &broken,
+            &notifiers,
+        );
         let first = match (held.pop_front(), &timer) {
             (Some(op), _) => op,
             (None, timer) => match timer {
-                Some(rt) if store.index().behind() => {
+                Some(rt) if store.index().behind() || wal.as_ref().is_some_and(|w| w.dirty) => {
                     // The timer is made inside the runtime it belongs to.
                     match rt.block_on(async { tokio::time::timeout(idle, rx.recv()).await }) {
                         Ok(Some(op)) => op,
                         Ok(None) => break,
                         Err(_) => {
-                            idle = apply_index_now(&store, &mut seqs, &mut broken);
+                            // Idle: the index writes applied, or the store made durable (D28).
+                            let ok = if store.index().behind() {
+                                apply_index_now(&store, &mut seqs, &mut broken)
+                            } else {
+                                checkpoint(&store, &mut broken)
+                            };
+                            idle = if ok { IDLE } else { REOPEN_EVERY };
+                            if ok && let (Some(w), Some(t)) = (&mut wal, &log) {
+                                w.durable(t.committed());
+                            }
                             continue;
                         }
                     }
@@ -960,6 +1068,9 @@ fn run(
                     Ok(()) => {
                         tracing::warn!("store reopened after a write failure; accepting again");
                         broken = None;
+                        if let Some(w) = &mut wal {
+                            w.replay = true;
+                        }
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "store still cannot be reopened");
@@ -968,6 +1079,17 @@ fn run(
                 }
             }
         }
+        // The store reopened: it may have lost non-durable commits (D28).
+        catch_up(
+            &store,
+            &cfg,
+            &mut seqs,
+            sealer.as_deref(),
+            &mut log,
+            &mut wal,
+            &broken,
+            &notifiers,
+        );
         let mut batch = vec![first];
         // Stopped at a `Routes` entry (D24): nothing more is taken from the queue (the log's
         // reader waits), so what waits is bounded by the queue, not by the log.
@@ -1024,6 +1146,14 @@ fn run(
             .unzip();
         let mut touched = BTreeSet::new();
         let started = std::time::Instant::now();
+        // On the write-ahead log, a batch is made durable only at a checkpoint, or when it
+        // puts routes in force (entries before a reload are never applied again).
+        let durable = wal.as_ref().is_none_or(|w| {
+            w.last_durable.elapsed() >= super::wal::CHECKPOINT
+                || requests
+                    .iter()
+                    .any(|(_, r)| matches!(r, Request::Reconfigure(_)))
+        });
         let result = match broken {
             // Answered at once, without touching the file: senders get a negative
             // acknowledgement and send again.
@@ -1037,6 +1167,8 @@ fn run(
                 sealer.as_deref(),
                 &mut touched,
                 log_seq,
+                position_key,
+                durable,
             ),
         };
         if let Some(track) = &mut log {
@@ -1046,6 +1178,13 @@ fn run(
             Ok((answers, reconfigured)) => {
                 if let Some(new) = reconfigured {
                     cfg.replace(new);
+                }
+                if let (Some(w), Some(t)) = (&mut wal, &log) {
+                    if durable {
+                        w.durable(t.committed());
+                    } else {
+                        w.dirty = true;
+                    }
                 }
                 seqs.changed.clear();
                 metrics::histogram!(crate::telemetry::names::STORE_COMMIT)
@@ -1062,7 +1201,11 @@ fn run(
                 }
                 // Without a timer, idle is an empty queue right after the batch.
                 if store.index().should_apply(timer.is_none() && rx.is_empty()) {
-                    idle = apply_index_now(&store, &mut seqs, &mut broken);
+                    let ok = apply_index_now(&store, &mut seqs, &mut broken);
+                    idle = if ok { IDLE } else { REOPEN_EVERY };
+                    if ok && let (Some(w), Some(t)) = (&mut wal, &log) {
+                        w.durable(t.committed());
+                    }
                 }
             }
             Err(e) => {
@@ -1085,12 +1228,19 @@ fn run(
                 for reply in replies {
                     reply.fail(&e);
                 }
+                // The batch's entries are in the write-ahead log: they are applied again
+                // from it (their senders, answered with the error, find them stored).
+                if let Some(w) = &mut wal {
+                    w.replay = true;
+                }
             }
         }
     }
     // Every handle is gone: what is pending is applied now rather than at the next open.
     if store.index().behind() {
         apply_index_now(&store, &mut seqs, &mut broken);
+    } else if wal.as_ref().is_some_and(|w| w.dirty) {
+        checkpoint(&store, &mut broken);
     }
     if let Some(sealer) = &sealer {
         if let Err(e) = final_seal(&store, sealer) {
@@ -1099,21 +1249,21 @@ fn run(
     }
 }
 
-/// Applies the pending index writes now; a failure leaves them pending (and the file to
-/// reopen when redb needs it). How long the next idle wait lasts: `IDLE` after a success,
-/// `REOPEN_EVERY` after a failure (no error logged every `IDLE`).
+/// Applies the pending index writes now (a durable commit); a failure leaves them pending
+/// (and the file to reopen when redb needs it). Whether it succeeded: after a failure the
+/// next idle wait lasts `REOPEN_EVERY` (no error logged every `IDLE`).
 fn apply_index_now(
     store: &Store,
     seqs: &mut Sequences,
     broken: &mut Option<std::time::Instant>,
-) -> std::time::Duration {
+) -> bool {
     if broken.is_some() {
-        return REOPEN_EVERY;
+        return false;
     }
     match apply_index(store, seqs.pending) {
         Ok(()) => {
             seqs.overlay.applied(seqs.pending);
-            IDLE
+            true
         }
         Err(e) => {
             metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
@@ -1121,9 +1271,166 @@ fn apply_index_now(
             if e.needs_reopen() {
                 *broken = Some(std::time::Instant::now());
             }
-            REOPEN_EVERY
+            false
         }
     }
+}
+
+/// The write-ahead log's side of the writer (D28).
+struct Wal {
+    shared: Arc<super::wal::Shared>,
+    last_durable: std::time::Instant,
+    /// Batches committed non-durably since the last durable commit.
+    dirty: bool,
+    /// A batch failed: the log is applied again from the store's position.
+    replay: bool,
+}
+
+impl Wal {
+    /// A durable commit holds every entry up to `n`.
+    fn durable(&mut self, n: u64) {
+        self.shared.durable(n);
+        self.last_durable = std::time::Instant::now();
+        self.dirty = false;
+    }
+}
+
+/// Makes the store durable (the non-durable commits before included): an empty durable
+/// commit. Whether it succeeded.
+fn checkpoint(store: &Store, broken: &mut Option<std::time::Instant>) -> bool {
+    if broken.is_some() {
+        return false;
+    }
+    match store.write().and_then(|t| t.commit().map_err(db_err)) {
+        Ok(()) => true,
+        Err(e) => {
+            metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
+            tracing::error!(error = %e, "cannot make the store durable; the write-ahead log keeps what it holds");
+            if e.needs_reopen() {
+                *broken = Some(std::time::Instant::now());
+            }
+            false
+        }
+    }
+}
+
+/// Applies the write-ahead log again from the store's position when the writer needs it (at
+/// start, after a failed batch, after a reopen: D28). A failure is logged and counted, and
+/// said to whoever waits for the position (the start).
+#[allow(clippy::too_many_arguments)]
+fn catch_up(
+    store: &Store,
+    cfg: &ConfigCell,
+    seqs: &mut Sequences,
+    sealer: Option<&super::audit::Sealer>,
+    log: &mut Option<super::log::Track>,
+    wal: &mut Option<Wal>,
+    broken: &Option<std::time::Instant>,
+    notifiers: &Notifiers,
+) {
+    let (Some(w), Some(track)) = (wal, log) else {
+        return;
+    };
+    if !w.replay || broken.is_some() {
+        return;
+    }
+    match replay_wal(store, cfg, seqs, sealer, track, &w.shared, notifiers) {
+        Ok(()) => {
+            w.replay = false;
+            w.durable(track.committed());
+            w.shared.caught_up(Ok(()));
+        }
+        Err(e) => {
+            metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
+            tracing::error!(error = %e, "cannot apply the write-ahead log; trying again at the next request");
+            *seqs = Sequences::default();
+            track.settled(None, false);
+            w.shared.caught_up(Err(e.to_string()));
+        }
+    }
+}
+
+/// Applies the write-ahead log's entries from the store's position up to the last one
+/// synced, in one durable commit. When that fails for a reason other than the file (an entry
+/// the writer refuses: its batch was answered with the error), they are applied one by one
+/// and the failing ones skipped, logged and counted, so that one entry cannot stop the store.
+fn replay_wal(
+    store: &Store,
+    cfg: &ConfigCell,
+    seqs: &mut Sequences,
+    sealer: Option<&super::audit::Sealer>,
+    track: &mut super::log::Track,
+    shared: &super::wal::Shared,
+    notifiers: &Notifiers,
+) -> Result<(), StoreError> {
+    let from = store.position(super::wal::POSITION)?;
+    track.reset(from);
+    let upto = shared.synced();
+    if upto <= from {
+        return Ok(());
+    }
+    tracing::info!(
+        entries = upto - from,
+        "applying the write-ahead log from the store's position"
+    );
+    let entries = super::wal::read_range(shared.dir(), from, upto)?;
+    let apply_some =
+        |entries: Vec<super::wal::Entry>, seqs: &mut Sequences, track: &mut super::log::Track| {
+            let last = entries.last().map_or(from, |e| e.n);
+            let requests = entries
+                .into_iter()
+                .map(|e| (Some(e.at), e.request))
+                .collect();
+            let mut touched = BTreeSet::new();
+            *seqs = Sequences::default();
+            let (_, reconfigured) = apply(
+                store,
+                cfg.current(),
+                None,
+                requests,
+                seqs,
+                sealer,
+                &mut touched,
+                Some(last),
+                super::wal::POSITION,
+                true,
+            )?;
+            if let Some(new) = reconfigured {
+                cfg.replace(new);
+            }
+            seqs.changed.clear();
+            store.index().committed(seqs.pending);
+            track.settled(Some(last), true);
+            for d in touched {
+                notifiers.get(&d).notify_one();
+            }
+            Ok::<(), StoreError>(())
+        };
+    match apply_some(entries, seqs, track) {
+        Err(e) if !e.needs_reopen() => {
+            tracing::warn!(error = %e, "applying the write-ahead log failed; applying its entries one by one");
+        }
+        r => return r,
+    }
+    for entry in super::wal::read_range(shared.dir(), from, upto)? {
+        let n = entry.n;
+        match apply_some(vec![entry], seqs, track) {
+            Err(e) if !e.needs_reopen() => {
+                metrics::counter!(crate::telemetry::names::STORE_ERRORS).increment(1);
+                tracing::error!(entry = n, error = %e, "a write-ahead log entry cannot be applied: skipped (its sender was answered with this error)");
+                // Past it for good.
+                let txn = store.write()?;
+                txn.open_table(META)
+                    .map_err(db_err)?
+                    .insert(super::wal::POSITION, n)
+                    .map_err(db_err)?;
+                txn.commit().map_err(db_err)?;
+                track.settled(Some(n), true);
+            }
+            r => r?,
+        }
+    }
+    Ok(())
 }
 
 /// Sequence counters, cached between batches (reloaded after a failed commit).
@@ -1335,8 +1642,14 @@ fn apply(
     sealer: Option<&super::audit::Sealer>,
     touched: &mut BTreeSet<String>,
     log_seq: Option<u64>,
+    position_key: &str,
+    durable: bool,
 ) -> Result<(Vec<Answer>, Option<Arc<Config>>), StoreError> {
-    let txn = store.write()?;
+    let mut txn = store.write()?;
+    if !durable {
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| StoreError::Commit(e.to_string()))?;
+    }
     let mut tx = Tx::new(&txn);
     seqs.load(&mut tx)?;
     let mut answers = Vec::with_capacity(requests.len());
@@ -1348,6 +1661,9 @@ fn apply(
         answers.push(match request {
             Request::Reconfigure(new) => {
                 let moved = reroute(&mut tx, seqs, cfg_now, &new, touched)?;
+                // Recorded: a write-ahead log's entries after this are applied again under
+                // these routes (D28).
+                routes_in_force(tx.cold(), &new)?;
                 cfg = new.clone();
                 reconfigured = Some(new);
                 Answer::Operator(Ok(format!(
@@ -1409,7 +1725,7 @@ fn apply(
         tx.cold()
             .open_table(META)
             .map_err(db_err)?
-            .insert(super::log::POSITION, n)
+            .insert(position_key, n)
             .map_err(db_err)?;
     }
     // The hot tables write their roots back before the commit.

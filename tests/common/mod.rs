@@ -787,11 +787,19 @@ impl Drop for Nats {
 }
 
 /// The store the tests run on: `LABROUTE_TEST_STORE=jetstream` puts a JetStream log in
-/// front of the embedded store (`.ci/run` runs `tests/spine.rs` both ways). The server, if
-/// any, lives as long as the returned guard.
+/// front of the embedded store, `LABROUTE_TEST_STORE=wal` a write-ahead log (D28)
+/// (`.ci/run` runs `tests/spine.rs` and the crash campaign each way). The server, if any,
+/// lives as long as the returned guard.
 pub fn test_store(data: &std::path::Path) -> (String, Option<Nats>) {
-    if std::env::var("LABROUTE_TEST_STORE").as_deref() != Ok("jetstream") {
-        return (String::new(), None);
+    match std::env::var("LABROUTE_TEST_STORE").as_deref() {
+        Ok("jetstream") => {}
+        Ok("wal") => {
+            return (
+                "[store]\nkind = \"embedded\"\nwrite_ahead_log = true\n".to_owned(),
+                None,
+            );
+        }
+        _ => return (String::new(), None),
     }
     let nats = Nats::start(&data.join("nats"), false)
         .expect("LABROUTE_TEST_STORE=jetstream needs nats-server (apt install nats-server)");
