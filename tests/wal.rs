@@ -118,3 +118,37 @@ async fn a_restart_applies_nothing_twice_and_numbers_on() {
     let segments: Vec<_> = std::fs::read_dir(dir.path().join("wal")).unwrap().collect();
     assert_eq!(segments.len(), 1, "{segments:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_opened_without_the_log_refuses_entries_it_has_not_applied() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let handle = start(a.path()).await;
+    let frame = common::result_by_identifier("ES1", "N-1", "100001", "5.1");
+    let (_, handled) = handle_frame(frame, &origin(), &handle).await;
+    assert!(matches!(handled, Handled::Accepted { .. }), "{handled:?}");
+    // As after a crash that lost redb's non-durable commits: the log, beside an empty store.
+    copy_dir(&a.path().join("wal"), &b.path().join("wal"));
+    let mut cfg = (*config()).clone();
+    cfg.store = labroute::config::StoreKind::Embedded;
+    let err = StoreHandle::open(
+        Store::open(b.path()).unwrap(),
+        Arc::new(cfg),
+        WriterConfig {
+            max_batch: 16,
+            sealer: None,
+        },
+    )
+    .await
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("entries this store has not applied")
+            && err.contains("write_ahead_log = true"),
+        "{err}"
+    );
+    // With the log on, it applies them.
+    let again = start(b.path()).await;
+    assert_eq!(again.store().counts().unwrap().messages, 1);
+}

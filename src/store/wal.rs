@@ -289,6 +289,20 @@ pub(super) fn recover(
     ))
 }
 
+/// How many entries a write-ahead log left in `data_dir` holds past the store's position
+/// `committed` (read only): a store opened without the log must not start over them, they
+/// are acknowledged messages redb may not hold.
+pub(crate) fn unapplied(data_dir: &Path, committed: u64) -> Result<u64, StoreError> {
+    let mut last = committed;
+    for (_, path) in segments(&data_dir.join(DIR))? {
+        let (entries, _, _) = read_segment(&path)?;
+        if let Some(e) = entries.last() {
+            last = last.max(e.n);
+        }
+    }
+    Ok(last - committed)
+}
+
 /// A new, empty segment whose first entry will be `first`, its name made durable.
 fn create_segment(dir: &Path, first: u64) -> Result<(File, PathBuf), StoreError> {
     let path = dir.join(segment_name(first));

@@ -574,6 +574,17 @@ impl StoreHandle {
         cfg: Arc<Config>,
         wc: WriterConfig,
     ) -> Result<StoreHandle, StoreError> {
+        if !matches!(cfg.store, crate::config::StoreKind::EmbeddedWal) {
+            // A write-ahead log left by a run with it on (D28) may hold acknowledged
+            // messages redb lost with its non-durable commits.
+            let left = super::wal::unapplied(store.dir(), store.position(super::wal::POSITION)?)?;
+            if left > 0 {
+                return Err(StoreError::Wal(format!(
+                    "{} holds {left} entries this store has not applied (acknowledged messages): start once with [store] write_ahead_log = true, which applies them, then turn it off",
+                    store.dir().join(super::wal::DIR).display()
+                )));
+            }
+        }
         let js = match &cfg.store {
             crate::config::StoreKind::Embedded => return Ok(StoreHandle::start(store, cfg, wc)),
             crate::config::StoreKind::EmbeddedWal => {
