@@ -6,7 +6,8 @@
 # - each serve thread's CPU per message (/proc/PID/task/TID/stat) and loadgen's;
 # - bytes serve wrote per message (/proc/PID/io write_bytes);
 # - the ACK (and sent → delivered) p50, p99, p99.9, max as loadgen saw them;
-# - from the instance's histograms: mean commit, log sync (D28) and batch size, and how
+# - from the instance's histograms: mean commit (and of it redb's write and sync), log sync
+#   (D28) and batch size, and how
 #   many commits, syncs, index applications and ACKs went over 5, 10, 50, 100 ms (the
 #   instance's ACK clock starts at a whole frame: a stall holds back the frames loadgen has
 #   not sent yet, which only loadgen's figures count).
@@ -84,10 +85,12 @@ for line in open(d + "/metrics"):
 def mean(n):
     c = m.get(n + "_count", 0)
     return m.get(n + "_sum", 0) / c if c else 0.0
-print(f"mean commit {mean('labroute_store_commit_seconds') * 1e3:.2f} ms, log sync "
+print(f"mean commit {mean('labroute_store_commit_seconds') * 1e3:.2f} ms (redb's write and "
+      f"sync {mean('labroute_store_sync_seconds') * 1e3:.2f} ms), log sync "
       f"{mean('labroute_store_wal_sync_seconds') * 1e3:.2f} ms, batch "
       f"{mean('labroute_store_batch_size'):.1f}")
-for n in ("labroute_store_commit_seconds", "labroute_store_wal_sync_seconds",
+for n in ("labroute_store_commit_seconds", "labroute_store_sync_seconds",
+          "labroute_store_wal_sync_seconds",
           "labroute_store_index_seconds", "labroute_ack_latency_seconds"):
     rows = buckets.get(n)
     if rows:

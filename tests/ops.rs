@@ -250,6 +250,7 @@ async fn metrics_and_probes_reflect_the_traffic_without_patient_data() {
         &[("le", "+Inf")],
         1.0,
     );
+    at_least("labroute_store_sync_seconds_bucket", &[("le", "+Inf")], 1.0);
     at_least("labroute_store_batch_size_bucket", &[("le", "1")], 0.0);
     assert!(
         !text.contains("quantile="),

@@ -1741,7 +1741,10 @@ fn apply(
     }
     // The hot tables write their roots back before the commit.
     drop(tx);
+    let started = std::time::Instant::now();
     txn.commit().map_err(db_err)?;
+    metrics::histogram!(crate::telemetry::names::STORE_SYNC)
+        .record(started.elapsed().as_secs_f64());
     Ok((answers, reconfigured))
 }
 
