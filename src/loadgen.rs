@@ -315,7 +315,16 @@ PV1|1|I|MED^101^1^{tag}||||||||||||||||V{patient}^^^{tag}-NDA^VN\r"
     .into_bytes()
 }
 
-/// Message `i` of connection `conn` under `mix`, for establishment `tag`.
+/// Where message `i` of connection `conn` falls in the mix's cycle. Each connection starts
+/// at its own place (a stride of 37, prime to the cycles of 50, 26 and 6): at a fixed rate
+/// the connections send in step, and with one index for all, every connection sent its CDA
+/// report in the same interval, 32 reports of 180 KB at once every 50 intervals, a burst
+/// no lab sends (BENCHMARKS.md). The share of each kind is unchanged.
+fn mix_index(conn: usize, i: usize) -> usize {
+    i.wrapping_add(conn.wrapping_mul(37))
+}
+
+/// Message `i` of the mix's cycle under `mix`, for establishment `tag`.
 fn generate(mix: Mix, control_id: &str, tag: &str, patient: u64, i: usize) -> Vec<u8> {
     let authority = format!("{tag}-IPP");
     match mix {
@@ -537,7 +546,13 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         let tag = &tags[(plan.conn + i) % tags.len()];
         let id = format!("{}-{}-{i}", spec.run_id, plan.conn);
         let patient = (plan.conn * 1_000_000 + i % 1000) as u64;
-        let framed = frame(&generate(spec.mix, &id, tag, patient, i));
+        let framed = frame(&generate(
+            spec.mix,
+            &id,
+            tag,
+            patient,
+            mix_index(plan.conn, i),
+        ));
         shared.sent(&id, planned);
         sent += 1;
         if stream.write_all(&framed).await.is_err() || stream.flush().await.is_err() {
@@ -719,6 +734,24 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["A01", "A08", "O21"]);
+    }
+
+    #[test]
+    fn connections_in_step_do_not_send_their_large_reports_together() {
+        // 32 connections at a fixed rate send their message i in the same interval: at
+        // most one of them a CDA report, and each still one in 50 of its own.
+        let report = |c: usize, i: usize| {
+            generate(Mix::Results, "C", "CHNORD", 7, mix_index(c, i)).len() > 100_000
+        };
+        let mut per_conn = [0; 32];
+        for i in 0..200 {
+            let big: Vec<usize> = (0..32).filter(|&c| report(c, i)).collect();
+            assert!(big.len() <= 1, "interval {i}: {big:?}");
+            for c in big {
+                per_conn[c] += 1;
+            }
+        }
+        assert_eq!(per_conn, [4; 32]);
     }
 
     #[test]
