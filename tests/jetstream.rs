@@ -565,14 +565,6 @@ async fn a_node_restarted_on_changed_routes_applies_what_it_missed_under_the_old
     same_stores(a_dir.path(), b_dir.path());
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_keeps_only_what_a_known_node_has_not_applied_and_a_node_comes_back_from_a_copy() {
     let Some((_nats_dir, nats, p)) = setup(false).await else {
@@ -634,7 +626,7 @@ async fn the_log_keeps_only_what_a_known_node_has_not_applied_and_a_node_comes_b
         "{err}"
     );
     // From a copy of b's (stopped) directory, it applies the rest and has what a has.
-    copy_dir(b_dir.path(), c_dir.path());
+    common::copy_dir(b_dir.path(), c_dir.path());
     let c = node(&p, &nats, "c", c_dir.path()).await;
     assert!(
         eventually(|| applied_all(&c, 14)).await,

@@ -43,14 +43,6 @@ fn origin() -> Origin {
     }
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_applied_to_an_empty_store_gives_the_same_records_queues_and_acks() {
     let a = tempfile::tempdir().unwrap();
@@ -71,7 +63,7 @@ async fn the_log_applied_to_an_empty_store_gives_the_same_records_queues_and_ack
     let (_, handled) = handle_frame(frames[4].clone(), &sil, &first).await;
     assert!(matches!(handled, Handled::Duplicate { .. }), "{handled:?}");
     // Everything answered is in the log: a copy of it alone, beside an empty store.
-    copy_dir(&a.path().join("wal"), &b.path().join("wal"));
+    common::copy_dir(&a.path().join("wal"), &b.path().join("wal"));
     let second = start(b.path()).await;
     let (x, y) = (first.store(), second.store());
     assert_eq!(x.counts().unwrap(), y.counts().unwrap());
@@ -128,7 +120,7 @@ async fn a_store_opened_without_the_log_refuses_entries_it_has_not_applied() {
     let (_, handled) = handle_frame(frame, &origin(), &handle).await;
     assert!(matches!(handled, Handled::Accepted { .. }), "{handled:?}");
     // As after a crash that lost redb's non-durable commits: the log, beside an empty store.
-    copy_dir(&a.path().join("wal"), &b.path().join("wal"));
+    common::copy_dir(&a.path().join("wal"), &b.path().join("wal"));
     let mut cfg = (*config()).clone();
     cfg.store = labroute::config::StoreKind::Embedded;
     let err = StoreHandle::open(

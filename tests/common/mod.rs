@@ -182,6 +182,16 @@ impl Receiver {
 }
 
 /// A free loopback port (bound then released).
+/// Copies the files of `from` (not its subdirectories) into `to`, made if missing: a data
+/// directory as a crash or a backup would leave it.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
