@@ -292,15 +292,16 @@ pub(super) fn recover(
 /// How many entries a write-ahead log left in `data_dir` holds past the store's position
 /// `committed` (read only): a store opened without the log must not start over them, they
 /// are acknowledged messages redb may not hold.
+/// Only the newest segment holding an entry is read (entries number on across segments): a
+/// start does not decode the whole log.
 pub(crate) fn unapplied(data_dir: &Path, committed: u64) -> Result<u64, StoreError> {
-    let mut last = committed;
-    for (_, path) in segments(&data_dir.join(DIR))? {
+    for (_, path) in segments(&data_dir.join(DIR))?.into_iter().rev() {
         let (entries, _, _) = read_segment(&path)?;
         if let Some(e) = entries.last() {
-            last = last.max(e.n);
+            return Ok(e.n.saturating_sub(committed));
         }
     }
-    Ok(last - committed)
+    Ok(0)
 }
 
 /// A new, empty segment whose first entry will be `first`, its name made durable.
